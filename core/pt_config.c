@@ -1,0 +1,293 @@
+#include "core/pt_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pt_log.h"
+
+typedef enum { CFG_STR, CFG_INT } cfg_type_t;
+
+typedef struct {
+  const char *key;
+  cfg_type_t type;
+  size_t offset;
+  size_t size; /* for strings */
+  const char *def;
+  int64_t min, max; /* for integers */
+  int secret;
+  const char *doc;
+} cfg_key_t;
+
+#define S(field) CFG_STR, offsetof(pt_config_t, field), sizeof(((pt_config_t *)0)->field)
+#define I(field) CFG_INT, offsetof(pt_config_t, field), 0
+
+/* Every key, its default and what it means. conf/paytask.conf repeats these
+ * docs in place; `paytask config check` prints the effective values. */
+static const cfg_key_t keys[] = {
+    {"node.id", I(node_id), "-1", -1, 1023, 0,
+     "snowflake node id (0-1023); -1 leases a free one in Redis"},
+    {"api.listen", S(api_listen), "127.0.0.1:8080", 0, 0, 0,
+     "address:port the api listens on"},
+    {"api.tokens", S(api_tokens), "dev-token-change-me", 0, 0, 1,
+     "comma-separated bearer tokens; the shipped development token is "
+     "accepted only on a loopback address"},
+    {"api.max_body", I(api_max_body), "65536", 1024, 16777216, 0,
+     "largest request body in bytes (413 above)"},
+    {"api.max_amount", I(api_max_amount), "100000000", 1, INT64_MAX / 2, 0,
+     "largest amount of one task, in minor units"},
+    {"api.max_wait", I(api_max_wait), "30", 0, 300, 0,
+     "longest ?wait= a GET may hold, in seconds"},
+    {"api.idempotency_ttl", I(api_idempotency_ttl), "86400", 60, 2592000, 0,
+     "how long an Idempotency-Key is remembered, in seconds"},
+    {"amqp.uri", S(amqp_uri), "amqp://guest:guest@127.0.0.1:5682/", 0, 0, 1,
+     "RabbitMQ URI"},
+    {"amqp.queue_type", S(amqp_queue_type), "classic", 0, 0, 0,
+     "classic or quorum (quorum for a cluster)"},
+    {"amqp.prefetch", I(amqp_prefetch), "500", 1, 65535, 0,
+     "unacknowledged tasks one worker holds at once"},
+    {"redis.uri", S(redis_uri), "redis://127.0.0.1:6382/0", 0, 0, 1,
+     "Redis URI"},
+    {"mongodb.uri", S(mongodb_uri), "mongodb://127.0.0.1:27027/paytask", 0, 0,
+     1, "MongoDB URI; the path names the database"},
+    {"worker.max_redeliveries", I(worker_max_redeliveries), "5", 1, 100, 0,
+     "times a task may be redelivered after crashes before it goes to the "
+     "dead queue"},
+    {"worker.attempt_timeout_ms", I(worker_attempt_timeout_ms), "10000", 100,
+     600000, 0, "longest one channel call may take"},
+    {"sync.batch", I(sync_batch), "500", 1, 10000, 0,
+     "final states written to MongoDB per bulk write"},
+    {"sync.evict_grace_s", I(sync_evict_grace_s), "60", 0, 86400, 0,
+     "seconds a synced task stays in Redis before it is evicted"},
+    {"sync.claim_idle_ms", I(sync_claim_idle_ms), "30000", 1000, 3600000, 0,
+     "stream entries idle this long are claimed from a dead sync consumer"},
+    {"channel.sim.url", S(channel_sim_url), "http://127.0.0.1:8090", 0, 0, 0,
+     "base URL of the channel simulator"},
+    {"sim.listen", S(sim_listen), "127.0.0.1:8090", 0, 0, 0,
+     "address:port the channel simulator listens on"},
+    {"log.level", S(log_level), "info", 0, 0, 0, "debug, info, warn or error"},
+    {"log.format", S(log_format), "logfmt", 0, 0, 0, "logfmt or json"},
+};
+
+#undef S
+#undef I
+
+static const cfg_key_t *find_key(const char *key) {
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (strcmp(keys[i].key, key) == 0)
+      return &keys[i];
+  return NULL;
+}
+
+static int check_value(const cfg_key_t *k, const char *value,
+                       pt_error_t *err) {
+  if (strcmp(k->key, "amqp.queue_type") == 0 &&
+      strcmp(value, "classic") != 0 && strcmp(value, "quorum") != 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must be classic or quorum, not \"%s\"", k->key,
+                        value);
+  if (strcmp(k->key, "log.level") == 0 && pt_log_level_parse(value) < 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must be debug, info, warn or error", k->key);
+  if (strcmp(k->key, "log.format") == 0 && strcmp(value, "logfmt") != 0 &&
+      strcmp(value, "json") != 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must be logfmt or json", k->key);
+  if ((strcmp(k->key, "api.listen") == 0 ||
+       strcmp(k->key, "sim.listen") == 0)) {
+    char host[256];
+    int port;
+    if (pt_config_hostport(value, host, sizeof host, &port) != 0)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: expected address:port, got \"%s\"", k->key,
+                          value);
+  }
+  return 0;
+}
+
+int pt_config_set(pt_config_t *cfg, const char *key, const char *value,
+                  pt_error_t *err) {
+  const cfg_key_t *k = find_key(key);
+  if (k == NULL)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "unknown configuration key \"%s\"", key);
+  int rc = check_value(k, value, err);
+  if (rc != 0)
+    return rc;
+  char *field = (char *)cfg + k->offset;
+  if (k->type == CFG_STR) {
+    size_t n = strlen(value);
+    if (n >= k->size)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: value longer than %zu bytes", key, k->size - 1);
+    memcpy(field, value, n + 1);
+    return 0;
+  }
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(value, &end, 10);
+  if (errno != 0 || end == value || *end != '\0')
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: expected an integer, got \"%s\"", key, value);
+  if (v < k->min || v > k->max)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: %lld is outside %lld..%lld", key, v,
+                        (long long)k->min, (long long)k->max);
+  *(int64_t *)(void *)field = (int64_t)v;
+  return 0;
+}
+
+void pt_config_defaults(pt_config_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    int rc = pt_config_set(cfg, keys[i].key, keys[i].def, NULL);
+    (void)rc; /* defaults are valid by construction */
+  }
+}
+
+static char *trim(char *s) {
+  while (isspace((unsigned char)*s))
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+  return s;
+}
+
+static int load_file(pt_config_t *cfg, const char *path, pt_error_t *err) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s", path,
+                        strerror(errno));
+  char line[2048];
+  int lineno = 0, rc = 0;
+  while (fgets(line, sizeof line, f) != NULL) {
+    lineno++;
+    char *s = trim(line);
+    if (*s == '\0' || *s == '#')
+      continue;
+    char *eq = strchr(s, '=');
+    if (eq == NULL) {
+      rc = pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s:%d: expected key = value", path, lineno);
+      break;
+    }
+    *eq = '\0';
+    char *key = trim(s), *value = trim(eq + 1);
+    pt_error_t e;
+    rc = pt_config_set(cfg, key, value, &e);
+    if (rc != 0) {
+      pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s:%d: %s", path,
+                   lineno, e.message);
+      break;
+    }
+  }
+  fclose(f);
+  return rc;
+}
+
+static void env_name(const char *key, char *out, size_t len) {
+  size_t j = 0;
+  const char *prefix = "PAYTASK_";
+  for (size_t i = 0; prefix[i] && j + 1 < len; i++)
+    out[j++] = prefix[i];
+  for (size_t i = 0; key[i] && j + 1 < len; i++)
+    out[j++] = key[i] == '.' ? '_' : (char)toupper((unsigned char)key[i]);
+  out[j] = '\0';
+}
+
+int pt_config_load(pt_config_t *cfg, const char *path, pt_error_t *err) {
+  pt_config_defaults(cfg);
+  if (path == NULL)
+    path = getenv("PAYTASK_CONFIG");
+  if (path == NULL || *path == '\0') {
+    FILE *f = fopen("conf/paytask.conf", "r");
+    if (f != NULL) {
+      fclose(f);
+      path = "conf/paytask.conf";
+    }
+  }
+  if (path != NULL && *path != '\0') {
+    int rc = load_file(cfg, path, err);
+    if (rc != 0)
+      return rc;
+  }
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    char name[128];
+    env_name(keys[i].key, name, sizeof name);
+    const char *v = getenv(name);
+    if (v == NULL)
+      continue;
+    pt_error_t e;
+    if (pt_config_set(cfg, keys[i].key, v, &e) != 0)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "environment %s: %s", name, e.message);
+  }
+  return 0;
+}
+
+void pt_config_print(const pt_config_t *cfg, FILE *out) {
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    const cfg_key_t *k = &keys[i];
+    const char *field = (const char *)cfg + k->offset;
+    fprintf(out, "# %s\n", k->doc);
+    if (k->type == CFG_INT)
+      fprintf(out, "%s = %lld\n", k->key,
+              (long long)*(const int64_t *)(const void *)field);
+    else if (k->secret && strcmp(k->key, "amqp.uri") != 0 &&
+             strcmp(k->key, "redis.uri") != 0 &&
+             strcmp(k->key, "mongodb.uri") != 0)
+      fprintf(out, "%s = ********\n", k->key);
+    else if (k->secret) {
+      /* URIs: mask the password only, so the address stays readable. */
+      const char *at = strrchr(field, '@');
+      const char *scheme = strstr(field, "://");
+      const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+      if (at != NULL && colon != NULL && colon < at)
+        fprintf(out, "%s = %.*s:********%s\n", k->key, (int)(colon - field),
+                field, at);
+      else
+        fprintf(out, "%s = %s\n", k->key, field);
+    } else
+      fprintf(out, "%s = %s\n", k->key, field);
+  }
+}
+
+int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port) {
+  const char *colon = strrchr(s, ':');
+  if (colon == NULL || colon == s || (size_t)(colon - s) >= hostlen)
+    return PT_EINVAL;
+  char *end = NULL;
+  long p = strtol(colon + 1, &end, 10);
+  if (end == colon + 1 || *end != '\0' || p < 0 || p > 65535)
+    return PT_EINVAL;
+  memcpy(host, s, (size_t)(colon - s));
+  host[colon - s] = '\0';
+  *port = (int)p;
+  return 0;
+}
+
+int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
+  const char *p = cfg->api_tokens;
+  int ok = 0;
+  while (*p) {
+    const char *comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    while (n > 0 && *p == ' ') {
+      p++;
+      n--;
+    }
+    if (n == len && n > 0) {
+      unsigned char diff = 0;
+      for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(p[i] ^ token[i]);
+      ok |= diff == 0;
+    }
+    if (comma == NULL)
+      break;
+    p = comma + 1;
+  }
+  return ok;
+}

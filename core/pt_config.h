@@ -1,0 +1,69 @@
+/* Configuration: one file (conf/paytask.conf, `key = value` lines, `#`
+ * comments), every key documented in the table in pt_config.c and in the
+ * file, each overridable by an environment variable named PAYTASK_ plus the
+ * key upper-cased with dots as underscores (amqp.uri → PAYTASK_AMQP_URI).
+ * An unknown key or a bad value is an error that names the key. */
+#ifndef PT_CONFIG_H
+#define PT_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/pt_error.h"
+
+#define PT_CFG_STR_MAX 512
+
+typedef struct {
+  /* node */
+  int64_t node_id; /* -1: lease one in Redis */
+  /* api */
+  char api_listen[PT_CFG_STR_MAX];
+  char api_tokens[PT_CFG_STR_MAX];
+  int64_t api_max_body;
+  int64_t api_max_amount;
+  int64_t api_max_wait;
+  int64_t api_idempotency_ttl;
+  /* servers */
+  char amqp_uri[PT_CFG_STR_MAX];
+  char amqp_queue_type[16];
+  int64_t amqp_prefetch;
+  char redis_uri[PT_CFG_STR_MAX];
+  char mongodb_uri[PT_CFG_STR_MAX];
+  /* worker */
+  int64_t worker_max_redeliveries;
+  int64_t worker_attempt_timeout_ms;
+  /* sync */
+  int64_t sync_batch;
+  int64_t sync_evict_grace_s;
+  int64_t sync_claim_idle_ms;
+  /* channels */
+  char channel_sim_url[PT_CFG_STR_MAX];
+  /* simulator */
+  char sim_listen[PT_CFG_STR_MAX];
+  /* logs */
+  char log_level[16];
+  char log_format[16];
+} pt_config_t;
+
+/* Sets every key to its default. */
+void pt_config_defaults(pt_config_t *cfg);
+
+/* Loads defaults, then the file at path (NULL: $PAYTASK_CONFIG, else
+ * conf/paytask.conf if it exists, else no file), then the environment. */
+int pt_config_load(pt_config_t *cfg, const char *path, pt_error_t *err);
+
+/* Sets one key from text, checking it; used by the loader and by tests. */
+int pt_config_set(pt_config_t *cfg, const char *key, const char *value,
+                  pt_error_t *err);
+
+/* Prints the effective configuration, secrets masked. */
+void pt_config_print(const pt_config_t *cfg, FILE *out);
+
+/* Splits "host:port"; returns 0 or PT_EINVAL. */
+int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port);
+
+/* 1 if the bearer token is one of the configured tokens (constant time per
+ * token). */
+int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
+
+#endif

@@ -1,0 +1,389 @@
+#include "core/pt_task.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/pt_id.h"
+
+static const char *const status_names[] = {"PENDING",   "RUNNING",
+                                           "RETRY_WAIT", "SUCCEEDED",
+                                           "FAILED",    "CANCELLED"};
+
+const char *pt_status_name(pt_status_t s) {
+  return (unsigned)s < 6 ? status_names[s] : "UNKNOWN";
+}
+
+int pt_status_parse(const char *s) {
+  for (int i = 0; i < 6; i++)
+    if (strcmp(s, status_names[i]) == 0)
+      return i;
+  return -1;
+}
+
+int pt_status_final(pt_status_t s) {
+  return s == PT_ST_SUCCEEDED || s == PT_ST_FAILED || s == PT_ST_CANCELLED;
+}
+
+void pt_task_init(pt_task_t *t) {
+  memset(t, 0, sizeof *t);
+  bson_init(&t->params);
+  t->need_retry = 1;
+  t->retry_times = PT_RETRY_DEFAULT;
+}
+
+void pt_task_destroy(pt_task_t *t) {
+  if (t != NULL)
+    bson_destroy(&t->params);
+}
+
+static int fail(pt_input_error_t *ie, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(pt_input_error_t *ie, const char *code, const char *fmt, ...) {
+  if (ie != NULL) {
+    va_list ap;
+    ie->code = code;
+    va_start(ap, fmt);
+    vsnprintf(ie->message, sizeof ie->message, fmt, ap);
+    va_end(ap);
+  }
+  return PT_EINVAL;
+}
+
+int pt_json_parse_object(const char *json, size_t len, bson_t *doc,
+                         pt_input_error_t *ie) {
+  size_t i = 0;
+  bson_init(doc);
+  while (i < len && (json[i] == ' ' || json[i] == '\t' || json[i] == '\r' ||
+                     json[i] == '\n'))
+    i++;
+  if (i == len || json[i] != '{')
+    return fail(ie, "invalid_json", "the body must be one JSON object");
+  /* A reader, unlike bson_init_from_json, tells us whether anything follows
+   * the first document, so "{} {}" is refused. */
+  bson_json_reader_t *r = bson_json_data_reader_new(false, 0);
+  bson_error_t e;
+  bson_json_data_reader_ingest(r, (const uint8_t *)json, len);
+  int rc = bson_json_reader_read(r, doc, &e);
+  if (rc != 1) {
+    bson_json_reader_destroy(r);
+    bson_destroy(doc);
+    bson_init(doc); /* empty and inline: owns no memory */
+    return fail(ie, "invalid_json", "the body is not valid JSON: %s",
+                rc < 0 ? e.message : "empty");
+  }
+  bson_t extra = BSON_INITIALIZER;
+  rc = bson_json_reader_read(r, &extra, &e);
+  bson_destroy(&extra);
+  bson_json_reader_destroy(r);
+  if (rc != 0) {
+    bson_destroy(doc);
+    bson_init(doc); /* empty and inline: owns no memory */
+    return fail(ie, "invalid_json", "the body must hold exactly one JSON object");
+  }
+  return 0;
+}
+
+static int has_duplicate_keys(const bson_t *doc) {
+  bson_iter_t a, b;
+  if (!bson_iter_init(&a, doc))
+    return 1;
+  while (bson_iter_next(&a)) {
+    b = a;
+    while (bson_iter_next(&b))
+      if (strcmp(bson_iter_key(&a), bson_iter_key(&b)) == 0)
+        return 1;
+  }
+  return 0;
+}
+
+/* Copies a string field, checking type, UTF-8, NULs and length. */
+static int get_string(bson_iter_t *it, const char *name, char *out, size_t max,
+                      size_t min, pt_input_error_t *ie) {
+  uint32_t n;
+  if (!BSON_ITER_HOLDS_UTF8(it))
+    return fail(ie, "invalid_type", "%s must be a string", name);
+  const char *s = bson_iter_utf8(it, &n);
+  if (!bson_utf8_validate(s, n, false))
+    return fail(ie, "invalid_type", "%s must be valid UTF-8 without NUL",
+                name);
+  if (n > max)
+    return fail(ie, "field_too_long", "%s is longer than %zu bytes", name,
+                max);
+  if (n < min)
+    return fail(ie, "missing_field", "%s must not be empty", name);
+  memcpy(out, s, n);
+  out[n] = '\0';
+  return 0;
+}
+
+static int is_ident(const char *s) {
+  if (*s == '\0')
+    return 0;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+      return 0;
+  return 1;
+}
+
+static int check_out_trade_no(const char *s) {
+  /* The intersection of what Alipay and WeChat Pay accept. */
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.' ||
+          *s == '|' || *s == '*'))
+      return 0;
+  return 1;
+}
+
+static int get_int(bson_iter_t *it, const char *name, int64_t *out,
+                   const char *code, pt_input_error_t *ie) {
+  if (BSON_ITER_HOLDS_INT32(it))
+    *out = bson_iter_int32(it);
+  else if (BSON_ITER_HOLDS_INT64(it))
+    *out = bson_iter_int64(it);
+  else
+    return fail(ie, code, "%s must be an integer", name);
+  return 0;
+}
+
+static int parse_retry(bson_iter_t *it, pt_task_t *t, pt_input_error_t *ie) {
+  bson_iter_t c;
+  if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &c))
+    return fail(ie, "invalid_retry", "retry must be an object");
+  int seen_need = 0, seen_times = 0;
+  while (bson_iter_next(&c)) {
+    const char *k = bson_iter_key(&c);
+    if (strcmp(k, "need_retry") == 0 && !seen_need++) {
+      if (!BSON_ITER_HOLDS_BOOL(&c))
+        return fail(ie, "invalid_retry", "retry.need_retry must be a boolean");
+      t->need_retry = bson_iter_bool(&c);
+    } else if (strcmp(k, "retry_times") == 0 && !seen_times++) {
+      int64_t v;
+      if (get_int(&c, "retry.retry_times", &v, "invalid_retry", ie) != 0)
+        return PT_EINVAL;
+      if (v < 0 || v > PT_RETRY_MAX)
+        return fail(ie, "invalid_retry",
+                    "retry.retry_times must be between 0 and %d, got %lld",
+                    PT_RETRY_MAX, (long long)v);
+      t->retry_times = (int)v;
+    } else {
+      return fail(ie, "invalid_retry", "retry.%s is not a known field", k);
+    }
+  }
+  return 0;
+}
+
+static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
+                        int64_t max_amount, pt_task_t *t,
+                        pt_input_error_t *ie) {
+  bson_iter_t it;
+  enum {
+    F_TYPE = 1 << 0,
+    F_CHANNEL = 1 << 1,
+    F_OTN = 1 << 2,
+    F_AMOUNT = 1 << 3,
+    F_CURRENCY = 1 << 4,
+    F_SUBJECT = 1 << 5,
+    F_ID = 1 << 6,
+    F_CREATED = 1 << 7,
+    F_ATTEMPT = 1 << 8
+  };
+  unsigned seen = 0;
+
+  if (has_duplicate_keys(doc))
+    return fail(ie, "invalid_json", "a field appears twice");
+  bson_iter_init(&it, doc);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    int64_t v;
+    if (strcmp(k, "type") == 0) {
+      if (get_string(&it, "type", t->type, sizeof t->type - 1, 1, ie) != 0)
+        return PT_EINVAL;
+      if (!is_ident(t->type))
+        return fail(ie, "invalid_task_type", "unknown task type \"%s\"",
+                    t->type);
+      seen |= F_TYPE;
+    } else if (strcmp(k, "channel") == 0) {
+      if (get_string(&it, "channel", t->channel, sizeof t->channel - 1, 1,
+                     ie) != 0)
+        return PT_EINVAL;
+      if (!is_ident(t->channel))
+        return fail(ie, "invalid_channel", "unknown channel \"%s\"",
+                    t->channel);
+      seen |= F_CHANNEL;
+    } else if (strcmp(k, "out_trade_no") == 0) {
+      if (get_string(&it, "out_trade_no", t->out_trade_no,
+                     PT_OUT_TRADE_NO_MAX, 1, ie) != 0)
+        return PT_EINVAL;
+      if (!check_out_trade_no(t->out_trade_no))
+        return fail(ie, "invalid_out_trade_no",
+                    "out_trade_no may hold only letters, digits and _-.|*");
+      seen |= F_OTN;
+    } else if (strcmp(k, "amount") == 0) {
+      if (get_int(&it, "amount", &v, "invalid_amount", ie) != 0)
+        return fail(ie, "invalid_amount",
+                    "amount must be an integer number of minor units "
+                    "(e.g. 1299 for 12.99)");
+      if (v <= 0)
+        return fail(ie, "invalid_amount", "amount must be greater than 0");
+      if (max_amount > 0 && v > max_amount)
+        return fail(ie, "invalid_amount", "amount must not exceed %lld",
+                    (long long)max_amount);
+      t->amount = v;
+      seen |= F_AMOUNT;
+    } else if (strcmp(k, "currency") == 0) {
+      if (get_string(&it, "currency", t->currency, 3, 1, ie) != 0)
+        return fail(ie, "invalid_currency",
+                    "currency must be an ISO 4217 code such as \"CNY\"");
+      if (strlen(t->currency) != 3 || t->currency[0] < 'A' ||
+          t->currency[0] > 'Z' || t->currency[1] < 'A' ||
+          t->currency[1] > 'Z' || t->currency[2] < 'A' || t->currency[2] > 'Z')
+        return fail(ie, "invalid_currency",
+                    "currency must be three capital letters (ISO 4217)");
+      seen |= F_CURRENCY;
+    } else if (strcmp(k, "subject") == 0) {
+      if (get_string(&it, "subject", t->subject, PT_SUBJECT_MAX, 1, ie) != 0)
+        return PT_EINVAL;
+      seen |= F_SUBJECT;
+    } else if (strcmp(k, "notify_url") == 0) {
+      if (BSON_ITER_HOLDS_NULL(&it))
+        continue;
+      if (get_string(&it, "notify_url", t->notify_url, PT_URL_MAX, 1, ie) != 0)
+        return PT_EINVAL;
+      if (strncmp(t->notify_url, "http://", 7) != 0 &&
+          strncmp(t->notify_url, "https://", 8) != 0)
+        return fail(ie, "invalid_notify_url",
+                    "notify_url must be an http:// or https:// URL");
+    } else if (strcmp(k, "retry") == 0) {
+      if (parse_retry(&it, t, ie) != 0)
+        return PT_EINVAL;
+    } else if (strcmp(k, "params") == 0) {
+      uint32_t n;
+      const uint8_t *data;
+      if (BSON_ITER_HOLDS_NULL(&it))
+        continue;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it))
+        return fail(ie, "invalid_params", "params must be an object");
+      bson_iter_document(&it, &n, &data);
+      if (n > PT_PARAMS_MAX)
+        return fail(ie, "field_too_long", "params is larger than %d bytes",
+                    PT_PARAMS_MAX);
+      bson_t view;
+      if (!bson_init_static(&view, data, n))
+        return fail(ie, "invalid_params", "params is not a valid object");
+      /* Own a copy (doc is freed before t). A bson_t is never copied by
+       * value: an allocated one points into itself. */
+      bson_destroy(&t->params);
+      bson_copy_to(&view, &t->params);
+      t->has_params = 1;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "task_id") == 0) {
+      char buf[21];
+      if (get_string(&it, "task_id", buf, 20, 1, ie) != 0 ||
+          pt_id_parse(buf, strlen(buf), &t->id) != 0)
+        return fail(ie, "invalid_task_id", "task_id must be a decimal id");
+      memcpy(t->id_str, buf, sizeof buf);
+      seen |= F_ID;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "created_at_ms") == 0) {
+      if (get_int(&it, "created_at_ms", &t->created_at_ms, "invalid_type",
+                  ie) != 0)
+        return PT_EINVAL;
+      seen |= F_CREATED;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "created_at") == 0) {
+      continue; /* derived from created_at_ms */
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "attempt") == 0) {
+      if (get_int(&it, "attempt", &v, "invalid_type", ie) != 0)
+        return PT_EINVAL;
+      if (v < 1 || v > PT_RETRY_MAX + 1)
+        return fail(ie, "invalid_type", "attempt %lld is out of range",
+                    (long long)v);
+      t->attempt = (int)v;
+      seen |= F_ATTEMPT;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "replay_of") == 0) {
+      char buf[21];
+      if (get_string(&it, "replay_of", buf, 20, 1, ie) != 0 ||
+          pt_id_parse(buf, strlen(buf), &t->replay_of) != 0)
+        return fail(ie, "invalid_type", "replay_of must be a decimal id");
+    } else {
+      return fail(ie, "unknown_field", "\"%s\" is not a known field", k);
+    }
+  }
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } required[] = {{F_TYPE, "type"},         {F_CHANNEL, "channel"},
+                  {F_OTN, "out_trade_no"},  {F_AMOUNT, "amount"},
+                  {F_CURRENCY, "currency"}, {F_SUBJECT, "subject"},
+                  {F_ID, "task_id"},        {F_CREATED, "created_at_ms"},
+                  {F_ATTEMPT, "attempt"}};
+  for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+    if (mode == PT_PARSE_SUBMIT && required[i].bit >= F_ID)
+      continue;
+    if (!(seen & required[i].bit))
+      return fail(ie, "missing_field", "%s is required", required[i].name);
+  }
+  if (!t->need_retry)
+    t->retry_times = 0;
+  return 0;
+}
+
+int pt_task_parse(const char *json, size_t len, pt_parse_mode_t mode,
+                  int64_t max_amount, pt_task_t *t, pt_input_error_t *ie) {
+  bson_t doc;
+  pt_task_init(t);
+  if (pt_json_parse_object(json, len, &doc, ie) != 0) {
+    pt_task_destroy(t);
+    return PT_EINVAL;
+  }
+  int rc = parse_fields(&doc, mode, max_amount, t, ie);
+  bson_destroy(&doc);
+  if (rc != 0)
+    pt_task_destroy(t);
+  return rc;
+}
+
+void pt_task_append_spec(const pt_task_t *t, bson_t *doc) {
+  char ts[32];
+  bson_t retry;
+  BSON_APPEND_UTF8(doc, "task_id", t->id_str);
+  BSON_APPEND_UTF8(doc, "type", t->type);
+  BSON_APPEND_UTF8(doc, "channel", t->channel);
+  BSON_APPEND_UTF8(doc, "out_trade_no", t->out_trade_no);
+  BSON_APPEND_INT64(doc, "amount", t->amount);
+  BSON_APPEND_UTF8(doc, "currency", t->currency);
+  BSON_APPEND_UTF8(doc, "subject", t->subject);
+  if (t->notify_url[0])
+    BSON_APPEND_UTF8(doc, "notify_url", t->notify_url);
+  else
+    BSON_APPEND_NULL(doc, "notify_url");
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "retry", &retry);
+  BSON_APPEND_BOOL(&retry, "need_retry", t->need_retry);
+  BSON_APPEND_INT32(&retry, "retry_times", t->retry_times);
+  bson_append_document_end(doc, &retry);
+  if (t->has_params)
+    BSON_APPEND_DOCUMENT(doc, "params", &t->params);
+  else
+    BSON_APPEND_NULL(doc, "params");
+  if (t->replay_of) {
+    char r[21];
+    pt_id_format(t->replay_of, r);
+    BSON_APPEND_UTF8(doc, "replay_of", r);
+  }
+  pt_time_rfc3339(t->created_at_ms, ts);
+  BSON_APPEND_UTF8(doc, "created_at", ts);
+  BSON_APPEND_INT64(doc, "created_at_ms", t->created_at_ms);
+}
+
+char *pt_json_of(const bson_t *doc, size_t *len) {
+  return bson_as_relaxed_extended_json(doc, len);
+}
+
+char *pt_task_spec_json(const pt_task_t *t, int attempt, size_t *len) {
+  bson_t doc = BSON_INITIALIZER;
+  pt_task_append_spec(t, &doc);
+  if (attempt > 0)
+    BSON_APPEND_INT32(&doc, "attempt", attempt);
+  char *s = pt_json_of(&doc, len);
+  bson_destroy(&doc);
+  return s;
+}

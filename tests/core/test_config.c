@@ -1,0 +1,95 @@
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/pt_config.h"
+
+static const char *write_tmp(const char *text) {
+  static char path[64];
+  snprintf(path, sizeof path, "/tmp/pt-test-conf-%d.conf", (int)getpid());
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fputs(text, f);
+  fclose(f);
+  return path;
+}
+
+Test(config, shipped_file_is_valid_and_matches_defaults) {
+  pt_config_t file, def;
+  pt_error_t err;
+  char path[1024];
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  snprintf(path, sizeof path, "%s/conf/paytask.conf", src ? src : ".");
+  unsetenv("PAYTASK_AMQP_URI");
+  unsetenv("PAYTASK_REDIS_URI");
+  unsetenv("PAYTASK_MONGODB_URI");
+  cr_assert_eq(pt_config_load(&file, path, &err), 0, "%s", err.message);
+  pt_config_defaults(&def);
+  cr_assert_str_eq(file.api_listen, def.api_listen);
+  cr_assert_eq(file.amqp_prefetch, def.amqp_prefetch);
+  cr_assert_str_eq(file.api_tokens, "dev-token-change-me");
+}
+
+Test(config, unknown_key_is_an_error_naming_it) {
+  pt_config_t cfg;
+  pt_error_t err;
+  const char *p = write_tmp("api.listen = 127.0.0.1:9\napi.lisen = x\n");
+  cr_assert_neq(pt_config_load(&cfg, p, &err), 0);
+  cr_assert(strstr(err.message, "api.lisen") != NULL, "%s", err.message);
+  cr_assert(strstr(err.message, ":2:") != NULL, "line number: %s",
+            err.message);
+}
+
+Test(config, bad_values_are_errors) {
+  pt_config_t cfg;
+  pt_error_t err;
+  pt_config_defaults(&cfg);
+  cr_assert_neq(pt_config_set(&cfg, "amqp.prefetch", "lots", &err), 0);
+  cr_assert(strstr(err.message, "amqp.prefetch") != NULL);
+  cr_assert_neq(pt_config_set(&cfg, "amqp.prefetch", "0", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "amqp.queue_type", "fast", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "api.listen", "nohost", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "log.level", "loud", &err), 0);
+  cr_assert_eq(pt_config_set(&cfg, "amqp.queue_type", "quorum", &err), 0);
+}
+
+Test(config, environment_overrides_file) {
+  pt_config_t cfg;
+  pt_error_t err;
+  const char *p = write_tmp("amqp.prefetch = 10\n");
+  setenv("PAYTASK_AMQP_PREFETCH", "42", 1);
+  cr_assert_eq(pt_config_load(&cfg, p, &err), 0, "%s", err.message);
+  cr_assert_eq(cfg.amqp_prefetch, 42);
+  setenv("PAYTASK_AMQP_PREFETCH", "-3", 1);
+  cr_assert_neq(pt_config_load(&cfg, p, &err), 0);
+  cr_assert(strstr(err.message, "PAYTASK_AMQP_PREFETCH") != NULL, "%s",
+            err.message);
+  unsetenv("PAYTASK_AMQP_PREFETCH");
+}
+
+Test(config, print_masks_secrets) {
+  pt_config_t cfg;
+  char buf[8192] = "";
+  pt_config_defaults(&cfg);
+  pt_config_set(&cfg, "api.tokens", "s3cret-token", NULL);
+  pt_config_set(&cfg, "amqp.uri", "amqp://user:hunter2@10.0.0.1:5672/", NULL);
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  pt_config_print(&cfg, f);
+  fclose(f);
+  cr_assert(strstr(buf, "s3cret") == NULL, "token printed");
+  cr_assert(strstr(buf, "hunter2") == NULL, "password printed");
+  cr_assert(strstr(buf, "10.0.0.1:5672") != NULL, "host hidden too");
+}
+
+Test(config, tokens) {
+  pt_config_t cfg;
+  pt_config_defaults(&cfg);
+  pt_config_set(&cfg, "api.tokens", "alpha, beta", NULL);
+  cr_assert(pt_config_token_ok(&cfg, "alpha", 5));
+  cr_assert(pt_config_token_ok(&cfg, "beta", 4));
+  cr_assert(!pt_config_token_ok(&cfg, "alph", 4));
+  cr_assert(!pt_config_token_ok(&cfg, "", 0));
+  cr_assert(!pt_config_token_ok(&cfg, "gamma", 5));
+}

@@ -1,0 +1,148 @@
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <string.h>
+
+#include "core/pt_task.h"
+
+#define GOOD                                                                 \
+  "{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"ORDER-1001\","   \
+  "\"amount\":1299,\"currency\":\"CNY\",\"subject\":\"Course: C in depth\""
+
+Test(task, parses_a_good_body_with_defaults) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  const char *b = GOOD "}";
+  cr_assert_eq(pt_task_parse(b, strlen(b), PT_PARSE_SUBMIT, 0, &t, &ie), 0,
+               "%s", ie.message);
+  cr_assert_str_eq(t.out_trade_no, "ORDER-1001");
+  cr_assert_eq(t.amount, 1299);
+  cr_assert_eq(t.need_retry, 1);
+  cr_assert_eq(t.retry_times, 3);
+  cr_assert_eq(t.has_params, 0);
+  pt_task_destroy(&t);
+}
+
+Test(task, message_round_trip) {
+  pt_task_t t, u;
+  pt_input_error_t ie;
+  const char *b = GOOD ",\"params\":{\"sim\":{\"fail_times\":2}},"
+                       "\"retry\":{\"need_retry\":true,\"retry_times\":5}}";
+  cr_assert_eq(pt_task_parse(b, strlen(b), PT_PARSE_SUBMIT, 0, &t, &ie), 0);
+  t.id = 42;
+  strcpy(t.id_str, "42");
+  t.created_at_ms = 1704067200000;
+  size_t len;
+  char *msg = pt_task_spec_json(&t, 2, &len);
+  cr_assert_eq(pt_task_parse(msg, len, PT_PARSE_MESSAGE, 0, &u, &ie), 0,
+               "%s: %s", ie.message, msg);
+  cr_assert_eq(u.attempt, 2);
+  cr_assert_eq(u.id, 42);
+  cr_assert_eq(u.retry_times, 5);
+  cr_assert_eq(u.has_params, 1);
+  cr_assert_eq(u.created_at_ms, 1704067200000);
+  bson_free(msg);
+  pt_task_destroy(&t);
+  pt_task_destroy(&u);
+}
+
+Test(task, a_client_cannot_set_internal_fields) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  const char *b = GOOD ",\"attempt\":3}";
+  cr_assert_neq(pt_task_parse(b, strlen(b), PT_PARSE_SUBMIT, 0, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "unknown_field");
+}
+
+typedef struct {
+  char body[400];
+  char code[32];
+} bad_case_t;
+
+ParameterizedTestParameters(task, bad_bodies) {
+  static bad_case_t cases[] = {
+      {"", "invalid_json"},
+      {"not json", "invalid_json"},
+      {"[1,2]", "invalid_json"},
+      {"{} {}", "invalid_json"},
+      {GOOD, "invalid_json"},
+      {GOOD ",\"amount\":5}", "invalid_json"},
+      {"{\"channel\":\"sim\",\"out_trade_no\":\"A\",\"amount\":1,"
+       "\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "missing_field"},
+      {GOOD ",\"x\":1}", "unknown_field"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":12.5,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":\"12\",\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":0,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":-5,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":1000000000,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":1,\"currency\":\"cny\",\"subject\":\"s\"}",
+       "invalid_currency"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":1,\"currency\":\"CNYY\",\"subject\":\"s\"}",
+       "invalid_currency"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A B\","
+       "\"amount\":1,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_out_trade_no"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":1,\"currency\":\"CNY\",\"subject\":7}",
+       "invalid_type"},
+      {"{\"type\":\"Pay!\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+       "\"amount\":1,\"currency\":\"CNY\",\"subject\":\"s\"}",
+       "invalid_task_type"},
+      {GOOD ",\"retry\":{\"retry_times\":6}}", "invalid_retry"},
+      {GOOD ",\"retry\":{\"retry_times\":-1}}", "invalid_retry"},
+      {GOOD ",\"retry\":{\"need_retry\":1}}", "invalid_retry"},
+      {GOOD ",\"retry\":{\"tries\":1}}", "invalid_retry"},
+      {GOOD ",\"retry\":5}", "invalid_retry"},
+      {GOOD ",\"notify_url\":\"ftp://x\"}", "invalid_notify_url"},
+      {GOOD ",\"params\":[1]}", "invalid_params"},
+      {GOOD ",\"subject\":\"\"}", "invalid_json"},
+  };
+  return cr_make_param_array(bad_case_t, cases,
+                             sizeof cases / sizeof cases[0]);
+}
+
+ParameterizedTest(bad_case_t *c, task, bad_bodies) {
+  pt_task_t t;
+  pt_input_error_t ie = {0};
+  cr_assert_neq(pt_task_parse(c->body, strlen(c->body), PT_PARSE_SUBMIT,
+                              100000000, &t, &ie),
+                0, "accepted: %s", c->body);
+  cr_assert_str_eq(ie.code, c->code, "%s → %s (%s)", c->body, ie.code,
+                   ie.message);
+  cr_assert_gt(strlen(ie.message), 5);
+}
+
+Test(task, long_strings_are_refused) {
+  char body[2048];
+  char subj[300];
+  pt_task_t t;
+  pt_input_error_t ie;
+  memset(subj, 'x', 257);
+  subj[257] = '\0';
+  snprintf(body, sizeof body,
+           "{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+           "\"amount\":1,\"currency\":\"CNY\",\"subject\":\"%s\"}",
+           subj);
+  cr_assert_neq(pt_task_parse(body, strlen(body), PT_PARSE_SUBMIT, 0, &t, &ie),
+                0);
+  cr_assert_str_eq(ie.code, "field_too_long");
+}
+
+Test(task, statuses) {
+  cr_assert_eq(pt_status_parse("RETRY_WAIT"), PT_ST_RETRY_WAIT);
+  cr_assert_eq(pt_status_parse("nope"), -1);
+  cr_assert(pt_status_final(PT_ST_CANCELLED));
+  cr_assert(!pt_status_final(PT_ST_RETRY_WAIT));
+}

@@ -1,0 +1,63 @@
+#include "tests/support/pt_test.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *pt_test_uri(const char *var, const char *server) {
+  const char *v = getenv(var);
+  if (v == NULL || *v == '\0')
+    cr_assert_fail("%s: %s is not set; run the tests through scripts/test, which "
+             "starts the servers and exports their URIs",
+             server, var);
+  return v;
+}
+
+typedef struct {
+  int fired;
+  const char *what;
+} watchdog_t;
+
+static void on_watchdog(uv_timer_t *t) {
+  watchdog_t *w = t->data;
+  w->fired = 1;
+  uv_stop(t->loop);
+}
+
+void pt_test_run_loop(uv_loop_t *loop, uint64_t timeout_ms, const char *what) {
+  uv_timer_t timer;
+  watchdog_t w = {0, what};
+  uv_timer_init(loop, &timer);
+  timer.data = &w;
+  uv_timer_start(&timer, on_watchdog, timeout_ms, 0);
+  uv_unref((uv_handle_t *)&timer);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  if (w.fired)
+    cr_assert_fail("%s: no progress after %llu ms (is the server up?)", what,
+             (unsigned long long)timeout_ms);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+void pt_test_close_loop(uv_loop_t *loop) {
+  uv_walk(loop, close_walk, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  cr_assert_eq(uv_loop_close(loop), 0, "a libuv handle leaked");
+}
+
+const char *pt_test_unique(const char *prefix, char *buf, size_t len) {
+  static unsigned counter;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(buf, len, "%s-%ld-%ld-%u", prefix, (long)getpid(),
+           (long)(ts.tv_nsec / 1000), counter++);
+  return buf;
+}
