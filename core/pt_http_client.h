@@ -1,0 +1,58 @@
+/* Non-blocking HTTP client: libcurl's multi interface driven by a libuv
+ * loop through curl's socket and timer callbacks (the shape of curl's
+ * docs/examples/multi-uv.c). Thousands of requests may be in flight on one
+ * loop. Name resolution uses curl's threaded resolver, never the loop. */
+#ifndef PT_HTTP_CLIENT_H
+#define PT_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "core/pt_error.h"
+
+typedef struct pt_http_client pt_http_client_t;
+
+typedef struct {
+  const char *method;        /* "GET", "POST", …; NULL: GET, or POST if body */
+  const char *url;
+  const char *const *headers; /* "Name: value" strings, NULL-terminated; MAY be NULL */
+  const void *body;          /* copied; MAY be NULL */
+  size_t body_len;
+  long timeout_ms;           /* whole request; 0: 10000 */
+} pt_http_request_t;
+
+typedef struct {
+  int status;            /* 0 on success (an HTTP answer arrived), or PT_ETIMEDOUT,
+                            PT_ECONNECT, PT_EHTTP for transport failures */
+  long http_code;        /* HTTP status when status == 0 */
+  const char *body;      /* NUL-terminated for convenience */
+  size_t body_len;
+  const char *headers;   /* the raw response header block */
+  size_t headers_len;
+  const char *error;     /* curl's message when status != 0 */
+} pt_http_response_t;
+
+/* res and everything in it live only during the callback. */
+typedef void (*pt_http_done_cb)(const pt_http_response_t *res, void *arg);
+
+pt_http_client_t *pt_http_client_new(uv_loop_t *loop, pt_error_t *err);
+
+/* Starts a request; cb runs once on the loop thread, unless this returns an
+ * error. */
+int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
+                    pt_http_done_cb cb, void *arg);
+
+/* Requests in flight. */
+size_t pt_http_client_inflight(const pt_http_client_t *c);
+
+/* Finds a response header's value (case-insensitive name); returns its
+ * length and sets *value, or returns -1. */
+long pt_http_response_header(const pt_http_response_t *res, const char *name,
+                             const char **value);
+
+/* Cancels every request in flight (their callbacks run with PT_ECANCELED),
+ * closes the handles and frees c once the last one is closed; the loop must
+ * run for that. destroy(NULL) does nothing. */
+void pt_http_client_destroy(pt_http_client_t *c);
+
+#endif

@@ -1,0 +1,216 @@
+#include "core/pt_redis.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pt_redis {
+  redisAsyncContext *ac; /* NULL once hiredis has freed it */
+  int up;
+  int destroyed;
+  pt_redis_lost_cb on_lost;
+  void *arg;
+};
+
+int pt_redis_uri_parse(const char *uri, pt_redis_uri_t *out, pt_error_t *err) {
+  const char *p;
+  memset(out, 0, sizeof *out);
+  out->port = 6379;
+  if (uri == NULL || strncmp(uri, "redis://", 8) != 0)
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                        "redis URI must start with redis://");
+  p = uri + 8;
+  const char *at = strchr(p, '@');
+  if (at != NULL) {
+    /* [user]:password@ — the user is ignored (Redis 6 "default"). */
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    if (colon == NULL)
+      return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                          "redis URI: expected [user]:password@ before the "
+                          "host");
+    size_t n = (size_t)(at - colon - 1);
+    if (n >= sizeof out->password)
+      return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                          "redis URI: password too long");
+    memcpy(out->password, colon + 1, n);
+    out->password[n] = '\0';
+    p = at + 1;
+  }
+  size_t hl = strcspn(p, ":/");
+  if (hl == 0 || hl >= sizeof out->host)
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                        "redis URI: missing or overlong host");
+  memcpy(out->host, p, hl);
+  out->host[hl] = '\0';
+  p += hl;
+  if (*p == ':') {
+    char *end;
+    long port = strtol(p + 1, &end, 10);
+    if (end == p + 1 || port < 1 || port > 65535 || (*end && *end != '/'))
+      return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                          "redis URI: bad port");
+    out->port = (int)port;
+    p = end;
+  }
+  if (*p == '/' && p[1] != '\0') {
+    char *end;
+    long db = strtol(p + 1, &end, 10);
+    if (end == p + 1 || *end != '\0' || db < 0 || db > 15)
+      return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                          "redis URI: the database must be 0..15");
+    out->db = (int)db;
+  } else if (*p != '\0' && strcmp(p, "/") != 0) {
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                        "redis URI: unexpected \"%s\"", p);
+  }
+  if (strcmp(out->host, "localhost") == 0)
+    snprintf(out->host, sizeof out->host, "127.0.0.1");
+  return 0;
+}
+
+static int numeric_host(const char *h) {
+  for (; *h; h++)
+    if (!((*h >= '0' && *h <= '9') || *h == '.' || *h == ':' ||
+          (*h >= 'a' && *h <= 'f') || (*h >= 'A' && *h <= 'F')))
+      return 0;
+  return 1;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+  pt_redis_t *r = ac->data;
+  if (r == NULL)
+    return;
+  if (status != REDIS_OK) {
+    /* hiredis frees the context after this callback. */
+    r->ac = NULL;
+    r->up = 0;
+    if (r->on_lost != NULL)
+      r->on_lost(r, PT_ECONNECT, ac->errstr, r->arg);
+    return;
+  }
+  r->up = 1;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+  pt_redis_t *r = ac->data;
+  if (r == NULL)
+    return;
+  r->ac = NULL;
+  r->up = 0;
+  if (r->destroyed) {
+    free(r);
+    return;
+  }
+  if (r->on_lost != NULL)
+    r->on_lost(r, status == REDIS_OK ? 0 : PT_ECLOSED, ac->errstr, r->arg);
+}
+
+pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
+                             pt_redis_lost_cb on_lost, void *arg,
+                             pt_error_t *err) {
+  pt_redis_uri_t u;
+  if (pt_redis_uri_parse(uri, &u, err) != 0)
+    return NULL;
+  if (!numeric_host(u.host)) {
+    pt_error_set(err, PT_DOMAIN_REDIS, PT_EINVAL,
+                 "redis URI: host \"%s\" must be a numeric address or "
+                 "localhost (no blocking name lookup on the loop)",
+                 u.host);
+    return NULL;
+  }
+  pt_redis_t *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return NULL;
+  r->on_lost = on_lost;
+  r->arg = arg;
+  redisAsyncContext *ac = redisAsyncConnect(u.host, u.port);
+  if (ac == NULL || ac->err) {
+    pt_error_set(err, PT_DOMAIN_REDIS, PT_ECONNECT, "redis %s:%d: %s", u.host,
+                 u.port, ac ? ac->errstr : "out of memory");
+    if (ac != NULL)
+      redisAsyncFree(ac);
+    free(r);
+    return NULL;
+  }
+  ac->data = r;
+  r->ac = ac;
+  redisLibuvAttach(ac, loop);
+  redisAsyncSetConnectCallback(ac, on_connect);
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  /* Queued before anything else, so every later command runs
+   * authenticated and in the right database. */
+  if (u.password[0])
+    redisAsyncCommand(ac, NULL, NULL, "AUTH %s", u.password);
+  if (u.db != 0)
+    redisAsyncCommand(ac, NULL, NULL, "SELECT %d", u.db);
+  return r;
+}
+
+redisAsyncContext *pt_redis_ctx(pt_redis_t *r) {
+  return r != NULL && !r->destroyed ? r->ac : NULL;
+}
+
+int pt_redis_is_up(const pt_redis_t *r) { return r != NULL && r->up; }
+
+void pt_redis_destroy(pt_redis_t *r) {
+  if (r == NULL)
+    return;
+  r->destroyed = 1;
+  if (r->ac == NULL) {
+    free(r);
+    return;
+  }
+  if (r->up) {
+    /* Graceful: pending commands are written and answered, then hiredis
+     * calls on_disconnect, which frees r. */
+    redisAsyncDisconnect(r->ac);
+    return;
+  }
+  /* Not connected yet: nothing to flush. Pending callbacks get NULL. */
+  redisAsyncContext *ac = r->ac;
+  r->ac = NULL;
+  ac->data = NULL;
+  redisAsyncFree(ac);
+  free(r);
+}
+
+redisContext *pt_redis_connect_sync(const char *uri, int timeout_ms,
+                                    pt_error_t *err) {
+  pt_redis_uri_t u;
+  struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  if (pt_redis_uri_parse(uri, &u, err) != 0)
+    return NULL;
+  redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
+  if (c == NULL || c->err) {
+    pt_error_set(err, PT_DOMAIN_REDIS, PT_ECONNECT, "redis %s:%d: %s", u.host,
+                 u.port, c ? c->errstr : "out of memory");
+    if (c != NULL)
+      redisFree(c);
+    return NULL;
+  }
+  redisSetTimeout(c, tv);
+  const char *what[2] = {NULL, NULL};
+  redisReply *rp;
+  if (u.password[0]) {
+    rp = redisCommand(c, "AUTH %s", u.password);
+    what[0] = rp == NULL || rp->type == REDIS_REPLY_ERROR ? "AUTH" : NULL;
+    freeReplyObject(rp);
+  }
+  if (what[0] == NULL && u.db != 0) {
+    rp = redisCommand(c, "SELECT %d", u.db);
+    what[0] = rp == NULL || rp->type == REDIS_REPLY_ERROR ? "SELECT" : NULL;
+    freeReplyObject(rp);
+  }
+  if (what[0] != NULL) {
+    pt_error_set(err, PT_DOMAIN_REDIS, PT_ECONNECT, "redis %s:%d: %s failed",
+                 u.host, u.port, what[0]);
+    redisFree(c);
+    return NULL;
+  }
+  /* Blocking calls after this wait at most a little longer than a
+   * BLOCK timeout the caller uses. */
+  struct timeval rtv = {(timeout_ms / 1000) + 5, 0};
+  redisSetTimeout(c, rtv);
+  return c;
+}
