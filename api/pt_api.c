@@ -1,0 +1,885 @@
+#include "api/pt_api.h"
+
+#include <getopt.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+#include <unistd.h>
+
+#include "api/pt_api_reply.h"
+#include "core/pt_amqp.h"
+#include "core/pt_httpd.h"
+#include "core/pt_id.h"
+#include "core/pt_log.h"
+#include "core/pt_mongo.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+#include "runner/pt_topology.h"
+#include "tasks/pt_registry.h"
+
+#define DEV_TOKEN "dev-token-change-me"
+
+typedef struct waiter waiter_t;
+
+typedef struct {
+  uv_loop_t *loop;
+  const pt_config_t *cfg;
+  pt_httpd_t *httpd;
+  pt_amqp_t *amqp;
+  pt_redis_t *redis;
+  pt_redis_t *sub; /* pub/sub: final states, for ?wait */
+  pt_mongo_t *mongo;
+  pt_idgen_t ids;
+  char lease_key[32], lease_val[96];
+  uv_timer_t lease_timer, amqp_retry, stop_timer;
+  uv_signal_t sigterm, sigint;
+  waiter_t *waiters; /* by task id */
+  size_t inflight;   /* requests not yet answered */
+  int stopping;
+} api_t;
+
+/* A request in progress (submit, get, cancel). */
+typedef struct op {
+  api_t *api;
+  pt_httpd_req_t *req;
+  char id[21];
+  pt_task_t task;
+  int has_task;
+  char idem_key[256];
+  int has_idem;
+  /* get */
+  int wait_s;
+  int answered;
+  int status_ok; /* HTTP status of a successful answer (200) */
+  bson_t mongo_doc;
+  int mongo_found;
+} op_t;
+
+/* Waiters of one task id: GETs holding with ?wait. */
+typedef struct wait_entry {
+  op_t *op;
+  uv_timer_t timer;
+  struct wait_entry *next;
+  waiter_t *owner;
+  /* The entry is freed when its timer is closed and its first read has
+   * come back, whichever is last. */
+  int reading, removed, closed;
+} wait_entry_t;
+
+struct waiter {
+  char id[21];
+  wait_entry_t *list;
+  UT_hash_handle hh;
+};
+
+static op_t *op_new(api_t *api, pt_httpd_req_t *req) {
+  op_t *op = calloc(1, sizeof *op);
+  if (op == NULL)
+    return NULL;
+  op->api = api;
+  op->req = req;
+  op->status_ok = 200;
+  api->inflight++;
+  return op;
+}
+
+static void maybe_stop(api_t *api);
+
+static void op_free(op_t *op) {
+  api_t *api = op->api;
+  if (op->has_task)
+    pt_task_destroy(&op->task);
+  if (op->mongo_found)
+    bson_destroy(&op->mongo_doc);
+  free(op);
+  api->inflight--;
+  maybe_stop(api);
+}
+
+static void op_error(op_t *op, int status, const char *code,
+                     const char *message) {
+  pt_reply_error(op->req, status, code, message);
+  op_free(op);
+}
+
+/* ---- reading a task: Redis, then MongoDB ------------------------------ */
+
+static void read_task(op_t *op);
+
+typedef struct {
+  char id[21];
+  bson_t doc;
+  int found;
+  const char *db;
+} mongo_find_t;
+
+static int mongo_find_work(mongoc_client_t *client, void *arg,
+                           pt_error_t *err) {
+  op_t *op = arg;
+  bson_error_t e;
+  bson_t filter = BSON_INITIALIZER;
+  const bson_t *doc;
+  mongoc_collection_t *c = mongoc_client_get_collection(
+      client, pt_mongo_dbname(op->api->mongo), "tasks");
+  BSON_APPEND_UTF8(&filter, "_id", op->id);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, NULL,
+                                                          NULL);
+  int rc = 0;
+  if (mongoc_cursor_next(cur, &doc)) {
+    bson_copy_to(doc, &op->mongo_doc);
+    op->mongo_found = 1;
+  } else if (mongoc_cursor_error(cur, &e)) {
+    rc = pt_error_set(err, PT_DOMAIN_MONGO, PT_EMONGO, "%s", e.message);
+  }
+  mongoc_cursor_destroy(cur);
+  mongoc_collection_destroy(c);
+  bson_destroy(&filter);
+  return rc;
+}
+
+static void on_mongo_found(int status, const pt_error_t *err, void *arg) {
+  op_t *op = arg;
+  if (status != 0) {
+    PT_ERROR("mongo_read_failed", "task_id=%s err=\"%s\"", op->id,
+             err ? err->message : "");
+    op_error(op, 503, "store_unavailable",
+             "the task store (MongoDB) is unavailable; try again");
+    return;
+  }
+  if (!op->mongo_found) {
+    op_error(op, 404, "task_not_found", "no task has this id");
+    return;
+  }
+  pt_reply_doc(op->req, op->status_ok, &op->mongo_doc);
+  op_free(op);
+}
+
+static void read_from_mongo(op_t *op) {
+  if (pt_mongo_submit(op->api->mongo, mongo_find_work, on_mongo_found, op) !=
+      0)
+    op_error(op, 503, "store_unavailable", "the task store is unavailable");
+}
+
+static void waiter_remove(api_t *api, wait_entry_t *we);
+
+static void on_task_hash(redisReply *reply, void *arg) {
+  op_t *op = arg;
+  bson_t doc = BSON_INITIALIZER;
+  int final = 0;
+  pt_error_t err;
+  if (reply == NULL) {
+    bson_destroy(&doc);
+    op_error(op, 503, "store_unavailable",
+             "the task cache (Redis) is unavailable; try again");
+    return;
+  }
+  int rc = pt_store_doc_from_hash(reply, &doc, &final, &err);
+  if (rc == PT_ENOTFOUND) {
+    bson_destroy(&doc);
+    read_from_mongo(op);
+    return;
+  }
+  if (rc != 0) {
+    bson_destroy(&doc);
+    PT_ERROR("task_damaged", "task_id=%s err=\"%s\"", op->id, err.message);
+    op_error(op, 500, "internal_error", "the task's record is damaged");
+    return;
+  }
+  pt_reply_doc(op->req, op->status_ok, &doc);
+  bson_destroy(&doc);
+  op_free(op);
+}
+
+static void read_task(op_t *op) {
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  if (ac == NULL || pt_store_get(ac, op->id, on_task_hash, op) != 0)
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+}
+
+/* ---- long poll ---------------------------------------------------------- */
+
+static void wait_entry_finish(wait_entry_t *we) {
+  op_t *op = we->op;
+  free(we);
+  /* The final read answers the request. */
+  read_task(op);
+}
+
+static void on_wait_closed(uv_handle_t *h) {
+  wait_entry_t *we = h->data;
+  we->closed = 1;
+  if (!we->reading)
+    wait_entry_finish(we);
+}
+
+static void waiter_remove(api_t *api, wait_entry_t *we) {
+  waiter_t *w = we->owner;
+  we->removed = 1;
+  wait_entry_t **pp = &w->list;
+  while (*pp != we)
+    pp = &(*pp)->next;
+  *pp = we->next;
+  if (w->list == NULL) {
+    HASH_DEL(api->waiters, w);
+    free(w);
+  }
+  uv_timer_stop(&we->timer);
+  uv_close((uv_handle_t *)&we->timer, on_wait_closed);
+}
+
+static void on_wait_timeout(uv_timer_t *t) {
+  wait_entry_t *we = t->data;
+  waiter_remove(we->op->api, we);
+}
+
+/* Wakes every GET waiting for id. */
+static void wake_waiters(api_t *api, const char *id) {
+  waiter_t *w;
+  HASH_FIND_STR(api->waiters, id, w);
+  while (w != NULL) {
+    wait_entry_t *we = w->list;
+    int last = we->next == NULL;
+    waiter_remove(api, we); /* frees w with its last entry */
+    if (last)
+      break;
+  }
+}
+
+static void on_final_message(redisAsyncContext *ac, void *r, void *privdata) {
+  api_t *api = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
+      reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
+      strcmp(reply->element[0]->str, "message") != 0 ||
+      reply->element[2]->type != REDIS_REPLY_STRING)
+    return;
+  wake_waiters(api, reply->element[2]->str);
+}
+
+/* First reply of a GET with ?wait: answer now if final (or unknown),
+ * otherwise wait for the pub/sub message or the timeout. The waiter was
+ * registered before the read, so a final state written in between is not
+ * missed. */
+static void on_wait_hash(redisReply *reply, void *arg) {
+  wait_entry_t *we = arg;
+  op_t *op = we->op;
+  bson_t doc = BSON_INITIALIZER;
+  int final = 0;
+  pt_error_t err;
+  we->reading = 0;
+  if (we->removed) {
+    /* Woken or timed out meanwhile. */
+    bson_destroy(&doc);
+    if (we->closed)
+      wait_entry_finish(we);
+    return;
+  }
+  if (reply != NULL && pt_store_doc_from_hash(reply, &doc, &final, &err) == 0 &&
+      !final) {
+    bson_destroy(&doc);
+    return; /* keep waiting */
+  }
+  bson_destroy(&doc);
+  waiter_remove(op->api, we); /* answers through read_task */
+}
+
+static void start_wait(op_t *op) {
+  api_t *api = op->api;
+  waiter_t *w;
+  wait_entry_t *we = calloc(1, sizeof *we);
+  if (we == NULL) {
+    read_task(op);
+    return;
+  }
+  HASH_FIND_STR(api->waiters, op->id, w);
+  if (w == NULL) {
+    w = calloc(1, sizeof *w);
+    if (w == NULL) {
+      free(we);
+      read_task(op);
+      return;
+    }
+    memcpy(w->id, op->id, sizeof w->id);
+    HASH_ADD_STR(api->waiters, id, w);
+  }
+  we->op = op;
+  we->owner = w;
+  we->next = w->list;
+  w->list = we;
+  uv_timer_init(api->loop, &we->timer);
+  we->timer.data = we;
+  uv_timer_start(&we->timer, on_wait_timeout, (uint64_t)op->wait_s * 1000, 0);
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  we->reading = 1;
+  if (ac == NULL || pt_store_get(ac, op->id, on_wait_hash, we) != 0) {
+    we->reading = 0;
+    waiter_remove(api, we);
+  }
+}
+
+/* ---- handlers ------------------------------------------------------------ */
+
+static int parse_wait(const char *q, size_t qlen, int max, int *out) {
+  *out = 0;
+  while (q != NULL && qlen > 0) {
+    const char *amp = memchr(q, '&', qlen);
+    size_t n = amp ? (size_t)(amp - q) : qlen;
+    if (n > 5 && memcmp(q, "wait=", 5) == 0) {
+      int v = 0;
+      if (n - 5 > 4)
+        return -1;
+      for (size_t i = 5; i < n; i++) {
+        if (q[i] < '0' || q[i] > '9')
+          return -1;
+        v = v * 10 + (q[i] - '0');
+      }
+      if (v > max)
+        return -1;
+      *out = v;
+    } else if (n == 4 && memcmp(q, "wait", 4) == 0) {
+      return -1;
+    }
+    if (amp == NULL)
+      break;
+    qlen -= n + 1;
+    q = amp + 1;
+  }
+  return 0;
+}
+
+static void handle_get(op_t *op) {
+  size_t qlen;
+  const char *q = pt_httpd_query(op->req, &qlen);
+  char msg[96];
+  if (parse_wait(q, qlen, (int)op->api->cfg->api_max_wait, &op->wait_s) != 0) {
+    snprintf(msg, sizeof msg, "wait must be a whole number of seconds, 0 to %d",
+             (int)op->api->cfg->api_max_wait);
+    op_error(op, 400, "invalid_wait", msg);
+    return;
+  }
+  if (op->wait_s > 0 && !op->api->stopping)
+    start_wait(op);
+  else
+    read_task(op);
+}
+
+/* cancel */
+static void on_cancelled(int status, pt_verdict_t v, const char *detail,
+                         void *arg) {
+  op_t *op = arg;
+  char msg[128];
+  if (status != 0) {
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+    return;
+  }
+  if (v == PT_V_OK) {
+    PT_INFO("task_cancelled", "task_id=%s", op->id);
+    read_task(op);
+  } else if (v == PT_V_CONFLICT) {
+    snprintf(msg, sizeof msg, "the task is %s and can no longer be cancelled",
+             detail);
+    op_error(op, 409, "task_not_cancellable", msg);
+  } else {
+    /* Not in Redis: either unknown or final and evicted. */
+    op->status_ok = 409;
+    read_from_mongo(op);
+  }
+}
+
+static void handle_cancel(op_t *op) {
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  if (ac == NULL ||
+      pt_store_cancel(ac, op->id, pt_now_ms(), on_cancelled, op) != 0)
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+}
+
+/* submit */
+static void on_abandoned(int status, pt_verdict_t v, const char *detail,
+                         void *arg) {
+  op_t *op = arg;
+  (void)v;
+  (void)detail;
+  if (status != 0)
+    PT_ERROR("abandon_failed", "task_id=%s", op->id);
+  op_error(op, 503, "broker_unavailable",
+           "the message broker did not confirm the task; nothing was "
+           "accepted, try again");
+}
+
+static void abandon(op_t *op) {
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  if (ac == NULL || pt_store_abandon(ac, op->id,
+                                     op->has_idem ? op->idem_key : NULL,
+                                     pt_now_ms(), on_abandoned, op) != 0)
+    on_abandoned(PT_EREDIS, PT_V_OK, "", op);
+}
+
+static void on_published(pt_amqp_t *c, int status, void *arg) {
+  op_t *op = arg;
+  (void)c;
+  if (status != 0) {
+    PT_WARN("submit_unconfirmed", "task_id=%s err=\"%s\"", op->id,
+            pt_strerror(status));
+    abandon(op);
+    return;
+  }
+  bson_t doc = BSON_INITIALIZER;
+  pt_store_doc_pending(&op->task, &doc);
+  PT_DEBUG("task_submitted", "task_id=%s type=%s channel=%s", op->id,
+           op->task.type, op->task.channel);
+  pt_reply_doc(op->req, 202, &doc);
+  bson_destroy(&doc);
+  op_free(op);
+}
+
+static void on_submitted(int status, pt_verdict_t v, const char *detail,
+                         void *arg) {
+  op_t *op = arg;
+  if (status != 0) {
+    op_error(op, 503, "store_unavailable",
+             "the task cache (Redis) is unavailable; nothing was accepted");
+    return;
+  }
+  if (v == PT_V_DUP) {
+    /* detail is "<sha256 of the body>:<task id>". */
+    const char *colon = strchr(detail, ':');
+    size_t blen;
+    const char *body = pt_httpd_body(op->req, &blen);
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[65];
+    SHA256((const unsigned char *)body, blen, md);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+      snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (colon == NULL || (size_t)(colon - detail) != 64 ||
+        memcmp(detail, hex, 64) != 0 || strlen(colon + 1) > 20) {
+      op_error(op, 409, "idempotency_conflict",
+               "this Idempotency-Key was used with a different body");
+      return;
+    }
+    snprintf(op->id, sizeof op->id, "%s", colon + 1);
+    read_task(op);
+    return;
+  }
+  if (v != PT_V_OK) {
+    op_error(op, 500, "internal_error", "task id collision; try again");
+    return;
+  }
+  size_t len;
+  char *msg_body = pt_task_spec_json(&op->task, 1, &len);
+  char mid[32];
+  snprintf(mid, sizeof mid, "%s:1", op->id);
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
+  int rc = pt_amqp_publish(op->api->amqp, PT_EXCHANGE_WORK, PT_ROUTE_TASK,
+                           msg_body, len, &msg, on_published, op);
+  bson_free(msg_body);
+  if (rc != 0)
+    abandon(op);
+}
+
+static int idem_key_ok(const char *k, size_t n) {
+  if (n == 0 || n > 200)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (k[i] < 0x21 || k[i] > 0x7e)
+      return 0;
+  return 1;
+}
+
+static void handle_submit(op_t *op) {
+  api_t *api = op->api;
+  pt_input_error_t ie;
+  size_t blen, klen;
+  const char *body = pt_httpd_body(op->req, &blen);
+  const char *key = pt_httpd_header(op->req, "idempotency-key", &klen);
+
+  if (key != NULL) {
+    if (!idem_key_ok(key, klen)) {
+      op_error(op, 400, "invalid_idempotency_key",
+               "Idempotency-Key must be 1 to 200 visible ASCII characters");
+      return;
+    }
+    memcpy(op->idem_key, key, klen);
+    op->idem_key[klen] = '\0';
+    op->has_idem = 1;
+  }
+  if (pt_task_parse(body, blen, PT_PARSE_SUBMIT, api->cfg->api_max_amount,
+                    &op->task, &ie) != 0) {
+    op_error(op, 400, ie.code, ie.message);
+    return;
+  }
+  op->has_task = 1;
+  if (pt_registry_check(&op->task, &ie) != 0) {
+    op_error(op, 400, ie.code, ie.message);
+    return;
+  }
+  if (!pt_amqp_is_ready(api->amqp)) {
+    op_error(op, 503, "broker_unavailable",
+             "the message broker is unreachable; nothing was accepted");
+    return;
+  }
+  if (pt_idgen_next(&api->ids, &op->task.id) != 0) {
+    PT_ERROR("clock_backwards", "note=\"refusing to issue task ids\"");
+    op_error(op, 503, "clock_error",
+             "the server clock moved backwards; try again shortly");
+    return;
+  }
+  pt_id_format(op->task.id, op->task.id_str);
+  memcpy(op->id, op->task.id_str, sizeof op->id);
+  op->task.created_at_ms = pt_id_time_ms(op->task.id);
+
+  char idem_val[100] = "";
+  if (op->has_idem) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)body, blen, md);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+      snprintf(idem_val + 2 * i, 3, "%02x", md[i]);
+    snprintf(idem_val + 64, sizeof idem_val - 64, ":%s", op->id);
+  }
+  size_t slen;
+  char *spec = pt_task_spec_json(&op->task, 0, &slen);
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  int rc = ac == NULL ? PT_EREDIS
+                      : pt_store_submit(ac, op->id, spec, slen,
+                                        op->task.created_at_ms,
+                                        op->has_idem ? op->idem_key : NULL,
+                                        idem_val, api->cfg->api_idempotency_ttl,
+                                        on_submitted, op);
+  bson_free(spec);
+  if (rc != 0)
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+}
+
+/* readyz */
+static int mongo_ping_work(mongoc_client_t *client, void *arg,
+                           pt_error_t *err) {
+  bson_t cmd = BSON_INITIALIZER;
+  bson_error_t e;
+  (void)arg;
+  BSON_APPEND_INT32(&cmd, "ping", 1);
+  bool ok = mongoc_client_command_simple(client, "admin", &cmd, NULL, NULL, &e);
+  bson_destroy(&cmd);
+  return ok ? 0 : pt_error_set(err, PT_DOMAIN_MONGO, PT_EMONGO, "%s", e.message);
+}
+
+static void on_mongo_ping(int status, const pt_error_t *err, void *arg) {
+  op_t *op = arg;
+  api_t *api = op->api;
+  bson_t doc = BSON_INITIALIZER;
+  int amqp = pt_amqp_is_ready(api->amqp), redis = pt_redis_is_up(api->redis);
+  BSON_APPEND_UTF8(&doc, "broker", amqp ? "ok" : "unreachable");
+  BSON_APPEND_UTF8(&doc, "redis", redis ? "ok" : "unreachable");
+  BSON_APPEND_UTF8(&doc, "mongodb",
+                   status == 0 ? "ok" : (err ? err->message : "unreachable"));
+  pt_reply_doc(op->req, amqp && redis && status == 0 ? 200 : 503, &doc);
+  bson_destroy(&doc);
+  op_free(op);
+}
+
+static int path_is(const char *p, size_t n, const char *lit) {
+  return n == strlen(lit) && memcmp(p, lit, n) == 0;
+}
+
+static void on_request(pt_httpd_req_t *req, void *arg) {
+  api_t *api = arg;
+  size_t mlen, plen, alen;
+  const char *m = pt_httpd_method(req, &mlen);
+  const char *p = pt_httpd_path(req, &plen);
+  int is_get = path_is(m, mlen, "GET"), is_post = path_is(m, mlen, "POST");
+  op_t *op = op_new(api, req);
+  if (op == NULL) {
+    pt_reply_error(req, 503, "overloaded", "out of memory");
+    return;
+  }
+  if (path_is(p, plen, "/healthz")) {
+    pt_httpd_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15,
+                     NULL);
+    op_free(op);
+    return;
+  }
+  if (path_is(p, plen, "/readyz")) {
+    if (pt_mongo_submit(api->mongo, mongo_ping_work, on_mongo_ping, op) != 0)
+      on_mongo_ping(PT_EMONGO, NULL, op);
+    return;
+  }
+  if (plen < 4 || memcmp(p, "/v1/", 4) != 0) {
+    op_error(op, 404, "not_found", "no such endpoint");
+    return;
+  }
+  const char *auth = pt_httpd_header(req, "authorization", &alen);
+  if (auth == NULL || alen < 8 || strncasecmp(auth, "Bearer ", 7) != 0 ||
+      !pt_config_token_ok(api->cfg, auth + 7, alen - 7)) {
+    op_error(op, 401, "unauthorized",
+             "send Authorization: Bearer <token> with a valid token");
+    return;
+  }
+  if (api->stopping) {
+    op_error(op, 503, "shutting_down", "the api is shutting down; retry");
+    return;
+  }
+  if (path_is(p, plen, "/v1/tasks")) {
+    if (!is_post) {
+      op_error(op, 405, "method_not_allowed", "use POST to submit a task");
+      return;
+    }
+    handle_submit(op);
+    return;
+  }
+  if (plen > 10 && memcmp(p, "/v1/tasks/", 10) == 0) {
+    const char *id = p + 10;
+    size_t idlen = plen - 10;
+    int cancel = 0;
+    if (idlen > 7 && memcmp(id + idlen - 7, "/cancel", 7) == 0) {
+      idlen -= 7;
+      cancel = 1;
+    }
+    uint64_t v;
+    if (pt_id_parse(id, idlen, &v) != 0) {
+      op_error(op, 404, "task_not_found", "no task has this id");
+      return;
+    }
+    pt_id_format(v, op->id);
+    if (cancel && is_post)
+      handle_cancel(op);
+    else if (!cancel && is_get)
+      handle_get(op);
+    else
+      op_error(op, 405, "method_not_allowed",
+               cancel ? "use POST to cancel" : "use GET to read a task");
+    return;
+  }
+  op_error(op, 404, "not_found", "no such endpoint");
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void connect_amqp(uv_timer_t *t);
+
+static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                          void *arg) {
+  api_t *api = arg;
+  (void)c;
+  if (status != 0) {
+    PT_ERROR("broker_connect_failed", "err=\"%s\" retry_in_ms=2000",
+             err ? err->message : pt_strerror(status));
+    if (!api->stopping)
+      uv_timer_start(&api->amqp_retry, connect_amqp, 2000, 0);
+    return;
+  }
+  PT_INFO("broker_connected", "uri_host_only=1");
+}
+
+static void connect_amqp(uv_timer_t *t) {
+  api_t *api = t->data;
+  if (pt_amqp_start(api->amqp, on_amqp_ready, api) != 0)
+    uv_timer_start(&api->amqp_retry, connect_amqp, 2000, 0);
+}
+
+static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
+                         void *arg) {
+  api_t *api = arg;
+  (void)c;
+  PT_ERROR("broker_lost", "err=\"%s\" retry_in_ms=1000",
+           err ? err->message : pt_strerror(status));
+  if (!api->stopping)
+    uv_timer_start(&api->amqp_retry, connect_amqp, 1000, 0);
+}
+
+static void on_lease_renew(uv_timer_t *t) {
+  api_t *api = t->data;
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  if (ac != NULL)
+    redisAsyncCommand(ac, NULL, NULL, "SET %s %s EX 60", api->lease_key,
+                      api->lease_val);
+}
+
+/* Leases a node id in Redis (SET NX EX), before the loop runs. */
+static int lease_node(api_t *api, pt_error_t *err) {
+  char host[64] = "host";
+  if (api->cfg->node_id >= 0) {
+    pt_idgen_init(&api->ids, (int)api->cfg->node_id);
+    return 0;
+  }
+  redisContext *rc = pt_redis_connect_sync(api->cfg->redis_uri, 2000, err);
+  if (rc == NULL)
+    return PT_EREDIS;
+  gethostname(host, sizeof host - 1);
+  snprintf(api->lease_val, sizeof api->lease_val, "%s:%ld", host,
+           (long)getpid());
+  int node = -1;
+  for (int n = 0; n <= PT_ID_MAX_NODE && node < 0; n++) {
+    snprintf(api->lease_key, sizeof api->lease_key, "pt:node:%d", n);
+    redisReply *r = redisCommand(rc, "SET %s %s NX EX 60", api->lease_key,
+                                 api->lease_val);
+    if (r == NULL)
+      break;
+    if (r->type == REDIS_REPLY_STATUS)
+      node = n;
+    freeReplyObject(r);
+  }
+  redisFree(rc);
+  if (node < 0)
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
+                        "no free node id could be leased in Redis");
+  pt_idgen_init(&api->ids, node);
+  PT_INFO("node_leased", "node=%d", node);
+  return 0;
+}
+
+static void close_all(api_t *api) {
+  uv_close((uv_handle_t *)&api->sigterm, NULL);
+  uv_close((uv_handle_t *)&api->sigint, NULL);
+  uv_close((uv_handle_t *)&api->lease_timer, NULL);
+  uv_close((uv_handle_t *)&api->amqp_retry, NULL);
+  uv_close((uv_handle_t *)&api->stop_timer, NULL);
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  if (ac != NULL && api->lease_key[0])
+    redisAsyncCommand(ac, NULL, NULL, "DEL %s", api->lease_key);
+  pt_amqp_destroy(api->amqp);
+  api->amqp = NULL;
+  pt_redis_destroy(api->sub);
+  api->sub = NULL;
+  pt_redis_destroy(api->redis);
+  api->redis = NULL;
+}
+
+/* Stops once every request in flight has been answered: a submit waiting
+ * for its confirm still gets its 202. */
+static void maybe_stop(api_t *api) {
+  if (!api->stopping || api->inflight > 0 || api->amqp == NULL ||
+      api->waiters != NULL)
+    return;
+  pt_httpd_destroy(api->httpd);
+  api->httpd = NULL;
+  close_all(api);
+}
+
+static void on_stop_deadline(uv_timer_t *t) {
+  api_t *api = t->data;
+  PT_WARN("api_stop_deadline", "inflight=%zu", api->inflight);
+  /* Waiters answer with what they have now. */
+  while (api->waiters != NULL)
+    waiter_remove(api, api->waiters->list);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  api_t *api = s->data;
+  if (api->stopping)
+    return;
+  api->stopping = 1;
+  PT_INFO("api_stopping", "signal=%d inflight=%zu", signum, api->inflight);
+  uv_timer_stop(&api->lease_timer);
+  uv_timer_stop(&api->amqp_retry);
+  /* New requests get 503 from now on; long polls end now with the
+   * current state. */
+  while (api->waiters != NULL)
+    waiter_remove(api, api->waiters->list);
+  uv_timer_start(&api->stop_timer, on_stop_deadline, 10000, 0);
+  uv_unref((uv_handle_t *)&api->stop_timer);
+  maybe_stop(api);
+}
+
+int pt_api_is_loopback(const char *host) {
+  return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+         strcmp(host, "[::1]") == 0 || strcmp(host, "localhost") == 0;
+}
+
+int pt_api_run(const pt_config_t *cfg) {
+  api_t api;
+  pt_error_t err;
+  char host[256];
+  int port;
+  memset(&api, 0, sizeof api);
+  api.cfg = cfg;
+  pt_config_hostport(cfg->api_listen, host, sizeof host, &port);
+  if (strstr(cfg->api_tokens, DEV_TOKEN) != NULL && !pt_api_is_loopback(host)) {
+    PT_ERROR("api_refused",
+             "err=\"the development token %s is configured but api.listen "
+             "(%s) is not a loopback address; set api.tokens\"",
+             DEV_TOKEN, cfg->api_listen);
+    return 2;
+  }
+  if (lease_node(&api, &err) != 0) {
+    PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
+  api.loop = malloc(sizeof *api.loop);
+  uv_loop_init(api.loop);
+  pt_amqp_opts_t ao = {.uri = cfg->amqp_uri,
+                       .setup = pt_topology_declare,
+                       .setup_arg = (void *)cfg->amqp_queue_type,
+                       .on_lost = on_amqp_lost,
+                       .lost_arg = &api};
+  api.amqp = pt_amqp_new(api.loop, &ao);
+  api.redis = pt_redis_connect(api.loop, cfg->redis_uri, NULL, NULL, &err);
+  if (api.redis != NULL)
+    api.sub = pt_redis_connect(api.loop, cfg->redis_uri, NULL, NULL, &err);
+  if (api.redis != NULL && api.sub != NULL)
+    api.mongo = pt_mongo_new(api.loop, cfg->mongodb_uri, &err);
+  pt_httpd_opts_t ho = {.host = host,
+                        .port = port,
+                        .max_body = (size_t)cfg->api_max_body,
+                        .handler = on_request,
+                        .arg = &api};
+  if (api.amqp != NULL && api.mongo != NULL)
+    api.httpd = pt_httpd_new(api.loop, &ho, &err);
+  if (api.amqp == NULL || api.redis == NULL || api.sub == NULL ||
+      api.mongo == NULL || api.httpd == NULL) {
+    PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
+  pt_store_load_scripts(pt_redis_ctx(api.redis));
+  redisAsyncCommand(pt_redis_ctx(api.sub), on_final_message, &api,
+                    "SUBSCRIBE %s", PT_CHANNEL_FINAL);
+  uv_timer_init(api.loop, &api.lease_timer);
+  uv_timer_init(api.loop, &api.amqp_retry);
+  uv_timer_init(api.loop, &api.stop_timer);
+  api.lease_timer.data = api.amqp_retry.data = api.stop_timer.data = &api;
+  if (api.lease_key[0])
+    uv_timer_start(&api.lease_timer, on_lease_renew, 20000, 20000);
+  uv_signal_init(api.loop, &api.sigterm);
+  uv_signal_init(api.loop, &api.sigint);
+  api.sigterm.data = api.sigint.data = &api;
+  uv_signal_start(&api.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&api.sigint, on_signal, SIGINT);
+  connect_amqp(&api.amqp_retry);
+  PT_INFO("api_listening", "addr=%s:%d pid=%ld", host,
+          pt_httpd_port(api.httpd), (long)getpid());
+  uv_run(api.loop, UV_RUN_DEFAULT);
+  pt_mongo_destroy(api.mongo);
+  int rc = uv_loop_close(api.loop);
+  if (rc != 0)
+    PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));
+  free(api.loop);
+  PT_INFO("api_stopped", "pid=%ld", (long)getpid());
+  return 0;
+}
+
+int pt_api_main(int argc, char **argv) {
+  static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *path = NULL;
+  int c;
+  while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    if (c == 'c')
+      path = optarg;
+    else {
+      fprintf(stderr, "usage: paytask api [--config FILE]\n");
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  pt_config_t cfg;
+  pt_error_t err;
+  if (pt_config_load(&cfg, path, &err) != 0) {
+    fprintf(stderr, "paytask api: %s\n", err.message);
+    return 2;
+  }
+  pt_log_setup((pt_log_level_t)pt_log_level_parse(cfg.log_level),
+               strcmp(cfg.log_format, "json") == 0 ? PT_LOG_JSON
+                                                   : PT_LOG_LOGFMT,
+               "api");
+  return pt_api_run(&cfg);
+}

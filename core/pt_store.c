@@ -1,0 +1,485 @@
+#include "core/pt_store.h"
+
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pt_id.h"
+#include "core/pt_task.h"
+
+/* ---- the scripts ---------------------------------------------------- */
+
+static const char submit_lua[] =
+    "if KEYS[2] ~= '' then\n"
+    "  local v = redis.call('GET', KEYS[2])\n"
+    "  if v then return {'dup', v} end\n"
+    "  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', ''} end\n"
+    "redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'status', 'PENDING',\n"
+    "  'attempts', 0, 'created_at', ARGV[2], 'updated_at', ARGV[2])\n"
+    "return {'ok', ''}\n";
+
+/* Shared by cancel and abandon: PENDING or RETRY_WAIT become CANCELLED,
+ * which is final. ARGV[5] is an error to record (abandon) or ''. */
+static const char cancel_lua[] =
+    "local st = redis.call('HGET', KEYS[1], 'status')\n"
+    "if KEYS[4] ~= '' then redis.call('DEL', KEYS[4]) end\n"
+    "if not st then return {'notfound', ''} end\n"
+    "if st ~= 'PENDING' and st ~= 'RETRY_WAIT' then return {'conflict', st} "
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'updated_at', "
+    "ARGV[1])\n"
+    "redis.call('HDEL', KEYS[1], 'next_attempt_at')\n"
+    "if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end\n"
+    "redis.call('SET', KEYS[3], 'CANCELLED', 'EX', ARGV[4])\n"
+    "redis.call('XADD', KEYS[2], '*', 'id', ARGV[2])\n"
+    "redis.call('PUBLISH', ARGV[3], ARGV[2])\n"
+    "return {'ok', ''}\n";
+
+/* Decides what a delivered attempt n does. A hash that is missing while no
+ * tombstone exists means Redis lost it: the spec from the message rebuilds
+ * it, since running a task twice is safe (out_trade_no) and losing one is
+ * not. */
+static const char start_lua[] =
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip:final', ''} "
+    "end\n"
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
+    "local st, a = h[1], tonumber(h[2] or '0')\n"
+    "local n = tonumber(ARGV[1])\n"
+    "if not st then\n"
+    "  redis.call('HSET', KEYS[1], 'spec', ARGV[5], 'created_at', ARGV[3])\n"
+    "  st = 'PENDING'; a = n - 1\n"
+    "end\n"
+    "if st == 'SUCCEEDED' or st == 'FAILED' or st == 'CANCELLED' then\n"
+    "  return {'skip:final', st} end\n"
+    "if a > n or (a == n and st ~= 'RUNNING') then return {'skip:done', st} "
+    "end\n"
+    "local verdict = 'run'\n"
+    "if a == n and st == 'RUNNING' then\n"
+    "  if ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
+    "  local c = redis.call('HINCRBY', KEYS[1], 'crashes', 1)\n"
+    "  if c > tonumber(ARGV[4]) then return {'dead', tostring(c)} end\n"
+    "  verdict = 'resume'\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'attempts', n,\n"
+    "  'started_at', ARGV[3], 'updated_at', ARGV[3])\n"
+    "redis.call('HDEL', KEYS[1], 'next_attempt_at')\n"
+    "return {verdict, ''}\n";
+
+static const char finish_lua[] =
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
+    "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) then\n"
+    "  return {'stale', h[1] or ''} end\n"
+    "redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3],\n"
+    "  'h:' .. ARGV[1], ARGV[6])\n"
+    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[4]) "
+    "end\n"
+    "if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5])\n"
+    "else redis.call('HDEL', KEYS[1], 'error') end\n"
+    "if ARGV[2] == 'RETRY_WAIT' then\n"
+    "  redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[7])\n"
+    "  return {'ok', ''}\n"
+    "end\n"
+    "redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[10])\n"
+    "redis.call('XADD', KEYS[2], '*', 'id', ARGV[8])\n"
+    "redis.call('PUBLISH', ARGV[9], ARGV[8])\n"
+    "return {'ok', ''}\n";
+
+typedef struct {
+  const char *src;
+  char sha[41];
+} script_t;
+
+enum { S_SUBMIT, S_CANCEL, S_START, S_FINISH, S_COUNT };
+
+static script_t scripts[S_COUNT] = {
+    {submit_lua, ""}, {cancel_lua, ""}, {start_lua, ""}, {finish_lua, ""}};
+
+static void compute_shas(void) {
+  /* Only loop threads call the scripts, and each computes the same bytes,
+   * so this lazily filled table needs no lock. */
+  for (int i = 0; i < S_COUNT; i++) {
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)scripts[i].src, strlen(scripts[i].src), md);
+    for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
+      snprintf(scripts[i].sha + 2 * j, 3, "%02x", md[j]);
+  }
+}
+
+int pt_store_load_scripts(redisAsyncContext *ac) {
+  compute_shas();
+  for (int i = 0; i < S_COUNT; i++)
+    if (redisAsyncCommand(ac, NULL, NULL, "SCRIPT LOAD %s", scripts[i].src) !=
+        REDIS_OK)
+      return PT_EREDIS;
+  return 0;
+}
+
+/* ---- calls ---------------------------------------------------------- */
+
+typedef struct {
+  pt_store_cb cb;
+  void *arg;
+} call_t;
+
+static const struct {
+  const char *word;
+  pt_verdict_t v;
+} verdicts[] = {{"ok", PT_V_OK},
+                {"dup", PT_V_DUP},
+                {"exists", PT_V_EXISTS},
+                {"run", PT_V_RUN},
+                {"resume", PT_V_RESUME},
+                {"skip:final", PT_V_SKIP_FINAL},
+                {"skip:done", PT_V_SKIP_DONE},
+                {"skip:dup", PT_V_SKIP_DUP},
+                {"dead", PT_V_DEAD},
+                {"stale", PT_V_STALE},
+                {"notfound", PT_V_NOTFOUND},
+                {"conflict", PT_V_CONFLICT}};
+
+static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  call_t *c = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply == NULL) {
+    c->cb(PT_EREDIS, PT_V_OK, "redis connection lost", c->arg);
+  } else if (reply->type == REDIS_REPLY_ERROR) {
+    c->cb(PT_EREDIS, PT_V_OK, reply->str, c->arg);
+  } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+             reply->element[0]->type != REDIS_REPLY_STRING ||
+             reply->element[1]->type != REDIS_REPLY_STRING) {
+    c->cb(PT_EPROTO, PT_V_OK, "unexpected script reply", c->arg);
+  } else {
+    const char *w = reply->element[0]->str;
+    size_t i;
+    for (i = 0; i < sizeof verdicts / sizeof verdicts[0]; i++)
+      if (strcmp(w, verdicts[i].word) == 0)
+        break;
+    if (i == sizeof verdicts / sizeof verdicts[0])
+      c->cb(PT_EPROTO, PT_V_OK, w, c->arg);
+    else
+      c->cb(0, verdicts[i].v, reply->element[1]->str, c->arg);
+  }
+  free(c);
+}
+
+/* Sends EVALSHA with argv (binary-safe). */
+static int evalsha(redisAsyncContext *ac, int script, int nkeys, int argc,
+                   const char **argv, const size_t *lens, pt_store_cb cb,
+                   void *arg) {
+  const char *av[24];
+  size_t al[24];
+  char nk[8];
+  call_t *c;
+
+  if (scripts[script].sha[0] == '\0')
+    compute_shas();
+  snprintf(nk, sizeof nk, "%d", nkeys);
+  av[0] = "EVALSHA";
+  al[0] = 7;
+  av[1] = scripts[script].sha;
+  al[1] = 40;
+  av[2] = nk;
+  al[2] = strlen(nk);
+  for (int i = 0; i < argc; i++) {
+    av[3 + i] = argv[i];
+    al[3 + i] = lens ? lens[i] : strlen(argv[i]);
+  }
+  c = malloc(sizeof *c);
+  if (c == NULL)
+    return PT_ENOMEM;
+  c->cb = cb;
+  c->arg = arg;
+  if (redisAsyncCommandArgv(ac, on_script_reply, c, argc + 3, av, al) !=
+      REDIS_OK) {
+    free(c);
+    return PT_EREDIS;
+  }
+  return 0;
+}
+
+static void key(char *buf, size_t len, const char *prefix, const char *id) {
+  snprintf(buf, len, "%s%s", prefix, id);
+}
+
+int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
+                    size_t spec_len, int64_t now_ms, const char *idem_key,
+                    const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
+                    void *arg) {
+  char k1[64], k2[320] = "", now[24], ttl[24];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  if (idem_key != NULL)
+    key(k2, sizeof k2, PT_KEY_IDEM, idem_key);
+  snprintf(now, sizeof now, "%lld", (long long)now_ms);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)idem_ttl_s);
+  const char *argv[] = {k1, k2, spec, now, idem_val ? idem_val : "", ttl};
+  size_t lens[] = {strlen(k1), strlen(k2), spec_len, strlen(now),
+                   strlen(argv[4]), strlen(ttl)};
+  return evalsha(ac, S_SUBMIT, 2, 6, argv, lens, cb, arg);
+}
+
+static int cancel_common(redisAsyncContext *ac, const char *id,
+                         const char *idem_key, int64_t now_ms,
+                         const char *error_json, pt_store_cb cb, void *arg) {
+  char k1[64], k3[64], k4[320] = "", now[24], ttl[24];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  key(k3, sizeof k3, PT_KEY_FIN, id);
+  if (idem_key != NULL)
+    key(k4, sizeof k4, PT_KEY_IDEM, idem_key);
+  snprintf(now, sizeof now, "%lld", (long long)now_ms);
+  snprintf(ttl, sizeof ttl, "%d", PT_TOMBSTONE_TTL_S);
+  const char *argv[] = {k1,  PT_STREAM_SYNC, k3,  k4,
+                        now, id,             PT_CHANNEL_FINAL, ttl,
+                        error_json ? error_json : ""};
+  return evalsha(ac, S_CANCEL, 4, 9, argv, NULL, cb, arg);
+}
+
+int pt_store_abandon(redisAsyncContext *ac, const char *id,
+                     const char *idem_key, int64_t now_ms, pt_store_cb cb,
+                     void *arg) {
+  char *err = pt_store_error_json(
+      "broker_unavailable",
+      "the broker did not confirm the task; it was not queued");
+  int rc = cancel_common(ac, id, idem_key, now_ms, err, cb, arg);
+  bson_free(err);
+  return rc;
+}
+
+int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
+                    pt_store_cb cb, void *arg) {
+  return cancel_common(ac, id, NULL, now_ms, NULL, cb, arg);
+}
+
+int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
+                   int redelivered, int64_t now_ms, int max_crashes,
+                   const char *spec, size_t spec_len, pt_store_cb cb,
+                   void *arg) {
+  char k1[64], k2[64], n[16], now[24], mc[16];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  key(k2, sizeof k2, PT_KEY_FIN, id);
+  snprintf(n, sizeof n, "%d", attempt);
+  snprintf(now, sizeof now, "%lld", (long long)now_ms);
+  snprintf(mc, sizeof mc, "%d", max_crashes);
+  const char *argv[] = {k1, k2, n, redelivered ? "1" : "0", now, mc, spec};
+  size_t lens[] = {strlen(k1), strlen(k2), strlen(n), 1, strlen(now),
+                   strlen(mc), spec_len};
+  return evalsha(ac, S_START, 2, 7, argv, lens, cb, arg);
+}
+
+int pt_store_finish(redisAsyncContext *ac, const char *id,
+                    const pt_store_finish_t *f, pt_store_cb cb, void *arg) {
+  char k1[64], k3[64], n[16], now[24], next[24], ttl[24];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  key(k3, sizeof k3, PT_KEY_FIN, id);
+  snprintf(n, sizeof n, "%d", f->attempt);
+  snprintf(now, sizeof now, "%lld", (long long)f->now_ms);
+  snprintf(next, sizeof next, "%lld", (long long)f->next_attempt_at_ms);
+  snprintf(ttl, sizeof ttl, "%d", PT_TOMBSTONE_TTL_S);
+  const char *argv[] = {k1,
+                        PT_STREAM_SYNC,
+                        k3,
+                        n,
+                        f->status,
+                        now,
+                        f->result_json ? f->result_json : "",
+                        f->error_json ? f->error_json : "",
+                        f->history_json,
+                        next,
+                        id,
+                        PT_CHANNEL_FINAL,
+                        ttl};
+  return evalsha(ac, S_FINISH, 3, 13, argv, NULL, cb, arg);
+}
+
+typedef struct {
+  pt_store_hash_cb cb;
+  void *arg;
+} get_t;
+
+static void on_hgetall(redisAsyncContext *ac, void *r, void *privdata) {
+  get_t *g = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  g->cb(reply != NULL && reply->type == REDIS_REPLY_ARRAY ? reply : NULL,
+        g->arg);
+  free(g);
+}
+
+int pt_store_get(redisAsyncContext *ac, const char *id, pt_store_hash_cb cb,
+                 void *arg) {
+  get_t *g = malloc(sizeof *g);
+  if (g == NULL)
+    return PT_ENOMEM;
+  g->cb = cb;
+  g->arg = arg;
+  if (redisAsyncCommand(ac, on_hgetall, g, "HGETALL %s%s", PT_KEY_TASK, id) !=
+      REDIS_OK) {
+    free(g);
+    return PT_EREDIS;
+  }
+  return 0;
+}
+
+/* ---- documents -------------------------------------------------------- */
+
+static const redisReply *hfield(const redisReply *r, const char *name) {
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (r->element[i]->type == REDIS_REPLY_STRING &&
+        strcmp(r->element[i]->str, name) == 0)
+      return r->element[i + 1];
+  return NULL;
+}
+
+static int64_t hint(const redisReply *r, const char *name, int64_t def) {
+  const redisReply *v = hfield(r, name);
+  if (v == NULL || v->type != REDIS_REPLY_STRING)
+    return def;
+  return strtoll(v->str, NULL, 10);
+}
+
+/* Appends a stored JSON value, or null when absent or damaged. */
+static void append_json(bson_t *doc, const char *name, const redisReply *v) {
+  bson_t sub;
+  bson_error_t e;
+  if (v != NULL && v->type == REDIS_REPLY_STRING &&
+      bson_init_from_json(&sub, v->str, (ssize_t)v->len, &e)) {
+    BSON_APPEND_DOCUMENT(doc, name, &sub);
+    bson_destroy(&sub);
+  } else {
+    BSON_APPEND_NULL(doc, name);
+  }
+}
+
+static void append_time(bson_t *doc, const char *name, int64_t ms) {
+  char ts[32];
+  if (ms <= 0) {
+    BSON_APPEND_NULL(doc, name);
+    return;
+  }
+  pt_time_rfc3339(ms, ts);
+  BSON_APPEND_UTF8(doc, name, ts);
+}
+
+/* Copies the spec's fields but its timestamps, which the document places
+ * last; returns created_at as the spec holds it (borrowed from spec). */
+static const char *append_spec_fields(bson_t *doc, const bson_t *spec) {
+  bson_iter_t it;
+  const char *created = NULL;
+  bson_iter_init(&it, spec);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (strcmp(k, "created_at_ms") == 0)
+      continue;
+    if (strcmp(k, "created_at") == 0) {
+      created = bson_iter_utf8(&it, NULL);
+      continue;
+    }
+    bson_append_iter(doc, k, -1, &it);
+  }
+  return created;
+}
+
+void pt_store_doc_pending(const pt_task_t *t, bson_t *doc) {
+  bson_t spec = BSON_INITIALIZER, hist;
+  char ts[32];
+  pt_task_append_spec(t, &spec);
+  append_spec_fields(doc, &spec);
+  BSON_APPEND_UTF8(doc, "status", "PENDING");
+  BSON_APPEND_INT32(doc, "attempts", 0);
+  BSON_APPEND_NULL(doc, "result");
+  BSON_APPEND_NULL(doc, "error");
+  BSON_APPEND_NULL(doc, "next_attempt_at");
+  BSON_APPEND_ARRAY_BEGIN(doc, "history", &hist);
+  bson_append_array_end(doc, &hist);
+  pt_time_rfc3339(t->created_at_ms, ts);
+  BSON_APPEND_UTF8(doc, "created_at", ts);
+  BSON_APPEND_UTF8(doc, "updated_at", ts);
+  bson_destroy(&spec);
+}
+
+int pt_store_doc_from_hash(const redisReply *r, bson_t *doc, int *final,
+                           pt_error_t *err) {
+  const redisReply *spec = hfield(r, "spec");
+  const redisReply *st = hfield(r, "status");
+  bson_t sdoc, hist;
+  bson_error_t e;
+
+  *final = 0;
+  if (r->elements == 0)
+    return PT_ENOTFOUND;
+  if (spec == NULL || st == NULL || spec->type != REDIS_REPLY_STRING ||
+      st->type != REDIS_REPLY_STRING ||
+      !bson_init_from_json(&sdoc, spec->str, (ssize_t)spec->len, &e))
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EPROTO,
+                        "task hash without a valid spec or status");
+  int status = pt_status_parse(st->str);
+  if (status < 0) {
+    bson_destroy(&sdoc);
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EPROTO, "unknown status %s",
+                        st->str);
+  }
+  *final = pt_status_final((pt_status_t)status);
+  const char *created = append_spec_fields(doc, &sdoc);
+  int attempts = (int)hint(r, "attempts", 0);
+  BSON_APPEND_UTF8(doc, "status", st->str);
+  BSON_APPEND_INT32(doc, "attempts", attempts);
+  append_json(doc, "result", hfield(r, "result"));
+  append_json(doc, "error", hfield(r, "error"));
+  append_time(doc, "next_attempt_at",
+              status == PT_ST_RETRY_WAIT ? hint(r, "next_attempt_at", 0) : 0);
+  BSON_APPEND_ARRAY_BEGIN(doc, "history", &hist);
+  for (int n = 1, i = 0; n <= attempts; n++) {
+    char name[24], idx[16];
+    snprintf(name, sizeof name, "h:%d", n);
+    const redisReply *h = hfield(r, name);
+    if (h == NULL)
+      continue;
+    snprintf(idx, sizeof idx, "%d", i++);
+    append_json(&hist, idx, h);
+  }
+  bson_append_array_end(doc, &hist);
+  if (created != NULL)
+    BSON_APPEND_UTF8(doc, "created_at", created);
+  else
+    append_time(doc, "created_at", hint(r, "created_at", 0));
+  append_time(doc, "updated_at", hint(r, "updated_at", 0));
+  bson_destroy(&sdoc);
+  return 0;
+}
+
+char *pt_store_history_json(int attempt, int64_t started_ms, int64_t ended_ms,
+                            const char *outcome, const char *error_code,
+                            const char *error_message) {
+  bson_t d = BSON_INITIALIZER, er;
+  char ts[32];
+  BSON_APPEND_INT32(&d, "attempt", attempt);
+  pt_time_rfc3339(started_ms, ts);
+  BSON_APPEND_UTF8(&d, "started_at", ts);
+  pt_time_rfc3339(ended_ms, ts);
+  BSON_APPEND_UTF8(&d, "ended_at", ts);
+  BSON_APPEND_INT64(&d, "duration_ms", ended_ms - started_ms);
+  BSON_APPEND_UTF8(&d, "outcome", outcome);
+  if (error_code != NULL) {
+    BSON_APPEND_DOCUMENT_BEGIN(&d, "error", &er);
+    BSON_APPEND_UTF8(&er, "code", error_code);
+    BSON_APPEND_UTF8(&er, "message", error_message ? error_message : "");
+    bson_append_document_end(&d, &er);
+  } else {
+    BSON_APPEND_NULL(&d, "error");
+  }
+  char *s = pt_json_of(&d, NULL);
+  bson_destroy(&d);
+  return s;
+}
+
+char *pt_store_error_json(const char *code, const char *message) {
+  bson_t d = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&d, "code", code);
+  BSON_APPEND_UTF8(&d, "message", message ? message : "");
+  char *s = pt_json_of(&d, NULL);
+  bson_destroy(&d);
+  return s;
+}

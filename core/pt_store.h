@@ -1,0 +1,109 @@
+/* A task's state in Redis: one hash per task (pt:task:{id}), moved only by
+ * the Lua scripts in pt_store.c, each one atomic compare-and-set step:
+ *
+ *   submit  (api)    create the hash PENDING, remember the Idempotency-Key
+ *   abandon (api)    the publish failed: CANCELLED with broker_unavailable
+ *   start   (worker) decide whether a delivered attempt runs, resumes after
+ *                    a crash, is a duplicate, or goes to the dead queue
+ *   finish  (worker) record an attempt's outcome; a final status also goes
+ *                    to the sync stream (pt:sync), a tombstone
+ *                    (pt:fin:{id}) and the pub/sub channel pt:final
+ *   cancel  (api)    PENDING or RETRY_WAIT → CANCELLED
+ *
+ * Hash fields: spec (the task spec JSON), status, attempts, created_at,
+ * updated_at, started_at, next_attempt_at (ms), result and error (JSON),
+ * h:<n> (JSON history entry of attempt n), crashes, synced. */
+#ifndef PT_STORE_H
+#define PT_STORE_H
+
+#include <bson/bson.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdint.h>
+
+#include "core/pt_error.h"
+#include "core/pt_task.h"
+
+#define PT_KEY_TASK "pt:task:"
+#define PT_KEY_FIN "pt:fin:"
+#define PT_KEY_IDEM "pt:idem:"
+#define PT_STREAM_SYNC "pt:sync"
+#define PT_CHANNEL_FINAL "pt:final"
+#define PT_TOMBSTONE_TTL_S 604800 /* 7 days */
+
+/* Queues SCRIPT LOAD of every script on a new connection; commands sent
+ * after it see the scripts (Redis runs a connection's commands in order). */
+int pt_store_load_scripts(redisAsyncContext *ac);
+
+/* Verdicts. */
+typedef enum {
+  PT_V_OK = 0,
+  PT_V_DUP,        /* submit: the idempotency key is known (value given) */
+  PT_V_EXISTS,     /* submit: task id already used */
+  PT_V_RUN,        /* start: run the attempt */
+  PT_V_RESUME,     /* start: run it again after a crash; outcome was unknown */
+  PT_V_SKIP_FINAL, /* start: the task is final or cancelled */
+  PT_V_SKIP_DONE,  /* start: this attempt already finished */
+  PT_V_SKIP_DUP,   /* start: another delivery is running this attempt */
+  PT_V_DEAD,       /* start: redelivered too often after crashes */
+  PT_V_STALE,      /* finish: the task moved on without us */
+  PT_V_NOTFOUND,   /* cancel */
+  PT_V_CONFLICT    /* cancel: not cancellable (detail holds the status) */
+} pt_verdict_t;
+
+/* status < 0: Redis failed (detail says why); else verdict is set. detail
+ * lives only during the callback. */
+typedef void (*pt_store_cb)(int status, pt_verdict_t verdict,
+                            const char *detail, void *arg);
+
+int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
+                    size_t spec_len, int64_t now_ms, const char *idem_key,
+                    const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
+                    void *arg);
+int pt_store_abandon(redisAsyncContext *ac, const char *id,
+                     const char *idem_key, int64_t now_ms, pt_store_cb cb,
+                     void *arg);
+int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
+                   int redelivered, int64_t now_ms, int max_crashes,
+                   const char *spec, size_t spec_len, pt_store_cb cb,
+                   void *arg);
+
+typedef struct {
+  int attempt;
+  const char *status;      /* "SUCCEEDED", "FAILED" or "RETRY_WAIT" */
+  const char *result_json; /* MAY be NULL */
+  const char *error_json;  /* MAY be NULL */
+  const char *history_json;
+  int64_t now_ms;
+  int64_t next_attempt_at_ms; /* RETRY_WAIT only */
+} pt_store_finish_t;
+
+int pt_store_finish(redisAsyncContext *ac, const char *id,
+                    const pt_store_finish_t *f, pt_store_cb cb, void *arg);
+int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
+                    pt_store_cb cb, void *arg);
+
+/* HGETALL of the task's hash; reply is the hiredis reply (an empty array
+ * when the task is not in Redis), or NULL on failure. */
+typedef void (*pt_store_hash_cb)(redisReply *reply, void *arg);
+int pt_store_get(redisAsyncContext *ac, const char *id, pt_store_hash_cb cb,
+                 void *arg);
+
+/* Builds the api's task document from an HGETALL reply. Returns PT_ENOTFOUND
+ * for an empty hash, PT_EPROTO if the hash is damaged. *final is set to 1
+ * when the status is final. */
+int pt_store_doc_from_hash(const redisReply *r, bson_t *doc, int *final,
+                           pt_error_t *err);
+
+/* The document of a task just submitted (PENDING), laid out exactly as
+ * pt_store_doc_from_hash lays out a stored one. */
+void pt_store_doc_pending(const pt_task_t *t, bson_t *doc);
+
+/* A history entry for attempt n. */
+char *pt_store_history_json(int attempt, int64_t started_ms, int64_t ended_ms,
+                            const char *outcome, const char *error_code,
+                            const char *error_message);
+/* {"code": …, "message": …} */
+char *pt_store_error_json(const char *code, const char *message);
+
+#endif

@@ -1,0 +1,72 @@
+#include "runner/pt_topology.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/pt_amqp.h"
+
+void pt_topology_delay_queue(int seconds, char *buf, size_t len) {
+  snprintf(buf, len, "paytask.delay.%ds", seconds);
+}
+
+static int rpc_failed(amqp_connection_state_t conn, const char *what,
+                      pt_error_t *err) {
+  return pt_amqp_reply_error(amqp_get_rpc_reply(conn), what, err);
+}
+
+static int declare_queue(amqp_connection_state_t conn, const char *name,
+                         const char *qtype, int ttl_ms, pt_error_t *err) {
+  amqp_table_entry_t e[4];
+  int n = 0;
+  e[n].key = amqp_cstring_bytes("x-queue-type");
+  e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+  e[n].value.value.bytes = amqp_cstring_bytes(qtype);
+  n++;
+  if (ttl_ms > 0) {
+    e[n].key = amqp_cstring_bytes("x-message-ttl");
+    e[n].value.kind = AMQP_FIELD_KIND_I32;
+    e[n].value.value.i32 = ttl_ms;
+    n++;
+    e[n].key = amqp_cstring_bytes("x-dead-letter-exchange");
+    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[n].value.value.bytes = amqp_cstring_bytes(PT_EXCHANGE_WORK);
+    n++;
+    e[n].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[n].value.value.bytes = amqp_cstring_bytes(PT_ROUTE_TASK);
+    n++;
+  }
+  amqp_table_t args = {n, e};
+  amqp_queue_declare(conn, PT_AMQP_PUB_CHANNEL, amqp_cstring_bytes(name), 0,
+                     1 /* durable */, 0, 0, args);
+  char what[128];
+  snprintf(what, sizeof what, "declaring queue %s", name);
+  return rpc_failed(conn, what, err);
+}
+
+int pt_topology_declare(amqp_connection_state_t conn, void *arg,
+                        pt_error_t *err) {
+  const char *qtype = arg != NULL ? arg : "classic";
+  int rc;
+  amqp_exchange_declare(conn, PT_AMQP_PUB_CHANNEL,
+                        amqp_cstring_bytes(PT_EXCHANGE_WORK),
+                        amqp_cstring_bytes("direct"), 0, 1 /* durable */, 0,
+                        0, amqp_empty_table);
+  if ((rc = rpc_failed(conn, "declaring exchange " PT_EXCHANGE_WORK, err)))
+    return rc;
+  if ((rc = declare_queue(conn, PT_QUEUE_TASKS, qtype, 0, err)) ||
+      (rc = declare_queue(conn, PT_QUEUE_DEAD, qtype, 0, err)))
+    return rc;
+  amqp_queue_bind(conn, PT_AMQP_PUB_CHANNEL, amqp_cstring_bytes(PT_QUEUE_TASKS),
+                  amqp_cstring_bytes(PT_EXCHANGE_WORK),
+                  amqp_cstring_bytes(PT_ROUTE_TASK), amqp_empty_table);
+  if ((rc = rpc_failed(conn, "binding " PT_QUEUE_TASKS, err)))
+    return rc;
+  for (int s = 1; s <= PT_DELAY_LEVELS; s++) {
+    char name[64];
+    pt_topology_delay_queue(s, name, sizeof name);
+    if ((rc = declare_queue(conn, name, qtype, s * 1000, err)))
+      return rc;
+  }
+  return 0;
+}

@@ -1,0 +1,34 @@
+#include "tasks/pt_channel.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void pt_chan_req_init(pt_chan_req_t *req) { memset(req, 0, sizeof *req); }
+
+void pt_chan_req_clear(pt_chan_req_t *req) {
+  bson_free(req->body);
+  req->body = NULL;
+}
+
+int pt_chan_req_header(pt_chan_req_t *req, const char *name,
+                       const char *value) {
+  for (int i = 0; i < PT_CHAN_MAX_HEADERS; i++) {
+    if (req->headers[i] != NULL)
+      continue;
+    int n = snprintf(req->header_buf[i], sizeof req->header_buf[i], "%s: %s",
+                     name, value);
+    if (n < 0 || (size_t)n >= sizeof req->header_buf[i])
+      return PT_EINVAL;
+    req->headers[i] = req->header_buf[i];
+    req->headers[i + 1] = NULL;
+    return 0;
+  }
+  return PT_EINVAL;
+}
+
+void pt_chan_res_set(pt_chan_res_t *out, pt_outcome_t o, const char *code,
+                     const char *message) {
+  out->outcome = o;
+  snprintf(out->code, sizeof out->code, "%s", code ? code : "");
+  snprintf(out->message, sizeof out->message, "%s", message ? message : "");
+}

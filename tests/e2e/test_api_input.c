@@ -1,0 +1,167 @@
+/* Every bad input gets its status and error code, and nothing is published
+ * (issue 3). No worker runs, so a published task would stay in the queue. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/support/pt_stack.h"
+
+static pt_stack_t stack;
+
+static void fini(void) { pt_stack_stop(&stack); }
+
+TestSuite(api_input, .fini = fini, .timeout = 120);
+
+#define B "\"type\":\"pay\",\"channel\":\"sim\",\"currency\":\"CNY\",\"subject\":\"s\""
+
+typedef struct {
+  char body[300];
+  int status;
+  char code[32];
+} bad_t;
+
+ParameterizedTestParameters(api_input, bad_bodies) {
+  static bad_t cases[] = {
+      {"{", 400, "invalid_json"},
+      {"[]", 400, "invalid_json"},
+      {"{" B "}", 400, "missing_field"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":12.5}", 400, "invalid_amount"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":0}", 400, "invalid_amount"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":-1}", 400, "invalid_amount"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":\"5\"}", 400, "invalid_amount"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":100000001}", 400,
+       "invalid_amount"},
+      {"{\"type\":\"pay\",\"channel\":\"sim\",\"currency\":\"usd\","
+       "\"subject\":\"s\",\"out_trade_no\":\"A1\",\"amount\":1}",
+       400, "invalid_currency"},
+      {"{\"type\":\"refund\",\"channel\":\"sim\",\"currency\":\"CNY\","
+       "\"subject\":\"s\",\"out_trade_no\":\"A1\",\"amount\":1}",
+       400, "invalid_task_type"},
+      {"{\"type\":\"pay\",\"channel\":\"paypal\",\"currency\":\"CNY\","
+       "\"subject\":\"s\",\"out_trade_no\":\"A1\",\"amount\":1}",
+       400, "invalid_channel"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,\"retry\":{\"retry_times\":6}}",
+       400, "invalid_retry"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,\"extra\":true}", 400,
+       "unknown_field"},
+      {"{" B ",\"out_trade_no\":\"has space\",\"amount\":1}", 400,
+       "invalid_out_trade_no"},
+  };
+  return cr_make_param_array(bad_t, cases, sizeof cases / sizeof cases[0]);
+}
+
+static void expect_error(long st, const char *out, int status,
+                         const char *code) {
+  bson_t doc;
+  cr_assert_eq(st, status, "answered %ld, want %d: %s", st, status, out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), code, "%s", out);
+  cr_assert_not_null(pt_json_str(&doc, "error.message"));
+  bson_destroy(&doc);
+}
+
+ParameterizedTest(bad_t *c, api_input, bad_bodies) {
+  char *out = NULL;
+  pt_stack_start(&stack, 0, NULL);
+  long before = pt_queue_depth("paytask.tasks");
+  long st = pt_api_submit(&stack, c->body, NULL, &out);
+  expect_error(st, out, c->status, c->code);
+  free(out);
+  cr_assert_eq(pt_queue_depth("paytask.tasks"), before,
+               "a refused task was published");
+}
+
+Test(api_input, auth_size_and_routes) {
+  char url[128], *out = NULL;
+  pt_stack_start(&stack, 0, NULL);
+  long before = pt_queue_depth("paytask.tasks");
+  char *body = pt_task_body(pt_unique("AUTH"), 100, NULL, NULL);
+  snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
+  {
+    long st_ = pt_http("POST", url, NULL, body, NULL, &out);
+    expect_error(st_, out, 401,
+               "unauthorized");
+  }
+  free(out);
+  {
+    long st_ = pt_http("POST", url, "wrong-token", body, NULL, &out);
+    expect_error(st_, out, 401,
+               "unauthorized");
+  }
+  free(out);
+  /* 64 KiB is the default limit. */
+  size_t big = 70 * 1024;
+  char *huge = malloc(big + 1);
+  memset(huge, ' ', big);
+  huge[0] = '{';
+  huge[big - 1] = '}';
+  huge[big] = '\0';
+  long st = pt_http("POST", url, "dev-token-change-me", huge, NULL, &out);
+  cr_assert_eq(st, 413, "over the body limit answered %ld", st);
+  free(out);
+  free(huge);
+  {
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_,
+               out, 405, "method_not_allowed");
+  }
+  free(out);
+  snprintf(url, sizeof url, "%s/v1/nothing", stack.api_url);
+  {
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_,
+               out, 404, "not_found");
+  }
+  free(out);
+  snprintf(url, sizeof url, "%s/v1/tasks/1?wait=abc", stack.api_url);
+  {
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_,
+               out, 400, "invalid_wait");
+  }
+  free(out);
+  snprintf(url, sizeof url, "%s/v1/tasks/1?wait=31", stack.api_url);
+  {
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_,
+               out, 400, "invalid_wait");
+  }
+  free(out);
+  const char *bad_key[] = {"Idempotency-Key: has space", NULL};
+  snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
+  {
+    long st_ = pt_http("POST", url, "dev-token-change-me", body, bad_key,
+                       &out);
+    expect_error(st_,
+               out, 400, "invalid_idempotency_key");
+  }
+  free(out);
+  free(body);
+  cr_assert_eq(pt_queue_depth("paytask.tasks"), before,
+               "a refused task was published");
+}
+
+Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
+  char *out = NULL, url[128];
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_AMQP_URI", "amqp://guest:guest@127.0.0.1:1/");
+  /* The api starts, but its broker connection cannot be made. */
+  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
+  pt_stack_start(&stack, 0, NULL);
+  char *body = pt_task_body(pt_unique("NOBROKER"), 100, NULL, NULL);
+  {
+    long st_ = pt_api_submit(&stack, body, NULL, &out);
+    expect_error(st_, out, 503,
+               "broker_unavailable");
+  }
+  free(out);
+  free(body);
+  snprintf(url, sizeof url, "%s/readyz", stack.api_url);
+  cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 503);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "broker"), "unreachable");
+  bson_destroy(&doc);
+  free(out);
+}

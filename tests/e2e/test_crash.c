@@ -1,0 +1,57 @@
+/* A worker killed with SIGKILL in the middle of a batch loses nothing and
+ * charges nothing twice (issue 3). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/support/pt_stack.h"
+
+#define N 500
+
+static pt_stack_t stack;
+
+static void fini(void) { pt_stack_stop(&stack); }
+
+TestSuite(crash, .fini = fini, .timeout = 300);
+
+Test(crash, sigkill_during_a_batch_of_500) {
+  static char ids[N][24], otns[N][64];
+  char prefix[48];
+  bson_t doc;
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("KILL"));
+  /* Some latency keeps many tasks in flight when the worker dies. */
+  pt_stack_start(&stack, 2, "--latency-ms=50");
+  for (int i = 0; i < N; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    char *body = pt_task_body(otns[i], 100 + i,
+                              i % 10 == 0 ? "{\"fail_times\": 1}" : NULL, NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+    if (i == N / 3)
+      pt_stack_signal_worker(&stack, 0, SIGKILL);
+  }
+  pt_stack_add_worker(&stack); /* the replacement a supervisor would start */
+  int succeeded = 0;
+  for (int i = 0; i < N; i++) {
+    pt_wait_final(&stack, ids[i], 120, &doc);
+    succeeded += strcmp(pt_json_str(&doc, "status"), "SUCCEEDED") == 0;
+    bson_destroy(&doc);
+  }
+  cr_assert_eq(succeeded, N, "every task must succeed");
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1,
+                 "trade %s was not created exactly once", otns[i]);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
+                 "trade %s got a second create after it succeeded", otns[i]);
+  }
+  /* Each task exactly once in MongoDB (upserts keyed by task id). */
+  for (int i = 0; i < N; i++) {
+    cr_assert(pt_mongo_task(ids[i], 60, &doc), "task %s not in MongoDB",
+              ids[i]);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+    bson_destroy(&doc);
+  }
+}

@@ -1,0 +1,261 @@
+/* The pipeline end to end (issue 3): real RabbitMQ, Redis and MongoDB, the
+ * real api and worker processes, and the channel simulator. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pt_id.h"
+#include "tests/support/pt_stack.h"
+
+static pt_stack_t stack;
+
+static void fini(void) {
+  int bad = pt_stack_stop(&stack);
+  cr_expect_eq(bad, 0, "a process did not stop cleanly (logs: %s)",
+               stack.logdir);
+}
+
+TestSuite(pipeline, .fini = fini, .timeout = 180);
+
+/* ms since the epoch of an RFC 3339 time of our own format. */
+static int64_t ms_of(const char *ts) {
+  struct tm tm = {0};
+  int ms = 0;
+  cr_assert_not_null(ts);
+  cr_assert_eq(sscanf(ts, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon,
+                      &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms),
+               7, "bad time %s", ts);
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+Test(pipeline, success) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("OK");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 1299, NULL, NULL);
+  char *out = NULL;
+  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 202, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 0);
+  cr_assert_eq(pt_json_int(&doc, "amount", -1), 1299);
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  free(body);
+
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
+  cr_assert_not_null(pt_json_str(&doc, "result.qr_code"));
+  cr_assert_eq(pt_json_len(&doc, "history"), 1);
+  cr_assert_str_eq(pt_json_str(&doc, "history.0.outcome"), "success");
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  bson_destroy(&doc);
+}
+
+Test(pipeline, retry_then_success_with_linear_gaps) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("RETRY");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 500, "{\"fail_times\": 2}", NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
+  cr_assert_eq(pt_json_len(&doc, "history"), 3);
+  cr_assert_str_eq(pt_json_str(&doc, "history.0.error.code"), "SYSTEM_ERROR");
+  /* Attempt k+1 starts k seconds after attempt k ended. */
+  int64_t gap1 = ms_of(pt_json_str(&doc, "history.1.started_at")) -
+                 ms_of(pt_json_str(&doc, "history.0.ended_at"));
+  int64_t gap2 = ms_of(pt_json_str(&doc, "history.2.started_at")) -
+                 ms_of(pt_json_str(&doc, "history.1.ended_at"));
+  cr_assert(gap1 >= 950 && gap1 < 2500, "first gap %lld ms, want ~1 s",
+            (long long)gap1);
+  cr_assert(gap2 >= 1950 && gap2 < 3500, "second gap %lld ms, want ~2 s",
+            (long long)gap2);
+  /* The two failed creates left nothing behind: one trade, created once. */
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_ok"), 1);
+  cr_assert_eq(pt_sim_stat(&stack, otn, "creates_after_created"), 0);
+  bson_destroy(&doc);
+}
+
+Test(pipeline, exhaustion_fails_to_dead_queue_and_mongodb) {
+  char id[24], mid[40];
+  bson_t doc, mdoc;
+  const char *otn = pt_unique("EXHAUST");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 700, "{\"fail_times\": 99}",
+                            "{\"need_retry\": true, \"retry_times\": 2}");
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "SYSTEM_ERROR");
+  snprintf(mid, sizeof mid, "%s:3", id);
+  cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
+               "the exhausted task is not in the dead queue");
+  cr_assert(pt_mongo_task(id, 20, &mdoc), "not synced to MongoDB");
+  cr_assert_str_eq(pt_json_str(&mdoc, "status"), "FAILED");
+  cr_assert_eq(pt_json_len(&mdoc, "history"), 3);
+  bson_destroy(&mdoc);
+  bson_destroy(&doc);
+}
+
+Test(pipeline, need_retry_false_fails_after_one_attempt) {
+  char id[24];
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("NORETRY"), 100, "{\"fail_times\": 1}",
+                            "{\"need_retry\": false}");
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
+  bson_destroy(&doc);
+}
+
+Test(pipeline, decline_fails_at_once) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("DECLINE");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 100, "{\"decline\": true}", NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "DECLINED");
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  bson_destroy(&doc);
+}
+
+Test(pipeline, cancel_before_start) {
+  char id[24], url[160], *out = NULL;
+  bson_t doc;
+  const char *otn = pt_unique("CANCEL");
+  pt_stack_start(&stack, 0, NULL); /* no worker yet: the task waits */
+  char *body = pt_task_body(otn, 100, NULL, NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", stack.api_url, id);
+  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &out),
+               200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "CANCELLED");
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &out),
+               409, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "task_not_cancellable");
+  bson_destroy(&doc);
+  free(out);
+  /* A worker now takes the message and skips it: no trade is created. */
+  pt_stack_add_worker(&stack);
+  pt_wait_final(&stack, id, 10, &doc);
+  sleep(2);
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), -1,
+               "a cancelled task reached the channel");
+  bson_destroy(&doc);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", stack.api_url,
+           "123456789");
+  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, NULL),
+               404);
+}
+
+Test(pipeline, idempotency_key) {
+  char *out1 = NULL, *out2 = NULL, *out3 = NULL;
+  bson_t d1, d2, d3;
+  const char *key = pt_unique("idem");
+  char keybuf[96];
+  snprintf(keybuf, sizeof keybuf, "%s", key);
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("IDEM"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, body, keybuf, &out1), 202, "%s", out1);
+  cr_assert_eq(pt_api_submit(&stack, body, keybuf, &out2), 200, "%s", out2);
+  pt_json(out1, &d1);
+  pt_json(out2, &d2);
+  cr_assert_str_eq(pt_json_str(&d1, "task_id"), pt_json_str(&d2, "task_id"),
+                   "the same key and body must answer the same task");
+  char *other = pt_task_body(pt_unique("IDEM2"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, other, keybuf, &out3), 409, "%s", out3);
+  pt_json(out3, &d3);
+  cr_assert_str_eq(pt_json_str(&d3, "error.code"), "idempotency_conflict");
+  bson_destroy(&d1);
+  bson_destroy(&d2);
+  bson_destroy(&d3);
+  free(out1);
+  free(out2);
+  free(out3);
+  free(body);
+  free(other);
+}
+
+Test(pipeline, get_after_eviction_comes_from_mongodb_unchanged) {
+  char id[24], *before = NULL, *after = NULL;
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_SYNC_EVICT_GRACE_S", "1");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("EVICT"), 4200, "{\"fail_times\": 1}",
+                            NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  bson_destroy(&doc);
+  cr_assert_eq(pt_api_get(&stack, id, 0, &before), 200);
+  /* Wait for the sync and the eviction. */
+  for (int i = 0; i < 100 && pt_redis_has_task(id); i++)
+    usleep(200 * 1000);
+  cr_assert(!pt_redis_has_task(id), "the task was not evicted from Redis");
+  cr_assert_eq(pt_api_get(&stack, id, 0, &after), 200, "%s", after);
+  cr_assert_str_eq(after, before, "the answer changed after eviction");
+  free(before);
+  free(after);
+}
+
+Test(pipeline, wait_holds_until_final_and_unknown_id_is_404) {
+  char id[24], *out = NULL;
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_WORKER_ATTEMPT_TIMEOUT_MS", "3000");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("WAIT"), 100, "{\"latency_ms\": 1500}",
+                            NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  cr_assert_eq(pt_api_get(&stack, id, 20, &out), 200);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED",
+                   "?wait returned before the task was final: %s", out);
+  bson_destroy(&doc);
+  free(out);
+  /* A task that never finishes: ?wait=1 answers with its current state. */
+  body = pt_task_body(pt_unique("HANG"), 100, "{\"timeout\": true}",
+                      "{\"need_retry\": false}");
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  cr_assert_eq(pt_api_get(&stack, id, 1, &out), 200);
+  pt_json(out, &doc);
+  const char *st = pt_json_str(&doc, "status");
+  cr_assert(strcmp(st, "PENDING") == 0 || strcmp(st, "RUNNING") == 0, "%s", st);
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_api_get(&stack, "987654321", 0, &out), 404);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "task_not_found");
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_api_get(&stack, "not-a-number", 0, NULL), 404);
+}

@@ -1,0 +1,103 @@
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <string.h>
+
+#include "runner/pt_runner.h"
+#include "runner/pt_topology.h"
+#include "tasks/pt_registry.h"
+
+static pt_task_t task_with(int need, int times) {
+  pt_task_t t;
+  pt_task_init(&t);
+  t.need_retry = need;
+  t.retry_times = times;
+  return t;
+}
+
+Test(retry, linear_delays_up_to_retry_times) {
+  pt_task_t t = task_with(1, 3);
+  cr_assert_eq(pt_retry_delay(&t, 1, PT_OUTCOME_RETRY), 1);
+  cr_assert_eq(pt_retry_delay(&t, 2, PT_OUTCOME_UNKNOWN), 2);
+  cr_assert_eq(pt_retry_delay(&t, 3, PT_OUTCOME_RETRY), 3);
+  cr_assert_eq(pt_retry_delay(&t, 4, PT_OUTCOME_RETRY), -1,
+               "3 retries = 4 attempts");
+  pt_task_destroy(&t);
+}
+
+Test(retry, never_for_final_outcomes_or_when_disabled) {
+  pt_task_t t = task_with(1, 5);
+  cr_assert_eq(pt_retry_delay(&t, 1, PT_OUTCOME_FAIL), -1);
+  cr_assert_eq(pt_retry_delay(&t, 1, PT_OUTCOME_SUCCESS), -1);
+  cr_assert_eq(pt_retry_delay(&t, 5, PT_OUTCOME_RETRY), 5);
+  cr_assert_eq(pt_retry_delay(&t, 6, PT_OUTCOME_RETRY), -1);
+  t.need_retry = 0;
+  cr_assert_eq(pt_retry_delay(&t, 1, PT_OUTCOME_RETRY), -1);
+  pt_task_destroy(&t);
+}
+
+Test(retry, every_delay_has_a_queue) {
+  pt_task_t t = task_with(1, PT_RETRY_MAX);
+  for (int k = 1; k <= PT_RETRY_MAX; k++) {
+    int d = pt_retry_delay(&t, k, PT_OUTCOME_RETRY);
+    cr_assert(d >= 1 && d <= PT_DELAY_LEVELS, "delay %d has no queue", d);
+  }
+  char name[64];
+  pt_topology_delay_queue(3, name, sizeof name);
+  cr_assert_str_eq(name, "paytask.delay.3s");
+  pt_task_destroy(&t);
+}
+
+/* Every runner table: required slots set, types unique. */
+ParameterizedTestParameters(tables, runners) {
+  static size_t idx[16];
+  size_t n = 0;
+  while (pt_runners[n] != NULL)
+    idx[n] = n, n++;
+  return cr_make_param_array(size_t, idx, n);
+}
+
+ParameterizedTest(size_t *i, tables, runners) {
+  const pt_runner_ops_t *r = pt_runners[*i];
+  cr_assert_not_null(r->type);
+  cr_assert_not_null(r->do_task, "%s: do_task is required", r->type);
+  cr_assert_eq(pt_runner_find(r->type), r);
+  for (size_t j = 0; pt_runners[j] != NULL; j++)
+    if (j != *i)
+      cr_assert_str_neq(pt_runners[j]->type, r->type, "duplicate type");
+}
+
+ParameterizedTestParameters(tables, channels) {
+  static size_t idx[16];
+  size_t n = 0;
+  while (pt_channels[n] != NULL)
+    idx[n] = n, n++;
+  return cr_make_param_array(size_t, idx, n);
+}
+
+ParameterizedTest(size_t *i, tables, channels) {
+  const pt_channel_ops_t *c = pt_channels[*i];
+  cr_assert_not_null(c->code);
+  cr_assert_not_null(c->name);
+  cr_assert_not_null(c->build, "%s: build is required", c->code);
+  cr_assert_not_null(c->parse, "%s: parse is required", c->code);
+  cr_assert_eq(pt_channel_find(c->code), c);
+  for (size_t j = 0; pt_channels[j] != NULL; j++)
+    if (j != *i)
+      cr_assert_str_neq(pt_channels[j]->code, c->code, "duplicate code");
+}
+
+Test(tables, unknown_codes_are_null_and_checked) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  cr_assert_null(pt_runner_find("refund"));
+  cr_assert_null(pt_channel_find("paypal"));
+  pt_task_init(&t);
+  strcpy(t.type, "pay");
+  strcpy(t.channel, "paypal");
+  cr_assert_neq(pt_registry_check(&t, &ie), 0);
+  cr_assert_str_eq(ie.code, "invalid_channel");
+  strcpy(t.type, "refund");
+  cr_assert_neq(pt_registry_check(&t, &ie), 0);
+  cr_assert_str_eq(ie.code, "invalid_task_type");
+  pt_task_destroy(&t);
+}

@@ -1,0 +1,498 @@
+#include "tests/support/pt_stack.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <mongoc/mongoc.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/support/pt_test.h"
+
+#define TOKEN "dev-token-change-me"
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cr_assert(fd >= 0);
+  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+void pt_stack_env(pt_stack_t *s, const char *name, const char *value) {
+  cr_assert_lt(s->nextra, 8);
+  snprintf(s->extra_env[s->nextra++], sizeof s->extra_env[0], "%s=%s", name,
+           value);
+}
+
+static pid_t spawn(pt_stack_t *s, const char *name, const char *const *args) {
+  const char *bin = getenv("PAYTASK_BIN");
+  char log[512];
+  cr_assert_not_null(bin, "PAYTASK_BIN is not set (run through ctest)");
+  snprintf(log, sizeof log, "%s/%s.log", s->logdir, name);
+  pid_t pid = fork();
+  cr_assert(pid >= 0);
+  if (pid == 0) {
+    char api[64], sim[64], simurl[80];
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    snprintf(api, sizeof api, "127.0.0.1:%d", s->api_port);
+    snprintf(sim, sizeof sim, "127.0.0.1:%d", s->sim_port);
+    snprintf(simurl, sizeof simurl, "http://127.0.0.1:%d", s->sim_port);
+    setenv("PAYTASK_API_LISTEN", api, 1);
+    setenv("PAYTASK_SIM_LISTEN", sim, 1);
+    setenv("PAYTASK_CHANNEL_SIM_URL", simurl, 1);
+    setenv("PAYTASK_CONFIG", "/dev/null", 1);
+    for (int i = 0; i < s->nextra; i++)
+      putenv(s->extra_env[i]);
+    /* ASan's leak report is wanted from the children too, in their logs. */
+    execv(bin, (char *const *)args);
+    _exit(127);
+  }
+  return pid;
+}
+
+static int wait_ready(const char *url, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 100) {
+    if (pt_http("GET", url, NULL, NULL, NULL, NULL) == 200)
+      return 1;
+    sleep_ms(100);
+  }
+  return 0;
+}
+
+static void tail_log(pt_stack_t *s, const char *name) {
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "tail -n 30 %s/%s.log >&2", s->logdir, name);
+  if (system(cmd) != 0)
+    fprintf(stderr, "(no log)\n");
+}
+
+void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args) {
+  char url[128];
+  const char *bin = getenv("PAYTASK_BIN");
+  cr_assert_not_null(bin);
+  pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
+  pt_test_uri("PAYTASK_REDIS_URI", "Redis");
+  pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  s->api_port = free_port();
+  s->sim_port = free_port();
+  snprintf(s->api_url, sizeof s->api_url, "http://127.0.0.1:%d", s->api_port);
+  snprintf(s->sim_url, sizeof s->sim_url, "http://127.0.0.1:%d", s->sim_port);
+  /* run-test.sh checks the logs under PT_TEST_LOGDIR for sanitizer
+   * reports from these processes. */
+  const char *base = getenv("PT_TEST_LOGDIR");
+  snprintf(s->logdir, sizeof s->logdir, "%s/e2e-%d",
+           base ? base : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp"),
+           (int)getpid());
+  mkdir(s->logdir, 0755);
+
+  const char *sim_argv[] = {bin, "sim", sim_args, NULL};
+  if (sim_args == NULL)
+    sim_argv[2] = NULL;
+  s->sim = spawn(s, "sim", sim_argv);
+  snprintf(url, sizeof url, "%s/healthz", s->sim_url);
+  if (!wait_ready(url, 20000)) {
+    tail_log(s, "sim");
+    cr_assert_fail("the channel simulator did not start (log: %s/sim.log)",
+                   s->logdir);
+  }
+  const char *api_argv[] = {bin, "api", NULL};
+  s->api = spawn(s, "api", api_argv);
+  /* A test that breaks a server on purpose waits for /healthz only. */
+  int ready_wait = getenv("PT_STACK_NO_READY_WAIT") == NULL;
+  snprintf(url, sizeof url, "%s/%s", s->api_url,
+           ready_wait ? "readyz" : "healthz");
+  if (!wait_ready(url, 30000)) {
+    char *out = NULL;
+    pt_http("GET", url, NULL, NULL, NULL, &out);
+    tail_log(s, "api");
+    cr_assert_fail("the api is not ready: %s (log: %s/api.log)",
+                   out ? out : "no answer", s->logdir);
+  }
+  for (int i = 0; i < nworkers; i++)
+    pt_stack_add_worker(s);
+}
+
+int pt_stack_add_worker(pt_stack_t *s) {
+  char name[32];
+  const char *bin = getenv("PAYTASK_BIN");
+  const char *argv[] = {bin, "worker", NULL};
+  cr_assert_lt(s->nworkers, PT_STACK_MAX_WORKERS);
+  snprintf(name, sizeof name, "worker%d", s->nworkers);
+  s->workers[s->nworkers] = spawn(s, name, argv);
+  return s->nworkers++;
+}
+
+void pt_stack_signal_worker(pt_stack_t *s, int i, int sig) {
+  cr_assert(s->workers[i] > 0);
+  kill(s->workers[i], sig);
+  if (sig == SIGKILL) {
+    waitpid(s->workers[i], NULL, 0);
+    s->workers[i] = 0;
+  }
+}
+
+static int stop_pid(pid_t pid, const char *name) {
+  int status = 0;
+  if (pid <= 0)
+    return 0;
+  kill(pid, SIGTERM);
+  for (int waited = 0; waited < 20000; waited += 50) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+      fprintf(stderr, "%s exited with status %d\n", name, status);
+      return 1;
+    }
+    sleep_ms(50);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  fprintf(stderr, "%s did not stop on SIGTERM within 20 s\n", name);
+  return 1;
+}
+
+int pt_stack_stop(pt_stack_t *s) {
+  int bad = 0;
+  for (int i = 0; i < s->nworkers; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "worker%d", i);
+    bad += stop_pid(s->workers[i], name);
+    s->workers[i] = 0;
+  }
+  bad += stop_pid(s->api, "api");
+  bad += stop_pid(s->sim, "sim");
+  s->api = s->sim = 0;
+  return bad;
+}
+
+/* ---- HTTP --------------------------------------------------------------- */
+
+typedef struct {
+  char *data;
+  size_t len;
+} buf_t;
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg) {
+  buf_t *b = arg;
+  size_t add = size * n;
+  char *d = realloc(b->data, b->len + add + 1);
+  if (d == NULL)
+    return 0;
+  memcpy(d + b->len, p, add);
+  b->len += add;
+  d[b->len] = '\0';
+  b->data = d;
+  return add;
+}
+
+long pt_http(const char *method, const char *url, const char *token,
+             const char *body, const char *const *headers, char **out) {
+  CURL *h = curl_easy_init();
+  struct curl_slist *hdrs = NULL;
+  buf_t b = {NULL, 0};
+  char auth[256];
+  long status = -1;
+  if (token != NULL) {
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    hdrs = curl_slist_append(hdrs, auth);
+  }
+  hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+  for (int i = 0; headers != NULL && headers[i] != NULL; i++)
+    hdrs = curl_slist_append(hdrs, headers[i]);
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+  if (body != NULL) {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+  }
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  if (curl_easy_perform(h) == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(h);
+  if (out != NULL)
+    *out = b.data ? b.data : calloc(1, 1);
+  else
+    free(b.data);
+  return status;
+}
+
+long pt_api_submit(pt_stack_t *s, const char *json, const char *idem_key,
+                   char **out) {
+  char url[128], hdr[300];
+  const char *headers[] = {hdr, NULL};
+  snprintf(url, sizeof url, "%s/v1/tasks", s->api_url);
+  if (idem_key != NULL)
+    snprintf(hdr, sizeof hdr, "Idempotency-Key: %s", idem_key);
+  return pt_http("POST", url, TOKEN, json, idem_key ? headers : NULL, out);
+}
+
+long pt_api_get(pt_stack_t *s, const char *id, int wait_s, char **out) {
+  char url[160];
+  snprintf(url, sizeof url, "%s/v1/tasks/%s?wait=%d", s->api_url, id, wait_s);
+  return pt_http("GET", url, TOKEN, NULL, NULL, out);
+}
+
+/* ---- JSON ---------------------------------------------------------------- */
+
+void pt_json(const char *text, bson_t *doc) {
+  bson_error_t e;
+  cr_assert(text != NULL && bson_init_from_json(doc, text, -1, &e),
+            "not JSON: %s", text ? text : "(null)");
+}
+
+const char *pt_json_str(const bson_t *doc, const char *path) {
+  bson_iter_t it, f;
+  if (!bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &f) ||
+      !BSON_ITER_HOLDS_UTF8(&f))
+    return NULL;
+  return bson_iter_utf8(&f, NULL);
+}
+
+int64_t pt_json_int(const bson_t *doc, const char *path, int64_t def) {
+  bson_iter_t it, f;
+  if (!bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &f) ||
+      !(BSON_ITER_HOLDS_INT32(&f) || BSON_ITER_HOLDS_INT64(&f)))
+    return def;
+  return bson_iter_as_int64(&f);
+}
+
+int pt_json_len(const bson_t *doc, const char *path) {
+  bson_iter_t it, f, a;
+  int n = 0;
+  if (!bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &f) ||
+      !BSON_ITER_HOLDS_ARRAY(&f) || !bson_iter_recurse(&f, &a))
+    return -1;
+  while (bson_iter_next(&a))
+    n++;
+  return n;
+}
+
+char *pt_task_body(const char *out_trade_no, int64_t amount,
+                   const char *params_sim, const char *retry) {
+  bson_t d = BSON_INITIALIZER, sub;
+  bson_error_t e;
+  BSON_APPEND_UTF8(&d, "type", "pay");
+  BSON_APPEND_UTF8(&d, "channel", "sim");
+  BSON_APPEND_UTF8(&d, "out_trade_no", out_trade_no);
+  BSON_APPEND_INT64(&d, "amount", amount);
+  BSON_APPEND_UTF8(&d, "currency", "CNY");
+  BSON_APPEND_UTF8(&d, "subject", "Course: C in depth");
+  if (retry != NULL) {
+    cr_assert(bson_init_from_json(&sub, retry, -1, &e));
+    BSON_APPEND_DOCUMENT(&d, "retry", &sub);
+    bson_destroy(&sub);
+  }
+  if (params_sim != NULL) {
+    bson_t p = BSON_INITIALIZER;
+    cr_assert(bson_init_from_json(&sub, params_sim, -1, &e));
+    BSON_APPEND_DOCUMENT(&p, "sim", &sub);
+    BSON_APPEND_DOCUMENT(&d, "params", &p);
+    bson_destroy(&sub);
+    bson_destroy(&p);
+  }
+  char *s = bson_as_relaxed_extended_json(&d, NULL);
+  bson_destroy(&d);
+  return s;
+}
+
+void pt_submit_ok(pt_stack_t *s, const char *body, char id[24]) {
+  char *out = NULL;
+  bson_t doc;
+  long st = pt_api_submit(s, body, NULL, &out);
+  cr_assert_eq(st, 202, "submit answered %ld: %s", st, out);
+  pt_json(out, &doc);
+  const char *tid = pt_json_str(&doc, "task_id");
+  cr_assert_not_null(tid);
+  snprintf(id, 24, "%s", tid);
+  bson_destroy(&doc);
+  free(out);
+}
+
+void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc) {
+  time_t end = time(NULL) + timeout_s;
+  for (;;) {
+    char *out = NULL;
+    long st = pt_api_get(s, id, 5, &out);
+    cr_assert_eq(st, 200, "GET %s answered %ld: %s", id, st, out);
+    pt_json(out, doc);
+    free(out);
+    const char *status = pt_json_str(doc, "status");
+    if (status != NULL &&
+        (strcmp(status, "SUCCEEDED") == 0 || strcmp(status, "FAILED") == 0 ||
+         strcmp(status, "CANCELLED") == 0))
+      return;
+    bson_destroy(doc);
+    cr_assert(time(NULL) < end, "task %s not final after %d s (status %s)",
+              id, timeout_s, status ? status : "?");
+  }
+}
+
+int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key) {
+  char url[256], *out = NULL;
+  bson_t doc;
+  snprintf(url, sizeof url, "%s/v1/sim/trades/%s", s->sim_url, out_trade_no);
+  long st = pt_http("GET", url, NULL, NULL, NULL, &out);
+  if (st != 200) {
+    free(out);
+    return -1;
+  }
+  pt_json(out, &doc);
+  int64_t v = pt_json_int(&doc, key, -1);
+  bson_destroy(&doc);
+  free(out);
+  return v;
+}
+
+/* ---- RabbitMQ, MongoDB, Redis (blocking, for checks) ----------------------- */
+
+static amqp_connection_state_t amqp_open(void) {
+  const char *uri = pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
+  char *copy = strdup(uri);
+  struct amqp_connection_info ci;
+  cr_assert_eq(amqp_parse_url(copy, &ci), AMQP_STATUS_OK, "bad AMQP URI");
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t *sock = amqp_tcp_socket_new(c);
+  cr_assert_eq(amqp_socket_open(sock, ci.host, ci.port), AMQP_STATUS_OK,
+               "RabbitMQ: cannot connect to %s", uri);
+  /* amqp_parse_url gives "" for "amqp://host/"; the broker wants "/". */
+  amqp_rpc_reply_t r = amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
+                                  AMQP_SASL_METHOD_PLAIN, ci.user,
+                                  ci.password);
+  cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL, "RabbitMQ: login failed");
+  amqp_channel_open(c, 1);
+  free(copy);
+  return c;
+}
+
+static void amqp_close_all(amqp_connection_state_t c) {
+  amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(c);
+}
+
+long pt_queue_depth(const char *queue) {
+  amqp_connection_state_t c = amqp_open();
+  amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+      c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+  long n = ok != NULL ? (long)ok->message_count : -1;
+  amqp_close_all(c);
+  return n;
+}
+
+int pt_queue_drain_count(const char *queue, const char *message_id) {
+  amqp_connection_state_t c = amqp_open();
+  int found = 0;
+  for (;;) {
+    amqp_rpc_reply_t r =
+        amqp_basic_get(c, 1, amqp_cstring_bytes(queue), 0 /* no_ack */);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL ||
+        r.reply.id != AMQP_BASIC_GET_OK_METHOD)
+      break;
+    amqp_basic_get_ok_t *g = r.reply.decoded;
+    uint64_t tag = g->delivery_tag;
+    amqp_message_t m;
+    if (amqp_read_message(c, 1, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
+      break;
+    if (m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG &&
+        m.properties.message_id.len == strlen(message_id) &&
+        memcmp(m.properties.message_id.bytes, message_id,
+               strlen(message_id)) == 0)
+      found++;
+    amqp_destroy_message(&m);
+    amqp_basic_ack(c, 1, tag, 0);
+  }
+  amqp_close_all(c);
+  return found;
+}
+
+int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
+  const char *uri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
+  cr_assert_not_null(u, "MongoDB: %s", e.message);
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  const char *db = mongoc_uri_get_database(u);
+  mongoc_collection_t *col =
+      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  int found = 0;
+  time_t end = time(NULL) + timeout_s;
+  while (!found && time(NULL) <= end) {
+    const bson_t *d;
+    mongoc_cursor_t *cur =
+        mongoc_collection_find_with_opts(col, &filter, NULL, NULL);
+    if (mongoc_cursor_next(cur, &d)) {
+      bson_copy_to(d, doc);
+      found = 1;
+    } else if (mongoc_cursor_error(cur, &e)) {
+      mongoc_cursor_destroy(cur);
+      cr_assert_fail("MongoDB: %s", e.message);
+    }
+    mongoc_cursor_destroy(cur);
+    if (!found)
+      sleep_ms(200);
+  }
+  bson_destroy(&filter);
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+  return found;
+}
+
+int pt_redis_has_task(const char *id) {
+  const char *uri = pt_test_uri("PAYTASK_REDIS_URI", "Redis");
+  int port = 6379, db = 0;
+  char host[64] = "127.0.0.1";
+  /* redis://host:port/db, as scripts/services writes it. */
+  if (sscanf(uri, "redis://%63[^:/]:%d/%d", host, &port, &db) < 2)
+    cr_assert_fail("Redis: cannot read %s", uri);
+  redisContext *c = redisConnect(host, port);
+  cr_assert(c != NULL && c->err == 0, "Redis: cannot connect to %s", uri);
+  redisReply *r = redisCommand(c, "SELECT %d", db);
+  freeReplyObject(r);
+  r = redisCommand(c, "EXISTS pt:task:%s", id);
+  int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+  freeReplyObject(r);
+  redisFree(c);
+  return has;
+}
+
+const char *pt_unique(const char *prefix) {
+  static char buf[96];
+  return pt_test_unique(prefix, buf, sizeof buf);
+}

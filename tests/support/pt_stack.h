@@ -1,0 +1,85 @@
+/* End-to-end test harness: starts the real `paytask sim`, `paytask api`
+ * and N `paytask worker` processes (the binary named by $PAYTASK_BIN) on
+ * free loopback ports, against the servers of .run/env, and offers blocking
+ * helpers to talk to them. Tests may block: they own no loop. */
+#ifndef PT_STACK_H
+#define PT_STACK_H
+
+#include <bson/bson.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define PT_STACK_MAX_WORKERS 8
+
+typedef struct {
+  pid_t sim, api, workers[PT_STACK_MAX_WORKERS];
+  int nworkers;
+  int api_port, sim_port;
+  char api_url[64], sim_url[64];
+  char logdir[256];
+  char extra_env[8][256];
+  int nextra;
+} pt_stack_t;
+
+/* Sets an extra PAYTASK_… variable for the processes started after it. */
+void pt_stack_env(pt_stack_t *s, const char *name, const char *value);
+
+/* Starts sim (with sim_args, e.g. "--latency-ms=200", MAY be NULL), api and
+ * nworkers workers, and waits until the api's /readyz and the sim's
+ * /healthz answer 200. Fails the test on error. */
+void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args);
+/* Starts one more worker; returns its index. */
+int pt_stack_add_worker(pt_stack_t *s);
+/* Sends sig to worker i and, for SIGKILL, reaps it. */
+void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
+/* SIGTERM to everything, then waits (SIGKILL after 20 s). Returns the
+ * number of processes that did not exit 0 by themselves. */
+int pt_stack_stop(pt_stack_t *s);
+
+/* One HTTP request (libcurl easy). Returns the status, or -1 when nothing
+ * answered; *body (MAY be NULL) gets the answer, to free(). */
+long pt_http(const char *method, const char *url, const char *token,
+             const char *body, const char *const *headers, char **out);
+
+/* Convenience wrappers on the api with the development token. */
+long pt_api_submit(pt_stack_t *s, const char *json, const char *idem_key,
+                   char **out);
+long pt_api_get(pt_stack_t *s, const char *id, int wait_s, char **out);
+
+/* Reads a JSON body into doc (fails the test if it is not an object). */
+void pt_json(const char *text, bson_t *doc);
+/* Field by dotted path ("error.code", "history.0.outcome"), or NULL. */
+const char *pt_json_str(const bson_t *doc, const char *path);
+int64_t pt_json_int(const bson_t *doc, const char *path, int64_t def);
+/* Number of elements of an array field, or -1. */
+int pt_json_len(const bson_t *doc, const char *path);
+
+/* A task body for the sim channel; params_sim is the JSON of params.sim
+ * (MAY be NULL), retry the JSON of retry (MAY be NULL). */
+char *pt_task_body(const char *out_trade_no, int64_t amount,
+                   const char *params_sim, const char *retry);
+/* Submits a body and returns the task id (fails the test if not 202). */
+void pt_submit_ok(pt_stack_t *s, const char *body, char id[24]);
+/* Waits (?wait, repeated) until the task is final; fills doc. */
+void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc);
+
+/* Sim statistics for one trade ("create_calls", …), or -1 if unknown. */
+int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key);
+
+/* Messages waiting in a queue (passive declare), or -1. */
+long pt_queue_depth(const char *queue);
+/* Takes every message from queue, acknowledging it; returns how many
+ * carried message_id (or whose body contains needle when message_id is
+ * NULL). */
+int pt_queue_drain_count(const char *queue, const char *message_id);
+
+/* The task's document in MongoDB (collection tasks), waiting up to
+ * timeout_s for the sync; returns 1 and fills doc if found. */
+int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
+/* Whether the task's hash is still in Redis. */
+int pt_redis_has_task(const char *id);
+
+/* A string unique to this test process. */
+const char *pt_unique(const char *prefix);
+
+#endif

@@ -1,0 +1,340 @@
+#include "worker/pt_sync.h"
+
+#include <mongoc/mongoc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/pt_log.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+
+#define SYNC_GROUP "paytask-sync"
+
+struct pt_sync {
+  pthread_t thread;
+  atomic_int stop;
+  atomic_long written;
+  const pt_config_t *cfg;
+  char consumer[96];
+  redisContext *redis;
+  mongoc_client_t *mongo;
+  mongoc_collection_t *tasks;
+  int64_t last_claim_ms;
+};
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* (Re)connects Redis; returns 0 when usable. */
+static int ensure_redis(pt_sync_t *s) {
+  pt_error_t err;
+  if (s->redis != NULL && s->redis->err == 0)
+    return 0;
+  if (s->redis != NULL)
+    redisFree(s->redis);
+  s->redis = pt_redis_connect_sync(s->cfg->redis_uri, 2000, &err);
+  if (s->redis == NULL) {
+    PT_ERROR("sync_redis_unavailable", "err=\"%s\"", err.message);
+    return -1;
+  }
+  redisReply *r = redisCommand(s->redis, "XGROUP CREATE %s %s 0 MKSTREAM",
+                               PT_STREAM_SYNC, SYNC_GROUP);
+  if (r == NULL) {
+    redisFree(s->redis);
+    s->redis = NULL;
+    return -1;
+  }
+  freeReplyObject(r); /* BUSYGROUP when it exists already: fine */
+  return 0;
+}
+
+typedef struct {
+  char entry[48];
+  char id[24];
+  bson_t doc;
+  int has_doc;
+} item_t;
+
+/* Reads the task hashes of a batch (pipelined) and builds the documents. */
+static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    redisAppendCommand(s->redis, "HGETALL %s%s", PT_KEY_TASK, items[i].id);
+  for (size_t i = 0; i < n; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK || r == NULL)
+      return -1;
+    int final = 0;
+    pt_error_t err;
+    bson_init(&items[i].doc);
+    BSON_APPEND_UTF8(&items[i].doc, "_id", items[i].id);
+    if (r->type == REDIS_REPLY_ARRAY &&
+        pt_store_doc_from_hash(r, &items[i].doc, &final, &err) == 0 && final) {
+      items[i].has_doc = 1;
+    } else {
+      /* Gone already (synced and evicted by another consumer) or not
+       * final: nothing to write for this entry. */
+      bson_destroy(&items[i].doc);
+      items[i].has_doc = 0;
+    }
+    freeReplyObject(r);
+  }
+  return 0;
+}
+
+static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  bson_error_t e;
+  BSON_APPEND_BOOL(&opts, "ordered", false);
+  mongoc_bulk_operation_t *bulk =
+      mongoc_collection_create_bulk_operation_with_opts(s->tasks, &opts);
+  bson_destroy(&opts);
+  size_t ops = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!items[i].has_doc)
+      continue;
+    bson_t sel = BSON_INITIALIZER, uopts = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&sel, "_id", items[i].id);
+    BSON_APPEND_BOOL(&uopts, "upsert", true);
+    if (!mongoc_bulk_operation_replace_one_with_opts(bulk, &sel, &items[i].doc,
+                                                     &uopts, &e))
+      PT_ERROR("sync_bad_document", "task_id=%s err=\"%s\"", items[i].id,
+               e.message);
+    else
+      ops++;
+    bson_destroy(&sel);
+    bson_destroy(&uopts);
+  }
+  int ok = 1;
+  if (ops > 0) {
+    ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0;
+    if (!ok)
+      PT_ERROR("sync_write_failed", "batch=%zu err=\"%s\"", ops, e.message);
+    bson_destroy(&reply);
+  }
+  mongoc_bulk_operation_destroy(bulk);
+  return ok ? 0 : -1;
+}
+
+/* Acknowledges and deletes the entries, and lets the hashes expire. */
+static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
+  long long grace = (long long)s->cfg->sync_evict_grace_s;
+  size_t cmds = 0;
+  for (size_t i = 0; i < n; i++) {
+    redisAppendCommand(s->redis, "XACK %s %s %s", PT_STREAM_SYNC, SYNC_GROUP,
+                       items[i].entry);
+    redisAppendCommand(s->redis, "XDEL %s %s", PT_STREAM_SYNC, items[i].entry);
+    cmds += 2;
+    if (items[i].has_doc) {
+      redisAppendCommand(s->redis, "HSET %s%s synced 1", PT_KEY_TASK,
+                         items[i].id);
+      redisAppendCommand(s->redis, "EXPIRE %s%s %lld", PT_KEY_TASK,
+                         items[i].id, grace);
+      cmds += 2;
+    }
+  }
+  int rc = 0;
+  for (size_t i = 0; i < cmds; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK)
+      rc = -1;
+    if (r != NULL)
+      freeReplyObject(r);
+    if (rc != 0)
+      break;
+  }
+  return rc;
+}
+
+/* Takes the entries of an XREADGROUP / XAUTOCLAIM entry list. */
+static size_t collect(const redisReply *list, item_t *items, size_t max) {
+  size_t n = 0;
+  if (list == NULL || list->type != REDIS_REPLY_ARRAY)
+    return 0;
+  for (size_t i = 0; i < list->elements && n < max; i++) {
+    const redisReply *e = list->element[i];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING)
+      continue;
+    memset(&items[n], 0, sizeof items[n]);
+    snprintf(items[n].entry, sizeof items[n].entry, "%s", e->element[0]->str);
+    const redisReply *f = e->element[1];
+    /* A claimed entry that was deleted meanwhile has no fields. */
+    if (f->type == REDIS_REPLY_ARRAY && f->elements == 2 &&
+        f->element[1]->type == REDIS_REPLY_STRING)
+      snprintf(items[n].id, sizeof items[n].id, "%s", f->element[1]->str);
+    n++;
+  }
+  return n;
+}
+
+/* Processes one batch until it is written (retrying while MongoDB is
+ * down, unless asked to stop). Returns the batch size, or -1 on a Redis
+ * failure. */
+static long process(pt_sync_t *s, item_t *items, size_t n) {
+  if (n == 0)
+    return 0;
+  if (load_docs(s, items, n) != 0)
+    return -1;
+  int backoff = 250, waited = 0;
+  while (write_docs(s, items, n) != 0) {
+    /* While stopping, give MongoDB a little time, then leave the entries
+     * pending: a restarted or another consumer claims them. */
+    if (atomic_load(&s->stop) && waited > 10000)
+      goto out_unacked;
+    sleep_ms(backoff);
+    waited += backoff;
+    backoff = backoff < 5000 ? backoff * 2 : 5000;
+  }
+  if (ack_batch(s, items, n) != 0) {
+    for (size_t i = 0; i < n; i++)
+      if (items[i].has_doc)
+        bson_destroy(&items[i].doc);
+    return -1;
+  }
+  atomic_fetch_add(&s->written, (long)n);
+out_unacked:
+  for (size_t i = 0; i < n; i++)
+    if (items[i].has_doc)
+      bson_destroy(&items[i].doc);
+  return (long)n;
+}
+
+static long read_batch(pt_sync_t *s, item_t *items, size_t max,
+                       const char *from, int block_ms) {
+  redisReply *r;
+  if (block_ms > 0)
+    r = redisCommand(s->redis,
+                     "XREADGROUP GROUP %s %s COUNT %d BLOCK %d STREAMS %s %s",
+                     SYNC_GROUP, s->consumer, (int)max, block_ms, PT_STREAM_SYNC,
+                     from);
+  else
+    r = redisCommand(s->redis,
+                     "XREADGROUP GROUP %s %s COUNT %d STREAMS %s %s",
+                     SYNC_GROUP, s->consumer, (int)max, PT_STREAM_SYNC, from);
+  if (r == NULL)
+    return -1;
+  size_t n = 0;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+      r->element[0]->type == REDIS_REPLY_ARRAY &&
+      r->element[0]->elements == 2)
+    n = collect(r->element[0]->element[1], items, max);
+  else if (r->type == REDIS_REPLY_ERROR)
+    PT_ERROR("sync_read_failed", "err=\"%s\"", r->str);
+  freeReplyObject(r);
+  return process(s, items, n);
+}
+
+/* Claims entries a dead consumer left pending. */
+static long claim_batch(pt_sync_t *s, item_t *items, size_t max) {
+  redisReply *r = redisCommand(
+      s->redis, "XAUTOCLAIM %s %s %s %lld 0-0 COUNT %d", PT_STREAM_SYNC,
+      SYNC_GROUP, s->consumer, (long long)s->cfg->sync_claim_idle_ms, (int)max);
+  if (r == NULL)
+    return -1;
+  size_t n = 0;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2)
+    n = collect(r->element[1], items, max);
+  freeReplyObject(r);
+  if (n > 0)
+    PT_INFO("sync_claimed", "entries=%zu", n);
+  return process(s, items, n);
+}
+
+static void *sync_main(void *arg) {
+  pt_sync_t *s = arg;
+  size_t max = (size_t)s->cfg->sync_batch;
+  item_t *items = calloc(max, sizeof *items);
+  int own_pending_done = 0;
+  while (items != NULL) {
+    int stopping = atomic_load(&s->stop);
+    if (ensure_redis(s) != 0) {
+      if (stopping)
+        break;
+      sleep_ms(1000);
+      continue;
+    }
+    long n;
+    if (!own_pending_done) {
+      /* Entries this consumer read before a restart come first. */
+      n = read_batch(s, items, max, "0", 0);
+      if (n == 0)
+        own_pending_done = 1;
+    } else if (!stopping && mono_ms() - s->last_claim_ms > 5000) {
+      s->last_claim_ms = mono_ms();
+      n = claim_batch(s, items, max);
+    } else {
+      n = read_batch(s, items, max, ">", stopping ? 0 : 500);
+    }
+    if (n < 0) {
+      PT_ERROR("sync_redis_failed", "err=\"%s\" retry_in_ms=1000",
+               s->redis->errstr[0] ? s->redis->errstr : "command failed");
+      redisFree(s->redis);
+      s->redis = NULL;
+      if (atomic_load(&s->stop))
+        break;
+      sleep_ms(1000);
+      continue;
+    }
+    if (stopping && n == 0)
+      break; /* drained */
+  }
+  free(items);
+  return NULL;
+}
+
+pt_sync_t *pt_sync_start(const pt_config_t *cfg, const char *consumer,
+                         pt_error_t *err) {
+  bson_error_t e;
+  pt_sync_t *s = calloc(1, sizeof *s);
+  if (s == NULL)
+    return NULL;
+  s->cfg = cfg;
+  snprintf(s->consumer, sizeof s->consumer, "%s", consumer);
+  mongoc_uri_t *uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &e);
+  if (uri == NULL) {
+    pt_error_set(err, PT_DOMAIN_MONGO, PT_ECONFIG, "mongodb.uri: %s",
+                 e.message);
+    free(s);
+    return NULL;
+  }
+  const char *db = mongoc_uri_get_database(uri);
+  s->mongo = mongoc_client_new_from_uri(uri);
+  mongoc_client_set_appname(s->mongo, "paytask-sync");
+  s->tasks = mongoc_client_get_collection(s->mongo, db ? db : "paytask",
+                                          "tasks");
+  mongoc_uri_destroy(uri);
+  if (pthread_create(&s->thread, NULL, sync_main, s) != 0) {
+    mongoc_collection_destroy(s->tasks);
+    mongoc_client_destroy(s->mongo);
+    free(s);
+    pt_error_set(err, PT_DOMAIN_SYSTEM, PT_ENOMEM, "cannot start sync thread");
+    return NULL;
+  }
+  return s;
+}
+
+void pt_sync_stop(pt_sync_t *s) {
+  if (s == NULL)
+    return;
+  atomic_store(&s->stop, 1);
+  pthread_join(s->thread, NULL);
+  if (s->redis != NULL)
+    redisFree(s->redis);
+  mongoc_collection_destroy(s->tasks);
+  mongoc_client_destroy(s->mongo);
+  free(s);
+}
+
+long pt_sync_written(const pt_sync_t *s) { return atomic_load(&s->written); }

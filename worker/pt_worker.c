@@ -1,0 +1,493 @@
+#include "worker/pt_worker.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/pt_amqp.h"
+#include "core/pt_http_client.h"
+#include "core/pt_id.h"
+#include "core/pt_log.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+#include "runner/pt_runner.h"
+#include "runner/pt_topology.h"
+#include "tasks/pt_registry.h"
+#include "worker/pt_sync.h"
+
+typedef struct {
+  uv_loop_t *loop;
+  const pt_config_t *cfg;
+  pt_amqp_t *amqp;
+  pt_redis_t *redis;
+  pt_http_client_t *http;
+  pt_runner_env_t env;
+  pt_sync_t *sync;
+  uv_signal_t sigterm, sigint;
+  uv_timer_t retry_timer; /* reconnects */
+  unsigned gen;           /* AMQP connection generation */
+  size_t inflight;
+  int draining;
+  int exit_code;
+} worker_t;
+
+/* One delivery in flight. */
+typedef struct {
+  worker_t *w;
+  unsigned gen;
+  uint64_t tag;
+  int redelivered;
+  pt_task_t task;
+  const pt_runner_ops_t *runner;
+  /* the attempt's record, kept until Redis has it */
+  const char *status;
+  char *result_json;
+  char *error_json;
+  char *history_json;
+  int64_t next_at_ms;
+  uv_timer_t backoff;
+} job_t;
+
+static void job_free(job_t *j) {
+  j->w->inflight--;
+  pt_task_destroy(&j->task);
+  bson_free(j->result_json);
+  bson_free(j->error_json);
+  bson_free(j->history_json);
+  free(j);
+}
+
+static void maybe_finish_drain(worker_t *w);
+
+/* Ends a job: acknowledges its delivery if its connection still stands
+ * (delivery tags belong to one channel), otherwise leaves it to the broker's
+ * redelivery, which the start script recognises. */
+static void job_ack(job_t *j) {
+  worker_t *w = j->w;
+  if (j->gen == w->gen && pt_amqp_is_ready(w->amqp))
+    pt_amqp_ack(w->amqp, j->tag);
+  job_free(j);
+  maybe_finish_drain(w);
+}
+
+static void on_backoff_closed(uv_handle_t *h) {
+  job_t *j = h->data;
+  worker_t *w = j->w;
+  job_free(j);
+  maybe_finish_drain(w);
+}
+
+static void on_backoff(uv_timer_t *t) {
+  job_t *j = t->data;
+  if (j->gen == j->w->gen && pt_amqp_is_ready(j->w->amqp))
+    pt_amqp_nack(j->w->amqp, j->tag, 1);
+  uv_close((uv_handle_t *)t, on_backoff_closed);
+}
+
+/* Redis could not record the state: give the message back to the broker
+ * after a pause, so a Redis outage does not spin. */
+static void job_requeue_later(job_t *j) {
+  uv_timer_init(j->w->loop, &j->backoff);
+  j->backoff.data = j;
+  uv_timer_start(&j->backoff, on_backoff, 1000, 0);
+}
+
+static void log_job(const char *event, const job_t *j, const char *extra) {
+  PT_INFO(event, "task_id=%s type=%s channel=%s attempt=%d %s",
+          j->task.id_str, j->task.type, j->task.channel, j->task.attempt,
+          extra ? extra : "");
+}
+
+static void on_finished(int status, pt_verdict_t v, const char *detail,
+                        void *arg) {
+  job_t *j = arg;
+  if (status != 0) {
+    PT_ERROR("state_write_failed", "task_id=%s attempt=%d err=\"%s\"",
+             j->task.id_str, j->task.attempt, detail);
+    job_requeue_later(j);
+    return;
+  }
+  if (v == PT_V_STALE)
+    log_job("finish_stale", j, "note=\"another delivery moved the task on\"");
+  job_ack(j);
+}
+
+static void write_finish(job_t *j) {
+  pt_store_finish_t f = {.attempt = j->task.attempt,
+                         .status = j->status,
+                         .result_json = j->result_json,
+                         .error_json = j->error_json,
+                         .history_json = j->history_json,
+                         .now_ms = pt_now_ms(),
+                         .next_attempt_at_ms = j->next_at_ms};
+  redisAsyncContext *ac = pt_redis_ctx(j->w->redis);
+  if (ac == NULL ||
+      pt_store_finish(ac, j->task.id_str, &f, on_finished, j) != 0) {
+    PT_ERROR("state_write_failed", "task_id=%s err=\"redis unavailable\"",
+             j->task.id_str);
+    job_requeue_later(j);
+  }
+}
+
+static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
+  job_t *j = arg;
+  (void)c;
+  if (status != 0) {
+    /* The copy may not exist: record nothing and let the broker redeliver
+     * the original, which resumes the attempt. */
+    PT_WARN("publish_unconfirmed", "task_id=%s attempt=%d err=\"%s\"",
+            j->task.id_str, j->task.attempt, pt_strerror(status));
+    worker_t *w = j->w;
+    job_free(j);
+    maybe_finish_drain(w);
+    return;
+  }
+  write_finish(j);
+}
+
+/* Publishes a copy of the task (attempt `attempt`) to queue, confirmed,
+ * then writes the job's state. */
+static void publish_copy(job_t *j, const char *queue, int attempt) {
+  worker_t *w = j->w;
+  size_t len;
+  char mid[48];
+  char *body = pt_task_spec_json(&j->task, attempt, &len);
+  snprintf(mid, sizeof mid, "%s:%d", j->task.id_str, attempt);
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
+  int rc = j->gen == w->gen
+               ? pt_amqp_publish(w->amqp, "", queue, body, len, &msg,
+                                 on_copy_confirmed, j)
+               : PT_ECLOSED;
+  bson_free(body);
+  if (rc != 0) {
+    PT_WARN("publish_failed", "task_id=%s queue=%s err=\"%s\"",
+            j->task.id_str, queue, pt_strerror(rc));
+    job_free(j);
+    maybe_finish_drain(w);
+  }
+}
+
+static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
+  job_t *j = arg;
+  const char *outcome = pt_outcome_name(rep->outcome);
+  char extra[400];
+
+  j->history_json = pt_store_history_json(
+      j->task.attempt, rep->started_ms, rep->ended_ms, outcome,
+      rep->outcome == PT_OUTCOME_SUCCESS ? NULL : rep->error_code,
+      rep->error_message);
+  snprintf(extra, sizeof extra, "outcome=%s duration_ms=%lld code=%s",
+           outcome, (long long)(rep->ended_ms - rep->started_ms),
+           rep->error_code ? rep->error_code : "-");
+  log_job("attempt_done", j, extra);
+
+  if (rep->outcome == PT_OUTCOME_SUCCESS) {
+    j->status = "SUCCEEDED";
+    j->result_json = pt_json_of(rep->result, NULL);
+    write_finish(j);
+    return;
+  }
+  j->error_json = pt_store_error_json(
+      rep->error_code ? rep->error_code : "unknown_error", rep->error_message);
+  if (rep->outcome == PT_OUTCOME_FAIL) {
+    j->status = "FAILED";
+    write_finish(j);
+    return;
+  }
+  int delay = pt_retry_delay(&j->task, j->task.attempt, rep->outcome);
+  if (delay > 0) {
+    char queue[64];
+    j->status = "RETRY_WAIT";
+    j->next_at_ms = rep->ended_ms + (int64_t)delay * 1000;
+    pt_topology_delay_queue(delay, queue, sizeof queue);
+    publish_copy(j, queue, j->task.attempt + 1);
+    return;
+  }
+  /* Out of attempts: FAILED, and a copy goes to the dead queue for
+   * replay. */
+  j->status = "FAILED";
+  publish_copy(j, PT_QUEUE_DEAD, j->task.attempt);
+}
+
+static void on_started(int status, pt_verdict_t v, const char *detail,
+                       void *arg) {
+  job_t *j = arg;
+  worker_t *w = j->w;
+  char extra[160];
+  if (status != 0) {
+    PT_ERROR("state_read_failed", "task_id=%s err=\"%s\"", j->task.id_str,
+             detail);
+    job_requeue_later(j);
+    return;
+  }
+  switch (v) {
+  case PT_V_RUN:
+  case PT_V_RESUME:
+    if (v == PT_V_RESUME)
+      log_job("attempt_resumed", j, "note=\"redelivered after a crash\"");
+    pt_runner_run(j->runner, &w->env, &j->task, j->task.attempt,
+                  j->task.attempt > 1 || v == PT_V_RESUME, on_attempt_done,
+                  j);
+    return;
+  case PT_V_DEAD:
+    snprintf(extra, sizeof extra, "crashes=%s", detail);
+    log_job("redelivery_limit", j, extra);
+    j->status = "FAILED";
+    j->error_json = pt_store_error_json(
+        "redelivery_limit",
+        "the task was redelivered too many times after worker crashes");
+    j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),
+                                            pt_now_ms(), "failed",
+                                            "redelivery_limit", NULL);
+    publish_copy(j, PT_QUEUE_DEAD, j->task.attempt);
+    return;
+  default:
+    snprintf(extra, sizeof extra, "verdict=%d status=%s", (int)v,
+             detail[0] ? detail : "-");
+    PT_DEBUG("delivery_skipped", "task_id=%s attempt=%d %s", j->task.id_str,
+             j->task.attempt, extra);
+    job_ack(j);
+    return;
+  }
+}
+
+/* A message that cannot be a task goes to the dead queue as it came, so
+ * that nothing is dropped silently, and is acknowledged once confirmed. */
+typedef struct {
+  worker_t *w;
+  unsigned gen;
+  uint64_t tag;
+} poison_t;
+
+static void on_poison_confirmed(pt_amqp_t *c, int status, void *arg) {
+  poison_t *p = arg;
+  if (status == 0 && p->gen == p->w->gen)
+    pt_amqp_ack(c, p->tag);
+  p->w->inflight--;
+  maybe_finish_drain(p->w);
+  free(p);
+}
+
+static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
+                           const pt_input_error_t *ie) {
+  PT_ERROR("message_rejected", "tag=%llu code=%s err=\"%s\"",
+           (unsigned long long)d->delivery_tag, ie->code, ie->message);
+  poison_t *p = malloc(sizeof *p);
+  pt_amqp_msg_t msg = {.persistent = 1};
+  if (p == NULL)
+    return; /* left unacked: the broker keeps it */
+  *p = (poison_t){w, w->gen, d->delivery_tag};
+  w->inflight++;
+  if (pt_amqp_publish(w->amqp, "", PT_QUEUE_DEAD, d->body, d->body_len, &msg,
+                      on_poison_confirmed, p) != 0) {
+    w->inflight--;
+    free(p);
+  }
+}
+
+static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
+  worker_t *w = arg;
+  pt_input_error_t ie;
+  (void)c;
+  job_t *j = calloc(1, sizeof *j);
+  if (j == NULL)
+    return; /* unacked: redelivered when this connection ends */
+  if (pt_task_parse(d->body, d->body_len, PT_PARSE_MESSAGE, 0, &j->task,
+                    &ie) != 0) {
+    free(j); /* the parser already released the task */
+    reject_message(w, d, &ie);
+    return;
+  }
+  if (pt_registry_check(&j->task, &ie) != 0) {
+    pt_task_destroy(&j->task);
+    free(j);
+    reject_message(w, d, &ie);
+    return;
+  }
+  j->w = w;
+  j->gen = w->gen;
+  j->tag = d->delivery_tag;
+  j->redelivered = d->redelivered;
+  j->runner = pt_runner_find(j->task.type);
+  w->inflight++;
+  size_t len;
+  char *spec = pt_task_spec_json(&j->task, 0, &len);
+  redisAsyncContext *ac = pt_redis_ctx(w->redis);
+  int rc = ac == NULL ? PT_EREDIS
+                      : pt_store_start(ac, j->task.id_str, j->task.attempt,
+                                       j->redelivered, pt_now_ms(),
+                                       (int)w->cfg->worker_max_redeliveries,
+                                       spec, len, on_started, j);
+  bson_free(spec);
+  if (rc != 0) {
+    PT_ERROR("state_read_failed", "task_id=%s err=\"redis unavailable\"",
+             j->task.id_str);
+    job_requeue_later(j);
+  }
+}
+
+/* ---- connections and lifecycle --------------------------------------- */
+
+static void connect_amqp(worker_t *w);
+
+static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                          void *arg) {
+  worker_t *w = arg;
+  if (status != 0) {
+    PT_ERROR("broker_connect_failed", "err=\"%s\" retry_in_ms=2000",
+             err ? err->message : pt_strerror(status));
+    if (!w->draining)
+      uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 2000, 0);
+    return;
+  }
+  w->gen++;
+  if (w->draining)
+    return;
+  if (pt_amqp_consume(c, PT_QUEUE_TASKS, (uint16_t)w->cfg->amqp_prefetch,
+                      on_deliver, w) != 0)
+    PT_ERROR("consume_failed", "queue=%s", PT_QUEUE_TASKS);
+  else
+    PT_INFO("worker_consuming", "queue=%s prefetch=%lld", PT_QUEUE_TASKS,
+            (long long)w->cfg->amqp_prefetch);
+}
+
+static void connect_amqp(worker_t *w) {
+  if (pt_amqp_start(w->amqp, on_amqp_ready, w) != 0)
+    uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 2000, 0);
+}
+
+static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
+                         void *arg) {
+  worker_t *w = arg;
+  (void)c;
+  w->gen++; /* in-flight deliveries can no longer be acknowledged */
+  PT_ERROR("broker_lost", "err=\"%s\" retry_in_ms=1000",
+           err ? err->message : pt_strerror(status));
+  if (!w->draining)
+    uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 1000, 0);
+}
+
+static void on_redis_lost(pt_redis_t *r, int status, const char *why,
+                          void *arg) {
+  worker_t *w = arg;
+  (void)r;
+  if (status != 0)
+    PT_ERROR("redis_lost", "err=\"%s\"", why ? why : "");
+  /* Jobs that need Redis requeue themselves; the process exits so that its
+   * supervisor restarts it with a fresh connection. */
+  if (status != 0 && !w->draining) {
+    w->exit_code = 1;
+    w->draining = 1;
+    pt_amqp_cancel_consume(w->amqp);
+    maybe_finish_drain(w);
+  }
+}
+
+static void close_all(worker_t *w) {
+  uv_close((uv_handle_t *)&w->sigterm, NULL);
+  uv_close((uv_handle_t *)&w->sigint, NULL);
+  uv_close((uv_handle_t *)&w->retry_timer, NULL);
+  pt_amqp_destroy(w->amqp);
+  w->amqp = NULL;
+  pt_redis_destroy(w->redis);
+  w->redis = NULL;
+  pt_http_client_destroy(w->http);
+  w->http = NULL;
+}
+
+static void maybe_finish_drain(worker_t *w) {
+  if (w == NULL || !w->draining || w->inflight > 0 || w->amqp == NULL)
+    return;
+  PT_INFO("worker_drained", "exit_code=%d", w->exit_code);
+  close_all(w);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  worker_t *w = s->data;
+  if (w->draining)
+    return;
+  PT_INFO("worker_draining", "signal=%d inflight=%zu", signum, w->inflight);
+  w->draining = 1;
+  uv_timer_stop(&w->retry_timer);
+  if (pt_amqp_is_ready(w->amqp))
+    pt_amqp_cancel_consume(w->amqp);
+  maybe_finish_drain(w);
+}
+
+int pt_worker_run(const pt_config_t *cfg) {
+  worker_t w;
+  pt_error_t err;
+  char consumer[96], host[64] = "host";
+  memset(&w, 0, sizeof w);
+  w.cfg = cfg;
+  w.loop = malloc(sizeof *w.loop);
+  uv_loop_init(w.loop);
+  gethostname(host, sizeof host - 1);
+  snprintf(consumer, sizeof consumer, "%s-%ld", host, (long)getpid());
+
+  pt_amqp_opts_t ao = {.uri = cfg->amqp_uri,
+                       .setup = pt_topology_declare,
+                       .setup_arg = (void *)cfg->amqp_queue_type,
+                       .on_lost = on_amqp_lost,
+                       .lost_arg = &w};
+  w.amqp = pt_amqp_new(w.loop, &ao);
+  w.redis = pt_redis_connect(w.loop, cfg->redis_uri, on_redis_lost, &w, &err);
+  w.http = pt_http_client_new(w.loop, &err);
+  if (w.amqp == NULL || w.redis == NULL || w.http == NULL) {
+    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
+  pt_store_load_scripts(pt_redis_ctx(w.redis));
+  w.env = (pt_runner_env_t){w.loop, w.http, cfg};
+  w.sync = pt_sync_start(cfg, consumer, &err);
+  if (w.sync == NULL) {
+    PT_ERROR("sync_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
+  uv_signal_init(w.loop, &w.sigterm);
+  uv_signal_init(w.loop, &w.sigint);
+  w.sigterm.data = w.sigint.data = &w;
+  uv_signal_start(&w.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&w.sigint, on_signal, SIGINT);
+  uv_timer_init(w.loop, &w.retry_timer);
+  w.retry_timer.data = &w;
+  PT_INFO("worker_started", "consumer=%s pid=%ld", consumer, (long)getpid());
+  connect_amqp(&w);
+  uv_run(w.loop, UV_RUN_DEFAULT);
+  pt_sync_stop(w.sync);
+  int rc = uv_loop_close(w.loop);
+  if (rc != 0)
+    PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));
+  free(w.loop);
+  PT_INFO("worker_stopped", "exit_code=%d", w.exit_code);
+  return w.exit_code;
+}
+
+int pt_worker_main(int argc, char **argv) {
+  static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *path = NULL;
+  int c;
+  while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    if (c == 'c')
+      path = optarg;
+    else {
+      fprintf(stderr, "usage: paytask worker [--config FILE]\n");
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  pt_config_t cfg;
+  pt_error_t err;
+  if (pt_config_load(&cfg, path, &err) != 0) {
+    fprintf(stderr, "paytask worker: %s\n", err.message);
+    return 2;
+  }
+  pt_log_setup((pt_log_level_t)pt_log_level_parse(cfg.log_level),
+               strcmp(cfg.log_format, "json") == 0 ? PT_LOG_JSON
+                                                   : PT_LOG_LOGFMT,
+               "worker");
+  return pt_worker_run(&cfg);
+}
