@@ -1,0 +1,195 @@
+/* The HTTP server (h2o) and client (curl multi) on one libuv loop
+ * (issue 2): 1,000 concurrent requests, answers now and later. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "core/pt_http_client.h"
+#include "core/pt_httpd.h"
+#include "tests/support/pt_test.h"
+
+#define N 1000
+
+typedef struct {
+  pt_httpd_req_t *req;
+  uv_timer_t timer;
+  char body[256];
+} later_t;
+
+typedef struct {
+  uv_loop_t *loop;
+  pt_httpd_t *srv;
+  pt_http_client_t *cli;
+  int ok, bad, done, expected;
+  pt_httpd_req_t *held; /* a request answered only at the end */
+  int status_seen;
+} ctx_t;
+
+static void on_later_closed(uv_handle_t *h) { free(h->data); }
+
+static void on_later(uv_timer_t *t) {
+  later_t *l = t->data;
+  pt_httpd_respond(l->req, 200, "text/plain", l->body, strlen(l->body), NULL);
+  uv_close((uv_handle_t *)t, on_later_closed);
+}
+
+static void handler(pt_httpd_req_t *req, void *arg) {
+  ctx_t *c = arg;
+  size_t plen, blen;
+  const char *p = pt_httpd_path(req, &plen);
+  const char *b = pt_httpd_body(req, &blen);
+  char path[128];
+  snprintf(path, sizeof path, "%.*s", (int)plen, p);
+  if (strncmp(path, "/hold", 5) == 0) {
+    c->held = req; /* answered by the test later */
+    return;
+  }
+  /* Even numbers answer at once, odd ones from a timer: deferred. */
+  int n = atoi(path + 3);
+  later_t *l = calloc(1, sizeof *l);
+  snprintf(l->body, sizeof l->body, "%s|%.*s", path, (int)blen, b);
+  if (n % 2 == 0) {
+    pt_httpd_respond(req, 200, "text/plain", l->body, strlen(l->body), NULL);
+    free(l);
+    return;
+  }
+  l->req = req;
+  uv_timer_init(c->loop, &l->timer);
+  l->timer.data = l;
+  uv_timer_start(&l->timer, on_later, 1 + n % 20, 0);
+}
+
+typedef struct {
+  ctx_t *c;
+  int n;
+} call_t;
+
+static void finish_if_done(ctx_t *c) {
+  if (c->done == c->expected) {
+    pt_http_client_destroy(c->cli);
+    pt_httpd_destroy(c->srv);
+  }
+}
+
+static void on_answer(const pt_http_response_t *res, void *arg) {
+  call_t *k = arg;
+  char want[128];
+  snprintf(want, sizeof want, "/r/%d|body-%d", k->n, k->n);
+  if (res->status == 0 && res->http_code == 200 &&
+      strcmp(res->body, want) == 0)
+    k->c->ok++;
+  else
+    k->c->bad++;
+  k->c->done++;
+  finish_if_done(k->c);
+  free(k);
+}
+
+static void raise_nofile(void) {
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+static void setup(ctx_t *c, uv_loop_t *loop, size_t max_body) {
+  pt_error_t err;
+  raise_nofile();
+  memset(c, 0, sizeof *c);
+  uv_loop_init(loop);
+  c->loop = loop;
+  pt_httpd_opts_t o = {.host = "127.0.0.1", .port = 0, .max_body = max_body,
+                       .handler = handler, .arg = c};
+  c->srv = pt_httpd_new(loop, &o, &err);
+  cr_assert_not_null(c->srv, "%s", err.message);
+  cr_assert_gt(pt_httpd_port(c->srv), 0);
+  c->cli = pt_http_client_new(loop, &err);
+  cr_assert_not_null(c->cli);
+}
+
+Test(http, thousand_concurrent_requests, .timeout = 120) {
+  uv_loop_t loop;
+  ctx_t c;
+  setup(&c, &loop, 0);
+  c.expected = N;
+  for (int i = 0; i < N; i++) {
+    char url[96], body[32];
+    call_t *k = malloc(sizeof *k);
+    k->c = &c;
+    k->n = i;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/r/%d", pt_httpd_port(c.srv),
+             i);
+    snprintf(body, sizeof body, "body-%d", i);
+    pt_http_request_t r = {.method = "POST", .url = url, .body = body,
+                           .body_len = strlen(body), .timeout_ms = 60000};
+    cr_assert_eq(pt_http_request(c.cli, &r, on_answer, k), 0);
+  }
+  cr_assert_eq(pt_http_client_inflight(c.cli), N, "all in flight at once");
+  pt_test_run_loop(&loop, 100000, "1,000 HTTP requests");
+  cr_assert_eq(c.ok, N, "%d ok, %d bad", c.ok, c.bad);
+  pt_test_close_loop(&loop);
+}
+
+typedef struct {
+  ctx_t *c;
+  int status;
+  long code;
+} one_t;
+
+static void on_one(const pt_http_response_t *res, void *arg) {
+  one_t *o = arg;
+  o->status = res->status;
+  o->code = res->http_code;
+  o->c->done++;
+  if (o->status == PT_ETIMEDOUT && o->c->held != NULL) {
+    /* The client gave up; answering now must only free the request. */
+    pt_httpd_respond(o->c->held, 200, "text/plain", "late", 4, NULL);
+    o->c->held = NULL;
+  }
+  finish_if_done(o->c);
+}
+
+static void one(ctx_t *c, const char *url, const char *body, size_t len,
+                long timeout, one_t *o) {
+  pt_http_request_t r = {.url = url, .body = body, .body_len = len,
+                         .timeout_ms = timeout};
+  o->c = c;
+  cr_assert_eq(pt_http_request(c->cli, &r, on_one, o), 0);
+}
+
+Test(http, limits_and_failures, .timeout = 60) {
+  uv_loop_t loop;
+  ctx_t c;
+  char url[96];
+  one_t big = {0}, closed = {0}, slow = {0};
+  setup(&c, &loop, 1024);
+  c.expected = 3;
+  char *body = malloc(4096);
+  memset(body, 'x', 4096);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/r/2", pt_httpd_port(c.srv));
+  one(&c, url, body, 4096, 10000, &big);
+  one(&c, "http://127.0.0.1:1/", NULL, 0, 10000, &closed);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/hold", pt_httpd_port(c.srv));
+  one(&c, url, NULL, 0, 300, &slow);
+  pt_test_run_loop(&loop, 30000, "HTTP limits");
+  free(body);
+  cr_assert_eq(big.status, 0);
+  cr_assert_eq(big.code, 413, "over the body limit answered %ld", big.code);
+  cr_assert_eq(closed.status, PT_ECONNECT);
+  cr_assert_eq(slow.status, PT_ETIMEDOUT);
+  pt_test_close_loop(&loop);
+}
+
+Test(http, response_headers) {
+  pt_http_response_t r = {0};
+  const char *v;
+  r.headers = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+              "Wechatpay-Serial:  ABC123 \r\n\r\n";
+  r.headers_len = strlen(r.headers);
+  long n = pt_http_response_header(&r, "wechatpay-serial", &v);
+  cr_assert_eq(n, 6);
+  cr_assert_eq(strncmp(v, "ABC123", 6), 0);
+  cr_assert_eq(pt_http_response_header(&r, "X-Missing", &v), -1);
+}

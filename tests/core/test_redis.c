@@ -1,0 +1,171 @@
+/* Redis on a libuv loop through hiredis's libuv adapter (issue 2). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/pt_redis.h"
+#include "tests/support/pt_test.h"
+
+#define N 10000
+
+typedef struct {
+  int replies, in_order, errors;
+  long long last;
+  pt_redis_t *r;
+  char key[96];
+} ctx_t;
+
+static void on_incr(redisAsyncContext *ac, void *reply, void *arg) {
+  ctx_t *c = arg;
+  redisReply *r = reply;
+  (void)ac;
+  if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+    c->errors++;
+    return;
+  }
+  c->in_order += r->integer == c->last + 1;
+  c->last = r->integer;
+  c->replies++;
+}
+
+static void on_final(redisAsyncContext *ac, void *reply, void *arg) {
+  ctx_t *c = arg;
+  redisReply *r = reply;
+  cr_assert(r != NULL && r->type == REDIS_REPLY_STRING, "GET failed");
+  cr_assert_str_eq(r->str, "10000");
+  redisAsyncCommand(ac, NULL, NULL, "DEL %s", c->key);
+  /* Destroy from a callback: hiredis finishes the DEL, then disconnects. */
+  pt_redis_destroy(c->r);
+}
+
+Test(redis, ten_thousand_pipelined_commands, .timeout = 60) {
+  uv_loop_t loop;
+  pt_error_t err;
+  ctx_t c = {0};
+  uv_loop_init(&loop);
+  pt_test_unique("pt:test:incr", c.key, sizeof c.key);
+  c.r = pt_redis_connect(&loop, pt_test_uri("PAYTASK_REDIS_URI", "Redis"),
+                         NULL, NULL, &err);
+  cr_assert_not_null(c.r, "Redis: %s", err.message);
+  redisAsyncContext *ac = pt_redis_ctx(c.r);
+  /* All 10,000 are queued before any reply is read: one pipeline. */
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(redisAsyncCommand(ac, on_incr, &c, "INCR %s", c.key),
+                 REDIS_OK);
+  redisAsyncCommand(ac, on_final, &c, "GET %s", c.key);
+  pt_test_run_loop(&loop, 30000, "Redis");
+  cr_assert_eq(c.errors, 0);
+  cr_assert_eq(c.replies, N);
+  cr_assert_eq(c.in_order, N, "replies out of order");
+  pt_test_close_loop(&loop);
+}
+
+typedef struct {
+  int lost, status;
+} lost_t;
+
+static void on_lost(pt_redis_t *r, int status, const char *why, void *arg) {
+  lost_t *l = arg;
+  (void)r;
+  (void)why;
+  l->lost++;
+  l->status = status;
+}
+
+static void on_null(redisAsyncContext *ac, void *reply, void *arg) {
+  (void)ac;
+  *(int *)arg = reply == NULL ? 1 : 2;
+}
+
+Test(redis, closed_port_reports_failure_not_a_hang, .timeout = 30) {
+  uv_loop_t loop;
+  pt_error_t err;
+  lost_t l = {0};
+  int got = 0;
+  uv_loop_init(&loop);
+  pt_redis_t *r = pt_redis_connect(&loop, "redis://127.0.0.1:1/0", on_lost,
+                                   &l, &err);
+  cr_assert_not_null(r);
+  redisAsyncCommand(pt_redis_ctx(r), on_null, &got, "PING");
+  pt_test_run_loop(&loop, 10000, "Redis on a closed port");
+  cr_assert_eq(l.lost, 1);
+  cr_assert_eq(l.status, PT_ECONNECT);
+  cr_assert_eq(got, 1, "the pending command must get a NULL reply");
+  cr_assert_null(pt_redis_ctx(r));
+  pt_redis_destroy(r);
+  pt_test_close_loop(&loop);
+}
+
+Test(redis, uri_parsing) {
+  pt_redis_uri_t u;
+  pt_error_t err;
+  cr_assert_eq(pt_redis_uri_parse("redis://127.0.0.1:6382/3", &u, &err), 0);
+  cr_assert_str_eq(u.host, "127.0.0.1");
+  cr_assert_eq(u.port, 6382);
+  cr_assert_eq(u.db, 3);
+  cr_assert_eq(pt_redis_uri_parse("redis://:s3cret@localhost", &u, &err), 0);
+  cr_assert_str_eq(u.password, "s3cret");
+  cr_assert_str_eq(u.host, "127.0.0.1");
+  cr_assert_eq(u.port, 6379);
+  cr_assert_eq(pt_redis_uri_parse("redis://default:pw@10.0.0.1:7000/", &u,
+                                  &err),
+               0);
+  cr_assert_str_eq(u.password, "pw");
+  cr_assert_neq(pt_redis_uri_parse("http://x", &u, &err), 0);
+  cr_assert_neq(pt_redis_uri_parse("redis://h:0/", &u, &err), 0);
+  cr_assert_neq(pt_redis_uri_parse("redis://h:99999", &u, &err), 0);
+  cr_assert_neq(pt_redis_uri_parse("redis://h/16", &u, &err), 0);
+  cr_assert_neq(pt_redis_uri_parse("redis://h/x", &u, &err), 0);
+  cr_assert_neq(pt_redis_uri_parse("redis://user@h", &u, &err), 0);
+  cr_assert(strstr(err.message, "password") != NULL, "%s", err.message);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cr_assert_null(pt_redis_connect(&loop, "redis://redis.example:6379", NULL,
+                                  NULL, &err),
+                 "a name would need a blocking lookup on the loop");
+  pt_test_close_loop(&loop);
+}
+
+static void on_set(redisAsyncContext *ac, void *reply, void *arg) {
+  pt_redis_t *r = arg;
+  (void)ac;
+  cr_assert_not_null(reply);
+  pt_redis_destroy(r);
+}
+
+Test(redis, sync_connect_honours_the_database, .timeout = 30) {
+  char uri[320], key[96];
+  const char *base = pt_test_uri("PAYTASK_REDIS_URI", "Redis");
+  pt_error_t err;
+  uv_loop_t loop;
+  /* The same server, database 5. */
+  pt_redis_uri_t u;
+  cr_assert_eq(pt_redis_uri_parse(base, &u, &err), 0);
+  snprintf(uri, sizeof uri, "redis://%s:%d/5", u.host, u.port);
+  pt_test_unique("pt:test:db", key, sizeof key);
+  uv_loop_init(&loop);
+  pt_redis_t *r = pt_redis_connect(&loop, uri, NULL, NULL, &err);
+  cr_assert_not_null(r);
+  redisAsyncCommand(pt_redis_ctx(r), on_set, r, "SET %s here", key);
+  pt_test_run_loop(&loop, 10000, "Redis");
+  pt_test_close_loop(&loop);
+
+  redisContext *c = pt_redis_connect_sync(uri, 2000, &err);
+  cr_assert_not_null(c, "%s", err.message);
+  redisReply *rep = redisCommand(c, "GET %s", key);
+  cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING);
+  cr_assert_str_eq(rep->str, "here");
+  freeReplyObject(rep);
+  rep = redisCommand(c, "DEL %s", key);
+  freeReplyObject(rep);
+  redisFree(c);
+  /* Database 0 does not have it. */
+  snprintf(uri, sizeof uri, "redis://%s:%d/0", u.host, u.port);
+  c = pt_redis_connect_sync(uri, 2000, &err);
+  rep = redisCommand(c, "EXISTS %s", key);
+  cr_assert_eq(rep->integer, 0);
+  freeReplyObject(rep);
+  redisFree(c);
+  cr_assert_null(pt_redis_connect_sync("redis://127.0.0.1:1/0", 500, &err));
+  cr_assert(strstr(err.message, "127.0.0.1:1") != NULL, "%s", err.message);
+}
