@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "api/pt_api.h"
 #include "cli/pt_cli.h"
@@ -36,7 +37,18 @@ static void usage(FILE *out) {
                "PAYTASK_AMQP_URI).\n");
 }
 
+/* A worker keeps one connection per channel call in flight, and the api
+ * one per client: lift the soft descriptor limit to the hard one. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 int main(int argc, char **argv) {
+  raise_nofile();
   if (argc < 2 || strcmp(argv[1], "help") == 0 ||
       strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     usage(argc < 2 ? stderr : stdout);

@@ -2,16 +2,42 @@
 
 #include <hiredis/adapters/libuv.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* hiredis 0.14's libuv adapter drops a poll error on the floor, and libuv
+ * reports a refused connect exactly that way, so a failed connect would
+ * never be reported. A watchdog timer checks the socket's SO_ERROR until
+ * the connection is up, and gives up after CONNECT_TIMEOUT_MS.
+ *
+ * The struct is freed when its owner has destroyed it, its timer is
+ * closed and hiredis is done with the context (refs counts the three). */
+#define CONNECT_TIMEOUT_MS 5000
+#define CONNECT_CHECK_MS 20
 
 struct pt_redis {
   redisAsyncContext *ac; /* NULL once hiredis has freed it */
   int up;
   int destroyed;
+  int refs;
+  uint64_t waited_ms;
+  uv_timer_t watchdog;
   pt_redis_lost_cb on_lost;
   void *arg;
 };
+
+static void unref(pt_redis_t *r) {
+  if (--r->refs == 0)
+    free(r);
+}
+
+static void on_watchdog_closed(uv_handle_t *h) { unref(h->data); }
+
+static void stop_watchdog(pt_redis_t *r) {
+  if (!uv_is_closing((uv_handle_t *)&r->watchdog))
+    uv_close((uv_handle_t *)&r->watchdog, on_watchdog_closed);
+}
 
 int pt_redis_uri_parse(const char *uri, pt_redis_uri_t *out, pt_error_t *err) {
   const char *p;
@@ -81,15 +107,43 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   pt_redis_t *r = ac->data;
   if (r == NULL)
     return;
+  stop_watchdog(r);
   if (status != REDIS_OK) {
     /* hiredis frees the context after this callback. */
     r->ac = NULL;
     r->up = 0;
     if (r->on_lost != NULL)
       r->on_lost(r, PT_ECONNECT, ac->errstr, r->arg);
+    unref(r);
     return;
   }
   r->up = 1;
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  pt_redis_t *r = t->data;
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  char why[128];
+  if (r->up || r->ac == NULL) {
+    stop_watchdog(r);
+    return;
+  }
+  r->waited_ms += CONNECT_CHECK_MS;
+  getsockopt(r->ac->c.fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+  if (soerr == 0 && r->waited_ms < CONNECT_TIMEOUT_MS)
+    return;
+  snprintf(why, sizeof why, "cannot connect: %s",
+           soerr ? strerror(soerr) : "timed out");
+  stop_watchdog(r);
+  redisAsyncContext *ac = r->ac;
+  r->ac = NULL;
+  ac->data = NULL;
+  /* Pending commands get their callbacks with a NULL reply. */
+  redisAsyncFree(ac);
+  if (r->on_lost != NULL)
+    r->on_lost(r, PT_ECONNECT, why, r->arg);
+  unref(r);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -98,12 +152,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     return;
   r->ac = NULL;
   r->up = 0;
-  if (r->destroyed) {
-    free(r);
-    return;
-  }
-  if (r->on_lost != NULL)
+  if (!r->destroyed && r->on_lost != NULL)
     r->on_lost(r, status == REDIS_OK ? 0 : PT_ECLOSED, ac->errstr, r->arg);
+  unref(r);
 }
 
 pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
@@ -135,6 +186,11 @@ pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
   }
   ac->data = r;
   r->ac = ac;
+  r->refs = 3; /* the owner, the watchdog and the context */
+  uv_timer_init(loop, &r->watchdog);
+  r->watchdog.data = r;
+  uv_timer_start(&r->watchdog, on_watchdog, CONNECT_CHECK_MS,
+                 CONNECT_CHECK_MS);
   redisLibuvAttach(ac, loop);
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -154,25 +210,23 @@ redisAsyncContext *pt_redis_ctx(pt_redis_t *r) {
 int pt_redis_is_up(const pt_redis_t *r) { return r != NULL && r->up; }
 
 void pt_redis_destroy(pt_redis_t *r) {
-  if (r == NULL)
+  if (r == NULL || r->destroyed)
     return;
   r->destroyed = 1;
-  if (r->ac == NULL) {
-    free(r);
-    return;
-  }
-  if (r->up) {
+  stop_watchdog(r);
+  if (r->ac != NULL && r->up) {
     /* Graceful: pending commands are written and answered, then hiredis
-     * calls on_disconnect, which frees r. */
+     * calls on_disconnect, which drops the context's reference. */
     redisAsyncDisconnect(r->ac);
-    return;
+  } else if (r->ac != NULL) {
+    /* Not connected yet: nothing to flush. Pending callbacks get NULL. */
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    ac->data = NULL;
+    redisAsyncFree(ac);
+    unref(r);
   }
-  /* Not connected yet: nothing to flush. Pending callbacks get NULL. */
-  redisAsyncContext *ac = r->ac;
-  r->ac = NULL;
-  ac->data = NULL;
-  redisAsyncFree(ac);
-  free(r);
+  unref(r); /* the owner's */
 }
 
 redisContext *pt_redis_connect_sync(const char *uri, int timeout_ms,
