@@ -33,7 +33,7 @@ typedef struct {
   pt_mongo_t *mongo;
   pt_idgen_t ids;
   char lease_key[32], lease_val[96];
-  uv_timer_t lease_timer, amqp_retry, stop_timer;
+  uv_timer_t lease_timer, amqp_retry, stop_timer, redis_retry;
   uv_signal_t sigterm, sigint;
   waiter_t *waiters; /* by task id */
   size_t inflight;   /* requests not yet answered */
@@ -655,6 +655,58 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
+static void on_redis_lost(pt_redis_t *r, int status, const char *why,
+                          void *arg);
+
+/* (Re)opens whichever Redis connection is missing: commands (with the
+ * scripts loaded) and the pub/sub one that wakes long polls. */
+static int connect_redis(api_t *api, pt_error_t *err) {
+  if (api->redis == NULL) {
+    api->redis = pt_redis_connect(api->loop, api->cfg->redis_uri,
+                                  on_redis_lost, api, err);
+    if (api->redis == NULL)
+      return PT_EREDIS;
+    pt_store_load_scripts(pt_redis_ctx(api->redis));
+  }
+  if (api->sub == NULL) {
+    api->sub = pt_redis_connect(api->loop, api->cfg->redis_uri, on_redis_lost,
+                                api, err);
+    if (api->sub == NULL)
+      return PT_EREDIS;
+    redisAsyncCommand(pt_redis_ctx(api->sub), on_final_message, api,
+                      "SUBSCRIBE %s", PT_CHANNEL_FINAL);
+  }
+  return 0;
+}
+
+static void on_redis_retry(uv_timer_t *t) {
+  api_t *api = t->data;
+  pt_error_t err;
+  if (api->stopping)
+    return;
+  if (connect_redis(api, &err) != 0) {
+    PT_ERROR("redis_connect_failed", "err=\"%s\" retry_in_ms=1000",
+             err.message);
+    uv_timer_start(&api->redis_retry, on_redis_retry, 1000, 0);
+  }
+}
+
+static void on_redis_lost(pt_redis_t *r, int status, const char *why,
+                          void *arg) {
+  api_t *api = arg;
+  if (api->stopping)
+    return;
+  PT_ERROR("redis_lost", "status=%d err=\"%s\" retry_in_ms=1000", status,
+           why ? why : "");
+  /* The handle is dropped now; requests meanwhile get 503. */
+  if (r == api->redis)
+    api->redis = NULL;
+  else if (r == api->sub)
+    api->sub = NULL;
+  pt_redis_destroy(r);
+  uv_timer_start(&api->redis_retry, on_redis_retry, 1000, 0);
+}
+
 static void connect_amqp(uv_timer_t *t);
 
 static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
@@ -734,6 +786,7 @@ static void close_all(api_t *api) {
   uv_close((uv_handle_t *)&api->lease_timer, NULL);
   uv_close((uv_handle_t *)&api->amqp_retry, NULL);
   uv_close((uv_handle_t *)&api->stop_timer, NULL);
+  uv_close((uv_handle_t *)&api->redis_retry, NULL);
   redisAsyncContext *ac = pt_redis_ctx(api->redis);
   if (ac != NULL && api->lease_key[0])
     redisAsyncCommand(ac, NULL, NULL, "DEL %s", api->lease_key);
@@ -772,6 +825,7 @@ static void on_signal(uv_signal_t *s, int signum) {
   PT_INFO("api_stopping", "signal=%d inflight=%zu", signum, api->inflight);
   uv_timer_stop(&api->lease_timer);
   uv_timer_stop(&api->amqp_retry);
+  uv_timer_stop(&api->redis_retry);
   /* New requests get 503 from now on; long polls end now with the
    * current state. */
   while (api->waiters != NULL)
@@ -813,10 +867,9 @@ int pt_api_run(const pt_config_t *cfg) {
                        .on_lost = on_amqp_lost,
                        .lost_arg = &api};
   api.amqp = pt_amqp_new(api.loop, &ao);
-  api.redis = pt_redis_connect(api.loop, cfg->redis_uri, NULL, NULL, &err);
-  if (api.redis != NULL)
-    api.sub = pt_redis_connect(api.loop, cfg->redis_uri, NULL, NULL, &err);
-  if (api.redis != NULL && api.sub != NULL)
+  uv_timer_init(api.loop, &api.redis_retry);
+  api.redis_retry.data = &api;
+  if (connect_redis(&api, &err) == 0)
     api.mongo = pt_mongo_new(api.loop, cfg->mongodb_uri, &err);
   pt_httpd_opts_t ho = {.host = host,
                         .port = port,
@@ -830,9 +883,6 @@ int pt_api_run(const pt_config_t *cfg) {
     PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
     return 1;
   }
-  pt_store_load_scripts(pt_redis_ctx(api.redis));
-  redisAsyncCommand(pt_redis_ctx(api.sub), on_final_message, &api,
-                    "SUBSCRIBE %s", PT_CHANNEL_FINAL);
   uv_timer_init(api.loop, &api.lease_timer);
   uv_timer_init(api.loop, &api.amqp_retry);
   uv_timer_init(api.loop, &api.stop_timer);

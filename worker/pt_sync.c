@@ -187,14 +187,14 @@ static long process(pt_sync_t *s, item_t *items, size_t n) {
     return 0;
   if (load_docs(s, items, n) != 0)
     return -1;
-  int backoff = 250, waited = 0;
+  int backoff = 250;
   while (write_docs(s, items, n) != 0) {
-    /* While stopping, give MongoDB a little time, then leave the entries
-     * pending: a restarted or another consumer claims them. */
-    if (atomic_load(&s->stop) && waited > 10000)
+    /* While stopping, leave the entries pending: a restarted worker, or
+     * another one (XAUTOCLAIM), writes them once MongoDB is back. */
+    if (atomic_load(&s->stop))
       goto out_unacked;
-    sleep_ms(backoff);
-    waited += backoff;
+    for (int slept = 0; slept < backoff && !atomic_load(&s->stop); slept += 50)
+      sleep_ms(50);
     backoff = backoff < 5000 ? backoff * 2 : 5000;
   }
   if (ack_batch(s, items, n) != 0) {
@@ -260,9 +260,10 @@ static void *sync_main(void *arg) {
   while (items != NULL) {
     int stopping = atomic_load(&s->stop);
     if (ensure_redis(s) != 0) {
-      if (stopping)
+      for (int slept = 0; slept < 1000 && !atomic_load(&s->stop); slept += 50)
+        sleep_ms(50);
+      if (atomic_load(&s->stop))
         break;
-      sleep_ms(1000);
       continue;
     }
     long n;
@@ -282,9 +283,10 @@ static void *sync_main(void *arg) {
                s->redis->errstr[0] ? s->redis->errstr : "command failed");
       redisFree(s->redis);
       s->redis = NULL;
+      for (int slept = 0; slept < 1000 && !atomic_load(&s->stop); slept += 50)
+        sleep_ms(50);
       if (atomic_load(&s->stop))
         break;
-      sleep_ms(1000);
       continue;
     }
     if (stopping && n == 0)
