@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pt_log.h"
+
 struct pt_mongo {
   uv_loop_t *loop;
   mongoc_client_pool_t *pool;
@@ -21,7 +23,24 @@ typedef struct {
   pt_error_t err;
 } job_t;
 
-void pt_mongo_global_init(void) { mongoc_init(); }
+/* libmongoc's own messages, in our one-line format. FerretDB does not know
+ * endSessions, which the driver sends at shutdown: that one is debug. */
+static void on_mongoc_log(mongoc_log_level_t level, const char *domain,
+                          const char *message, void *arg) {
+  pt_log_level_t l = PT_LOG_DEBUG;
+  (void)arg;
+  if (level <= MONGOC_LOG_LEVEL_CRITICAL)
+    l = PT_LOG_ERROR;
+  else if (level == MONGOC_LOG_LEVEL_WARNING &&
+           strstr(message, "endSessions") == NULL)
+    l = PT_LOG_WARN;
+  PT_LOG(l, "mongoc", "domain=%s msg=\"%s\"", domain, message);
+}
+
+void pt_mongo_global_init(void) {
+  mongoc_init();
+  mongoc_log_set_handler(on_mongoc_log, NULL);
+}
 void pt_mongo_global_cleanup(void) { mongoc_cleanup(); }
 
 pt_mongo_t *pt_mongo_new(uv_loop_t *loop, const char *uri, pt_error_t *err) {

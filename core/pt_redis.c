@@ -224,7 +224,7 @@ void pt_redis_destroy(pt_redis_t *r) {
     r->ac = NULL;
     ac->data = NULL;
     redisAsyncFree(ac);
-    unref(r);
+    r->refs--; /* the context's; the owner's, below, is the one that frees */
   }
   unref(r); /* the owner's */
 }
