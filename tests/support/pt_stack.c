@@ -78,14 +78,19 @@ static pid_t spawn(pt_stack_t *s, const char *name, const char *const *args) {
   return pid;
 }
 
-static int wait_ready(const char *url, int timeout_ms) {
+/* Waits for url to answer 200; stops early if the process exited. */
+static int wait_ready(const char *url, int timeout_ms, pid_t pid) {
   for (int waited = 0; waited < timeout_ms; waited += 100) {
     if (pt_http("GET", url, NULL, NULL, NULL, NULL) == 200)
       return 1;
+    if (waitpid(pid, NULL, WNOHANG) == pid)
+      return -1;
     sleep_ms(100);
   }
   return 0;
 }
+
+static void check_servers(void);
 
 static void tail_log(pt_stack_t *s, const char *name) {
   char cmd[600];
@@ -98,9 +103,8 @@ void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args) {
   char url[128];
   const char *bin = getenv("PAYTASK_BIN");
   cr_assert_not_null(bin);
-  pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
-  pt_test_uri("PAYTASK_REDIS_URI", "Redis");
-  pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  /* A server that is down fails here, by name, not later as a timeout. */
+  check_servers();
   s->api_port = free_port();
   s->sim_port = free_port();
   snprintf(s->api_url, sizeof s->api_url, "http://127.0.0.1:%d", s->api_port);
@@ -118,7 +122,7 @@ void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args) {
     sim_argv[2] = NULL;
   s->sim = spawn(s, "sim", sim_argv);
   snprintf(url, sizeof url, "%s/healthz", s->sim_url);
-  if (!wait_ready(url, 20000)) {
+  if (wait_ready(url, 20000, s->sim) != 1) {
     tail_log(s, "sim");
     cr_assert_fail("the channel simulator did not start (log: %s/sim.log)",
                    s->logdir);
@@ -129,12 +133,17 @@ void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args) {
   int ready_wait = getenv("PT_STACK_NO_READY_WAIT") == NULL;
   snprintf(url, sizeof url, "%s/%s", s->api_url,
            ready_wait ? "readyz" : "healthz");
-  if (!wait_ready(url, 30000)) {
+  int ready = wait_ready(url, 30000, s->api);
+  if (ready != 1) {
     char *out = NULL;
-    pt_http("GET", url, NULL, NULL, NULL, &out);
+    if (ready == 0)
+      pt_http("GET", url, NULL, NULL, NULL, &out);
     tail_log(s, "api");
-    cr_assert_fail("the api is not ready: %s (log: %s/api.log)",
-                   out ? out : "no answer", s->logdir);
+    if (ready < 0)
+      s->api = 0; /* reaped */
+    cr_assert_fail("the api %s: %s (log: %s/api.log)",
+                   ready < 0 ? "exited at start" : "is not ready",
+                   out && *out ? out : "see the log above", s->logdir);
   }
   for (int i = 0; i < nworkers; i++)
     pt_stack_add_worker(s);
@@ -437,6 +446,39 @@ int pt_queue_drain_count(const char *queue, const char *message_id) {
   }
   amqp_close_all(c);
   return found;
+}
+
+static void check_servers(void) {
+  const char *ruri = pt_test_uri("PAYTASK_REDIS_URI", "Redis");
+  const char *muri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  amqp_close_all(amqp_open()); /* fails naming RabbitMQ */
+
+  int port = 6379, db = 0;
+  char host[64] = "127.0.0.1";
+  sscanf(ruri, "redis://%63[^:/]:%d/%d", host, &port, &db);
+  struct timeval tv = {2, 0};
+  redisContext *c = redisConnectWithTimeout(host, port, tv);
+  redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+  int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+  if (r)
+    freeReplyObject(r);
+  if (c)
+    redisFree(c);
+  cr_assert(ok, "Redis: no answer from %s (is the server up?)", ruri);
+
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(muri, &e);
+  cr_assert_not_null(u, "MongoDB: %s", e.message);
+  mongoc_uri_set_option_as_int32(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 3000);
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  bson_t cmd = BSON_INITIALIZER;
+  BSON_APPEND_INT32(&cmd, "ping", 1);
+  ok = mongoc_client_command_simple(cl, "admin", &cmd, NULL, NULL, &e);
+  bson_destroy(&cmd);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+  cr_assert(ok, "MongoDB: no answer from %s: %s (is the server up?)", muri,
+            e.message);
 }
 
 int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
