@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 
 #include "api/pt_api.h"
+#include "bench/pt_bench.h"
 #include "cli/pt_cli.h"
 #include "cli/pt_demo.h"
 #include "core/pt_mongo.h"
@@ -25,6 +26,7 @@ static const command_t commands[] = {
     {"submit", pt_cli_submit, "submit a task through the api"},
     {"get", pt_cli_get, "read a task through the api (--wait N)"},
     {"config", pt_cli_config, "config check [FILE]: validate and print"},
+    {"bench", pt_bench_main, "measure throughput, latency, memory (scripts/bench)"},
     {"demo", pt_demo_main, "submit demo tasks and summarise (scripts/demo)"},
 };
 

@@ -96,7 +96,7 @@ static int run_all(const char *what, item_t *items, int n, const char *api,
       item_t *it = &items[next++];
       xfer_t *x = calloc(1, sizeof *x);
       CURL *h = curl_easy_init();
-      char url[256];
+      char url[PT_CFG_STR_MAX + 128];
       x->item = it;
       x->hdrs = curl_slist_append(NULL, auth);
       x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/json");

@@ -159,7 +159,7 @@ static int parse_retry(bson_iter_t *it, pt_task_t *t, pt_input_error_t *ie) {
         return fail(ie, "invalid_retry", "retry.need_retry must be a boolean");
       t->need_retry = bson_iter_bool(&c);
     } else if (strcmp(k, "retry_times") == 0 && !seen_times++) {
-      int64_t v;
+      int64_t v = 0;
       if (get_int(&c, "retry.retry_times", &v, "invalid_retry", ie) != 0)
         return PT_EINVAL;
       if (v < 0 || v > PT_RETRY_MAX)
@@ -196,7 +196,7 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
   bson_iter_init(&it, doc);
   while (bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
-    int64_t v;
+    int64_t v = 0;
     if (strcmp(k, "type") == 0) {
       if (get_string(&it, "type", t->type, sizeof t->type - 1, 1, ie) != 0)
         return PT_EINVAL;

@@ -32,6 +32,7 @@ typedef struct sim {
   double error_rate;
   uint64_t seq;
   long create_calls, creates_after_created, query_calls, held;
+  long in_flight, max_in_flight; /* answers being delayed right now */
   uv_signal_t sigterm, sigint;
   unsigned rng;
   struct later *laters;
@@ -50,6 +51,7 @@ typedef struct later {
 
 static void on_later_closed(uv_handle_t *h) {
   later_t *l = h->data;
+  l->sim->in_flight--;
   if (l->prev != NULL)
     l->prev->next = l->next;
   else
@@ -85,6 +87,8 @@ static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
   }
   *l = (later_t){
       .sim = sim, .req = req, .status = status, .body = json, .len = len};
+  if (++sim->in_flight > sim->max_in_flight)
+    sim->max_in_flight = sim->in_flight;
   l->next = sim->laters;
   if (l->next != NULL)
     l->next->prev = l;
@@ -251,6 +255,8 @@ static void handle_stats(sim_t *sim, pt_httpd_req_t *req, const char *no) {
     BSON_APPEND_INT64(&d, "create_calls", sim->create_calls);
     BSON_APPEND_INT64(&d, "creates_after_created", sim->creates_after_created);
     BSON_APPEND_INT64(&d, "query_calls", sim->query_calls);
+    BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
+    BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
     answer(sim, req, 200, &d, 0);
   } else {
     trade_t *t;

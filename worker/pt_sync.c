@@ -93,6 +93,38 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
   return 0;
 }
 
+/* 1 if every write error in a bulk reply is a duplicate key (11000). */
+static int only_duplicates(const bson_t *reply) {
+  bson_iter_t it, errs, e, code;
+  int seen = 0;
+  if (!bson_iter_init_find(&it, reply, "writeErrors") ||
+      !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &errs))
+    return 0;
+  while (bson_iter_next(&errs)) {
+    if (!bson_iter_recurse(&errs, &e) || !bson_iter_find(&e, "code"))
+      return 0;
+    code = e;
+    if (bson_iter_as_int64(&code) != 11000)
+      return 0;
+    seen++;
+  }
+  if (bson_iter_init_find(&it, reply, "writeConcernErrors") &&
+      BSON_ITER_HOLDS_ARRAY(&it)) {
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_array(&it, &len, &data);
+    if (len > 5) /* a non-empty array */
+      return 0;
+  }
+  return seen > 0;
+}
+
+/* Writes the batch as one unordered bulk insert keyed by _id = task id. A
+ * task's final document never changes, so a duplicate key means an earlier
+ * sync (a crashed consumer, a claimed entry) already wrote it: success.
+ * Inserting rather than replacing also keeps clear of FerretDB 1.24, whose
+ * SQLite backend hangs on a multi-statement update over existing
+ * documents. */
 static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   bson_t opts = BSON_INITIALIZER, reply;
   bson_error_t e;
@@ -104,21 +136,16 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (!items[i].has_doc)
       continue;
-    bson_t sel = BSON_INITIALIZER, uopts = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&sel, "_id", items[i].id);
-    BSON_APPEND_BOOL(&uopts, "upsert", true);
-    if (!mongoc_bulk_operation_replace_one_with_opts(bulk, &sel, &items[i].doc,
-                                                     &uopts, &e))
+    if (!mongoc_bulk_operation_insert_with_opts(bulk, &items[i].doc, NULL, &e))
       PT_ERROR("sync_bad_document", "task_id=%s err=\"%s\"", items[i].id,
                e.message);
     else
       ops++;
-    bson_destroy(&sel);
-    bson_destroy(&uopts);
   }
   int ok = 1;
   if (ops > 0) {
-    ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0;
+    ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0 ||
+         only_duplicates(&reply);
     if (!ok)
       PT_ERROR("sync_write_failed", "batch=%zu err=\"%s\"", ops, e.message);
     bson_destroy(&reply);

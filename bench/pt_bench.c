@@ -1,0 +1,680 @@
+#include "bench/pt_bench.h"
+
+#include <bson/bson.h>
+#include <curl/curl.h>
+#include <getopt.h>
+#include <mongoc/mongoc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "core/pt_amqp.h"
+#include "core/pt_http_client.h"
+#include "core/pt_id.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+
+#define TOKEN "dev-token-change-me"
+
+/* ---- the processes under test ------------------------------------------- */
+
+typedef struct {
+  pid_t sim, api, workers[8];
+  int nworkers;
+  int api_port, sim_port;
+  char api_url[64], sim_url[64];
+  char logdir[256];
+} procs_t;
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, (struct sockaddr *)&a, sizeof a);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+static pid_t spawn(procs_t *p, const char *name, const char *const *args,
+                   int prefetch) {
+  char log[512];
+  snprintf(log, sizeof log, "%s/%s.log", p->logdir, name);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char api[64], sim[64], simurl[80], pf[16];
+    FILE *f = freopen(log, "a", stderr);
+    (void)f;
+    snprintf(api, sizeof api, "127.0.0.1:%d", p->api_port);
+    snprintf(sim, sizeof sim, "127.0.0.1:%d", p->sim_port);
+    snprintf(simurl, sizeof simurl, "http://127.0.0.1:%d", p->sim_port);
+    snprintf(pf, sizeof pf, "%d", prefetch);
+    setenv("PAYTASK_API_LISTEN", api, 1);
+    setenv("PAYTASK_SIM_LISTEN", sim, 1);
+    setenv("PAYTASK_CHANNEL_SIM_URL", simurl, 1);
+    setenv("PAYTASK_AMQP_PREFETCH", pf, 1);
+    setenv("PAYTASK_LOG_LEVEL", "warn", 1);
+    execv("/proc/self/exe", (char *const *)args);
+    _exit(127);
+  }
+  return pid;
+}
+
+static long http_get(const char *url, char **out) {
+  CURL *h = curl_easy_init();
+  long code = -1;
+  FILE *mem;
+  size_t len = 0;
+  char *buf = NULL;
+  mem = open_memstream(&buf, &len);
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, mem);
+  if (curl_easy_perform(h) == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_cleanup(h);
+  fclose(mem);
+  if (out)
+    *out = buf;
+  else
+    free(buf);
+  return code;
+}
+
+static int wait_url(const char *url) {
+  for (int i = 0; i < 300; i++) {
+    if (http_get(url, NULL) == 200)
+      return 0;
+    usleep(100 * 1000);
+  }
+  return -1;
+}
+
+static int procs_start(procs_t *p, int nworkers, int sim_latency,
+                       int prefetch) {
+  char url[128], lat[32];
+  memset(p, 0, sizeof *p);
+  snprintf(p->logdir, sizeof p->logdir, "%s",
+           getenv("PT_BENCH_LOGDIR") ? getenv("PT_BENCH_LOGDIR") : "/tmp");
+  p->api_port = free_port();
+  p->sim_port = free_port();
+  snprintf(p->api_url, sizeof p->api_url, "http://127.0.0.1:%d", p->api_port);
+  snprintf(p->sim_url, sizeof p->sim_url, "http://127.0.0.1:%d", p->sim_port);
+  snprintf(lat, sizeof lat, "--latency-ms=%d", sim_latency);
+  const char *sim[] = {"paytask", "sim", lat, NULL};
+  const char *api[] = {"paytask", "api", NULL};
+  const char *worker[] = {"paytask", "worker", NULL};
+  p->sim = spawn(p, "bench-sim", sim, prefetch);
+  snprintf(url, sizeof url, "%s/healthz", p->sim_url);
+  if (wait_url(url) != 0)
+    return -1;
+  p->api = spawn(p, "bench-api", api, prefetch);
+  snprintf(url, sizeof url, "%s/readyz", p->api_url);
+  if (wait_url(url) != 0)
+    return -1;
+  for (int i = 0; i < nworkers && i < 8; i++)
+    p->workers[p->nworkers++] = spawn(p, "bench-worker", worker, prefetch);
+  usleep(500 * 1000); /* workers connect and start consuming */
+  return 0;
+}
+
+static void procs_stop(procs_t *p) {
+  pid_t all[10];
+  int n = 0;
+  for (int i = 0; i < p->nworkers; i++)
+    all[n++] = p->workers[i];
+  all[n++] = p->api;
+  all[n++] = p->sim;
+  for (int i = 0; i < n; i++)
+    if (all[i] > 0)
+      kill(all[i], SIGTERM);
+  for (int i = 0; i < n; i++)
+    if (all[i] > 0)
+      waitpid(all[i], NULL, 0);
+}
+
+/* A figure from the simulator's /v1/sim/stats, or -1. */
+static long sim_stat(const procs_t *p, const char *key) {
+  char url[128], *body = NULL;
+  long v = -1;
+  bson_t d;
+  bson_error_t e;
+  bson_iter_t it;
+  snprintf(url, sizeof url, "%s/v1/sim/stats", p->sim_url);
+  if (http_get(url, &body) == 200 && body != NULL &&
+      bson_init_from_json(&d, body, -1, &e)) {
+    if (bson_iter_init_find(&it, &d, key))
+      v = (long)bson_iter_as_int64(&it);
+    bson_destroy(&d);
+  }
+  free(body);
+  return v;
+}
+
+/* Peak resident set (VmHWM) of a live process, in KiB. */
+static long peak_rss_kb(pid_t pid) {
+  char path[64], line[256];
+  long kb = -1;
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+      break;
+  fclose(f);
+  return kb;
+}
+
+/* ---- the load generator -------------------------------------------------- */
+
+typedef struct bench bench_t;
+
+typedef struct {
+  bench_t *b;
+  long idx;
+  int64_t t_start;
+  int phase; /* 0 submit, 1 wait */
+  char id[24];
+} call_t;
+
+struct bench {
+  uv_loop_t loop;
+  pt_http_client_t *http;
+  pt_redis_t *sub;
+  const procs_t *p;
+  char run[48];
+  long n, issued, submitted, finals, errors;
+  int conc, inflight;
+  int wait_each; /* latency: GET ?wait after each submit */
+  double rate;   /* open loop: tasks per second, 0 = closed loop */
+  int64_t t0, t_last_final, t_last_done;
+  char min_id[24], max_id[24];
+  int64_t *lat;
+  long nlat;
+  uv_timer_t ticker, watchdog;
+  int finished;
+};
+
+static int64_t now_us(void) { return (int64_t)(uv_hrtime() / 1000); }
+
+static void maybe_done(bench_t *b) {
+  int done = b->wait_each ? b->nlat + b->errors >= b->n
+                          : b->finals >= b->n && b->submitted + b->errors >= b->n;
+  if (done && !b->finished) {
+    b->finished = 1;
+    uv_stop(&b->loop);
+  }
+}
+
+static void issue(bench_t *b);
+
+static void on_waited(const pt_http_response_t *res, void *arg) {
+  call_t *c = arg;
+  bench_t *b = c->b;
+  b->inflight--;
+  if (res->status == 0 && res->http_code == 200 &&
+      strstr(res->body, "\"SUCCEEDED\"") != NULL) {
+    b->lat[b->nlat++] = now_us() - c->t_start;
+    b->t_last_done = now_us();
+  } else {
+    b->errors++;
+  }
+  free(c);
+  issue(b);
+  maybe_done(b);
+}
+
+static void on_submitted(const pt_http_response_t *res, void *arg) {
+  call_t *c = arg;
+  bench_t *b = c->b;
+  bson_t d;
+  bson_error_t e;
+  bson_iter_t it;
+  if (res->status != 0 || res->http_code != 202 ||
+      !bson_init_from_json(&d, res->body, (ssize_t)res->body_len, &e)) {
+    if (b->errors++ < 3)
+      fprintf(stderr, "bench: submit answered %ld: %s\n", res->http_code,
+              res->status ? res->error : res->body);
+    b->inflight--;
+    free(c);
+    issue(b);
+    maybe_done(b);
+    return;
+  }
+  if (bson_iter_init_find(&it, &d, "task_id") && BSON_ITER_HOLDS_UTF8(&it))
+    snprintf(c->id, sizeof c->id, "%s", bson_iter_utf8(&it, NULL));
+  bson_destroy(&d);
+  /* Ids of one run have the same number of digits: string order is id
+   * order, which the MongoDB count below relies on. */
+  if (b->min_id[0] == '\0' || strcmp(c->id, b->min_id) < 0)
+    memcpy(b->min_id, c->id, sizeof b->min_id);
+  if (strcmp(c->id, b->max_id) > 0)
+    memcpy(b->max_id, c->id, sizeof b->max_id);
+  b->submitted++;
+  if (b->wait_each) {
+    char url[160];
+    snprintf(url, sizeof url, "%s/v1/tasks/%s?wait=30", b->p->api_url, c->id);
+    static const char *const hdrs[] = {"Authorization: Bearer " TOKEN, NULL};
+    pt_http_request_t r = {.method = "GET", .url = url, .headers = hdrs,
+                           .timeout_ms = 40000};
+    if (pt_http_request(b->http, &r, on_waited, c) == 0)
+      return;
+    b->errors++;
+  }
+  b->inflight--;
+  free(c);
+  issue(b);
+  maybe_done(b);
+}
+
+static void submit_one(bench_t *b) {
+  static const char *const hdrs[] = {"Authorization: Bearer " TOKEN,
+                                     "Content-Type: application/json", NULL};
+  char url[96], body[320];
+  call_t *c = calloc(1, sizeof *c);
+  c->b = b;
+  c->idx = b->issued++;
+  c->t_start = now_us();
+  snprintf(url, sizeof url, "%s/v1/tasks", b->p->api_url);
+  /* A task of the usual size; built once per task, as a client would. */
+  bson_t d = BSON_INITIALIZER;
+  char otn[80];
+  snprintf(otn, sizeof otn, "%s-%ld", b->run, c->idx);
+  BSON_APPEND_UTF8(&d, "type", "pay");
+  BSON_APPEND_UTF8(&d, "channel", "sim");
+  BSON_APPEND_UTF8(&d, "out_trade_no", otn);
+  BSON_APPEND_INT64(&d, "amount", 1299);
+  BSON_APPEND_UTF8(&d, "currency", "CNY");
+  BSON_APPEND_UTF8(&d, "subject", "Course: C in depth");
+  size_t len;
+  char *json = bson_as_relaxed_extended_json(&d, &len);
+  snprintf(body, sizeof body, "%s", json);
+  bson_free(json);
+  bson_destroy(&d);
+  pt_http_request_t r = {.method = "POST", .url = url, .headers = hdrs,
+                         .body = body, .body_len = strlen(body),
+                         .timeout_ms = 60000};
+  b->inflight++;
+  if (pt_http_request(b->http, &r, on_submitted, c) != 0) {
+    b->inflight--;
+    b->errors++;
+    free(c);
+  }
+}
+
+static void issue(bench_t *b) {
+  if (b->rate > 0) {
+    /* Open loop: as many as the clock says are due, whatever is pending. */
+    double due = (double)(now_us() - b->t0) / 1e6 * b->rate;
+    while (b->issued < b->n && (double)b->issued < due)
+      submit_one(b);
+    return;
+  }
+  while (b->issued < b->n && b->inflight < b->conc)
+    submit_one(b);
+}
+
+static void on_tick(uv_timer_t *t) { issue(t->data); }
+
+static void on_final(redisAsyncContext *ac, void *r, void *arg) {
+  bench_t *b = arg;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
+      reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
+      strcmp(reply->element[0]->str, "message") != 0)
+    return;
+  b->finals++;
+  b->t_last_final = now_us();
+  maybe_done(b);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  bench_t *b = t->data;
+  fprintf(stderr, "bench: gave up waiting (%ld of %ld final)\n",
+          b->wait_each ? b->nlat : b->finals, b->n);
+  b->finished = -1;
+  uv_stop(&b->loop);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+/* Runs one load: closed loop (rate 0, conc in flight) or open loop. */
+static int run_load(bench_t *b, const procs_t *p, long n, int conc,
+                    double rate, int wait_each, const char *redis_uri) {
+  pt_error_t err;
+  memset(b, 0, sizeof *b);
+  b->p = p;
+  b->n = n;
+  b->conc = conc;
+  b->rate = rate;
+  b->wait_each = wait_each;
+  b->lat = calloc((size_t)n, sizeof *b->lat);
+  snprintf(b->run, sizeof b->run, "B%lld", (long long)pt_now_ms());
+  uv_loop_init(&b->loop);
+  b->http = pt_http_client_new(&b->loop, &err);
+  if (!wait_each) {
+    b->sub = pt_redis_connect(&b->loop, redis_uri, NULL, NULL, &err);
+    if (b->sub == NULL) {
+      fprintf(stderr, "bench: %s\n", err.message);
+      return -1;
+    }
+    redisAsyncCommand(pt_redis_ctx(b->sub), on_final, b, "SUBSCRIBE %s",
+                      PT_CHANNEL_FINAL);
+    /* Let the subscription land before the first task can finish. */
+    for (int i = 0; i < 20; i++)
+      uv_run(&b->loop, UV_RUN_NOWAIT), usleep(5000);
+  }
+  uv_timer_init(&b->loop, &b->ticker);
+  uv_timer_init(&b->loop, &b->watchdog);
+  b->ticker.data = b->watchdog.data = b;
+  uv_timer_start(&b->watchdog, on_watchdog, 600000, 0);
+  if (rate > 0)
+    uv_timer_start(&b->ticker, on_tick, 1, 1);
+  b->t0 = now_us();
+  issue(b);
+  uv_run(&b->loop, UV_RUN_DEFAULT);
+  pt_http_client_destroy(b->http);
+  pt_redis_destroy(b->sub);
+  uv_walk(&b->loop, close_walk, NULL);
+  uv_run(&b->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&b->loop);
+  return b->finished == 1 && b->errors == 0 ? 0 : -1;
+}
+
+/* Waits until MongoDB holds every task of the run; returns when (µs). */
+static int64_t wait_mongo(const char *uri, const bench_t *b) {
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
+  if (u == NULL)
+    return -1;
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  const char *db = mongoc_uri_get_database(u);
+  mongoc_collection_t *col =
+      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+  int64_t when = -1;
+  for (int i = 0; i < 6000; i++) {
+    bson_t cmd = BSON_INITIALIZER, q, r, range;
+    BSON_APPEND_UTF8(&cmd, "count", "tasks");
+    BSON_APPEND_DOCUMENT_BEGIN(&cmd, "query", &q);
+    BSON_APPEND_DOCUMENT_BEGIN(&q, "_id", &range);
+    BSON_APPEND_UTF8(&range, "$gte", b->min_id);
+    BSON_APPEND_UTF8(&range, "$lte", b->max_id);
+    bson_append_document_end(&q, &range);
+    bson_append_document_end(&cmd, &q);
+    int64_t n = -1;
+    bson_iter_t it;
+    if (mongoc_collection_command_simple(col, &cmd, NULL, &r, &e) &&
+        bson_iter_init_find(&it, &r, "n"))
+      n = bson_iter_as_int64(&it);
+    bson_destroy(&cmd);
+    bson_destroy(&r);
+    if (n >= b->n) {
+      when = now_us();
+      break;
+    }
+    usleep(50 * 1000);
+  }
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+  return when;
+}
+
+/* ---- 1. broker baseline ------------------------------------------------- */
+
+#define BASE_QUEUE "paytask.bench.baseline"
+
+typedef struct {
+  uv_loop_t loop;
+  pt_amqp_t *pub, *con;
+  long n, published, confirmed, consumed;
+  int window, ready;
+  size_t size;
+  char *body;
+  int64_t t0, t_end;
+} base_t;
+
+static int base_setup(amqp_connection_state_t conn, void *arg,
+                      pt_error_t *err) {
+  (void)arg;
+  amqp_queue_declare(conn, PT_AMQP_PUB_CHANNEL, amqp_cstring_bytes(BASE_QUEUE),
+                     0, 1, 0, 0, amqp_empty_table);
+  int rc = pt_amqp_reply_error(amqp_get_rpc_reply(conn), "declare", err);
+  if (rc == 0) {
+    amqp_queue_purge(conn, PT_AMQP_PUB_CHANNEL, amqp_cstring_bytes(BASE_QUEUE));
+    rc = pt_amqp_reply_error(amqp_get_rpc_reply(conn), "purge", err);
+  }
+  return rc;
+}
+
+static void base_publish(base_t *s);
+
+static void on_base_confirm(pt_amqp_t *c, int status, void *arg) {
+  base_t *s = arg;
+  (void)c;
+  if (status == 0)
+    s->confirmed++;
+  base_publish(s);
+}
+
+static void base_publish(base_t *s) {
+  pt_amqp_msg_t msg = {.persistent = 1};
+  while (s->published < s->n &&
+         s->published - s->confirmed < (long)s->window) {
+    if (pt_amqp_publish(s->pub, "", BASE_QUEUE, s->body, s->size, &msg,
+                        on_base_confirm, s) != 0)
+      return;
+    s->published++;
+  }
+}
+
+static void on_base_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d,
+                            void *arg) {
+  base_t *s = arg;
+  pt_amqp_ack(c, d->delivery_tag);
+  if (++s->consumed == s->n) {
+    s->t_end = now_us();
+    pt_amqp_destroy(s->pub);
+    pt_amqp_destroy(s->con);
+  }
+}
+
+static void on_base_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                          void *arg) {
+  base_t *s = arg;
+  if (status != 0) {
+    fprintf(stderr, "bench: broker: %s\n", err ? err->message : "?");
+    uv_stop(&s->loop);
+    return;
+  }
+  if (c == s->con)
+    pt_amqp_consume(c, BASE_QUEUE, 500, on_base_deliver, s);
+  if (++s->ready == 2) {
+    s->t0 = now_us();
+    base_publish(s);
+  }
+}
+
+static double broker_baseline(const char *uri, long n, int window,
+                              size_t size, int prefetch) {
+  base_t s;
+  memset(&s, 0, sizeof s);
+  s.n = n;
+  s.window = window;
+  s.size = size;
+  s.body = malloc(size);
+  memset(s.body, 'x', size);
+  uv_loop_init(&s.loop);
+  pt_amqp_opts_t o = {.uri = uri, .setup = base_setup};
+  s.pub = pt_amqp_new(&s.loop, &o);
+  s.con = pt_amqp_new(&s.loop, &o);
+  (void)prefetch;
+  pt_amqp_start(s.pub, on_base_ready, &s);
+  pt_amqp_start(s.con, on_base_ready, &s);
+  uv_run(&s.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&s.loop);
+  free(s.body);
+  if (s.consumed < n)
+    return -1;
+  return (double)n * 1e6 / (double)(s.t_end - s.t0);
+}
+
+/* ---- reporting ------------------------------------------------------------ */
+
+static int cmp64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double pct_ms(int64_t *v, long n, double p) {
+  if (n == 0)
+    return -1;
+  long i = (long)(p * (double)(n - 1) + 0.5);
+  return (double)v[i] / 1000.0;
+}
+
+int pt_bench_main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"tasks", required_argument, 0, 'n'},
+      {"concurrency", required_argument, 0, 'c'},
+      {"workers", required_argument, 0, 'w'},
+      {"latency-seconds", required_argument, 0, 's'},
+      {"latency-rate", required_argument, 0, 'r'},
+      {"slow-tasks", required_argument, 0, 'S'},
+      {"slow-prefetch", required_argument, 0, 'P'},
+      {"prefetch", required_argument, 0, 'p'},
+      {"quick", no_argument, 0, 'q'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  long n = 100000, slow_n = 20000;
+  int conc = 128, workers = 2, lat_s = 10, slow_prefetch = 2000, prefetch = 500;
+  double rate = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "n:c:w:s:r:S:P:p:qh", opts, NULL)) != -1) {
+    switch (c) {
+    case 'n': n = strtol(optarg, NULL, 10); break;
+    case 'c': conc = (int)strtol(optarg, NULL, 10); break;
+    case 'w': workers = (int)strtol(optarg, NULL, 10); break;
+    case 's': lat_s = (int)strtol(optarg, NULL, 10); break;
+    case 'r': rate = strtod(optarg, NULL); break;
+    case 'S': slow_n = strtol(optarg, NULL, 10); break;
+    case 'P': slow_prefetch = (int)strtol(optarg, NULL, 10); break;
+    case 'p': prefetch = (int)strtol(optarg, NULL, 10); break;
+    case 'q': n = 500; slow_n = 300; lat_s = 2; conc = 32; break;
+    default:
+      fprintf(stderr,
+              "usage: paytask bench [--tasks N] [--concurrency C] [--workers W]\n"
+              "  [--prefetch P] [--latency-seconds S] [--latency-rate R]\n"
+              "  [--slow-tasks N] [--slow-prefetch P] [--quick]\n");
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (n < 1 || slow_n < 1 || conc < 1 || workers < 1 || workers > 8 ||
+      lat_s < 1 || prefetch < 1 || slow_prefetch < 1 || slow_prefetch > 65535) {
+    fprintf(stderr, "paytask bench: a count is out of range\n");
+    return 2;
+  }
+  const char *amqp = getenv("PAYTASK_AMQP_URI"), *redis = getenv("PAYTASK_REDIS_URI"),
+             *mongo = getenv("PAYTASK_MONGODB_URI");
+  if (!amqp || !redis || !mongo) {
+    fprintf(stderr, "paytask bench: PAYTASK_AMQP_URI, PAYTASK_REDIS_URI and "
+                    "PAYTASK_MONGODB_URI must be set (. .run/env)\n");
+    return 2;
+  }
+  procs_t p;
+  bench_t b;
+  int rc = 0;
+
+  /* The size of a task message as the api publishes it. */
+  size_t msg_size = 420;
+  fprintf(stderr, "bench: 1/5 broker baseline\n");
+  long base_n = n < 50000 ? n : 50000;
+  double base = broker_baseline(amqp, base_n, conc, msg_size, prefetch);
+
+  fprintf(stderr, "bench: 2/5 throughput, %ld tasks, %d workers\n", n, workers);
+  if (procs_start(&p, workers, 0, prefetch) != 0) {
+    fprintf(stderr, "bench: the processes did not start (logs in %s)\n",
+            p.logdir);
+    procs_stop(&p);
+    return 1;
+  }
+  rc |= run_load(&b, &p, n, conc, 0, 0, redis);
+  double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
+  int64_t t_mongo = wait_mongo(mongo, &b);
+  double thr_mongo = t_mongo > 0 ? n * 1e6 / (double)(t_mongo - b.t0) : -1;
+  double sync_lag_ms = t_mongo > 0 ? (double)(t_mongo - b.t_last_final) / 1000 : -1;
+  long rss_api = peak_rss_kb(p.api), rss_worker = 0;
+  for (int i = 0; i < p.nworkers; i++) {
+    long r = peak_rss_kb(p.workers[i]);
+    rss_worker = r > rss_worker ? r : rss_worker;
+  }
+  free(b.lat);
+
+  fprintf(stderr, "bench: 3/5 latency\n");
+  if (rate <= 0)
+    rate = thr > 0 ? thr / 2 : 100;
+  long lat_n = (long)(rate * lat_s);
+  rc |= run_load(&b, &p, lat_n, 1 << 30, rate, 1, redis);
+  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
+  double p50 = pct_ms(b.lat, b.nlat, 0.50), p95 = pct_ms(b.lat, b.nlat, 0.95),
+         p99 = pct_ms(b.lat, b.nlat, 0.99), pmax = pct_ms(b.lat, b.nlat, 1.0);
+  free(b.lat);
+  rc |= run_load(&b, &p, 200, 1, 0, 1, redis);
+  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
+  double single_p50 = pct_ms(b.lat, b.nlat, 0.50);
+  free(b.lat);
+  procs_stop(&p);
+
+  fprintf(stderr, "bench: 4/5 slow channel (200 ms), 1 worker, prefetch %d\n",
+          slow_prefetch);
+  if (procs_start(&p, 1, 200, slow_prefetch) != 0) {
+    procs_stop(&p);
+    return 1;
+  }
+  rc |= run_load(&b, &p, slow_n, slow_prefetch, 0, 0, redis);
+  double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
+  free(b.lat);
+  long max_in_flight = sim_stat(&p, "max_in_flight");
+  long rss_slow = peak_rss_kb(p.workers[0]);
+  procs_stop(&p);
+
+  printf("\n%-46s %14s %10s\n", "scenario", "figure", "vs broker");
+  printf("%-46s %11.0f/s %10s\n", "1 broker baseline (msgs, confirmed+acked)", base, "1.00");
+  printf("%-46s %11.0f/s %10.2f\n", "2 throughput to final in Redis", thr, thr / base);
+  printf("%-46s %11.0f/s %10.2f\n", "2 throughput to last doc in MongoDB", thr_mongo, thr_mongo / base);
+  printf("%-46s %12.0fms\n", "2 sync lag at the end", sync_lag_ms);
+  printf("%-46s %11.0f/s\n", "3 latency: open-loop rate", rate);
+  printf("%-46s %8.1f/%.1f/%.1f/%.1f ms\n", "3 latency p50/p95/p99/max", p50, p95, p99, pmax);
+  printf("%-46s %12.1fms\n", "3 unloaded single task p50", single_p50);
+  printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker", slow, slow / base);
+  printf("%-46s %14ld\n", "4 max calls in flight at the channel", max_in_flight);
+  printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
+  printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 2)", rss_worker / 1024.0);
+  printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
+  printf("{\"tasks\":%ld,\"workers\":%d,\"concurrency\":%d,\"prefetch\":%d,"
+         "\"baseline_msgs_per_s\":%.0f,\"throughput_tasks_per_s\":%.0f,"
+         "\"throughput_ratio\":%.3f,\"throughput_mongo_tasks_per_s\":%.0f,"
+         "\"sync_lag_ms\":%.0f,\"latency_rate\":%.0f,\"latency_p50_ms\":%.2f,"
+         "\"latency_p95_ms\":%.2f,\"latency_p99_ms\":%.2f,\"latency_max_ms\":%.2f,"
+         "\"unloaded_p50_ms\":%.2f,\"slow_tasks_per_s\":%.0f,\"slow_ratio\":%.3f,"
+         "\"slow_max_in_flight\":%ld,\"slow_prefetch\":%d,\"rss_api_kb\":%ld,"
+         "\"rss_worker_kb\":%ld,\"rss_worker_slow_kb\":%ld,\"ok\":%s}\n",
+         n, workers, conc, prefetch, base, thr, thr / base, thr_mongo,
+         sync_lag_ms, rate, p50, p95, p99, pmax, single_p50, slow, slow / base,
+         max_in_flight, slow_prefetch, rss_api, rss_worker, rss_slow,
+         rc == 0 ? "true" : "false");
+  return rc == 0 ? 0 : 1;
+}

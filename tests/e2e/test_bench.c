@@ -1,0 +1,39 @@
+/* The benchmark tool works (issue 4). Figures are never asserted here:
+ * machines are shared and noisy; docs/BENCHMARKS.md has the measurements. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
+
+Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
+  char cmd[1024], line[4096], json[4096] = "";
+  const char *bin = getenv("PAYTASK_BIN");
+  const char *logs = getenv("PT_TEST_LOGDIR");
+  cr_assert_not_null(bin);
+  pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
+  snprintf(cmd, sizeof cmd, "PT_BENCH_LOGDIR=%s %s bench --quick 2>&1",
+           logs ? logs : "/tmp", bin);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  while (fgets(line, sizeof line, p) != NULL)
+    if (line[0] == '{')
+      snprintf(json, sizeof json, "%s", line);
+  int rc = pclose(p);
+  cr_assert_eq(rc, 0, "paytask bench failed");
+  bson_t d;
+  pt_json(json, &d);
+  bson_iter_t it;
+  cr_assert(bson_iter_init_find(&it, &d, "ok") && bson_iter_bool(&it));
+  const char *keys[] = {"baseline_msgs_per_s", "throughput_tasks_per_s",
+                        "throughput_mongo_tasks_per_s", "latency_p99_ms",
+                        "unloaded_p50_ms", "slow_tasks_per_s",
+                        "slow_max_in_flight", "rss_worker_kb"};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    cr_assert(bson_iter_init_find(&it, &d, keys[i]), "missing %s", keys[i]);
+    cr_assert_gt(bson_iter_as_double(&it), 0, "%s is not positive", keys[i]);
+  }
+  bson_destroy(&d);
+}
