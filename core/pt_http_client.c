@@ -234,6 +234,10 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                    req->timeout_ms > 0 ? req->timeout_ms : 10000L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  /* Channel answers are small; curl's default 16 KiB receive buffer per
+   * call in flight would dominate a worker's memory with thousands of
+   * calls in flight. */
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
   for (int i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
     x->hdrs = curl_slist_append(x->hdrs, req->headers[i]);
   /* No "Expect: 100-continue" round trip for small JSON bodies. */
