@@ -57,6 +57,10 @@ static const cfg_key_t keys[] = {
      "dead queue"},
     {"worker.attempt_timeout_ms", I(worker_attempt_timeout_ms), "10000", 100,
      600000, 0, "longest one channel call may take"},
+    {"worker.drain_timeout_ms", I(worker_drain_timeout_ms), "30000", 0,
+     3600000, 0,
+     "on SIGTERM, how long in-flight attempts may run before they are "
+     "returned to the broker as interrupted"},
     {"sync.batch", I(sync_batch), "500", 1, 10000, 0,
      "final states written to MongoDB per bulk write"},
     {"sync.evict_grace_s", I(sync_evict_grace_s), "60", 0, 86400, 0,

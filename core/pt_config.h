@@ -32,6 +32,7 @@ typedef struct {
   /* worker */
   int64_t worker_max_redeliveries;
   int64_t worker_attempt_timeout_ms;
+  int64_t worker_drain_timeout_ms;
   /* sync */
   int64_t sync_batch;
   int64_t sync_evict_grace_s;

@@ -57,6 +57,8 @@ static const char start_lua[] =
     "if a > n or (a == n and st ~= 'RUNNING') then return {'skip:done', st} "
     "end\n"
     "local verdict = 'run'\n"
+    "if redis.call('HDEL', KEYS[1], 'interrupted') == 1 then verdict = "
+    "'resume' end\n"
     "if a == n and st == 'RUNNING' then\n"
     "  if ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
     "  local c = redis.call('HINCRBY', KEYS[1], 'crashes', 1)\n"
@@ -87,15 +89,31 @@ static const char finish_lua[] =
     "redis.call('PUBLISH', ARGV[9], ARGV[8])\n"
     "return {'ok', ''}\n";
 
+/* An attempt cut off at the drain deadline: back to where it was before it
+ * started (not counted), flagged so the next delivery resumes it, which
+ * queries the channel before creating. */
+static const char interrupt_lua[] =
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
+    "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) then\n"
+    "  return {'stale', h[1] or ''} end\n"
+    "local n = tonumber(ARGV[1])\n"
+    "redis.call('HSET', KEYS[1], 'status', n == 1 and 'PENDING' or "
+    "'RETRY_WAIT',\n"
+    "  'attempts', n - 1, 'interrupted', 1, 'updated_at', ARGV[2])\n"
+    "return {'ok', ''}\n";
+
 typedef struct {
   const char *src;
   char sha[41];
 } script_t;
 
-enum { S_SUBMIT, S_CANCEL, S_START, S_FINISH, S_COUNT };
+enum { S_SUBMIT, S_CANCEL, S_START, S_FINISH, S_INTERRUPT, S_COUNT };
 
-static script_t scripts[S_COUNT] = {
-    {submit_lua, ""}, {cancel_lua, ""}, {start_lua, ""}, {finish_lua, ""}};
+static script_t scripts[S_COUNT] = {{submit_lua, ""},
+                                    {cancel_lua, ""},
+                                    {start_lua, ""},
+                                    {finish_lua, ""},
+                                    {interrupt_lua, ""}};
 
 static void compute_shas(void) {
   /* Only loop threads call the scripts, and each computes the same bytes,
@@ -267,6 +285,16 @@ int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
   size_t lens[] = {strlen(k1), strlen(k2), strlen(n), 1, strlen(now),
                    strlen(mc), spec_len};
   return evalsha(ac, S_START, 2, 7, argv, lens, cb, arg);
+}
+
+int pt_store_interrupt(redisAsyncContext *ac, const char *id, int attempt,
+                       int64_t now_ms, pt_store_cb cb, void *arg) {
+  char k1[64], n[16], now[24];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  snprintf(n, sizeof n, "%d", attempt);
+  snprintf(now, sizeof now, "%lld", (long long)now_ms);
+  const char *argv[] = {k1, n, now};
+  return evalsha(ac, S_INTERRUPT, 1, 3, argv, NULL, cb, arg);
 }
 
 int pt_store_finish(redisAsyncContext *ac, const char *id,

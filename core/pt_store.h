@@ -9,6 +9,7 @@
  *                    to the sync stream (pt:sync), a tombstone
  *                    (pt:fin:{id}) and the pub/sub channel pt:final
  *   cancel  (api)    PENDING or RETRY_WAIT → CANCELLED
+ *   interrupt (worker) an attempt cut off by the drain deadline is undone
  *
  * Hash fields: spec (the task spec JSON), status, attempts, created_at,
  * updated_at, started_at, next_attempt_at (ms), result and error (JSON),
@@ -82,6 +83,11 @@ int pt_store_finish(redisAsyncContext *ac, const char *id,
                     const pt_store_finish_t *f, pt_store_cb cb, void *arg);
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
                     pt_store_cb cb, void *arg);
+/* The drain deadline cut attempt n off: RUNNING goes back to PENDING or
+ * RETRY_WAIT with attempts n-1 and a flag that makes the next start say
+ * PT_V_RESUME (query before create). PT_V_STALE if the task moved on. */
+int pt_store_interrupt(redisAsyncContext *ac, const char *id, int attempt,
+                       int64_t now_ms, pt_store_cb cb, void *arg);
 
 /* HGETALL of the task's hash; reply is the hiredis reply (an empty array
  * when the task is not in Redis), or NULL on failure. */

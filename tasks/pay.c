@@ -56,6 +56,10 @@ static int send_op(pay_t *p, pt_chan_op_t op) {
              err.message);
     return PT_ECONFIG;
   }
+  if (env->http == NULL) {
+    pt_chan_req_clear(&p->req);
+    return PT_ECANCELED; /* the worker is past its drain deadline */
+  }
   pt_http_request_t hr = {.method = p->req.method,
                           .url = p->req.url,
                           .headers = p->req.headers,

@@ -15,6 +15,7 @@
 #include "runner/pt_runner.h"
 #include "runner/pt_topology.h"
 #include "tasks/pt_registry.h"
+#include "worker/pt_supervisor.h"
 #include "worker/pt_sync.h"
 
 typedef struct {
@@ -27,6 +28,8 @@ typedef struct {
   pt_sync_t *sync;
   uv_signal_t sigterm, sigint;
   uv_timer_t retry_timer; /* reconnects */
+  uv_timer_t drain_timer; /* SIGTERM deadline */
+  int interrupting;       /* past the deadline: return work, don't finish */
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
   int draining;
@@ -169,10 +172,39 @@ static void publish_copy(job_t *j, const char *queue, int attempt) {
   }
 }
 
+static void on_interrupted(int status, pt_verdict_t v, const char *detail,
+                           void *arg) {
+  job_t *j = arg;
+  worker_t *w = j->w;
+  (void)v;
+  (void)detail;
+  if (status != 0)
+    PT_ERROR("interrupt_write_failed", "task_id=%s", j->task.id_str);
+  if (j->gen == w->gen && pt_amqp_is_ready(w->amqp))
+    pt_amqp_nack(w->amqp, j->tag, 1);
+  log_job("attempt_interrupted", j, "note=\"returned to the broker\"");
+  job_free(j);
+  maybe_finish_drain(w);
+}
+
+/* Past the drain deadline: undo the attempt's start in Redis and give the
+ * message back, so another worker runs it without counting it. */
+static void interrupt_job(job_t *j) {
+  redisAsyncContext *ac = pt_redis_ctx(j->w->redis);
+  if (ac == NULL || pt_store_interrupt(ac, j->task.id_str, j->task.attempt,
+                                       pt_now_ms(), on_interrupted, j) != 0)
+    on_interrupted(PT_EREDIS, PT_V_OK, "", j);
+}
+
 static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
   job_t *j = arg;
   const char *outcome = pt_outcome_name(rep->outcome);
   char extra[400];
+
+  if (j->w->interrupting) {
+    interrupt_job(j);
+    return;
+  }
 
   j->history_json = pt_store_history_json(
       j->task.attempt, rep->started_ms, rep->ended_ms, outcome,
@@ -225,6 +257,10 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
   switch (v) {
   case PT_V_RUN:
   case PT_V_RESUME:
+    if (w->interrupting || w->env.http == NULL) {
+      interrupt_job(j);
+      return;
+    }
     if (v == PT_V_RESUME)
       log_job("attempt_resumed", j, "note=\"redelivered after a crash\"");
     pt_runner_run(j->runner, &w->env, &j->task, j->task.attempt,
@@ -386,6 +422,7 @@ static void on_redis_lost(pt_redis_t *r, int status, const char *why,
 }
 
 static void close_all(worker_t *w) {
+  uv_close((uv_handle_t *)&w->drain_timer, NULL);
   uv_close((uv_handle_t *)&w->sigterm, NULL);
   uv_close((uv_handle_t *)&w->sigint, NULL);
   uv_close((uv_handle_t *)&w->retry_timer, NULL);
@@ -395,6 +432,20 @@ static void close_all(worker_t *w) {
   w->redis = NULL;
   pt_http_client_destroy(w->http);
   w->http = NULL;
+  w->env.http = NULL;
+}
+
+/* The drain deadline: attempts still talking to a channel are cut off
+ * (their callbacks run now with PT_ECANCELED and take the interrupt
+ * path); the rest finish normally. */
+static void on_drain_deadline(uv_timer_t *t) {
+  worker_t *w = t->data;
+  PT_WARN("drain_deadline", "inflight=%zu", w->inflight);
+  w->interrupting = 1;
+  pt_http_client_t *http = w->http;
+  w->http = NULL;
+  w->env.http = NULL;
+  pt_http_client_destroy(http);
 }
 
 static void maybe_finish_drain(worker_t *w) {
@@ -413,6 +464,8 @@ static void on_signal(uv_signal_t *s, int signum) {
   uv_timer_stop(&w->retry_timer);
   if (pt_amqp_is_ready(w->amqp))
     pt_amqp_cancel_consume(w->amqp);
+  uv_timer_start(&w->drain_timer, on_drain_deadline,
+                 (uint64_t)w->cfg->worker_drain_timeout_ms, 0);
   maybe_finish_drain(w);
 }
 
@@ -453,6 +506,8 @@ int pt_worker_run(const pt_config_t *cfg) {
   uv_signal_start(&w.sigint, on_signal, SIGINT);
   uv_timer_init(w.loop, &w.retry_timer);
   w.retry_timer.data = &w;
+  uv_timer_init(w.loop, &w.drain_timer);
+  w.drain_timer.data = &w;
   PT_INFO("worker_started", "consumer=%s pid=%ld", consumer, (long)getpid());
   connect_amqp(&w);
   uv_run(w.loop, UV_RUN_DEFAULT);
@@ -466,16 +521,29 @@ int pt_worker_run(const pt_config_t *cfg) {
 }
 
 int pt_worker_main(int argc, char **argv) {
-  static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
+  static const struct option opts[] = {
+      {"config", required_argument, 0, 'c'},
+      {"processes", required_argument, 0, 'n'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   const char *path = NULL;
+  long processes = 0;
+  char *end;
   int c;
-  while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-    if (c == 'c')
+  while ((c = getopt_long(argc, argv, "c:n:h", opts, NULL)) != -1) {
+    if (c == 'c') {
       path = optarg;
-    else {
-      fprintf(stderr, "usage: paytask worker [--config FILE]\n");
+    } else if (c == 'n') {
+      processes = strtol(optarg, &end, 10);
+      if (*end != '\0' || processes < 1 || processes > 64) {
+        fprintf(stderr, "paytask worker: --processes takes 1..64\n");
+        return 2;
+      }
+    } else {
+      fprintf(stderr,
+              "usage: paytask worker [--config FILE] [--processes N]\n"
+              "  with --processes: SIGTTIN adds a worker, SIGTTOU removes "
+              "one, SIGTERM drains all\n");
       return c == 'h' ? 0 : 2;
     }
   }
@@ -489,5 +557,7 @@ int pt_worker_main(int argc, char **argv) {
                strcmp(cfg.log_format, "json") == 0 ? PT_LOG_JSON
                                                    : PT_LOG_LOGFMT,
                "worker");
+  if (processes > 0)
+    return pt_supervisor_run(&cfg, (int)processes);
   return pt_worker_run(&cfg);
 }

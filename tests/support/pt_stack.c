@@ -159,6 +159,35 @@ int pt_stack_add_worker(pt_stack_t *s) {
   return s->nworkers++;
 }
 
+int pt_stack_add_pool(pt_stack_t *s, int processes) {
+  char name[32], n[16];
+  const char *bin = getenv("PAYTASK_BIN");
+  snprintf(n, sizeof n, "%d", processes);
+  const char *argv[] = {bin, "worker", "--processes", n, NULL};
+  cr_assert_lt(s->nworkers, PT_STACK_MAX_WORKERS);
+  snprintf(name, sizeof name, "worker%d", s->nworkers);
+  s->workers[s->nworkers] = spawn(s, name, argv);
+  return s->nworkers++;
+}
+
+int pt_stack_stop_worker(pt_stack_t *s, int i, int timeout_s) {
+  int status = 0;
+  pid_t pid = s->workers[i];
+  cr_assert(pid > 0);
+  kill(pid, SIGTERM);
+  for (int waited = 0; waited < timeout_s * 1000; waited += 50) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      s->workers[i] = 0;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    sleep_ms(50);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  s->workers[i] = 0;
+  return -1;
+}
+
 void pt_stack_signal_worker(pt_stack_t *s, int i, int sig) {
   cr_assert(s->workers[i] > 0);
   kill(s->workers[i], sig);
@@ -514,6 +543,50 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
   mongoc_client_destroy(cl);
   mongoc_uri_destroy(u);
   return found;
+}
+
+long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
+  const char *uri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
+  cr_assert_not_null(u, "MongoDB: %s", e.message);
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  const char *db = mongoc_uri_get_database(u);
+  mongoc_collection_t *col =
+      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+  bson_t cmd = BSON_INITIALIZER, q, idq, in;
+  BSON_APPEND_UTF8(&cmd, "count", "tasks");
+  BSON_APPEND_DOCUMENT_BEGIN(&cmd, "query", &q);
+  BSON_APPEND_DOCUMENT_BEGIN(&q, "_id", &idq);
+  BSON_APPEND_ARRAY_BEGIN(&idq, "$in", &in);
+  for (int i = 0; i < n; i++) {
+    char k[16];
+    snprintf(k, sizeof k, "%d", i);
+    BSON_APPEND_UTF8(&in, k, ids[i]);
+  }
+  bson_append_array_end(&idq, &in);
+  bson_append_document_end(&q, &idq);
+  bson_append_document_end(&cmd, &q);
+  long count = -1;
+  time_t end = time(NULL) + timeout_s;
+  do {
+    bson_t r;
+    bson_iter_t it;
+    if (mongoc_collection_command_simple(col, &cmd, NULL, &r, &e) &&
+        bson_iter_init_find(&it, &r, "n"))
+      count = (long)bson_iter_as_int64(&it);
+    else
+      cr_assert_fail("MongoDB: %s", e.message);
+    bson_destroy(&r);
+    if (count >= n)
+      break;
+    sleep_ms(250);
+  } while (time(NULL) <= end);
+  bson_destroy(&cmd);
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+  return count;
 }
 
 int pt_redis_has_task(const char *id) {

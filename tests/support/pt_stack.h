@@ -30,6 +30,12 @@ void pt_stack_env(pt_stack_t *s, const char *name, const char *value);
 void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args);
 /* Starts one more worker; returns its index. */
 int pt_stack_add_worker(pt_stack_t *s);
+/* Starts `paytask worker --processes N` (a supervisor and its pool) as one
+ * more worker entry; returns its index. */
+int pt_stack_add_pool(pt_stack_t *s, int processes);
+/* Sends SIGTERM to worker i and waits for it; returns its exit status
+ * (-1 if it had to be killed after timeout_s). */
+int pt_stack_stop_worker(pt_stack_t *s, int i, int timeout_s);
 /* Sends sig to worker i and, for SIGKILL, reaps it. */
 void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
 /* SIGTERM to everything, then waits (SIGKILL after 20 s). Returns the
@@ -76,6 +82,9 @@ int pt_queue_drain_count(const char *queue, const char *message_id);
 /* The task's document in MongoDB (collection tasks), waiting up to
  * timeout_s for the sync; returns 1 and fills doc if found. */
 int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
+/* Waits up to timeout_s until MongoDB holds all n tasks (one count query
+ * with $in, not n lookups); returns how many it holds. */
+long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the task's hash is still in Redis. */
 int pt_redis_has_task(const char *id);
 

@@ -1,0 +1,103 @@
+/* Operating the workers (issue 6): scaling a pool at run time, draining on
+ * SIGTERM, and the drain deadline. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/support/pt_stack.h"
+
+static pt_stack_t stack;
+
+static void fini(void) { pt_stack_stop(&stack); }
+
+TestSuite(operations, .fini = fini, .timeout = 240);
+
+#define N 600
+
+Test(operations, scale_1_4_1_under_load_then_sigterm) {
+  static char ids[N][24], otns[N][64];
+  char prefix[48];
+  bson_t doc;
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("SCALE"));
+  pt_stack_start(&stack, 0, "--latency-ms=20");
+  int pool = pt_stack_add_pool(&stack, 1);
+  for (int i = 0; i < N; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    char *body = pt_task_body(otns[i], 100 + i,
+                              i % 7 == 0 ? "{\"fail_times\": 1}" : NULL, NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+    /* Signals do not queue: one at a time, a moment apart, as an
+     * operator would send them. */
+    if (i == N / 8 || i == N / 4 || i == 3 * N / 8)
+      pt_stack_signal_worker(&stack, pool, SIGTTIN); /* 1 → 4 */
+    if (i == 5 * N / 8 || i == 3 * N / 4 || i == 7 * N / 8)
+      pt_stack_signal_worker(&stack, pool, SIGTTOU); /* 4 → 1 */
+  }
+  for (int i = 0; i < N; i++) {
+    pt_wait_final(&stack, ids[i], 120, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED", "task %s",
+                     ids[i]);
+    bson_destroy(&doc);
+  }
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
+                 "trade %s was created twice", otns[i]);
+  }
+  /* The whole pool drains and exits cleanly. */
+  cr_assert_eq(pt_stack_stop_worker(&stack, pool, 60), 0,
+               "the pool did not exit 0 on SIGTERM");
+  cr_assert_eq(pt_mongo_count_tasks(ids, N, 60), N,
+               "not every task reached MongoDB");
+  char logcmd[512];
+  snprintf(logcmd, sizeof logcmd,
+           "grep -c worker_spawned %s/worker0.log | grep -qx 4",
+           stack.logdir);
+  cr_assert_eq(system(logcmd), 0, "the pool did not grow to 4 workers");
+}
+
+#define M 10
+
+Test(operations, drain_deadline_returns_attempts_uncounted) {
+  static char ids[M][24], otns[M][64];
+  char prefix[48];
+  bson_t doc;
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("DRAIN"));
+  pt_stack_env(&stack, "PAYTASK_WORKER_DRAIN_TIMEOUT_MS", "300");
+  /* Every channel call takes 3 s: the deadline cuts them off. */
+  pt_stack_start(&stack, 1, "--latency-ms=3000");
+  for (int i = 0; i < M; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    char *body = pt_task_body(otns[i], 100, NULL, NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+  }
+  sleep(1); /* the calls are in flight at the channel */
+  cr_assert_eq(pt_stack_stop_worker(&stack, 0, 20), 0,
+               "the worker did not exit 0 after its drain deadline");
+  for (int i = 0; i < M; i++) {
+    char *out = NULL;
+    cr_assert_eq(pt_api_get(&stack, ids[i], 0, &out), 200);
+    pt_json(out, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING",
+                     "an interrupted attempt must be undone: %s", out);
+    cr_assert_eq(pt_json_int(&doc, "attempts", -1), 0);
+    bson_destroy(&doc);
+    free(out);
+  }
+  /* Another worker finishes them: one attempt each, no second trade. */
+  pt_stack_add_worker(&stack);
+  for (int i = 0; i < M; i++) {
+    pt_wait_final(&stack, ids[i], 60, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+    cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1,
+                 "the interrupted attempt was counted");
+    bson_destroy(&doc);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
+                 "trade %s was created twice", otns[i]);
+  }
+}

@@ -1,0 +1,191 @@
+#include "worker/pt_supervisor.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pt_log.h"
+#include "worker/pt_worker.h"
+
+#define MAX_PROCESSES 64
+#define CRASH_WINDOW_S 60
+#define CRASH_LIMIT 5
+#define BACKOFF_MAX_S 30
+
+typedef struct {
+  pid_t pid;          /* 0: slot empty */
+  int stopping;       /* sent SIGTERM by a scale-down or shutdown */
+  time_t restart_at;  /* a crashed slot waiting for its backoff */
+  int backoff_s;
+} slot_t;
+
+static slot_t slots[MAX_PROCESSES];
+static int wanted;
+static time_t crashes[CRASH_LIMIT + 1];
+static int ncrash;
+
+static pid_t start_worker(const pt_config_t *cfg, sigset_t *old) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* The child starts from a clean signal state and runs one worker. */
+    sigprocmask(SIG_SETMASK, old, NULL);
+    signal(SIGTTIN, SIG_IGN); /* default would stop the process */
+    signal(SIGTTOU, SIG_IGN);
+    _exit(pt_worker_run(cfg));
+  }
+  if (pid > 0)
+    PT_INFO("worker_spawned", "pid=%ld", (long)pid);
+  else
+    PT_ERROR("worker_spawn_failed", "err=\"%s\"", strerror(errno));
+  return pid;
+}
+
+static int running(void) {
+  int n = 0;
+  for (int i = 0; i < MAX_PROCESSES; i++)
+    n += (slots[i].pid > 0 && !slots[i].stopping) || slots[i].restart_at > 0;
+  return n;
+}
+
+static int alive(void) {
+  int n = 0;
+  for (int i = 0; i < MAX_PROCESSES; i++)
+    n += slots[i].pid > 0;
+  return n;
+}
+
+/* 1 when more than CRASH_LIMIT crashes fell within CRASH_WINDOW_S. */
+static int crash_loop(time_t now) {
+  if (ncrash == CRASH_LIMIT + 1) {
+    memmove(crashes, crashes + 1, CRASH_LIMIT * sizeof crashes[0]);
+    ncrash--;
+  }
+  crashes[ncrash++] = now;
+  return ncrash == CRASH_LIMIT + 1 && now - crashes[0] < CRASH_WINDOW_S;
+}
+
+static void stop_all(void) {
+  for (int i = 0; i < MAX_PROCESSES; i++) {
+    slots[i].restart_at = 0;
+    if (slots[i].pid > 0 && !slots[i].stopping) {
+      kill(slots[i].pid, SIGTERM);
+      slots[i].stopping = 1;
+    }
+  }
+}
+
+int pt_supervisor_run(const pt_config_t *cfg, int processes) {
+  sigset_t set, old;
+  int shutting_down = 0, exit_code = 0;
+  if (processes < 1 || processes > MAX_PROCESSES) {
+    PT_ERROR("supervisor_refused", "err=\"--processes takes 1..%d\"",
+             MAX_PROCESSES);
+    return 2;
+  }
+  wanted = processes;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTTIN);
+  sigaddset(&set, SIGTTOU);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, &old);
+  PT_INFO("supervisor_started", "pid=%ld processes=%d", (long)getpid(),
+          processes);
+
+  for (;;) {
+    time_t now = time(NULL);
+    /* Reap every child that ended. */
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      for (int i = 0; i < MAX_PROCESSES; i++) {
+        if (slots[i].pid != pid)
+          continue;
+        int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        PT_INFO("worker_exited", "pid=%ld status=%d signal=%d expected=%d",
+                (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                WIFSIGNALED(status) ? WTERMSIG(status) : 0, slots[i].stopping);
+        if (slots[i].stopping || shutting_down) {
+          memset(&slots[i], 0, sizeof slots[i]);
+        } else {
+          /* Died on its own: restart after a backoff. */
+          if (!clean && crash_loop(now)) {
+            PT_ERROR("supervisor_crash_loop",
+                     "crashes=%d window_s=%d note=\"giving up; see the "
+                     "workers' logs\"",
+                     CRASH_LIMIT + 1, CRASH_WINDOW_S);
+            shutting_down = 1;
+            exit_code = 1;
+            stop_all();
+            slots[i].pid = 0;
+            break;
+          }
+          int b = slots[i].backoff_s ? slots[i].backoff_s * 2 : 1;
+          slots[i].backoff_s = b > BACKOFF_MAX_S ? BACKOFF_MAX_S : b;
+          slots[i].pid = 0;
+          slots[i].restart_at = now + slots[i].backoff_s;
+          PT_WARN("worker_restart_scheduled", "in_s=%d", slots[i].backoff_s);
+        }
+      }
+    }
+    if (shutting_down && alive() == 0)
+      break;
+    if (!shutting_down) {
+      /* Restarts that are due, then the count the operator wants. */
+      for (int i = 0; i < MAX_PROCESSES; i++)
+        if (slots[i].restart_at > 0 && slots[i].restart_at <= now) {
+          slots[i].restart_at = 0;
+          slots[i].pid = start_worker(cfg, &old);
+        }
+      while (running() < wanted) {
+        int i = 0;
+        while (i < MAX_PROCESSES &&
+               (slots[i].pid > 0 || slots[i].restart_at > 0))
+          i++;
+        if (i == MAX_PROCESSES)
+          break;
+        memset(&slots[i], 0, sizeof slots[i]);
+        slots[i].pid = start_worker(cfg, &old);
+        if (slots[i].pid < 0)
+          slots[i].pid = 0;
+      }
+      while (running() > wanted) {
+        /* The newest one drains and goes. */
+        int i = MAX_PROCESSES - 1;
+        while (i >= 0 && !(slots[i].pid > 0 && !slots[i].stopping) &&
+               slots[i].restart_at == 0)
+          i--;
+        if (i < 0)
+          break;
+        if (slots[i].restart_at > 0) {
+          slots[i].restart_at = 0;
+          continue;
+        }
+        kill(slots[i].pid, SIGTERM);
+        slots[i].stopping = 1;
+        PT_INFO("worker_scaled_down", "pid=%ld", (long)slots[i].pid);
+      }
+    }
+    struct timespec wait = {1, 0};
+    siginfo_t info;
+    int sig = sigtimedwait(&set, &info, &wait);
+    if (sig == SIGTERM || sig == SIGINT) {
+      PT_INFO("supervisor_draining", "signal=%d workers=%d", sig, alive());
+      shutting_down = 1;
+      stop_all();
+    } else if (sig == SIGTTIN && !shutting_down) {
+      wanted = wanted < MAX_PROCESSES ? wanted + 1 : wanted;
+      PT_INFO("supervisor_scale", "processes=%d", wanted);
+    } else if (sig == SIGTTOU && !shutting_down) {
+      wanted = wanted > 1 ? wanted - 1 : 1;
+      PT_INFO("supervisor_scale", "processes=%d", wanted);
+    }
+  }
+  PT_INFO("supervisor_stopped", "exit_code=%d", exit_code);
+  return exit_code;
+}
