@@ -13,6 +13,7 @@
 #include "core/pt_httpd.h"
 #include "core/pt_id.h"
 #include "core/pt_log.h"
+#include "core/pt_metrics.h"
 #include "core/pt_mongo.h"
 #include "core/pt_redis.h"
 #include "core/pt_store.h"
@@ -36,6 +37,7 @@ typedef struct {
   uv_timer_t lease_timer, amqp_retry, stop_timer, redis_retry;
   uv_signal_t sigterm, sigint;
   waiter_t *waiters; /* by task id */
+  pt_metrics_t *metrics;
   size_t inflight;   /* requests not yet answered */
   int stopping;
 } api_t;
@@ -100,6 +102,11 @@ static void op_free(op_t *op) {
 
 static void op_error(op_t *op, int status, const char *code,
                      const char *message) {
+  char labels[96];
+  snprintf(labels, sizeof labels, "status=\"%d\",code=\"%s\"", status, code);
+  pt_metrics_inc(op->api->metrics, "paytask_api_errors_total",
+                 "requests answered with an error, by status and code",
+                 labels, 1);
   pt_reply_error(op->req, status, code, message);
   op_free(op);
 }
@@ -432,6 +439,11 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
            op->task.type, op->task.channel);
   pt_reply_doc(op->req, 202, &doc);
   bson_destroy(&doc);
+  char labels[64];
+  snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"", op->task.type,
+           op->task.channel);
+  pt_metrics_inc(op->api->metrics, "paytask_tasks_submitted_total",
+                 "tasks accepted (202 after the broker confirmed)", labels, 1);
   op_free(op);
 }
 
@@ -596,6 +608,26 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
   if (path_is(p, plen, "/healthz")) {
     pt_httpd_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15,
                      NULL);
+    op_free(op);
+    return;
+  }
+  if (path_is(p, plen, "/metrics")) {
+    size_t len, nwait = 0;
+    for (waiter_t *w = api->waiters; w != NULL; w = w->hh.next)
+      for (wait_entry_t *we = w->list; we != NULL; we = we->next)
+        nwait++;
+    pt_metrics_set(api->metrics, "paytask_api_inflight_requests",
+                   "requests not answered yet", NULL,
+                   (double)(api->inflight - 1));
+    pt_metrics_set(api->metrics, "paytask_api_waiting_polls",
+                   "GET ?wait requests holding", NULL, (double)nwait);
+    pt_metrics_set(api->metrics, "paytask_api_broker_up",
+                   "1 while the broker connection is ready", NULL,
+                   pt_amqp_is_ready(api->amqp));
+    char *text = pt_metrics_render(api->metrics, &len);
+    pt_httpd_respond(req, 200, "text/plain; version=0.0.4", text ? text : "",
+                     text ? len : 0, NULL);
+    free(text);
     op_free(op);
     return;
   }
@@ -859,6 +891,7 @@ int pt_api_run(const pt_config_t *cfg) {
     PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
     return 1;
   }
+  api.metrics = pt_metrics_new();
   api.loop = malloc(sizeof *api.loop);
   uv_loop_init(api.loop);
   pt_amqp_opts_t ao = {.uri = cfg->amqp_uri,
@@ -899,6 +932,7 @@ int pt_api_run(const pt_config_t *cfg) {
           pt_httpd_port(api.httpd), (long)getpid());
   uv_run(api.loop, UV_RUN_DEFAULT);
   pt_mongo_destroy(api.mongo);
+  pt_metrics_destroy(api.metrics);
   int rc = uv_loop_close(api.loop);
   if (rc != 0)
     PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));

@@ -61,6 +61,9 @@ static const cfg_key_t keys[] = {
      3600000, 0,
      "on SIGTERM, how long in-flight attempts may run before they are "
      "returned to the broker as interrupted"},
+    {"worker.metrics_listen", S(worker_metrics_listen), "", 0, 0, 0,
+     "address:port where a worker serves GET /metrics (empty: off); "
+     "worker i of a pool uses port + i"},
     {"sync.batch", I(sync_batch), "500", 1, 10000, 0,
      "final states written to MongoDB per bulk write"},
     {"sync.evict_grace_s", I(sync_evict_grace_s), "60", 0, 86400, 0,
@@ -99,8 +102,8 @@ static int check_value(const cfg_key_t *k, const char *value,
       strcmp(value, "json") != 0)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: must be logfmt or json", k->key);
-  if ((strcmp(k->key, "api.listen") == 0 ||
-       strcmp(k->key, "sim.listen") == 0)) {
+  if (strcmp(k->key, "api.listen") == 0 || strcmp(k->key, "sim.listen") == 0 ||
+      (strcmp(k->key, "worker.metrics_listen") == 0 && value[0] != '\0')) {
     char host[256];
     int port;
     if (pt_config_hostport(value, host, sizeof host, &port) != 0)

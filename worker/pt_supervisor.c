@@ -28,14 +28,14 @@ static int wanted;
 static time_t crashes[CRASH_LIMIT + 1];
 static int ncrash;
 
-static pid_t start_worker(const pt_config_t *cfg, sigset_t *old) {
+static pid_t start_worker(const pt_config_t *cfg, sigset_t *old, int index) {
   pid_t pid = fork();
   if (pid == 0) {
     /* The child starts from a clean signal state and runs one worker. */
     sigprocmask(SIG_SETMASK, old, NULL);
     signal(SIGTTIN, SIG_IGN); /* default would stop the process */
     signal(SIGTTOU, SIG_IGN);
-    _exit(pt_worker_run(cfg));
+    _exit(pt_worker_run(cfg, index));
   }
   if (pid > 0)
     PT_INFO("worker_spawned", "pid=%ld", (long)pid);
@@ -140,7 +140,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
       for (int i = 0; i < MAX_PROCESSES; i++)
         if (slots[i].restart_at > 0 && slots[i].restart_at <= now) {
           slots[i].restart_at = 0;
-          slots[i].pid = start_worker(cfg, &old);
+          slots[i].pid = start_worker(cfg, &old, i);
         }
       while (running() < wanted) {
         int i = 0;
@@ -150,7 +150,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
         if (i == MAX_PROCESSES)
           break;
         memset(&slots[i], 0, sizeof slots[i]);
-        slots[i].pid = start_worker(cfg, &old);
+        slots[i].pid = start_worker(cfg, &old, i);
         if (slots[i].pid < 0)
           slots[i].pid = 0;
       }

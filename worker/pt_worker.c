@@ -9,7 +9,9 @@
 #include "core/pt_amqp.h"
 #include "core/pt_http_client.h"
 #include "core/pt_id.h"
+#include "core/pt_httpd.h"
 #include "core/pt_log.h"
+#include "core/pt_metrics.h"
 #include "core/pt_redis.h"
 #include "core/pt_store.h"
 #include "runner/pt_runner.h"
@@ -30,6 +32,8 @@ typedef struct {
   uv_timer_t retry_timer; /* reconnects */
   uv_timer_t drain_timer; /* SIGTERM deadline */
   int interrupting;       /* past the deadline: return work, don't finish */
+  pt_metrics_t *metrics;
+  pt_httpd_t *metrics_httpd; /* GET /metrics, when configured */
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
   int draining;
@@ -97,6 +101,14 @@ static void job_requeue_later(job_t *j) {
   uv_timer_start(&j->backoff, on_backoff, 1000, 0);
 }
 
+static void count(job_t *j, const char *name, const char *help,
+                  const char *extra) {
+  char labels[160];
+  snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"%s%s",
+           j->task.type, j->task.channel, extra ? "," : "", extra ? extra : "");
+  pt_metrics_inc(j->w->metrics, name, help, labels, 1);
+}
+
 static void log_job(const char *event, const job_t *j, const char *extra) {
   PT_INFO(event, "task_id=%s type=%s channel=%s attempt=%d %s",
           j->task.id_str, j->task.type, j->task.channel, j->task.attempt,
@@ -112,8 +124,22 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
     job_requeue_later(j);
     return;
   }
-  if (v == PT_V_STALE)
+  if (v == PT_V_STALE) {
     log_job("finish_stale", j, "note=\"another delivery moved the task on\"");
+  } else if (strcmp(j->status, "RETRY_WAIT") == 0) {
+    count(j, "paytask_tasks_retried_total", "attempts scheduled again", NULL);
+  } else {
+    char st[40];
+    snprintf(st, sizeof st, "status=\"%s\"", j->status);
+    count(j, "paytask_tasks_final_total", "tasks that reached a final status",
+          st);
+    char labels[64];
+    snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"",
+             j->task.type, j->task.channel);
+    pt_metrics_observe(j->w->metrics, "paytask_submit_to_final_seconds",
+                       "from submit to final status", labels,
+                       (double)(pt_now_ms() - j->task.created_at_ms) / 1000.0);
+  }
   job_ack(j);
 }
 
@@ -214,6 +240,24 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
            outcome, (long long)(rep->ended_ms - rep->started_ms),
            rep->error_code ? rep->error_code : "-");
   log_job("attempt_done", j, extra);
+  {
+    char labels[160], code[96];
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+    count(j, "paytask_attempts_total", "attempts that ended, by outcome",
+          labels);
+    snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"",
+             j->task.type, j->task.channel);
+    pt_metrics_observe(j->w->metrics, "paytask_attempt_duration_seconds",
+                       "how long one attempt took", labels,
+                       (double)(rep->ended_ms - rep->started_ms) / 1000.0);
+    if (rep->outcome != PT_OUTCOME_SUCCESS && rep->error_code != NULL) {
+      pt_metrics_label(code, sizeof code, rep->error_code);
+      snprintf(labels, sizeof labels, "channel=\"%s\",code=\"%s\"",
+               j->task.channel, code);
+      pt_metrics_inc(j->w->metrics, "paytask_channel_errors_total",
+                     "channel answers other than success, by code", labels, 1);
+    }
+  }
 
   if (rep->outcome == PT_OUTCOME_SUCCESS) {
     j->status = "SUCCEEDED";
@@ -239,6 +283,8 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
   }
   /* Out of attempts: FAILED, and a copy goes to the dead queue for
    * replay. */
+  count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
+        "reason=\"retries_exhausted\"");
   j->status = "FAILED";
   publish_copy(j, PT_QUEUE_DEAD, j->task.attempt);
 }
@@ -263,11 +309,14 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
     }
     if (v == PT_V_RESUME)
       log_job("attempt_resumed", j, "note=\"redelivered after a crash\"");
+    count(j, "paytask_attempts_started_total", "attempts started", NULL);
     pt_runner_run(j->runner, &w->env, &j->task, j->task.attempt,
                   j->task.attempt > 1 || v == PT_V_RESUME, on_attempt_done,
                   j);
     return;
   case PT_V_DEAD:
+    count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
+          "reason=\"redelivery_limit\"");
     snprintf(extra, sizeof extra, "crashes=%s", detail);
     log_job("redelivery_limit", j, extra);
     j->status = "FAILED";
@@ -364,6 +413,54 @@ static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   }
 }
 
+/* ---- metrics ------------------------------------------------------------ */
+
+static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
+  worker_t *w = arg;
+  size_t plen, len;
+  const char *p = pt_httpd_path(req, &plen);
+  if (plen != 8 || memcmp(p, "/metrics", 8) != 0) {
+    pt_httpd_respond(req, 404, "text/plain", "not found\n", 10, NULL);
+    return;
+  }
+  pt_metrics_set(w->metrics, "paytask_worker_inflight",
+                 "deliveries being worked on", NULL, (double)w->inflight);
+  pt_metrics_set(w->metrics, "paytask_worker_channel_calls_inflight",
+                 "channel calls in flight", NULL,
+                 w->http ? (double)pt_http_client_inflight(w->http) : 0);
+  pt_metrics_set(w->metrics, "paytask_worker_broker_up",
+                 "1 while the broker connection is ready", NULL,
+                 pt_amqp_is_ready(w->amqp));
+  pt_metrics_set(w->metrics, "paytask_sync_written",
+                 "final states this worker's sync thread wrote to MongoDB",
+                 NULL, (double)pt_sync_written(w->sync));
+  char *text = pt_metrics_render(w->metrics, &len);
+  pt_httpd_respond(req, 200, "text/plain; version=0.0.4", text ? text : "",
+                   text ? len : 0, NULL);
+  free(text);
+}
+
+static int start_metrics(worker_t *w, int index, pt_error_t *err) {
+  char host[256];
+  int port;
+  if (w->cfg->worker_metrics_listen[0] == '\0')
+    return 0;
+  if (pt_config_hostport(w->cfg->worker_metrics_listen, host, sizeof host,
+                         &port) != 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "worker.metrics_listen: expected address:port");
+  pt_httpd_opts_t o = {.host = host,
+                       .port = port ? port + index : 0,
+                       .max_body = 1024,
+                       .handler = on_metrics_request,
+                       .arg = w};
+  w->metrics_httpd = pt_httpd_new(w->loop, &o, err);
+  if (w->metrics_httpd == NULL)
+    return PT_EIO;
+  PT_INFO("worker_metrics", "addr=%s:%d", host, pt_httpd_port(w->metrics_httpd));
+  return 0;
+}
+
 /* ---- connections and lifecycle --------------------------------------- */
 
 static void connect_amqp(worker_t *w);
@@ -433,6 +530,8 @@ static void close_all(worker_t *w) {
   pt_http_client_destroy(w->http);
   w->http = NULL;
   w->env.http = NULL;
+  pt_httpd_destroy(w->metrics_httpd);
+  w->metrics_httpd = NULL;
 }
 
 /* The drain deadline: attempts still talking to a channel are cut off
@@ -469,7 +568,7 @@ static void on_signal(uv_signal_t *s, int signum) {
   maybe_finish_drain(w);
 }
 
-int pt_worker_run(const pt_config_t *cfg) {
+int pt_worker_run(const pt_config_t *cfg, int index) {
   worker_t w;
   pt_error_t err;
   char consumer[96], host[64] = "host";
@@ -494,6 +593,11 @@ int pt_worker_run(const pt_config_t *cfg) {
   }
   pt_store_load_scripts(pt_redis_ctx(w.redis));
   w.env = (pt_runner_env_t){w.loop, w.http, cfg};
+  w.metrics = pt_metrics_new();
+  if (start_metrics(&w, index, &err) != 0) {
+    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
   w.sync = pt_sync_start(cfg, consumer, &err);
   if (w.sync == NULL) {
     PT_ERROR("sync_start_failed", "err=\"%s\"", err.message);
@@ -512,6 +616,7 @@ int pt_worker_run(const pt_config_t *cfg) {
   connect_amqp(&w);
   uv_run(w.loop, UV_RUN_DEFAULT);
   pt_sync_stop(w.sync);
+  pt_metrics_destroy(w.metrics);
   int rc = uv_loop_close(w.loop);
   if (rc != 0)
     PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));
@@ -559,5 +664,5 @@ int pt_worker_main(int argc, char **argv) {
                "worker");
   if (processes > 0)
     return pt_supervisor_run(&cfg, (int)processes);
-  return pt_worker_run(&cfg);
+  return pt_worker_run(&cfg, 0);
 }

@@ -11,7 +11,9 @@
 /* `paytask worker [--config FILE]`; returns the process exit code. */
 int pt_worker_main(int argc, char **argv);
 
-/* Runs one worker on the calling thread until SIGTERM/SIGINT drains it. */
-int pt_worker_run(const pt_config_t *cfg);
+/* Runs one worker on the calling thread until SIGTERM/SIGINT drains it.
+ * index is the worker's place in a pool (0 alone); its metrics listen on
+ * worker.metrics_listen's port + index. */
+int pt_worker_run(const pt_config_t *cfg, int index);
 
 #endif

@@ -1,0 +1,73 @@
+/* /metrics on the api and a worker (issue 6): the counters move as tasks
+ * do, in the Prometheus text format. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tests/support/pt_stack.h"
+
+static pt_stack_t stack;
+
+static void fini(void) { pt_stack_stop(&stack); }
+
+TestSuite(metrics, .fini = fini, .timeout = 120);
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, (struct sockaddr *)&a, sizeof a);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* The value of one series line, or -1 when absent. */
+static double metric(const char *text, const char *series) {
+  size_t n = strlen(series);
+  for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : p)
+    if (strncmp(p, series, n) == 0 && p[n] == ' ')
+      return strtod(p + n + 1, NULL);
+  return -1;
+}
+
+Test(metrics, counters_follow_the_tasks) {
+  char id[24], url[128], addr[64], *out = NULL;
+  bson_t doc;
+  int port = free_port();
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  pt_stack_env(&stack, "PAYTASK_WORKER_METRICS_LISTEN", addr);
+  pt_stack_start(&stack, 1, NULL);
+  const char *sims[] = {NULL, "{\"fail_times\": 1}", "{\"decline\": true}"};
+  for (int i = 0; i < 3; i++) {
+    char *body = pt_task_body(pt_unique("MET"), 100, sims[i], NULL);
+    pt_submit_ok(&stack, body, id);
+    free(body);
+    pt_wait_final(&stack, id, 30, &doc);
+    bson_destroy(&doc);
+  }
+  snprintf(url, sizeof url, "%s/metrics", stack.api_url);
+  cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 200);
+  cr_assert(strstr(out, "# TYPE paytask_tasks_submitted_total counter") != NULL,
+            "%s", out);
+  cr_assert_eq(metric(out, "paytask_tasks_submitted_total{type=\"pay\",channel=\"sim\"}"), 3,
+               "%s", out);
+  free(out);
+  usleep(300 * 1000); /* the last ack lands after the final state */
+  snprintf(url, sizeof url, "http://%s/metrics", addr);
+  cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 200, "worker metrics");
+  cr_assert_eq(metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"SUCCEEDED\"}"), 2, "%s", out);
+  cr_assert_eq(metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"FAILED\"}"), 1, "%s", out);
+  cr_assert_eq(metric(out, "paytask_tasks_retried_total{type=\"pay\",channel=\"sim\"}"), 1, "%s", out);
+  cr_assert_eq(metric(out, "paytask_channel_errors_total{channel=\"sim\",code=\"DECLINED\"}"), 1, "%s", out);
+  cr_assert_eq(metric(out, "paytask_attempt_duration_seconds_count{type=\"pay\",channel=\"sim\"}"), 4, "%s", out);
+  cr_assert_eq(metric(out, "paytask_submit_to_final_seconds_count{type=\"pay\",channel=\"sim\"}"), 3, "%s", out);
+  cr_assert_eq(metric(out, "paytask_worker_broker_up"), 1, "%s", out);
+  free(out);
+}
