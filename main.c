@@ -9,6 +9,7 @@
 #include "bench/pt_bench.h"
 #include "cli/pt_cli.h"
 #include "cli/pt_demo.h"
+#include "cli/pt_inspect.h"
 #include "core/pt_mongo.h"
 #include "sim/pt_sim.h"
 #include "worker/pt_worker.h"
@@ -25,6 +26,7 @@ static const command_t commands[] = {
     {"sim", pt_sim_main, "run the payment channel simulator"},
     {"submit", pt_cli_submit, "submit a task through the api"},
     {"get", pt_cli_get, "read a task through the api (--wait N)"},
+    {"inspect", pt_inspect_main, "queues, sync backlog, workers (--watch)"},
     {"config", pt_cli_config, "config check [FILE]: validate and print"},
     {"bench", pt_bench_main, "measure throughput, latency, memory (scripts/bench)"},
     {"demo", pt_demo_main, "submit demo tasks and summarise (scripts/demo)"},

@@ -34,6 +34,11 @@ typedef struct {
   int interrupting;       /* past the deadline: return work, don't finish */
   pt_metrics_t *metrics;
   pt_httpd_t *metrics_httpd; /* GET /metrics, when configured */
+  uv_timer_t heartbeat;      /* status for `paytask inspect`, in Redis */
+  char consumer[96];
+  long finals_per_s[60];     /* final states per second, last minute */
+  int64_t finals_sec;        /* the second finals_per_s[finals_sec % 60] is */
+  long finals_total;
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
   int draining;
@@ -101,6 +106,19 @@ static void job_requeue_later(job_t *j) {
   uv_timer_start(&j->backoff, on_backoff, 1000, 0);
 }
 
+/* Moves the per-second ring of final states to second sec, zeroing the
+ * seconds that passed, so it always holds exactly the last minute. */
+static void advance_finals(worker_t *w, int64_t sec) {
+  if (sec - w->finals_sec >= 60) {
+    memset(w->finals_per_s, 0, sizeof w->finals_per_s);
+  } else {
+    for (int64_t t = w->finals_sec + 1; t <= sec; t++)
+      w->finals_per_s[t % 60] = 0;
+  }
+  if (sec > w->finals_sec)
+    w->finals_sec = sec;
+}
+
 static void count(job_t *j, const char *name, const char *help,
                   const char *extra) {
   char labels[160];
@@ -129,6 +147,11 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
   } else if (strcmp(j->status, "RETRY_WAIT") == 0) {
     count(j, "paytask_tasks_retried_total", "attempts scheduled again", NULL);
   } else {
+    worker_t *w = j->w;
+    int64_t sec = pt_now_ms() / 1000;
+    advance_finals(w, sec);
+    w->finals_per_s[sec % 60]++;
+    w->finals_total++;
     char st[40];
     snprintf(st, sizeof st, "status=\"%s\"", j->status);
     count(j, "paytask_tasks_final_total", "tasks that reached a final status",
@@ -413,6 +436,30 @@ static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   }
 }
 
+/* ---- heartbeat ------------------------------------------------------------ */
+
+/* Every 2 s a worker writes its state to pt:worker:<consumer> (expiring
+ * after 10 s, so a dead worker disappears): what `paytask inspect`
+ * shows. */
+static void on_heartbeat(uv_timer_t *t) {
+  worker_t *w = t->data;
+  redisAsyncContext *ac = pt_redis_ctx(w->redis);
+  long last_min = 0;
+  advance_finals(w, pt_now_ms() / 1000);
+  for (int i = 0; i < 60; i++)
+    last_min += w->finals_per_s[i];
+  if (ac == NULL)
+    return;
+  redisAsyncCommand(ac, NULL, NULL,
+                    "HSET pt:worker:%s pid %ld inflight %ld calls %ld "
+                    "finals %ld finals_1m %ld draining %d updated_at %lld",
+                    w->consumer, (long)getpid(), (long)w->inflight,
+                    w->http ? (long)pt_http_client_inflight(w->http) : 0L,
+                    w->finals_total, last_min, w->draining,
+                    (long long)pt_now_ms());
+  redisAsyncCommand(ac, NULL, NULL, "EXPIRE pt:worker:%s 10", w->consumer);
+}
+
 /* ---- metrics ------------------------------------------------------------ */
 
 static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
@@ -519,6 +566,10 @@ static void on_redis_lost(pt_redis_t *r, int status, const char *why,
 }
 
 static void close_all(worker_t *w) {
+  uv_close((uv_handle_t *)&w->heartbeat, NULL);
+  redisAsyncContext *ac = pt_redis_ctx(w->redis);
+  if (ac != NULL)
+    redisAsyncCommand(ac, NULL, NULL, "DEL pt:worker:%s", w->consumer);
   uv_close((uv_handle_t *)&w->drain_timer, NULL);
   uv_close((uv_handle_t *)&w->sigterm, NULL);
   uv_close((uv_handle_t *)&w->sigint, NULL);
@@ -612,6 +663,10 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   w.retry_timer.data = &w;
   uv_timer_init(w.loop, &w.drain_timer);
   w.drain_timer.data = &w;
+  snprintf(w.consumer, sizeof w.consumer, "%s", consumer);
+  uv_timer_init(w.loop, &w.heartbeat);
+  w.heartbeat.data = &w;
+  uv_timer_start(&w.heartbeat, on_heartbeat, 0, 2000);
   PT_INFO("worker_started", "consumer=%s pid=%ld", consumer, (long)getpid());
   connect_amqp(&w);
   uv_run(w.loop, UV_RUN_DEFAULT);

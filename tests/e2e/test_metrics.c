@@ -71,3 +71,26 @@ Test(metrics, counters_follow_the_tasks) {
   cr_assert_eq(metric(out, "paytask_worker_broker_up"), 1, "%s", out);
   free(out);
 }
+
+Test(metrics, inspect_shows_queues_sync_and_workers) {
+  char cmd[512], line[512];
+  int queues = 0, worker = 0, sync = 0;
+  pt_stack_start(&stack, 1, NULL);
+  sleep(3); /* the worker's first heartbeats */
+  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s inspect 2>&1",
+           getenv("PAYTASK_BIN"));
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  char pid[24];
+  snprintf(pid, sizeof pid, " %d ", (int)stack.workers[0]);
+  while (fgets(line, sizeof line, p) != NULL) {
+    queues += strncmp(line, "paytask.tasks ", 14) == 0 ||
+              strncmp(line, "paytask.dead ", 13) == 0;
+    sync += strncmp(line, "sync to MongoDB:", 16) == 0;
+    worker += strstr(line, pid) != NULL && strstr(line, "running") != NULL;
+  }
+  cr_assert_eq(pclose(p), 0);
+  cr_assert_eq(queues, 2, "queue depths missing");
+  cr_assert_eq(sync, 1, "sync backlog missing");
+  cr_assert_eq(worker, 1, "the live worker is not listed");
+}

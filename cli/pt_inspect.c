@@ -1,0 +1,166 @@
+#include "cli/pt_inspect.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/pt_amqp.h"
+#include "core/pt_config.h"
+#include "core/pt_id.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+#include "runner/pt_topology.h"
+
+static void show_queues(const pt_config_t *cfg) {
+  struct amqp_connection_info ci;
+  char *uri = strdup(cfg->amqp_uri);
+  printf("%-24s %10s %10s\n", "queue", "messages", "consumers");
+  if (amqp_parse_url(uri, &ci) != AMQP_STATUS_OK) {
+    printf("  (amqp.uri cannot be read)\n");
+    free(uri);
+    return;
+  }
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t *s = amqp_tcp_socket_new(c);
+  struct timeval tv = {3, 0};
+  if (amqp_socket_open_noblock(s, ci.host, ci.port, &tv) != AMQP_STATUS_OK ||
+      amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
+                 AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+              .reply_type != AMQP_RESPONSE_NORMAL) {
+    printf("  (broker unreachable at %s:%d)\n", ci.host, ci.port);
+    amqp_destroy_connection(c);
+    free(uri);
+    return;
+  }
+  const char *names[PT_DELAY_LEVELS + 2];
+  char delay[PT_DELAY_LEVELS][32];
+  int n = 0;
+  names[n++] = PT_QUEUE_TASKS;
+  for (int i = 1; i <= PT_DELAY_LEVELS; i++) {
+    pt_topology_delay_queue(i, delay[i - 1], sizeof delay[0]);
+    names[n++] = delay[i - 1];
+  }
+  names[n++] = PT_QUEUE_DEAD;
+  for (int i = 0; i < n; i++) {
+    /* A channel per queue: a passive declare of a missing queue closes
+     * its channel. */
+    amqp_channel_open(c, (amqp_channel_t)(i + 1));
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(c, (amqp_channel_t)(i + 1),
+                           amqp_cstring_bytes(names[i]), 1, 0, 0, 0,
+                           amqp_empty_table);
+    if (ok != NULL)
+      printf("%-24s %10u %10u\n", names[i], ok->message_count,
+             ok->consumer_count);
+    else
+      printf("%-24s %10s\n", names[i], "(missing)");
+  }
+  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(c);
+  free(uri);
+}
+
+static void show_redis(const pt_config_t *cfg) {
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(cfg->redis_uri, 2000, &err);
+  if (c == NULL) {
+    printf("\n(Redis unreachable: %s)\n", err.message);
+    return;
+  }
+  redisReply *r = redisCommand(c, "XLEN %s", PT_STREAM_SYNC);
+  long long backlog = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+  freeReplyObject(r);
+  long long lag_ms = 0;
+  r = redisCommand(c, "XRANGE %s - + COUNT 1", PT_STREAM_SYNC);
+  if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+      r->element[0]->type == REDIS_REPLY_ARRAY &&
+      r->element[0]->element[0]->type == REDIS_REPLY_STRING)
+    lag_ms = pt_now_ms() - strtoll(r->element[0]->element[0]->str, NULL, 10);
+  freeReplyObject(r);
+  printf("\nsync to MongoDB: %lld final states waiting, oldest %.1f s\n",
+         backlog, (double)lag_ms / 1000.0);
+
+  printf("\n%-32s %7s %9s %9s %9s %10s %s\n", "worker", "pid", "in flight",
+         "calls", "finished", "per min", "state");
+  long long cursor = 0;
+  int workers = 0;
+  do {
+    r = redisCommand(c, "SCAN %lld MATCH pt:worker:* COUNT 100", cursor);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+      freeReplyObject(r);
+      break;
+    }
+    cursor = strtoll(r->element[0]->str, NULL, 10);
+    for (size_t i = 0; i < r->element[1]->elements; i++) {
+      const char *key = r->element[1]->element[i]->str;
+      redisReply *h = redisCommand(
+          c, "HMGET %s pid inflight calls finals finals_1m draining", key);
+      if (h && h->type == REDIS_REPLY_ARRAY && h->elements == 6) {
+        const char *v[6];
+        for (int k = 0; k < 6; k++)
+          v[k] = h->element[k]->type == REDIS_REPLY_STRING ? h->element[k]->str
+                                                            : "-";
+        printf("%-32s %7s %9s %9s %9s %10s %s\n", key + 10, v[0], v[1], v[2],
+               v[3], v[4], strcmp(v[5], "1") == 0 ? "draining" : "running");
+        workers++;
+      }
+      freeReplyObject(h);
+    }
+    freeReplyObject(r);
+  } while (cursor != 0);
+  if (workers == 0)
+    printf("  (no live worker)\n");
+  redisFree(c);
+}
+
+int pt_inspect_main(int argc, char **argv) {
+  static const struct option opts[] = {{"watch", optional_argument, 0, 'w'},
+                                       {"config", required_argument, 0, 'c'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *path = NULL;
+  long watch = 0;
+  char *end;
+  int c;
+  while ((c = getopt_long(argc, argv, "w::c:h", opts, NULL)) != -1) {
+    if (c == 'w') {
+      watch = 2;
+      if (optarg != NULL) {
+        watch = strtol(optarg, &end, 10);
+        if (*end != '\0' || watch < 1 || watch > 3600) {
+          fprintf(stderr, "paytask inspect: --watch takes 1..3600 seconds\n");
+          return 2;
+        }
+      }
+    } else if (c == 'c') {
+      path = optarg;
+    } else {
+      fprintf(stderr, "usage: paytask inspect [--watch[=SECONDS]] "
+                      "[--config FILE]\n");
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  pt_config_t cfg;
+  pt_error_t err;
+  if (pt_config_load(&cfg, path, &err) != 0) {
+    fprintf(stderr, "paytask inspect: %s\n", err.message);
+    return 2;
+  }
+  for (;;) {
+    char ts[32];
+    if (watch)
+      printf("\033[H\033[2J"); /* clear the screen between refreshes */
+    pt_time_rfc3339(pt_now_ms(), ts);
+    printf("paytask inspect  %s\n\n", ts);
+    show_queues(&cfg);
+    show_redis(&cfg);
+    fflush(stdout);
+    if (!watch)
+      return 0;
+    sleep((unsigned)watch);
+  }
+}
