@@ -8,26 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pt_buf.h"
 #include "core/pt_config.h"
 #include "core/pt_task.h"
-
-typedef struct {
-  char *data;
-  size_t len;
-} buf_t;
-
-static size_t on_data(char *p, size_t size, size_t n, void *arg) {
-  buf_t *b = arg;
-  size_t add = size * n;
-  char *d = realloc(b->data, b->len + add + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + b->len, p, add);
-  b->len += add;
-  d[b->len] = '\0';
-  b->data = d;
-  return add;
-}
 
 typedef struct {
   char api[PT_CFG_STR_MAX + 16];
@@ -68,7 +51,7 @@ static long call(const client_t *c, const char *method, const char *path,
                  const char *body, const char *idem, long timeout_s) {
   CURL *h = curl_easy_init();
   struct curl_slist *hdrs = NULL;
-  buf_t out = {NULL, 0};
+  pt_buf_t out = {NULL, 0};
   char url[2048], auth[PT_CFG_STR_MAX + 32], key[300];
   long status = -1;
   if (h == NULL)
@@ -88,7 +71,7 @@ static long call(const client_t *c, const char *method, const char *path,
   curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
   if (body != NULL)
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
   CURLcode rc = curl_easy_perform(h);
   if (rc == CURLE_OK) {
@@ -106,7 +89,7 @@ static long call(const client_t *c, const char *method, const char *path,
 
 static char *read_file(const char *path) {
   FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
-  buf_t b = {NULL, 0};
+  pt_buf_t b = {NULL, 0};
   char chunk[4096];
   size_t n;
   if (f == NULL) {
@@ -114,7 +97,7 @@ static char *read_file(const char *path) {
     return NULL;
   }
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (on_data(chunk, 1, n, &b) != n)
+    if (pt_buf_append(&b, chunk, n) != 0)
       break;
   if (f != stdin)
     fclose(f);

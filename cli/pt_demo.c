@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/pt_buf.h"
 #include "core/pt_config.h"
 #include "core/pt_id.h"
 #include "core/pt_redis.h"
@@ -31,23 +32,9 @@ typedef struct {
 
 typedef struct {
   item_t *item;
-  char *buf;
-  size_t len;
+  pt_buf_t out;
   struct curl_slist *hdrs;
 } xfer_t;
-
-static size_t on_data(char *p, size_t size, size_t n, void *arg) {
-  xfer_t *x = arg;
-  size_t add = size * n;
-  char *d = realloc(x->buf, x->len + add + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + x->len, p, add);
-  x->len += add;
-  d[x->len] = '\0';
-  x->buf = d;
-  return add;
-}
 
 static void progress(const char *what, int done, int total) {
   int width = 40, fill = total ? done * width / total : width;
@@ -109,8 +96,8 @@ static int run_all(const char *what, item_t *items, int n, const char *api,
       }
       curl_easy_setopt(h, CURLOPT_URL, url);
       curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->hdrs);
-      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-      curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
+      curl_easy_setopt(h, CURLOPT_WRITEDATA, &x->out);
       curl_easy_setopt(h, CURLOPT_PRIVATE, x);
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
       curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
@@ -130,11 +117,11 @@ static int run_all(const char *what, item_t *items, int n, const char *api,
       curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&x);
       if (msg->data.result == CURLE_OK)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-      done(x->item, code, x->buf ? x->buf : "");
+      done(x->item, code, x->out.data ? x->out.data : "");
       curl_multi_remove_handle(m, h);
       curl_easy_cleanup(h);
       curl_slist_free_all(x->hdrs);
-      free(x->buf);
+      free(x->out.data);
       free(x);
       running--;
       progress(what, ++finished, n);

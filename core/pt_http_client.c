@@ -1,5 +1,7 @@
 #include "core/pt_http_client.h"
 
+#include "core/pt_buf.h"
+
 #include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,44 +26,24 @@ typedef struct {
   pt_http_client_t *c;
 } sock_t;
 
-typedef struct {
-  char *data;
-  size_t len;
-} buf_t;
-
 struct xfer {
   pt_http_client_t *c;
   CURL *easy;
   pt_http_done_cb cb;
   void *arg;
   struct curl_slist *hdrs;
-  buf_t body, headers;
+  pt_buf_t body, headers;
   char errbuf[CURL_ERROR_SIZE];
   xfer_t *prev, *next;
 };
 
-static int buf_add(buf_t *b, const char *p, size_t n) {
-  char *d = realloc(b->data, b->len + n + 1);
-  if (d == NULL)
-    return -1;
-  memcpy(d + b->len, p, n);
-  b->len += n;
-  d[b->len] = '\0';
-  b->data = d;
-  return 0;
-}
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg) {
-  xfer_t *x = arg;
-  return buf_add(&x->body, p, size * n) == 0 ? size * n : 0;
-}
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   xfer_t *x = arg;
   /* Keep only the last header block (after a 100 Continue, say). */
   if (size * n >= 5 && memcmp(p, "HTTP/", 5) == 0)
     x->headers.len = 0;
-  return buf_add(&x->headers, p, size * n) == 0 ? size * n : 0;
+  return pt_buf_append(&x->headers, p, size * n) == 0 ? size * n : 0;
 }
 
 static void unlink_xfer(xfer_t *x) {
@@ -227,8 +209,8 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &x->body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/pt_buf.h"
 #include "tests/support/pt_test.h"
 
 #define TOKEN "dev-token-change-me"
@@ -234,29 +235,11 @@ int pt_stack_stop(pt_stack_t *s) {
 
 /* ---- HTTP --------------------------------------------------------------- */
 
-typedef struct {
-  char *data;
-  size_t len;
-} buf_t;
-
-static size_t on_data(char *p, size_t size, size_t n, void *arg) {
-  buf_t *b = arg;
-  size_t add = size * n;
-  char *d = realloc(b->data, b->len + add + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + b->len, p, add);
-  b->len += add;
-  d[b->len] = '\0';
-  b->data = d;
-  return add;
-}
-
 long pt_http(const char *method, const char *url, const char *token,
              const char *body, const char *const *headers, char **out) {
   CURL *h = curl_easy_init();
   struct curl_slist *hdrs = NULL;
-  buf_t b = {NULL, 0};
+  pt_buf_t b = {NULL, 0};
   char auth[256];
   long status = -1;
   if (token != NULL) {
@@ -275,7 +258,7 @@ long pt_http(const char *method, const char *url, const char *token,
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
   }
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
   if (curl_easy_perform(h) == CURLE_OK)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
