@@ -10,6 +10,7 @@
 #include "cli/pt_cli.h"
 #include "cli/pt_demo.h"
 #include "cli/pt_inspect.h"
+#include "cli/pt_replay.h"
 #include "core/pt_mongo.h"
 #include "sim/pt_sim.h"
 #include "worker/pt_worker.h"
@@ -26,6 +27,7 @@ static const command_t commands[] = {
     {"sim", pt_sim_main, "run the payment channel simulator"},
     {"submit", pt_cli_submit, "submit a task through the api"},
     {"get", pt_cli_get, "read a task through the api (--wait N)"},
+    {"replay", pt_replay_main, "find failed tasks and replay them (SREs)"},
     {"inspect", pt_inspect_main, "queues, sync backlog, workers (--watch)"},
     {"config", pt_cli_config, "config check [FILE]: validate and print"},
     {"bench", pt_bench_main, "measure throughput, latency, memory (scripts/bench)"},

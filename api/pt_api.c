@@ -57,6 +57,10 @@ typedef struct op {
   int status_ok; /* HTTP status of a successful answer (200) */
   bson_t mongo_doc;
   int mongo_found;
+  /* When set, a task read (Redis, then MongoDB) goes here instead of to
+   * the client. */
+  void (*on_doc)(struct op *op, const bson_t *doc);
+  int force;
 } op_t;
 
 /* Waiters of one task id: GETs holding with ?wait. */
@@ -159,6 +163,10 @@ static void on_mongo_found(int status, const pt_error_t *err, void *arg) {
     op_error(op, 404, "task_not_found", "no task has this id");
     return;
   }
+  if (op->on_doc != NULL) {
+    op->on_doc(op, &op->mongo_doc);
+    return;
+  }
   pt_reply_doc(op->req, op->status_ok, &op->mongo_doc);
   op_free(op);
 }
@@ -192,6 +200,11 @@ static void on_task_hash(redisReply *reply, void *arg) {
     bson_destroy(&doc);
     PT_ERROR("task_damaged", "task_id=%s err=\"%s\"", op->id, err.message);
     op_error(op, 500, "internal_error", "the task's record is damaged");
+    return;
+  }
+  if (op->on_doc != NULL) {
+    op->on_doc(op, &doc);
+    bson_destroy(&doc);
     return;
   }
   pt_reply_doc(op->req, op->status_ok, &doc);
@@ -500,6 +513,8 @@ static int idem_key_ok(const char *k, size_t n) {
   return 1;
 }
 
+static void submit_task(op_t *op, const char *body, size_t blen);
+
 static void handle_submit(op_t *op) {
   api_t *api = op->api;
   pt_input_error_t ie;
@@ -527,6 +542,14 @@ static void handle_submit(op_t *op) {
     op_error(op, 400, ie.code, ie.message);
     return;
   }
+  submit_task(op, body, blen);
+}
+
+/* Gives op->task (checked) an id, records it PENDING and publishes it; the
+ * client gets 202 once the broker confirmed. body is what idempotency
+ * compares (MAY be empty). */
+static void submit_task(op_t *op, const char *body, size_t blen) {
+  api_t *api = op->api;
   if (!pt_amqp_is_ready(api->amqp)) {
     op_error(op, 503, "broker_unavailable",
              "the message broker is unreachable; nothing was accepted");
@@ -562,6 +585,80 @@ static void handle_submit(op_t *op) {
   bson_free(spec);
   if (rc != 0)
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+}
+
+/* replay (admin): a FAILED task is submitted again as a new task with the
+ * same trade number (the channel refuses a second charge), carrying its
+ * lineage: replay_of and replay_count. A second replay needs ?force=true. */
+static void on_replay_marked(redisAsyncContext *ac, void *r, void *privdata) {
+  op_t *op = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+    return;
+  }
+  if (reply->type == REDIS_REPLY_NIL) {
+    op_error(op, 409, "already_replayed",
+             "this task was replayed already; add ?force=true to replay it "
+             "again");
+    return;
+  }
+  op->task.replay_count = reply->type == REDIS_REPLY_INTEGER
+                              ? (int)reply->integer
+                              : 1;
+  submit_task(op, "", 0);
+}
+
+static void on_replay_source(op_t *op, const bson_t *doc) {
+  static const char *const fields[] = {"type", "channel", "out_trade_no",
+                                       "amount", "currency", "subject",
+                                       "notify_url", "retry", "params"};
+  bson_iter_t it;
+  pt_input_error_t ie;
+  op->on_doc = NULL;
+  if (!bson_iter_init_find(&it, doc, "status") || !BSON_ITER_HOLDS_UTF8(&it) ||
+      strcmp(bson_iter_utf8(&it, NULL), "FAILED") != 0) {
+    op_error(op, 409, "task_not_replayable",
+             "only a FAILED task can be replayed");
+    return;
+  }
+  /* The original request, rebuilt from the stored task and checked like a
+   * new one. */
+  bson_t req = BSON_INITIALIZER;
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if (bson_iter_init_find(&it, doc, fields[i]) && !BSON_ITER_HOLDS_NULL(&it))
+      bson_append_iter(&req, fields[i], -1, &it);
+  size_t len;
+  char *json = bson_as_relaxed_extended_json(&req, &len);
+  bson_destroy(&req);
+  int rc = pt_task_parse(json, len, PT_PARSE_SUBMIT, 0, &op->task, &ie);
+  bson_free(json);
+  if (rc != 0 || pt_registry_check(&op->task, &ie) != 0) {
+    if (rc == 0)
+      pt_task_destroy(&op->task);
+    op_error(op, 409, "task_not_replayable", ie.message);
+    return;
+  }
+  op->has_task = 1;
+  pt_id_parse(op->id, strlen(op->id), &op->task.replay_of);
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  int sent = ac != NULL &&
+             (op->force ? redisAsyncCommand(ac, on_replay_marked, op,
+                                            "INCR pt:replays:%s", op->id)
+                        : redisAsyncCommand(ac, on_replay_marked, op,
+                                            "SET pt:replays:%s 1 NX", op->id)) ==
+                 REDIS_OK;
+  if (!sent)
+    op_error(op, 503, "store_unavailable", "the task cache is unavailable");
+}
+
+static void handle_replay(op_t *op) {
+  size_t qlen;
+  const char *q = pt_httpd_query(op->req, &qlen);
+  op->force = q != NULL && qlen >= 10 && memmem(q, qlen, "force=true", 10);
+  op->on_doc = on_replay_source;
+  read_task(op);
 }
 
 /* readyz */
@@ -641,8 +738,10 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     return;
   }
   const char *auth = pt_httpd_header(req, "authorization", &alen);
-  if (auth == NULL || alen < 8 || strncasecmp(auth, "Bearer ", 7) != 0 ||
-      !pt_config_token_ok(api->cfg, auth + 7, alen - 7)) {
+  int scopes = 0;
+  if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0)
+    scopes = pt_config_token_scopes(api->cfg, auth + 7, alen - 7);
+  if (scopes == 0) {
     op_error(op, 401, "unauthorized",
              "send Authorization: Bearer <token> with a valid token");
     return;
@@ -652,6 +751,10 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     return;
   }
   if (path_is(p, plen, "/v1/tasks")) {
+    if (is_post && !(scopes & PT_SCOPE_SUBMIT)) {
+      op_error(op, 403, "forbidden", "this token may not submit tasks");
+      return;
+    }
     if (!is_post) {
       op_error(op, 405, "method_not_allowed", "use POST to submit a task");
       return;
@@ -662,10 +765,21 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
   if (plen > 10 && memcmp(p, "/v1/tasks/", 10) == 0) {
     const char *id = p + 10;
     size_t idlen = plen - 10;
-    int cancel = 0;
+    int cancel = 0, replay = 0;
     if (idlen > 7 && memcmp(id + idlen - 7, "/cancel", 7) == 0) {
       idlen -= 7;
       cancel = 1;
+    } else if (idlen > 7 && memcmp(id + idlen - 7, "/replay", 7) == 0) {
+      idlen -= 7;
+      replay = 1;
+    }
+    int need = replay ? PT_SCOPE_ADMIN
+                      : cancel ? PT_SCOPE_SUBMIT : PT_SCOPE_READ;
+    if (!(scopes & need)) {
+      op_error(op, 403, "forbidden",
+               replay ? "replay needs a token with the admin scope"
+                      : "this token may not do that");
+      return;
     }
     uint64_t v;
     if (pt_id_parse(id, idlen, &v) != 0) {
@@ -673,13 +787,15 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
       return;
     }
     pt_id_format(v, op->id);
-    if (cancel && is_post)
+    if (replay && is_post)
+      handle_replay(op);
+    else if (cancel && is_post)
       handle_cancel(op);
     else if (!cancel && is_get)
       handle_get(op);
     else
       op_error(op, 405, "method_not_allowed",
-               cancel ? "use POST to cancel" : "use GET to read a task");
+               cancel || replay ? "use POST" : "use GET to read a task");
     return;
   }
   op_error(op, 404, "not_found", "no such endpoint");

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 
 #include "core/pt_amqp.h"
@@ -50,6 +51,7 @@ static pid_t spawn(procs_t *p, const char *name, const char *const *args,
   pid_t pid = fork();
   if (pid == 0) {
     char api[64], sim[64], simurl[80], pf[16];
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the bench */
     FILE *f = freopen(log, "a", stderr);
     (void)f;
     snprintf(api, sizeof api, "127.0.0.1:%d", p->api_port);

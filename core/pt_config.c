@@ -32,8 +32,9 @@ static const cfg_key_t keys[] = {
     {"api.listen", S(api_listen), "127.0.0.1:8080", 0, 0, 0,
      "address:port the api listens on"},
     {"api.tokens", S(api_tokens), "dev-token-change-me", 0, 0, 1,
-     "comma-separated bearer tokens; the shipped development token is "
-     "accepted only on a loopback address"},
+     "comma-separated bearer tokens, each TOKEN or TOKEN:SCOPE+SCOPE "
+     "(submit, read, admin; none given: all); the shipped development "
+     "token is accepted only on a loopback address"},
     {"api.max_body", I(api_max_body), "65536", 1024, 16777216, 0,
      "largest request body in bytes (413 above)"},
     {"api.max_amount", I(api_max_amount), "100000000", 1, INT64_MAX / 2, 0,
@@ -276,9 +277,29 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port) {
   return 0;
 }
 
-int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
+static int parse_scopes(const char *p, size_t n) {
+  int scopes = 0;
+  while (n > 0) {
+    const char *plus = memchr(p, '+', n);
+    size_t k = plus ? (size_t)(plus - p) : n;
+    if (k == 6 && memcmp(p, "submit", 6) == 0)
+      scopes |= PT_SCOPE_SUBMIT;
+    else if (k == 4 && memcmp(p, "read", 4) == 0)
+      scopes |= PT_SCOPE_READ;
+    else if (k == 5 && memcmp(p, "admin", 5) == 0)
+      scopes |= PT_SCOPE_ADMIN;
+    if (plus == NULL)
+      break;
+    n -= k + 1;
+    p = plus + 1;
+  }
+  return scopes;
+}
+
+int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
+                           size_t len) {
   const char *p = cfg->api_tokens;
-  int ok = 0;
+  int found = 0;
   while (*p) {
     const char *comma = strchr(p, ',');
     size_t n = comma ? (size_t)(comma - p) : strlen(p);
@@ -286,15 +307,22 @@ int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
       p++;
       n--;
     }
-    if (n == len && n > 0) {
+    const char *colon = memchr(p, ':', n);
+    size_t tn = colon ? (size_t)(colon - p) : n;
+    if (tn == len && tn > 0) {
       unsigned char diff = 0;
-      for (size_t i = 0; i < n; i++)
+      for (size_t i = 0; i < tn; i++)
         diff |= (unsigned char)(p[i] ^ token[i]);
-      ok |= diff == 0;
+      if (diff == 0)
+        found |= colon ? parse_scopes(colon + 1, n - tn - 1) : PT_SCOPE_ALL;
     }
     if (comma == NULL)
       break;
     p = comma + 1;
   }
-  return ok;
+  return found;
+}
+
+int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
+  return pt_config_token_scopes(cfg, token, len) != 0;
 }

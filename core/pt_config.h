@@ -64,8 +64,18 @@ void pt_config_print(const pt_config_t *cfg, FILE *out);
 /* Splits "host:port"; returns 0 or PT_EINVAL. */
 int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port);
 
-/* 1 if the bearer token is one of the configured tokens (constant time per
- * token). */
+/* Token scopes. api.tokens is a comma-separated list of TOKEN or
+ * TOKEN:SCOPE+SCOPE… entries; a token without scopes has them all. */
+#define PT_SCOPE_SUBMIT 1
+#define PT_SCOPE_READ 2
+#define PT_SCOPE_ADMIN 4
+#define PT_SCOPE_ALL 7
+
+/* The scopes of the bearer token (0 if it is not configured); compared in
+ * constant time per token. */
+int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
+                           size_t len);
+/* 1 if the token is configured at all. */
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
 
 #endif

@@ -299,6 +299,10 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
                     (long long)v);
       t->attempt = (int)v;
       seen |= F_ATTEMPT;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "replay_count") == 0) {
+      if (get_int(&it, "replay_count", &v, "invalid_type", ie) != 0)
+        return PT_EINVAL;
+      t->replay_count = (int)v;
     } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "replay_of") == 0) {
       char buf[21];
       if (get_string(&it, "replay_of", buf, 20, 1, ie) != 0 ||
@@ -368,6 +372,7 @@ void pt_task_append_spec(const pt_task_t *t, bson_t *doc) {
     char r[21];
     pt_id_format(t->replay_of, r);
     BSON_APPEND_UTF8(doc, "replay_of", r);
+    BSON_APPEND_INT32(doc, "replay_count", t->replay_count);
   }
   pt_time_rfc3339(t->created_at_ms, ts);
   BSON_APPEND_UTF8(doc, "created_at", ts);

@@ -47,6 +47,7 @@ typedef struct {
   int64_t created_at_ms;
   int attempt; /* in a message: the attempt it asks for (1-based) */
   uint64_t replay_of; /* 0 unless this task replays another */
+  int replay_count;   /* the how-many-th replay of replay_of */
 } pt_task_t;
 
 /* An input error as the api reports it: a stable code and a sentence. */

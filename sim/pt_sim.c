@@ -36,6 +36,7 @@ typedef struct sim {
   uv_signal_t sigterm, sigint;
   unsigned rng;
   struct later *laters;
+  int outage; /* every create answers 503 while set */
 } sim_t;
 
 /* An answer sent after a delay; kept in a list so shutdown can send it. */
@@ -204,6 +205,10 @@ static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
     answer_error(sim, req, 504, "TIMEOUT", "held", HOLD_MS);
     return;
   }
+  if (sim->outage) {
+    answer_error(sim, req, 503, "SYSTEM_ERROR", "channel outage", latency);
+    return;
+  }
   if (t->fail_left > 0) {
     t->fail_left--;
     answer_error(sim, req, 503, "SYSTEM_ERROR", "system busy, try again",
@@ -304,6 +309,15 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
              strlen(path + 15) <= PT_OUT_TRADE_NO_MAX) {
     snprintf(no, sizeof no, "%s", path + 15);
     handle_stats(sim, req, no);
+  } else if (is_post && strcmp(path, "/v1/sim/outage") == 0) {
+    /* {"on": true} makes every create fail with 503 until {"on": false}. */
+    size_t blen;
+    const char *b = pt_httpd_body(req, &blen);
+    sim->outage = memmem(b, blen, "true", 4) != NULL;
+    bson_t d = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&d, "outage", sim->outage);
+    answer(sim, req, 200, &d, 0);
+    bson_destroy(&d);
   } else if (is_get && strcmp(path, "/healthz") == 0) {
     pt_httpd_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15,
                      NULL);

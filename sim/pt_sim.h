@@ -11,6 +11,7 @@
  * was created twice:
  *   GET  /v1/sim/trades/{no}   {"create_calls", "creates_after_created", …}
  *   GET  /v1/sim/stats         totals
+ *   POST /v1/sim/outage        {"on": true|false}: every create fails (503)
  * Global flags set a default latency and a random error rate. */
 #ifndef PT_SIM_H
 #define PT_SIM_H

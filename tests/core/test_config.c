@@ -93,3 +93,16 @@ Test(config, tokens) {
   cr_assert(!pt_config_token_ok(&cfg, "", 0));
   cr_assert(!pt_config_token_ok(&cfg, "gamma", 5));
 }
+
+Test(config, token_scopes) {
+  pt_config_t cfg;
+  pt_config_defaults(&cfg);
+  pt_config_set(&cfg, "api.tokens", "shop:submit+read, sre:read+admin, all",
+                NULL);
+  cr_assert_eq(pt_config_token_scopes(&cfg, "shop", 4),
+               PT_SCOPE_SUBMIT | PT_SCOPE_READ);
+  cr_assert_eq(pt_config_token_scopes(&cfg, "sre", 3),
+               PT_SCOPE_READ | PT_SCOPE_ADMIN);
+  cr_assert_eq(pt_config_token_scopes(&cfg, "all", 3), PT_SCOPE_ALL);
+  cr_assert_eq(pt_config_token_scopes(&cfg, "submit", 6), 0);
+}

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -57,6 +58,9 @@ static pid_t spawn(pt_stack_t *s, const char *name, const char *const *args) {
   cr_assert(pid >= 0);
   if (pid == 0) {
     char api[64], sim[64], simurl[80];
+    /* A test that dies or times out takes its processes with it, so none
+     * is left consuming the shared queue. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       dup2(fd, 1);

@@ -1,0 +1,394 @@
+#include "cli/pt_replay.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <bson/bson.h>
+#include <curl/curl.h>
+#include <getopt.h>
+#include <mongoc/mongoc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pt_buf.h"
+#include "core/pt_config.h"
+#include "core/pt_task.h"
+#include "runner/pt_topology.h"
+
+#define MAX_IDS 100000
+
+typedef struct {
+  char id[24];
+  char channel[16], type[16], otn[PT_OUT_TRADE_NO_MAX + 1], code[64];
+  char created[32];
+  int64_t amount;
+  int dead;         /* a copy sits in the dead queue */
+  uint64_t tag;     /* its delivery tag while we hold it */
+  int replayed;
+} found_t;
+
+static const char *str(const bson_t *d, const char *path, char *buf,
+                       size_t len) {
+  bson_iter_t it, f;
+  buf[0] = '\0';
+  if (bson_iter_init(&it, d) && bson_iter_find_descendant(&it, path, &f) &&
+      BSON_ITER_HOLDS_UTF8(&f))
+    snprintf(buf, len, "%s", bson_iter_utf8(&f, NULL));
+  return buf;
+}
+
+/* FAILED tasks in MongoDB matching the filters. */
+static long find_failed(const pt_config_t *cfg, char (*ids)[24], long nids,
+                        const char *since, const char *until,
+                        const char *channel, const char *type,
+                        const char *code, found_t *out, long max) {
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(cfg->mongodb_uri, &e);
+  if (u == NULL) {
+    fprintf(stderr, "paytask replay: mongodb.uri: %s\n", e.message);
+    return -1;
+  }
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  const char *db = mongoc_uri_get_database(u);
+  mongoc_collection_t *col =
+      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+  bson_t q = BSON_INITIALIZER, sub, arr;
+  BSON_APPEND_UTF8(&q, "status", "FAILED");
+  if (nids > 0) {
+    BSON_APPEND_DOCUMENT_BEGIN(&q, "_id", &sub);
+    BSON_APPEND_ARRAY_BEGIN(&sub, "$in", &arr);
+    for (long i = 0; i < nids; i++) {
+      char k[24];
+      snprintf(k, sizeof k, "%ld", i);
+      BSON_APPEND_UTF8(&arr, k, ids[i]);
+    }
+    bson_append_array_end(&sub, &arr);
+    bson_append_document_end(&q, &sub);
+  }
+  if (since || until) {
+    /* RFC 3339 times of one format compare as strings. */
+    BSON_APPEND_DOCUMENT_BEGIN(&q, "created_at", &sub);
+    if (since)
+      BSON_APPEND_UTF8(&sub, "$gte", since);
+    if (until)
+      BSON_APPEND_UTF8(&sub, "$lt", until);
+    bson_append_document_end(&q, &sub);
+  }
+  if (channel)
+    BSON_APPEND_UTF8(&q, "channel", channel);
+  if (type)
+    BSON_APPEND_UTF8(&q, "type", type);
+  if (code)
+    BSON_APPEND_UTF8(&q, "error.code", code);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, &q, NULL, NULL);
+  const bson_t *d;
+  long n = 0;
+  while (n < max && mongoc_cursor_next(cur, &d)) {
+    found_t *f = &out[n++];
+    bson_iter_t it;
+    memset(f, 0, sizeof *f);
+    str(d, "_id", f->id, sizeof f->id);
+    str(d, "channel", f->channel, sizeof f->channel);
+    str(d, "type", f->type, sizeof f->type);
+    str(d, "out_trade_no", f->otn, sizeof f->otn);
+    str(d, "error.code", f->code, sizeof f->code);
+    str(d, "created_at", f->created, sizeof f->created);
+    if (bson_iter_init_find(&it, d, "amount"))
+      f->amount = bson_iter_as_int64(&it);
+  }
+  if (mongoc_cursor_error(cur, &e)) {
+    fprintf(stderr, "paytask replay: MongoDB: %s\n", e.message);
+    n = -1;
+  }
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&q);
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+  return n;
+}
+
+/* Dead-queue messages held that are not to be replayed: returned to the
+ * queue by settle_dead, not before (a requeued message would come straight
+ * back to the next basic.get). */
+static uint64_t *others;
+static long nothers;
+
+/* Takes every dead-queue message (unacknowledged, so they stay ours until
+ * settle_dead) and marks the found tasks that have one. */
+static amqp_connection_state_t hold_dead(const pt_config_t *cfg, found_t *f,
+                                         long n, long *held) {
+  struct amqp_connection_info ci;
+  char *uri = strdup(cfg->amqp_uri);
+  *held = 0;
+  if (amqp_parse_url(uri, &ci) != AMQP_STATUS_OK) {
+    free(uri);
+    return NULL;
+  }
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t *s = amqp_tcp_socket_new(c);
+  struct timeval tv = {3, 0};
+  if (amqp_socket_open_noblock(s, ci.host, ci.port, &tv) != AMQP_STATUS_OK ||
+      amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
+                 AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+              .reply_type != AMQP_RESPONSE_NORMAL) {
+    fprintf(stderr, "paytask replay: broker unreachable; the dead queue is "
+                    "left as it is\n");
+    amqp_destroy_connection(c);
+    free(uri);
+    return NULL;
+  }
+  free(uri);
+  amqp_channel_open(c, 1);
+  for (;;) {
+    amqp_rpc_reply_t r =
+        amqp_basic_get(c, 1, amqp_cstring_bytes(PT_QUEUE_DEAD), 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL ||
+        r.reply.id != AMQP_BASIC_GET_OK_METHOD)
+      break;
+    uint64_t tag = ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag;
+    amqp_message_t m;
+    if (amqp_read_message(c, 1, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
+      break;
+    (*held)++;
+    bson_t d;
+    bson_error_t e;
+    char id[24] = "";
+    if (bson_init_from_json(&d, m.body.bytes, (ssize_t)m.body.len, &e)) {
+      str(&d, "task_id", id, sizeof id);
+      bson_destroy(&d);
+    }
+    int mine = 0;
+    for (long i = 0; i < n && id[0]; i++)
+      if (strcmp(f[i].id, id) == 0 && !f[i].dead) {
+        f[i].dead = 1;
+        f[i].tag = tag;
+        mine = 1;
+        break;
+      }
+    if (!mine) { /* not ours to touch: back to the queue at the end */
+      uint64_t *o = realloc(others, (size_t)(nothers + 1) * sizeof *o);
+      if (o != NULL) {
+        others = o;
+        others[nothers++] = tag;
+      }
+    }
+    amqp_destroy_message(&m);
+    amqp_maybe_release_buffers(c);
+  }
+  return c;
+}
+
+/* Acknowledges the dead copies of replayed tasks; returns the others. */
+static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
+  if (c == NULL)
+    return;
+  for (long i = 0; i < nothers; i++)
+    amqp_basic_nack(c, 1, others[i], 0, 1);
+  free(others);
+  others = NULL;
+  nothers = 0;
+  for (long i = 0; i < n; i++)
+    if (f[i].dead) {
+      if (f[i].replayed)
+        amqp_basic_ack(c, 1, f[i].tag, 0);
+      else
+        amqp_basic_nack(c, 1, f[i].tag, 0, 1);
+    }
+  amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(c);
+}
+
+static long replay_one(const char *api, const char *token, const char *id,
+                       int force, char *newid, size_t len) {
+  CURL *h = curl_easy_init();
+  struct curl_slist *hdrs = NULL;
+  pt_buf_t out = {NULL, 0};
+  char url[PT_CFG_STR_MAX + 96], auth[PT_CFG_STR_MAX + 32];
+  long code = -1;
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay%s", api, id,
+           force ? "?force=true" : "");
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+  hdrs = curl_slist_append(hdrs, auth);
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_POST, 1L);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+  newid[0] = '\0';
+  if (curl_easy_perform(h) == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+  bson_t d;
+  bson_error_t e;
+  if (out.data && bson_init_from_json(&d, out.data, -1, &e)) {
+    str(&d, code == 202 ? "task_id" : "error.code", newid, len);
+    bson_destroy(&d);
+  }
+  free(out.data);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(h);
+  return code;
+}
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: paytask replay [filters] [--dry-run] [--force] [--rate N]\n"
+          "filters (all that are given must match; status is FAILED):\n"
+          "  --id ID (repeatable)  --ids-file FILE  --since RFC3339\n"
+          "  --until RFC3339  --channel C  --type T  --error-code CODE\n"
+          "  --rate N   replays per second (default 50)\n"
+          "  --api URL --token TOKEN (a token with the admin scope)\n");
+}
+
+int pt_replay_main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"id", required_argument, 0, 'i'},       {"ids-file", required_argument, 0, 'f'},
+      {"since", required_argument, 0, 's'},    {"until", required_argument, 0, 'u'},
+      {"channel", required_argument, 0, 'C'},  {"type", required_argument, 0, 't'},
+      {"error-code", required_argument, 0, 'e'}, {"dry-run", no_argument, 0, 'n'},
+      {"force", no_argument, 0, 'F'},          {"rate", required_argument, 0, 'r'},
+      {"api", required_argument, 0, 'A'},      {"token", required_argument, 0, 'T'},
+      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+  static char ids[MAX_IDS][24];
+  long nids = 0;
+  const char *since = NULL, *until = NULL, *channel = NULL, *type = NULL,
+             *code = NULL, *api = NULL, *token = NULL;
+  int dry = 0, force = 0, c, filters = 0;
+  double rate = 50;
+  char *end, line[64];
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'i':
+      if (nids < MAX_IDS)
+        snprintf(ids[nids++], sizeof ids[0], "%.20s", optarg);
+      filters++;
+      break;
+    case 'f': {
+      FILE *fp = fopen(optarg, "r");
+      if (fp == NULL) {
+        perror(optarg);
+        return 2;
+      }
+      while (nids < MAX_IDS && fgets(line, sizeof line, fp))
+        if (sscanf(line, "%20s", ids[nids]) == 1)
+          nids++;
+      fclose(fp);
+      filters++;
+      break;
+    }
+    case 's': since = optarg; filters++; break;
+    case 'u': until = optarg; filters++; break;
+    case 'C': channel = optarg; filters++; break;
+    case 't': type = optarg; filters++; break;
+    case 'e': code = optarg; filters++; break;
+    case 'n': dry = 1; break;
+    case 'F': force = 1; break;
+    case 'r':
+      rate = strtod(optarg, &end);
+      if (*end != '\0' || rate <= 0 || rate > 10000) {
+        fprintf(stderr, "paytask replay: --rate takes 0 < N <= 10000\n");
+        return 2;
+      }
+      break;
+    case 'A': api = optarg; break;
+    case 'T': token = optarg; break;
+    default:
+      usage();
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (filters == 0) {
+    fprintf(stderr, "paytask replay: give at least one filter (replaying "
+                    "every failed task at once is rarely meant)\n");
+    usage();
+    return 2;
+  }
+  pt_config_t cfg;
+  pt_error_t err;
+  if (pt_config_load(&cfg, NULL, &err) != 0) {
+    fprintf(stderr, "paytask replay: %s\n", err.message);
+    return 2;
+  }
+  char apibuf[PT_CFG_STR_MAX + 16], tokbuf[PT_CFG_STR_MAX];
+  if (api == NULL)
+    api = getenv("PAYTASK_API_URL");
+  if (api == NULL) {
+    snprintf(apibuf, sizeof apibuf, "http://%s", cfg.api_listen);
+    api = apibuf;
+  }
+  if (token == NULL)
+    token = getenv("PAYTASK_TOKEN");
+  if (token == NULL) {
+    snprintf(tokbuf, sizeof tokbuf, "%s", cfg.api_tokens);
+    char *cut = strpbrk(tokbuf, ",:");
+    if (cut)
+      *cut = '\0';
+    token = tokbuf;
+  }
+  found_t *f = calloc(MAX_IDS, sizeof *f);
+  long n = find_failed(&cfg, ids, nids, since, until, channel, type, code, f,
+                       MAX_IDS);
+  if (n < 0) {
+    free(f);
+    return 1;
+  }
+  long held = 0;
+  amqp_connection_state_t dead = hold_dead(&cfg, f, n, &held);
+  long in_dead = 0;
+  for (long i = 0; i < n; i++)
+    in_dead += f[i].dead;
+  printf("%ld failed task(s) match; %ld of them in the dead queue (%ld "
+         "messages there)\n",
+         n, in_dead, held);
+  if (dry) {
+    printf("%-20s %-8s %-6s %-28s %10s %-20s %-24s %s\n", "task_id", "channel",
+           "type", "out_trade_no", "amount", "error", "created_at", "dead");
+    for (long i = 0; i < n; i++)
+      printf("%-20s %-8s %-6s %-28s %10lld %-20s %-24s %s\n", f[i].id,
+             f[i].channel, f[i].type, f[i].otn, (long long)f[i].amount,
+             f[i].code, f[i].created, f[i].dead ? "yes" : "no");
+    printf("dry run: nothing replayed\n");
+    settle_dead(dead, f, n);
+    free(f);
+    return 0;
+  }
+  long ok = 0, already = 0, failed = 0;
+  int tty = isatty(2);
+  struct timespec gap = {(time_t)(1 / rate),
+                         (long)((1 / rate - (double)(time_t)(1 / rate)) * 1e9)};
+  for (long i = 0; i < n; i++) {
+    char newid[64];
+    long st = replay_one(api, token, f[i].id, force, newid, sizeof newid);
+    if (st == 202) {
+      f[i].replayed = 1;
+      ok++;
+      printf("replayed %s -> %s\n", f[i].id, newid);
+    } else if (st == 409 && strcmp(newid, "already_replayed") == 0) {
+      already++;
+    } else {
+      failed++;
+      fprintf(stderr, "replay of %s failed: HTTP %ld %s\n", f[i].id, st,
+              newid);
+    }
+    if (tty) {
+      int w = 30, fill = (int)((i + 1) * w / n);
+      fprintf(stderr, "\r[%.*s%*s] %ld/%ld", fill,
+              "##############################", w - fill, "", i + 1, n);
+    }
+    nanosleep(&gap, NULL);
+  }
+  if (tty)
+    fputc('\n', stderr);
+  settle_dead(dead, f, n);
+  printf("summary: %ld replayed, %ld already replayed (use --force), %ld "
+         "failed\n",
+         ok, already, failed);
+  free(f);
+  return failed == 0 ? 0 : 1;
+}

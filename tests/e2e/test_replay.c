@@ -1,0 +1,103 @@
+/* Replay for SREs (issue 6): tasks that failed during a channel outage are
+ * replayed by error code once it is over. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pt_id.h"
+#include "tests/support/pt_stack.h"
+
+#define N 200
+
+static pt_stack_t stack;
+
+static void fini(void) { pt_stack_stop(&stack); }
+
+TestSuite(replay, .fini = fini, .timeout = 300);
+
+static void outage(int on) {
+  char url[128];
+  snprintf(url, sizeof url, "%s/v1/sim/outage", stack.sim_url);
+  cr_assert_eq(pt_http("POST", url, NULL, on ? "{\"on\":true}" : "{\"on\":false}",
+                       NULL, NULL),
+               200);
+}
+
+Test(replay, failed_tasks_replayed_by_error_code) {
+  static char ids[N][24], otns[N][64];
+  char since[32], prefix[48], cmd[1024], line[256];
+  bson_t doc;
+  pt_time_rfc3339(pt_now_ms() - 1000, since);
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("REPLAY"));
+  pt_stack_start(&stack, 1, NULL);
+  outage(1);
+  for (int i = 0; i < N; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    char *body = pt_task_body(otns[i], 100 + i, NULL, "{\"need_retry\": false}");
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+  }
+  for (int i = 0; i < N; i++) {
+    pt_wait_final(&stack, ids[i], 60, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+    bson_destroy(&doc);
+  }
+  cr_assert_eq(pt_mongo_count_tasks(ids, N, 60), N, "not all synced");
+  outage(0); /* the cause is removed */
+
+  /* An api token without the admin scope may not replay. */
+  char url[160];
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", stack.api_url, ids[0]);
+  cr_assert_eq(pt_http("POST", url, "wrong", "", NULL, NULL), 401);
+
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null PAYTASK_API_URL=%s %s replay "
+           "--error-code SYSTEM_ERROR --since %s --rate 2000 2>&1",
+           stack.api_url, getenv("PAYTASK_BIN"), since);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  static char news[N][24];
+  int replayed = 0;
+  while (fgets(line, sizeof line, p) != NULL) {
+    char from[24], to[24];
+    if (sscanf(line, "replayed %23s -> %23s", from, to) == 2)
+      for (int i = 0; i < N; i++)
+        if (strcmp(ids[i], from) == 0) {
+          snprintf(news[i], sizeof news[i], "%s", to);
+          replayed++;
+        }
+  }
+  cr_assert_eq(pclose(p), 0, "paytask replay failed");
+  cr_assert_eq(replayed, N, "replayed %d of %d", replayed, N);
+  for (int i = 0; i < N; i++) {
+    pt_wait_final(&stack, news[i], 60, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+    cr_assert_str_eq(pt_json_str(&doc, "replay_of"), ids[i], "lineage");
+    cr_assert_eq(pt_json_int(&doc, "replay_count", -1), 1);
+    cr_assert_str_eq(pt_json_str(&doc, "out_trade_no"), otns[i]);
+    bson_destroy(&doc);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1);
+  }
+  /* None of them is left in the dead queue. */
+  int left = 0;
+  for (int i = 0; i < N; i++) {
+    char mid[40];
+    snprintf(mid, sizeof mid, "%s:1", ids[i]);
+    left += pt_queue_drain_count("paytask.dead", mid);
+  }
+  cr_assert_eq(left, 0, "%d replayed tasks still in the dead queue", left);
+
+  /* A second replay needs --force. */
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null PAYTASK_API_URL=%s %s replay --id %s 2>&1",
+           stack.api_url, getenv("PAYTASK_BIN"), ids[0]);
+  p = popen(cmd, "r");
+  int already = 0;
+  while (fgets(line, sizeof line, p) != NULL)
+    already += strstr(line, "1 already replayed") != NULL;
+  pclose(p);
+  cr_assert_eq(already, 1, "a second replay was not refused");
+}
