@@ -687,6 +687,45 @@ static void on_mongo_ping(int status, const pt_error_t *err, void *arg) {
   op_free(op);
 }
 
+/* GET /metrics: the sync backlog and the age of its oldest entry come from
+ * Redis (one pipelined XLEN and XRANGE), then everything is rendered. */
+static void render_metrics(op_t *op) {
+  size_t len;
+  char *text = pt_metrics_render(op->api->metrics, &len);
+  pt_httpd_respond(op->req, 200, "text/plain; version=0.0.4",
+                   text ? text : "", text ? len : 0, NULL);
+  free(text);
+  op_free(op);
+}
+
+static void on_sync_oldest(redisAsyncContext *ac, void *r, void *privdata) {
+  op_t *op = privdata;
+  redisReply *reply = r;
+  double lag = 0;
+  (void)ac;
+  if (reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
+      reply->elements == 1 && reply->element[0]->type == REDIS_REPLY_ARRAY &&
+      reply->element[0]->elements > 0 &&
+      reply->element[0]->element[0]->type == REDIS_REPLY_STRING)
+    lag = (double)(pt_now_ms() -
+                   strtoll(reply->element[0]->element[0]->str, NULL, 10)) /
+          1000.0;
+  pt_metrics_set(op->api->metrics, "paytask_sync_lag_seconds",
+                 "age of the oldest final state not yet in MongoDB", NULL,
+                 lag < 0 ? 0 : lag);
+  render_metrics(op);
+}
+
+static void on_sync_backlog(redisAsyncContext *ac, void *r, void *privdata) {
+  api_t *api = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply != NULL && reply->type == REDIS_REPLY_INTEGER)
+    pt_metrics_set(api->metrics, "paytask_sync_backlog",
+                   "final states waiting to be written to MongoDB", NULL,
+                   (double)reply->integer);
+}
+
 static int path_is(const char *p, size_t n, const char *lit) {
   return n == strlen(lit) && memcmp(p, lit, n) == 0;
 }
@@ -721,11 +760,15 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     pt_metrics_set(api->metrics, "paytask_api_broker_up",
                    "1 while the broker connection is ready", NULL,
                    pt_amqp_is_ready(api->amqp));
-    char *text = pt_metrics_render(api->metrics, &len);
-    pt_httpd_respond(req, 200, "text/plain; version=0.0.4", text ? text : "",
-                     text ? len : 0, NULL);
-    free(text);
-    op_free(op);
+    (void)len;
+    redisAsyncContext *ac = pt_redis_ctx(api->redis);
+    if (ac != NULL &&
+        redisAsyncCommand(ac, on_sync_backlog, api, "XLEN %s",
+                          PT_STREAM_SYNC) == REDIS_OK &&
+        redisAsyncCommand(ac, on_sync_oldest, op, "XRANGE %s - + COUNT 1",
+                          PT_STREAM_SYNC) == REDIS_OK)
+      return; /* answered from on_sync_oldest */
+    render_metrics(op);
     return;
   }
   if (path_is(p, plen, "/readyz")) {

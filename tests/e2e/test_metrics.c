@@ -58,6 +58,8 @@ Test(metrics, counters_follow_the_tasks) {
             "%s", out);
   cr_assert_eq(metric(out, "paytask_tasks_submitted_total{type=\"pay\",channel=\"sim\"}"), 3,
                "%s", out);
+  cr_assert_geq(metric(out, "paytask_sync_backlog"), 0, "%s", out);
+  cr_assert_geq(metric(out, "paytask_sync_lag_seconds"), 0, "%s", out);
   free(out);
   usleep(300 * 1000); /* the last ack lands after the final state */
   snprintf(url, sizeof url, "http://%s/metrics", addr);
