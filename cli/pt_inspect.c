@@ -16,24 +16,11 @@
 #include "runner/pt_topology.h"
 
 static void show_queues(const pt_config_t *cfg) {
-  struct amqp_connection_info ci;
-  char *uri = strdup(cfg->amqp_uri);
+  pt_error_t err;
   printf("%-24s %10s %10s\n", "queue", "messages", "consumers");
-  if (amqp_parse_url(uri, &ci) != AMQP_STATUS_OK) {
-    printf("  (amqp.uri cannot be read)\n");
-    free(uri);
-    return;
-  }
-  amqp_connection_state_t c = amqp_new_connection();
-  amqp_socket_t *s = amqp_tcp_socket_new(c);
-  struct timeval tv = {3, 0};
-  if (amqp_socket_open_noblock(s, ci.host, ci.port, &tv) != AMQP_STATUS_OK ||
-      amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
-                 AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
-              .reply_type != AMQP_RESPONSE_NORMAL) {
-    printf("  (broker unreachable at %s:%d)\n", ci.host, ci.port);
-    amqp_destroy_connection(c);
-    free(uri);
+  amqp_connection_state_t c = pt_amqp_connect_sync(cfg->amqp_uri, 3000, &err);
+  if (c == NULL) {
+    printf("  (%s)\n", err.message);
     return;
   }
   const char *names[PT_DELAY_LEVELS + 2];
@@ -47,8 +34,9 @@ static void show_queues(const pt_config_t *cfg) {
   names[n++] = PT_QUEUE_DEAD;
   for (int i = 0; i < n; i++) {
     /* A channel per queue: a passive declare of a missing queue closes
-     * its channel. */
-    amqp_channel_open(c, (amqp_channel_t)(i + 1));
+     * its channel. Channel 1 is open already. */
+    if (i > 0)
+      amqp_channel_open(c, (amqp_channel_t)(i + 1));
     amqp_queue_declare_ok_t *ok =
         amqp_queue_declare(c, (amqp_channel_t)(i + 1),
                            amqp_cstring_bytes(names[i]), 1, 0, 0, 0,
@@ -61,7 +49,6 @@ static void show_queues(const pt_config_t *cfg) {
   }
   amqp_connection_close(c, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(c);
-  free(uri);
 }
 
 static void show_redis(const pt_config_t *cfg) {

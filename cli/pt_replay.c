@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/pt_amqp.h"
 #include "core/pt_buf.h"
 #include "core/pt_config.h"
 #include "core/pt_task.h"
@@ -120,28 +121,14 @@ static long nothers;
  * settle_dead) and marks the found tasks that have one. */
 static amqp_connection_state_t hold_dead(const pt_config_t *cfg, found_t *f,
                                          long n, long *held) {
-  struct amqp_connection_info ci;
-  char *uri = strdup(cfg->amqp_uri);
+  pt_error_t err;
   *held = 0;
-  if (amqp_parse_url(uri, &ci) != AMQP_STATUS_OK) {
-    free(uri);
+  amqp_connection_state_t c = pt_amqp_connect_sync(cfg->amqp_uri, 3000, &err);
+  if (c == NULL) {
+    fprintf(stderr, "paytask replay: %s; the dead queue is left as it is\n",
+            err.message);
     return NULL;
   }
-  amqp_connection_state_t c = amqp_new_connection();
-  amqp_socket_t *s = amqp_tcp_socket_new(c);
-  struct timeval tv = {3, 0};
-  if (amqp_socket_open_noblock(s, ci.host, ci.port, &tv) != AMQP_STATUS_OK ||
-      amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
-                 AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
-              .reply_type != AMQP_RESPONSE_NORMAL) {
-    fprintf(stderr, "paytask replay: broker unreachable; the dead queue is "
-                    "left as it is\n");
-    amqp_destroy_connection(c);
-    free(uri);
-    return NULL;
-  }
-  free(uri);
-  amqp_channel_open(c, 1);
   for (;;) {
     amqp_rpc_reply_t r =
         amqp_basic_get(c, 1, amqp_cstring_bytes(PT_QUEUE_DEAD), 0);
@@ -197,9 +184,7 @@ static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
       else
         amqp_basic_nack(c, 1, f[i].tag, 0, 1);
     }
-  amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
-  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-  amqp_destroy_connection(c);
+  pt_amqp_close_sync(c);
 }
 
 static long replay_one(const char *api, const char *token, const char *id,

@@ -951,3 +951,43 @@ void pt_amqp_destroy(pt_amqp_t *c) {
   c->busy--;
   maybe_free(c);
 }
+
+amqp_connection_state_t pt_amqp_connect_sync(const char *uri, int timeout_ms,
+                                             pt_error_t *err) {
+  struct amqp_connection_info ci;
+  char *copy = strdup(uri ? uri : "");
+  if (copy == NULL || amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
+    free(copy);
+    pt_error_set(err, PT_DOMAIN_AMQP, PT_EINVAL, "amqp URI cannot be read");
+    return NULL;
+  }
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
+  struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  int ok = s != NULL &&
+           amqp_socket_open_noblock(s, ci.host, ci.port, &tv) == AMQP_STATUS_OK;
+  if (ok)
+    ok = amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
+                    AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+             .reply_type == AMQP_RESPONSE_NORMAL;
+  if (ok)
+    ok = amqp_channel_open(c, 1) != NULL;
+  if (!ok) {
+    pt_error_set(err, PT_DOMAIN_AMQP, PT_ECONNECT,
+                 "cannot connect to the broker at %s:%d", ci.host, ci.port);
+    if (c != NULL)
+      amqp_destroy_connection(c);
+    free(copy);
+    return NULL;
+  }
+  free(copy);
+  return c;
+}
+
+void pt_amqp_close_sync(amqp_connection_state_t conn) {
+  if (conn == NULL)
+    return;
+  amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(conn);
+}

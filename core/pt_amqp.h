@@ -162,6 +162,14 @@ size_t pt_amqp_unconfirmed(const pt_amqp_t *c);
  * afterwards. */
 void pt_amqp_destroy(pt_amqp_t *c);
 
+/* A blocking connection for commands that own no loop (inspect, replay,
+ * tests): connects with a timeout, logs in ("amqp://host/" means vhost
+ * "/") and opens channel 1. Returns NULL and fills err on failure; close
+ * with pt_amqp_close_sync. Never call it on a loop thread. */
+amqp_connection_state_t pt_amqp_connect_sync(const char *uri, int timeout_ms,
+                                             pt_error_t *err);
+void pt_amqp_close_sync(amqp_connection_state_t conn);
+
 /* Parses and checks an amqp:// URI without connecting (PT_EINVAL). */
 int pt_amqp_uri_check(const char *uri, pt_error_t *err);
 

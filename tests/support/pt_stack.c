@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/pt_amqp.h"
 #include "core/pt_buf.h"
 #include "tests/support/pt_test.h"
 
@@ -406,28 +407,13 @@ int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key) {
 
 static amqp_connection_state_t amqp_open(void) {
   const char *uri = pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
-  char *copy = strdup(uri);
-  struct amqp_connection_info ci;
-  cr_assert_eq(amqp_parse_url(copy, &ci), AMQP_STATUS_OK, "bad AMQP URI");
-  amqp_connection_state_t c = amqp_new_connection();
-  amqp_socket_t *sock = amqp_tcp_socket_new(c);
-  cr_assert_eq(amqp_socket_open(sock, ci.host, ci.port), AMQP_STATUS_OK,
-               "RabbitMQ: cannot connect to %s", uri);
-  /* amqp_parse_url gives "" for "amqp://host/"; the broker wants "/". */
-  amqp_rpc_reply_t r = amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
-                                  AMQP_SASL_METHOD_PLAIN, ci.user,
-                                  ci.password);
-  cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL, "RabbitMQ: login failed");
-  amqp_channel_open(c, 1);
-  free(copy);
+  pt_error_t err;
+  amqp_connection_state_t c = pt_amqp_connect_sync(uri, 3000, &err);
+  cr_assert_not_null(c, "RabbitMQ: %s (%s)", err.message, uri);
   return c;
 }
 
-static void amqp_close_all(amqp_connection_state_t c) {
-  amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
-  amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-  amqp_destroy_connection(c);
-}
+static void amqp_close_all(amqp_connection_state_t c) { pt_amqp_close_sync(c); }
 
 long pt_queue_depth(const char *queue) {
   amqp_connection_state_t c = amqp_open();
