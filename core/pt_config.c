@@ -71,10 +71,76 @@ static const cfg_key_t keys[] = {
      "seconds a synced task stays in Redis before it is evicted"},
     {"sync.claim_idle_ms", I(sync_claim_idle_ms), "30000", 1000, 3600000, 0,
      "stream entries idle this long are claimed from a dead sync consumer"},
+    {"api.public_url", S(api_public_url), "http://127.0.0.1:8080", 0, 0, 0,
+     "the api's base URL as the channels reach it; the notify_url given to "
+     "a channel is this plus /v1/channels/{channel}/notify"},
     {"channel.sim.url", S(channel_sim_url), "http://127.0.0.1:8090", 0, 0, 0,
      "base URL of the channel simulator"},
+    {"channel.alipay.gateway", S(alipay_gateway),
+     "http://127.0.0.1:8091/gateway.do", 0, 0, 0,
+     "Alipay's gateway URL (production: https://openapi.alipay.com/gateway.do;"
+     " the default is the simulator in its alipay dialect)"},
+    {"channel.alipay.app_id", S(alipay_app_id), "", 0, 0, 0,
+     "Alipay app id (empty: the alipay channel is not configured)"},
+    {"channel.alipay.private_key_file", S(alipay_private_key_file), "", 0, 0,
+     0, "PEM file of the app's RSA private key (requests are signed with it)"},
+    {"channel.alipay.public_key_file", S(alipay_public_key_file), "", 0, 0, 0,
+     "PEM file of Alipay's RSA public key (answers and notifications are "
+     "verified with it)"},
+    {"channel.alipay.seller_id", S(alipay_seller_id), "", 0, 0, 0,
+     "when set, a notification's seller_id must equal it"},
+    {"channel.wechat.base_url", S(wechat_base_url), "http://127.0.0.1:8092", 0,
+     0, 0,
+     "WeChat Pay API base URL (production: https://api.mch.weixin.qq.com; "
+     "the default is the simulator in its wechat dialect)"},
+    {"channel.wechat.mchid", S(wechat_mchid), "", 0, 0, 0,
+     "WeChat Pay merchant id (empty: the wechat channel is not configured)"},
+    {"channel.wechat.appid", S(wechat_appid), "", 0, 0, 0,
+     "WeChat app id the trades are made for"},
+    {"channel.wechat.serial_no", S(wechat_serial_no), "", 0, 0, 0,
+     "serial number of the merchant certificate (in the Authorization "
+     "header)"},
+    {"channel.wechat.private_key_file", S(wechat_private_key_file), "", 0, 0,
+     0, "PEM file of the merchant's RSA private key"},
+    {"channel.wechat.platform_serial", S(wechat_platform_serial), "", 0, 0, 0,
+     "Wechatpay-Serial of the platform key (certificate serial or "
+     "PUB_KEY_ID_...)"},
+    {"channel.wechat.platform_public_key_file",
+     S(wechat_platform_public_key_file), "", 0, 0, 0,
+     "PEM file of the platform public key (or certificate) that signs "
+     "answers and notifications"},
+    {"channel.wechat.apiv3_key", S(wechat_apiv3_key), "", 0, 0, 1,
+     "the 32-byte APIv3 key that decrypts notifications"},
+    {"trade.expire_in", I(trade_expire_in), "1800", 60, 604800, 0,
+     "payment window in seconds when a task gives no expire_in; the trade "
+     "is closed at the channel when it ends unpaid"},
+    {"query.schedule", S(query_schedule), "5,10,30,60,600,1200", 0, 0, 0,
+     "seconds between the queries of a created trade, until it is final"},
+    {"notify.schedule", S(notify_schedule),
+     "15,15,30,180,600,1200,1800,3600,7200,21600", 0, 0, 0,
+     "seconds before each retry of a merchant notification; after the last "
+     "one it is given up (status NOTIFY_FAILED, metric, error log)"},
+    {"notify.secrets", S(notify_secrets), "default=dev-notify-secret", 0, 0,
+     1,
+     "comma-separated CLIENT=SECRET pairs: the HMAC-SHA256 key for the "
+     "notifications of each client (a token's client, see api.tokens)"},
+    {"notify.timeout_ms", I(notify_timeout_ms), "5000", 100, 60000, 0,
+     "longest one merchant notification may take"},
+    {"events.exchange", S(events_exchange), "paytask.results", 0, 0, 0,
+     "durable fanout exchange the final results are published to"},
     {"sim.listen", S(sim_listen), "127.0.0.1:8090", 0, 0, 0,
      "address:port the channel simulator listens on"},
+    {"sim.dialect", S(sim_dialect), "plain", 0, 0, 0,
+     "what the simulator speaks: plain (the sim channel), alipay or wechat"},
+    {"sim.alipay.app_public_key_file", S(sim_alipay_app_public_key_file), "",
+     0, 0, 0, "simulator (alipay): the app's public key, to verify requests"},
+    {"sim.alipay.private_key_file", S(sim_alipay_private_key_file), "", 0, 0,
+     0, "simulator (alipay): Alipay's private key, to sign answers"},
+    {"sim.wechat.merchant_public_key_file",
+     S(sim_wechat_merchant_public_key_file), "", 0, 0, 0,
+     "simulator (wechat): the merchant's public key, to verify requests"},
+    {"sim.wechat.private_key_file", S(sim_wechat_private_key_file), "", 0, 0,
+     0, "simulator (wechat): the platform private key, to sign answers"},
     {"log.level", S(log_level), "info", 0, 0, 0, "debug, info, warn or error"},
     {"log.format", S(log_format), "logfmt", 0, 0, 0, "logfmt or json"},
 };
@@ -96,6 +162,20 @@ static int check_value(const cfg_key_t *k, const char *value,
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: must be classic or quorum, not \"%s\"", k->key,
                         value);
+  if (strcmp(k->key, "sim.dialect") == 0 && strcmp(value, "plain") != 0 &&
+      strcmp(value, "alipay") != 0 && strcmp(value, "wechat") != 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must be plain, alipay or wechat", k->key);
+  if ((strcmp(k->key, "query.schedule") == 0 ||
+       strcmp(k->key, "notify.schedule") == 0) &&
+      pt_config_schedule(value, NULL, 0) <= 0)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: expected comma-separated seconds (1..86400, at "
+                        "most %d), got \"%s\"", k->key, PT_SCHEDULE_MAX, value);
+  if (strcmp(k->key, "channel.wechat.apiv3_key") == 0 && value[0] != '\0' &&
+      strlen(value) != 32)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must be exactly 32 bytes", k->key);
   if (strcmp(k->key, "log.level") == 0 && pt_log_level_parse(value) < 0)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: must be debug, info, warn or error", k->key);
@@ -325,4 +405,52 @@ int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
 
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
   return pt_config_token_scopes(cfg, token, len) != 0;
+}
+
+int pt_config_schedule(const char *s, int64_t *out, int max) {
+  int n = 0;
+  const char *p = s;
+  while (*p) {
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(p, &end, 10);
+    if (errno != 0 || end == p || v < 1 || v > 86400 || n >= PT_SCHEDULE_MAX)
+      return -1;
+    if (out != NULL && n < max)
+      out[n] = v;
+    n++;
+    while (*end == ' ')
+      end++;
+    if (*end == '\0')
+      break;
+    if (*end != ',')
+      return -1;
+    p = end + 1;
+    while (*p == ' ')
+      p++;
+  }
+  return n;
+}
+
+int pt_config_notify_secret(const pt_config_t *cfg, const char *client,
+                            const char **secret, size_t *len) {
+  const char *p = cfg->notify_secrets;
+  size_t cl = strlen(client);
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    const char *comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    const char *eq = memchr(p, '=', n);
+    if (eq != NULL && (size_t)(eq - p) == cl && memcmp(p, client, cl) == 0 &&
+        n - cl - 1 > 0) {
+      *secret = eq + 1;
+      *len = n - cl - 1;
+      return 0;
+    }
+    if (comma == NULL)
+      break;
+    p = comma + 1;
+  }
+  return PT_ENOTFOUND;
 }

@@ -38,10 +38,36 @@ typedef struct {
   int64_t sync_batch;
   int64_t sync_evict_grace_s;
   int64_t sync_claim_idle_ms;
+  char api_public_url[PT_CFG_STR_MAX];
   /* channels */
   char channel_sim_url[PT_CFG_STR_MAX];
+  char alipay_gateway[PT_CFG_STR_MAX];
+  char alipay_app_id[64];
+  char alipay_private_key_file[PT_CFG_STR_MAX];
+  char alipay_public_key_file[PT_CFG_STR_MAX];
+  char alipay_seller_id[64];
+  char wechat_base_url[PT_CFG_STR_MAX];
+  char wechat_mchid[64];
+  char wechat_appid[64];
+  char wechat_serial_no[128];
+  char wechat_private_key_file[PT_CFG_STR_MAX];
+  char wechat_platform_serial[128];
+  char wechat_platform_public_key_file[PT_CFG_STR_MAX];
+  char wechat_apiv3_key[64];
+  /* the life of a trade */
+  int64_t trade_expire_in;
+  char query_schedule[PT_CFG_STR_MAX];
+  char notify_schedule[PT_CFG_STR_MAX];
+  char notify_secrets[PT_CFG_STR_MAX];
+  int64_t notify_timeout_ms;
+  char events_exchange[128];
   /* simulator */
   char sim_listen[PT_CFG_STR_MAX];
+  char sim_dialect[16];
+  char sim_alipay_app_public_key_file[PT_CFG_STR_MAX];
+  char sim_alipay_private_key_file[PT_CFG_STR_MAX];
+  char sim_wechat_merchant_public_key_file[PT_CFG_STR_MAX];
+  char sim_wechat_private_key_file[PT_CFG_STR_MAX];
   /* logs */
   char log_level[16];
   char log_format[16];
@@ -77,5 +103,15 @@ int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
                            size_t len);
 /* 1 if the token is configured at all. */
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
+
+/* Schedules ("5,10,30"): parses up to max delays in seconds into out (MAY
+ * be NULL) and returns how many the text holds, or -1 if it is malformed. */
+#define PT_SCHEDULE_MAX 32
+int pt_config_schedule(const char *s, int64_t *out, int max);
+
+/* The notification secret of a client (notify.secrets); 0 or PT_ENOTFOUND.
+ * *secret points into cfg and is not NUL-terminated at *len. */
+int pt_config_notify_secret(const pt_config_t *cfg, const char *client,
+                            const char **secret, size_t *len);
 
 #endif

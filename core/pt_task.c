@@ -303,6 +303,24 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
       if (get_int(&it, "replay_count", &v, "invalid_type", ie) != 0)
         return PT_EINVAL;
       t->replay_count = (int)v;
+    } else if (strcmp(k, "expire_in") == 0) {
+      if (BSON_ITER_HOLDS_NULL(&it))
+        continue;
+      if (get_int(&it, "expire_in", &v, "invalid_expire_in", ie) != 0)
+        return PT_EINVAL;
+      if (v < 60 || v > 604800)
+        return fail(ie, "invalid_expire_in",
+                    "expire_in must be between 60 and 604800 seconds");
+      t->expire_in = v;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "client") == 0) {
+      if (get_string(&it, "client", t->client, sizeof t->client - 1, 1, ie) !=
+          0)
+        return PT_EINVAL;
+    } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "parent_id") == 0) {
+      char buf[21];
+      if (get_string(&it, "parent_id", buf, 20, 1, ie) != 0 ||
+          pt_id_parse(buf, strlen(buf), &t->parent_id) != 0)
+        return fail(ie, "invalid_type", "parent_id must be a decimal id");
     } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "replay_of") == 0) {
       char buf[21];
       if (get_string(&it, "replay_of", buf, 20, 1, ie) != 0 ||
@@ -373,6 +391,15 @@ void pt_task_append_spec(const pt_task_t *t, bson_t *doc) {
     pt_id_format(t->replay_of, r);
     BSON_APPEND_UTF8(doc, "replay_of", r);
     BSON_APPEND_INT32(doc, "replay_count", t->replay_count);
+  }
+  if (t->expire_in > 0)
+    BSON_APPEND_INT64(doc, "expire_in", t->expire_in);
+  if (t->client[0])
+    BSON_APPEND_UTF8(doc, "client", t->client);
+  if (t->parent_id) {
+    char r[21];
+    pt_id_format(t->parent_id, r);
+    BSON_APPEND_UTF8(doc, "parent_id", r);
   }
   pt_time_rfc3339(t->created_at_ms, ts);
   BSON_APPEND_UTF8(doc, "created_at", ts);

@@ -48,6 +48,10 @@ typedef struct {
   int attempt; /* in a message: the attempt it asks for (1-based) */
   uint64_t replay_of; /* 0 unless this task replays another */
   int replay_count;   /* the how-many-th replay of replay_of */
+  int64_t expire_in;  /* payment window in seconds; 0: trade.expire_in */
+  char client[32];    /* whose task: the name of the submitting token's
+                         client ("default" when unnamed) */
+  uint64_t parent_id; /* query, close, notify: the pay task they follow */
 } pt_task_t;
 
 /* An input error as the api reports it: a stable code and a sentence. */

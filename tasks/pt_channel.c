@@ -32,3 +32,24 @@ void pt_chan_res_set(pt_chan_res_t *out, pt_outcome_t o, const char *code,
   snprintf(out->code, sizeof out->code, "%s", code ? code : "");
   snprintf(out->message, sizeof out->message, "%s", message ? message : "");
 }
+
+static const char *const trade_names[] = {"UNKNOWN", "NOTPAY",  "PAYING",
+                                          "SUCCEEDED", "CLOSED", "FAILED"};
+
+const char *pt_trade_state_name(pt_trade_state_t s) {
+  return (unsigned)s < sizeof trade_names / sizeof trade_names[0]
+             ? trade_names[s]
+             : "UNKNOWN";
+}
+
+pt_trade_state_t pt_trade_state_parse(const char *name) {
+  for (size_t i = 0; i < sizeof trade_names / sizeof trade_names[0]; i++)
+    if (strcmp(trade_names[i], name) == 0)
+      return (pt_trade_state_t)i;
+  return PT_TRADE_UNKNOWN;
+}
+
+int pt_trade_state_final(pt_trade_state_t s) {
+  return s == PT_TRADE_SUCCEEDED || s == PT_TRADE_CLOSED ||
+         s == PT_TRADE_FAILED;
+}
