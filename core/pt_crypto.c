@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
@@ -516,4 +517,123 @@ int pt_crypto_wechat_response_message(const char *timestamp, const char *nonce,
     return fail(err, PT_EINVAL, "wechat: bad response message field");
   const char *fields[] = {timestamp, nonce, body != NULL ? body : ""};
   return join_lines(fields, 3, body_len, out, out_len, err);
+}
+
+/* ---- added for the channel simulator ---- */
+
+int pt_crypto_aes_gcm_encrypt(const void *key, size_t key_len,
+                              const void *nonce, size_t nonce_len,
+                              const void *aad, size_t aad_len,
+                              const void *plain, size_t plain_len,
+                              unsigned char **ct, size_t *ct_len,
+                              pt_error_t *err) {
+  *ct = NULL;
+  *ct_len = 0;
+  const EVP_CIPHER *cipher = key_len == 32   ? EVP_aes_256_gcm()
+                             : key_len == 16 ? EVP_aes_128_gcm()
+                                             : NULL;
+  if (key == NULL || cipher == NULL)
+    return fail(err, PT_EINVAL, "aes-gcm: key must be 16 or 32 bytes");
+  if (nonce == NULL || nonce_len != PT_CRYPTO_GCM_NONCE_LEN)
+    return fail(err, PT_EINVAL, "aes-gcm: nonce must be 12 bytes");
+  if ((aad == NULL && aad_len > 0) || aad_len > (size_t)INT_MAX)
+    return fail(err, PT_EINVAL, "aes-gcm: bad associated data");
+  if ((plain == NULL && plain_len > 0) ||
+      plain_len > (size_t)INT_MAX - PT_CRYPTO_GCM_TAG_LEN)
+    return fail(err, PT_EINVAL, "aes-gcm: bad plaintext");
+
+  int rc = 0, n = 0, fin = 0;
+  unsigned char *buf = malloc(plain_len + PT_CRYPTO_GCM_TAG_LEN + 1);
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  if (buf == NULL || ctx == NULL) {
+    rc = fail(err, PT_ENOMEM, "aes-gcm: out of memory");
+    goto done;
+  }
+  if (EVP_EncryptInit_ex(ctx, cipher, NULL, NULL, NULL) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)nonce_len, NULL) !=
+          1 ||
+      EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1 ||
+      (aad_len > 0 &&
+       EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) ||
+      (plain_len > 0 &&
+       EVP_EncryptUpdate(ctx, buf, &n, plain, (int)plain_len) != 1) ||
+      EVP_EncryptFinal_ex(ctx, buf + (plain_len > 0 ? n : 0), &fin) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, PT_CRYPTO_GCM_TAG_LEN,
+                          buf + plain_len) != 1) {
+    rc = ossl_fail(err, PT_ECRYPTO, "aes-gcm: cannot encrypt");
+    goto done;
+  }
+  buf[plain_len + PT_CRYPTO_GCM_TAG_LEN] = '\0';
+  *ct = buf;
+  *ct_len = plain_len + PT_CRYPTO_GCM_TAG_LEN;
+  buf = NULL;
+
+done:
+  free(buf);
+  EVP_CIPHER_CTX_free(ctx);
+  return rc;
+}
+
+int pt_crypto_aes_gcm_encrypt_b64(const void *key, size_t key_len,
+                                  const char *nonce, const char *aad,
+                                  const void *plain, size_t plain_len,
+                                  char **ct_b64, size_t *b64_len,
+                                  pt_error_t *err) {
+  *ct_b64 = NULL;
+  *b64_len = 0;
+  if (nonce == NULL)
+    return fail(err, PT_EINVAL, "aes-gcm: missing nonce");
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  int rc = pt_crypto_aes_gcm_encrypt(key, key_len, nonce, strlen(nonce), aad,
+                                     aad != NULL ? strlen(aad) : 0, plain,
+                                     plain_len, &ct, &ct_len, err);
+  if (rc != 0)
+    return rc;
+  rc = pt_crypto_base64_encode(ct, ct_len, ct_b64, b64_len, err);
+  free(ct);
+  return rc;
+}
+
+int pt_crypto_wechat_encrypt(const char *api_v3_key, const char *nonce,
+                             const char *associated_data, const void *plain,
+                             size_t plain_len, char **ciphertext_b64,
+                             size_t *b64_len, pt_error_t *err) {
+  *ciphertext_b64 = NULL;
+  *b64_len = 0;
+  if (api_v3_key == NULL || nonce == NULL)
+    return fail(err, PT_EINVAL, "wechat encrypt: missing argument");
+  return pt_crypto_aes_gcm_encrypt_b64(api_v3_key, strlen(api_v3_key), nonce,
+                                       associated_data, plain, plain_len,
+                                       ciphertext_b64, b64_len, err);
+}
+int pt_crypto_random_bytes(void *buf, size_t len, pt_error_t *err) {
+  if (buf == NULL && len > 0)
+    return fail(err, PT_EINVAL, "random: bad argument");
+  if (len > (size_t)INT_MAX || (len > 0 && RAND_bytes(buf, (int)len) != 1))
+    return ossl_fail(err, PT_ECRYPTO, "random: RAND_bytes failed");
+  return 0;
+}
+
+int pt_crypto_random_alnum(char *out, size_t len, pt_error_t *err) {
+  static const char alphabet[] =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  unsigned char pool[64];
+  size_t at = 0;
+  if (out == NULL)
+    return fail(err, PT_EINVAL, "random: bad argument");
+  while (at < len) {
+    int rc = pt_crypto_random_bytes(pool, sizeof pool, err);
+    if (rc != 0) {
+      out[0] = '\0';
+      return rc;
+    }
+    /* 248 = 4 * 62: bytes above it are dropped so every character is
+     * equally likely. */
+    for (size_t i = 0; i < sizeof pool && at < len; i++)
+      if (pool[i] < 248)
+        out[at++] = alphabet[pool[i] % 62];
+  }
+  out[len] = '\0';
+  return 0;
 }

@@ -143,4 +143,43 @@ int pt_crypto_wechat_response_message(const char *timestamp, const char *nonce,
                                       char **out, size_t *out_len,
                                       pt_error_t *err);
 
+/* ---- Added for the channel simulator (it plays Alipay and WeChat Pay) ---- */
+
+/* Encrypts plain_len bytes of plain (may be NULL when plain_len is 0) with
+ * AES-256-GCM (key_len 32) or AES-128-GCM (key_len 16), a 12-byte nonce and
+ * aad (may be NULL when aad_len is 0). *ct gets the ciphertext followed by
+ * its 16-byte tag (*ct_len = plain_len + 16), the form that
+ * pt_crypto_aes_gcm_decrypt takes. PT_EINVAL for a bad key or nonce length. */
+int pt_crypto_aes_gcm_encrypt(const void *key, size_t key_len,
+                              const void *nonce, size_t nonce_len,
+                              const void *aad, size_t aad_len,
+                              const void *plain, size_t plain_len,
+                              unsigned char **ct, size_t *ct_len,
+                              pt_error_t *err);
+
+/* The same with the nonce and aad as NUL-terminated strings (aad may be
+ * NULL: none) and the result as base64(ciphertext || tag), for building
+ * WeChat Pay notifications in tests and the simulator. */
+int pt_crypto_aes_gcm_encrypt_b64(const void *key, size_t key_len,
+                                  const char *nonce, const char *aad,
+                                  const void *plain, size_t plain_len,
+                                  char **ct_b64, size_t *b64_len,
+                                  pt_error_t *err);
+
+/* WeChat Pay v3 `resource` encryption, the inverse of
+ * pt_crypto_wechat_decrypt: *ciphertext_b64 = base64(AES-256-GCM(APIv3 key,
+ * nonce, associated_data, plain) || tag), the strings' bytes used as is
+ * (associated_data may be NULL: none). */
+int pt_crypto_wechat_encrypt(const char *api_v3_key, const char *nonce,
+                             const char *associated_data, const void *plain,
+                             size_t plain_len, char **ciphertext_b64,
+                             size_t *b64_len, pt_error_t *err);
+
+/* Fills buf with len bytes from OpenSSL's CSPRNG. */
+int pt_crypto_random_bytes(void *buf, size_t len, pt_error_t *err);
+
+/* Writes len random characters of [0-9A-Za-z] and a NUL to out (which holds
+ * len + 1 bytes): WeChat Pay nonces and the like. */
+int pt_crypto_random_alnum(char *out, size_t len, pt_error_t *err);
+
 #endif

@@ -1,54 +1,93 @@
 #include "sim/pt_sim.h"
 
 #include <bson/bson.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uthash.h>
 
+#include "core/pt_buf.h"
 #include "core/pt_config.h"
+#include "core/pt_crypto.h"
+#include "core/pt_http_client.h"
 #include "core/pt_httpd.h"
 #include "core/pt_id.h"
 #include "core/pt_log.h"
 #include "core/pt_task.h"
+#include "sim/pt_sim_dialect.h"
 
+/* What the buyer and the channel do for one trade (or, for "*", for every
+ * trade without a rule of its own); each field counts only when set. */
 typedef struct {
-  char no[PT_OUT_TRADE_NO_MAX + 1];
-  char trade_no[32];
-  int64_t amount;
-  char currency[4];
-  char status[16]; /* "" until created, then CREATED, PAID, CLOSED */
+  int has_pay_after, pay_after_ms; /* -1: never */
+  int has_withhold, withhold;      /* pays but sends no notification */
+  int has_dups, dups;              /* notifications sent again once acked */
+  int has_fail, fail_times;        /* first creates answer a system error */
+  int has_latency, latency_ms;
+} rule_t;
+
+typedef struct trade {
+  pt_sim_trade_t pub; /* first: the dialects see only this part */
+  struct sim *sim;
+  rule_t rule;
   int fail_left;
-  long create_calls, create_ok, creates_after_created, query_calls;
+  uv_timer_t pay_timer; /* the buyer pays when it fires */
+  int pay_timer_on;
+  uv_timer_t notify_timer; /* the next attempt of the notification */
+  int notify_timer_on;
+  int notify_busy;    /* a notification is being delivered */
+  int notify_attempt; /* resends of it so far */
+  int dups_left;
+  char notify_id[33];
   UT_hash_handle hh;
 } trade_t;
 
 typedef struct sim {
   uv_loop_t *loop;
   pt_httpd_t *httpd;
+  pt_http_client_t *http; /* notifications */
+  const pt_config_t *cfg;
+  const pt_sim_dialect_ops_t *dialect;
+  void *dstate;
   trade_t *trades;
-  int latency_ms;
+  rule_t defrule;
+  int latency_ms, pay_after_ms;
   double error_rate;
+  int64_t schedule[PT_SCHEDULE_MAX]; /* ms between notification attempts */
+  int nschedule;
   uint64_t seq;
-  long create_calls, creates_after_created, query_calls, held;
+  long create_calls, creates_after_created, query_calls, close_calls, held;
+  long callbacks_sent, callbacks_acked, paid;
   long in_flight, max_in_flight; /* answers being delayed right now */
   uv_signal_t sigterm, sigint;
   unsigned rng;
   struct later *laters;
-  int outage; /* every create answers 503 while set */
+  int outage; /* every create answers a system error while set */
+  int stopping;
 } sim_t;
+
+/* ---- answers ---------------------------------------------------------- */
 
 /* An answer sent after a delay; kept in a list so shutdown can send it. */
 typedef struct later {
   sim_t *sim;
   pt_httpd_req_t *req;
   int status;
-  char *body;
+  char *body, *ctype;
   size_t len;
+  char **headers; /* NULL-terminated name, value pairs */
   uv_timer_t timer;
   struct later *prev, *next;
 } later_t;
+
+static void free_strings(char **v) {
+  for (int i = 0; v != NULL && v[i] != NULL; i++)
+    free(v[i]);
+  free(v);
+}
 
 static void on_later_closed(uv_handle_t *h) {
   later_t *l = h->data;
@@ -59,35 +98,61 @@ static void on_later_closed(uv_handle_t *h) {
     l->sim->laters = l->next;
   if (l->next != NULL)
     l->next->prev = l->prev;
-  bson_free(l->body);
+  free(l->body);
+  free(l->ctype);
+  free_strings(l->headers);
   free(l);
 }
 
 static void on_later(uv_timer_t *t) {
   later_t *l = t->data;
-  pt_httpd_respond(l->req, l->status, "application/json", l->body, l->len,
-                   NULL);
+  pt_httpd_respond(l->req, l->status, l->ctype, l->body, l->len,
+                   (const char *const *)l->headers);
   uv_close((uv_handle_t *)t, on_later_closed);
 }
 
-/* Answers doc after delay_ms (now when 0); takes nothing from doc. */
-static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
-                   const bson_t *doc, int delay_ms) {
-  size_t len;
-  char *json = bson_as_relaxed_extended_json(doc, &len);
-  if (delay_ms <= 0) {
-    pt_httpd_respond(req, status, "application/json", json, len, NULL);
-    bson_free(json);
+static char *dup_bytes(const char *s, size_t len) {
+  char *d = malloc(len + 1);
+  if (d != NULL) {
+    if (len > 0)
+      memcpy(d, s, len);
+    d[len] = '\0';
+  }
+  return d;
+}
+
+void pt_sim_respond(pt_sim_t *sim, pt_httpd_req_t *req, int status,
+                    const char *content_type, const char *body, size_t len,
+                    const char *const *headers, int delay_ms) {
+  later_t *l = delay_ms > 0 ? calloc(1, sizeof *l) : NULL;
+  int n = 0, ok = l != NULL;
+  while (headers != NULL && headers[n] != NULL)
+    n++;
+  if (ok) {
+    l->body = dup_bytes(body, len);
+    l->ctype = content_type ? dup_bytes(content_type, strlen(content_type))
+                            : NULL;
+    l->headers = calloc((size_t)n + 1, sizeof *l->headers);
+    ok = l->body != NULL && (content_type == NULL || l->ctype != NULL) &&
+         l->headers != NULL;
+    for (int i = 0; ok && i < n; i++)
+      ok = (l->headers[i] = dup_bytes(headers[i], strlen(headers[i]))) != NULL;
+  }
+  if (!ok) {
+    /* Now rather than never (no delay asked, or out of memory). */
+    if (l != NULL) {
+      free(l->body);
+      free(l->ctype);
+      free_strings(l->headers);
+      free(l);
+    }
+    pt_httpd_respond(req, status, content_type, body, len, headers);
     return;
   }
-  later_t *l = calloc(1, sizeof *l);
-  if (l == NULL) {
-    pt_httpd_respond(req, status, "application/json", json, len, NULL);
-    bson_free(json);
-    return;
-  }
-  *l = (later_t){
-      .sim = sim, .req = req, .status = status, .body = json, .len = len};
+  l->sim = sim;
+  l->req = req;
+  l->status = status;
+  l->len = len;
   if (++sim->in_flight > sim->max_in_flight)
     sim->max_in_flight = sim->in_flight;
   l->next = sim->laters;
@@ -99,6 +164,16 @@ static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
   uv_timer_start(&l->timer, on_later, (uint64_t)delay_ms, 0);
 }
 
+/* Answers doc as JSON after delay_ms (now when 0); takes nothing from doc. */
+static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
+                   const bson_t *doc, int delay_ms) {
+  size_t len;
+  char *json = bson_as_relaxed_extended_json(doc, &len);
+  pt_sim_respond(sim, req, status, "application/json", json, len, NULL,
+                 delay_ms);
+  bson_free(json);
+}
+
 static void answer_error(sim_t *sim, pt_httpd_req_t *req, int status,
                          const char *code, const char *message, int delay) {
   bson_t d = BSON_INITIALIZER;
@@ -108,15 +183,216 @@ static void answer_error(sim_t *sim, pt_httpd_req_t *req, int status,
   bson_destroy(&d);
 }
 
-static void trade_doc(const trade_t *t, bson_t *d) {
-  char qr[160];
-  snprintf(qr, sizeof qr, "https://qr.sim.paytask.local/%s", t->trade_no);
-  BSON_APPEND_UTF8(d, "trade_no", t->trade_no);
-  BSON_APPEND_UTF8(d, "out_trade_no", t->no);
-  BSON_APPEND_UTF8(d, "status", t->status);
-  BSON_APPEND_INT64(d, "amount", t->amount);
-  BSON_APPEND_UTF8(d, "currency", t->currency);
-  BSON_APPEND_UTF8(d, "qr_code", qr);
+/* ---- small services for the dialects ---------------------------------- */
+
+const pt_config_t *pt_sim_config(const pt_sim_t *sim) { return sim->cfg; }
+
+uint64_t pt_sim_next_seq(pt_sim_t *sim) { return ++sim->seq; }
+
+int64_t pt_sim_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void cst(int64_t ms, struct tm *tm) {
+  time_t s = (time_t)(ms / 1000) + 8 * 3600; /* China: UTC+8, no DST */
+  gmtime_r(&s, tm);
+}
+
+void pt_sim_time_alipay(int64_t ms, char out[20]) {
+  struct tm tm;
+  cst(ms, &tm);
+  strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+void pt_sim_time_rfc3339(int64_t ms, char out[26]) {
+  struct tm tm;
+  cst(ms, &tm);
+  strftime(out, 26, "%Y-%m-%dT%H:%M:%S+08:00", &tm);
+}
+
+static int read_file(const char *what, const char *path, char **out,
+                     size_t *len, pt_error_t *err) {
+  pt_buf_t b = {NULL, 0};
+  char chunk[4096];
+  size_t n;
+  *out = NULL;
+  *len = 0;
+  if (path == NULL || path[0] == '\0')
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s is not set",
+                        what);
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s: %s", what,
+                        path, strerror(errno));
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (pt_buf_append(&b, chunk, n) != 0) {
+      fclose(f);
+      free(b.data);
+      return pt_error_set(err, PT_DOMAIN_SYSTEM, PT_ENOMEM, "out of memory");
+    }
+  }
+  fclose(f);
+  if (b.data == NULL)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s is empty",
+                        what, path);
+  *out = b.data;
+  *len = b.len;
+  return 0;
+}
+
+int pt_sim_load_key(const char *what, const char *path, int private_key,
+                    pt_crypto_key_t **out, pt_error_t *err) {
+  char *pem = NULL;
+  size_t len = 0;
+  *out = NULL;
+  int rc = read_file(what, path, &pem, &len, err);
+  if (rc == 0)
+    rc = private_key ? pt_crypto_key_new_private(pem, len, out, err)
+                     : pt_crypto_key_new_public(pem, len, out, err);
+  if (rc != 0 && err != NULL && rc != PT_ECONFIG) {
+    /* Name the file: the crypto layer's message does not. */
+    char msg[sizeof err->message];
+    snprintf(msg, sizeof msg, "%s", err->message);
+    pt_error_set(err, PT_DOMAIN_CONFIG, rc, "%s: %s: %s", what, path, msg);
+  }
+  free(pem);
+  return rc;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int pt_sim_path_decode(const char *s, size_t len, char *out, size_t outlen) {
+  size_t o = 0;
+  for (size_t i = 0; i < len; i++) {
+    int hi = s[i] == '%' && i + 2 < len ? hexval(s[i + 1]) : -1;
+    int lo = hi >= 0 ? hexval(s[i + 2]) : -1;
+    if (o + 1 >= outlen)
+      return -1;
+    if (hi >= 0 && lo >= 0) {
+      if (hi + lo == 0)
+        return -1;
+      out[o++] = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      out[o++] = s[i];
+    }
+  }
+  out[o] = '\0';
+  return 0;
+}
+
+int pt_sim_notice_header(pt_sim_notice_t *n, const char *name,
+                         const char *value) {
+  size_t len = strlen(name) + 2 + strlen(value) + 1;
+  if (n->nheaders >= PT_SIM_NOTICE_MAX_HEADERS)
+    return PT_EINVAL;
+  char *h = malloc(len);
+  if (h == NULL)
+    return PT_ENOMEM;
+  snprintf(h, len, "%s: %s", name, value);
+  n->headers[n->nheaders++] = h;
+  n->headers[n->nheaders] = NULL;
+  return 0;
+}
+
+void pt_sim_notice_clear(pt_sim_notice_t *n) {
+  free(n->body);
+  for (int i = 0; i < n->nheaders; i++)
+    free(n->headers[i]);
+  memset(n, 0, sizeof *n);
+}
+
+/* ---- the trade table and the buyer ------------------------------------ */
+
+static int rule_latency(const sim_t *sim, const trade_t *t) {
+  if (t != NULL && t->rule.has_latency)
+    return t->rule.latency_ms;
+  return sim->defrule.has_latency ? sim->defrule.latency_ms : sim->latency_ms;
+}
+
+static int rule_pay_after(const sim_t *sim, const trade_t *t) {
+  if (t->rule.has_pay_after)
+    return t->rule.pay_after_ms;
+  return sim->defrule.has_pay_after ? sim->defrule.pay_after_ms
+                                    : sim->pay_after_ms;
+}
+
+static int rule_withhold(const sim_t *sim, const trade_t *t) {
+  if (t->rule.has_withhold)
+    return t->rule.withhold;
+  return sim->defrule.has_withhold && sim->defrule.withhold;
+}
+
+static int rule_dups(const sim_t *sim, const trade_t *t) {
+  if (t->rule.has_dups)
+    return t->rule.dups;
+  return sim->defrule.has_dups ? sim->defrule.dups : 0;
+}
+
+int pt_sim_latency(const pt_sim_t *sim, const pt_sim_trade_t *t) {
+  return rule_latency(sim, (const trade_t *)t);
+}
+
+static void stop_pay_timer(trade_t *t) {
+  if (t->pay_timer_on)
+    uv_timer_stop(&t->pay_timer);
+}
+
+/* Closes an unpaid trade whose expiry has passed, as the channels do. */
+static void refresh(trade_t *t) {
+  if ((t->pub.state == PT_SIM_CREATED || t->pub.state == PT_SIM_SCANNED) &&
+      t->pub.expire_ms > 0 && pt_sim_now_ms() >= t->pub.expire_ms) {
+    t->pub.state = PT_SIM_CLOSED;
+    stop_pay_timer(t);
+  }
+}
+
+static trade_t *find(sim_t *sim, const char *no) {
+  trade_t *t;
+  HASH_FIND_STR(sim->trades, no, t);
+  if (t != NULL)
+    refresh(t);
+  return t;
+}
+
+/* Finds or adds the trade; NULL only when out of memory. */
+static trade_t *trade_get(sim_t *sim, const char *no) {
+  trade_t *t = find(sim, no);
+  if (t != NULL)
+    return t;
+  t = calloc(1, sizeof *t);
+  if (t == NULL)
+    return NULL;
+  snprintf(t->pub.no, sizeof t->pub.no, "%s", no);
+  t->sim = sim;
+  t->fail_left = sim->defrule.has_fail ? sim->defrule.fail_times : 0;
+  HASH_ADD_KEYPTR(hh, sim->trades, t->pub.no, strlen(t->pub.no), t);
+  return t;
+}
+
+pt_sim_trade_t *pt_sim_trade_find(pt_sim_t *sim, const char *no) {
+  trade_t *t = find(sim, no);
+  return t != NULL ? &t->pub : NULL;
+}
+
+pt_sim_trade_t *pt_sim_trade_find_by_trade_no(pt_sim_t *sim,
+                                              const char *trade_no) {
+  trade_t *t, *tmp;
+  HASH_ITER(hh, sim->trades, t, tmp) {
+    if (t->pub.trade_no[0] != '\0' && strcmp(t->pub.trade_no, trade_no) == 0) {
+      refresh(t);
+      return &t->pub;
+    }
+  }
+  return NULL;
 }
 
 static double rnd(sim_t *sim) {
@@ -124,11 +400,240 @@ static double rnd(sim_t *sim) {
   return (double)((sim->rng >> 8) & 0xffffff) / (double)0x1000000;
 }
 
+/* Counts a create call; 1 if the trade was created before. */
+static int create_count(sim_t *sim, trade_t *t) {
+  t->pub.create_calls++;
+  sim->create_calls++;
+  if (t->pub.state == PT_SIM_NONE)
+    return 0;
+  /* A correct client never sends it (it queries first), so it is counted
+   * apart. */
+  t->pub.creates_after_created++;
+  sim->creates_after_created++;
+  return 1;
+}
+
+/* 1 if this create must answer a system error. */
+static int create_fails(sim_t *sim, trade_t *t) {
+  if (sim->outage)
+    return 1;
+  if (t->fail_left > 0) {
+    t->fail_left--;
+    return 1;
+  }
+  return sim->error_rate > 0 && rnd(sim) < sim->error_rate;
+}
+
+pt_sim_create_t pt_sim_create_begin(pt_sim_t *sim, const char *no,
+                                    pt_sim_trade_t **out) {
+  trade_t *t = trade_get(sim, no);
+  *out = t != NULL ? &t->pub : NULL;
+  if (t == NULL)
+    return PT_SIM_CREATE_FAIL;
+  if (create_count(sim, t))
+    return PT_SIM_CREATE_REPEAT;
+  return create_fails(sim, t) ? PT_SIM_CREATE_FAIL : PT_SIM_CREATE_NEW;
+}
+
+static void trade_pay(sim_t *sim, trade_t *t);
+
+static void on_pay_timer(uv_timer_t *h) {
+  trade_t *t = h->data;
+  trade_pay(t->sim, t);
+}
+
+/* Arms (or, with -1, disarms) the buyer's payment of an unpaid trade. */
+static void arm_pay(sim_t *sim, trade_t *t, int after_ms) {
+  stop_pay_timer(t);
+  if (after_ms < 0 || sim->stopping)
+    return;
+  if (!t->pay_timer_on) {
+    uv_timer_init(sim->loop, &t->pay_timer);
+    t->pay_timer.data = t;
+    t->pay_timer_on = 1;
+  }
+  uv_timer_start(&t->pay_timer, on_pay_timer, (uint64_t)after_ms, 0);
+}
+
+void pt_sim_trade_created(pt_sim_t *sim, pt_sim_trade_t *pub) {
+  trade_t *t = (trade_t *)pub;
+  t->pub.state = PT_SIM_CREATED;
+  t->pub.create_ok++;
+  t->pub.created_ms = pt_sim_now_ms();
+  arm_pay(sim, t, rule_pay_after(sim, t));
+}
+
+void pt_sim_count(pt_sim_t *sim, pt_sim_trade_t *t, pt_sim_call_t call) {
+  if (call == PT_SIM_CALL_QUERY) {
+    sim->query_calls++;
+    if (t != NULL)
+      t->query_calls++;
+  } else {
+    sim->close_calls++;
+    if (t != NULL)
+      t->close_calls++;
+  }
+}
+
+void pt_sim_trade_close(pt_sim_t *sim, pt_sim_trade_t *pub) {
+  trade_t *t = (trade_t *)pub;
+  (void)sim;
+  if (t->pub.state == PT_SIM_CREATED || t->pub.state == PT_SIM_SCANNED) {
+    t->pub.state = PT_SIM_CLOSED;
+    stop_pay_timer(t);
+  }
+}
+
+/* ---- notifications ---------------------------------------------------- */
+
+static void notify_send(sim_t *sim, trade_t *t);
+
+static void on_notify_timer(uv_timer_t *h) {
+  trade_t *t = h->data;
+  notify_send(t->sim, t);
+}
+
+/* After an attempt: the next resend, the next duplicate, or the end. */
+static void notify_next(sim_t *sim, trade_t *t, int acked) {
+  int64_t delay;
+  if (sim->stopping)
+    return;
+  if (acked) {
+    t->pub.callbacks_acked++;
+    sim->callbacks_acked++;
+    if (t->dups_left <= 0) {
+      t->notify_busy = 0;
+      return;
+    }
+    /* The same notification again, as when the channel lost the ack. */
+    t->dups_left--;
+    t->notify_attempt = 0;
+    delay = sim->schedule[0];
+  } else if (t->notify_attempt >= sim->nschedule) {
+    PT_WARN("sim_notify_given_up", "out_trade_no=%s notify_id=%s attempts=%d",
+            t->pub.no, t->notify_id, t->notify_attempt + 1);
+    t->notify_busy = 0;
+    return;
+  } else {
+    delay = sim->schedule[t->notify_attempt++];
+  }
+  if (!t->notify_timer_on) {
+    uv_timer_init(sim->loop, &t->notify_timer);
+    t->notify_timer.data = t;
+    t->notify_timer_on = 1;
+  }
+  uv_timer_start(&t->notify_timer, on_notify_timer, (uint64_t)delay, 0);
+}
+
+static void on_notify_done(const pt_http_response_t *res, void *arg) {
+  trade_t *t = arg;
+  sim_t *sim = t->sim;
+  if (sim->stopping)
+    return;
+  int ok = res->status == 0 &&
+           sim->dialect->notify_acked(res->http_code, res->body, res->body_len);
+  if (res->status != 0)
+    PT_INFO("sim_notify_unreachable", "out_trade_no=%s notify_id=%s error=%s",
+            t->pub.no, t->notify_id, pt_err_name(res->status));
+  else
+    PT_INFO("sim_notify_answer",
+            "out_trade_no=%s notify_id=%s http=%ld acked=%d", t->pub.no,
+            t->notify_id, res->http_code, ok);
+  notify_next(sim, t, ok);
+}
+
+static void notify_send(sim_t *sim, trade_t *t) {
+  pt_sim_notice_t n;
+  if (sim->stopping)
+    return;
+  memset(&n, 0, sizeof n);
+  int rc = sim->dialect->notify_build(sim, sim->dstate, &t->pub, t->notify_id,
+                                      &n);
+  if (rc == 0) {
+    pt_http_request_t r = {.method = "POST",
+                           .url = t->pub.notify_url,
+                           .headers = (const char *const *)n.headers,
+                           .body = n.body,
+                           .body_len = n.len,
+                           .timeout_ms = 5000};
+    rc = pt_http_request(sim->http, &r, on_notify_done, t);
+  }
+  pt_sim_notice_clear(&n);
+  if (rc != 0) {
+    PT_WARN("sim_notify_failed", "out_trade_no=%s error=%s", t->pub.no,
+            pt_err_name(rc));
+    notify_next(sim, t, 0);
+    return;
+  }
+  t->pub.callbacks_sent++;
+  sim->callbacks_sent++;
+}
+
+/* The buyer pays: an unpaid trade becomes PAID and its notification goes
+ * out unless withheld. Returns 0, PT_ENOTFOUND or PT_ECONFLICT (closed or
+ * paid already). */
+static int pay_now(sim_t *sim, trade_t *t) {
+  refresh(t);
+  if (t->pub.state == PT_SIM_NONE)
+    return PT_ENOTFOUND;
+  if (t->pub.state != PT_SIM_CREATED && t->pub.state != PT_SIM_SCANNED)
+    return PT_ECONFLICT;
+  stop_pay_timer(t);
+  t->pub.state = PT_SIM_PAID;
+  t->pub.scanned = 1;
+  t->pub.paid_ms = pt_sim_now_ms();
+  t->pub.paid_count++;
+  sim->paid++;
+  PT_INFO("sim_paid", "out_trade_no=%s amount=%lld", t->pub.no,
+          (long long)t->pub.amount);
+  if (sim->dialect->notify_build == NULL || t->pub.notify_url[0] == '\0' ||
+      rule_withhold(sim, t) || t->notify_busy || sim->stopping)
+    return 0;
+  t->notify_busy = 1;
+  t->dups_left = rule_dups(sim, t);
+  t->notify_attempt = 0;
+  if (pt_crypto_random_alnum(t->notify_id, 32, NULL) != 0)
+    snprintf(t->notify_id, sizeof t->notify_id, "%032llu",
+             (unsigned long long)pt_sim_next_seq(sim));
+  notify_send(sim, t);
+  return 0;
+}
+
+static void trade_pay(sim_t *sim, trade_t *t) { (void)pay_now(sim, t); }
+
+/* ---- the plain dialect (tasks/channels/sim.c) ------------------------- */
+
+static const char *plain_status(pt_sim_state_t s) {
+  switch (s) {
+  case PT_SIM_NONE:
+    return "NONE";
+  case PT_SIM_CREATED:
+  case PT_SIM_SCANNED:
+    return "CREATED";
+  case PT_SIM_PAID:
+    return "PAID";
+  case PT_SIM_CLOSED:
+    return "CLOSED";
+  }
+  return "NONE";
+}
+
+static void trade_doc(const trade_t *t, bson_t *d) {
+  char qr[160];
+  snprintf(qr, sizeof qr, "https://qr.sim.paytask.local/%s", t->pub.trade_no);
+  BSON_APPEND_UTF8(d, "trade_no", t->pub.trade_no);
+  BSON_APPEND_UTF8(d, "out_trade_no", t->pub.no);
+  BSON_APPEND_UTF8(d, "status", plain_status(t->pub.state));
+  BSON_APPEND_INT64(d, "amount", t->pub.amount);
+  BSON_APPEND_UTF8(d, "currency", t->pub.currency);
+  BSON_APPEND_UTF8(d, "qr_code", qr);
+}
+
 /* A "timeout" request is held until the process ends or ten minutes pass,
  * then answered (the caller has long given up). */
 #define HOLD_MS 600000
 
-static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
+static void plain_create(sim_t *sim, pt_httpd_req_t *req) {
   size_t blen;
   const char *body = pt_httpd_body(req, &blen);
   bson_t doc;
@@ -137,7 +642,7 @@ static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
   const char *no = NULL;
   int64_t amount = 0;
   char cur[4] = "CNY";
-  int fail_times = 0, decline = 0, latency = sim->latency_ms, timeout = 0;
+  int fail_times = -1, decline = 0, latency = -1, timeout = 0;
 
   if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
     answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
@@ -172,24 +677,20 @@ static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
                  "out_trade_no, amount > 0 and currency are required", 0);
     return;
   }
-  trade_t *t;
-  HASH_FIND_STR(sim->trades, no, t);
-  if (t == NULL) {
-    t = calloc(1, sizeof *t);
-    snprintf(t->no, sizeof t->no, "%s", no);
-    t->fail_left = fail_times;
-    HASH_ADD_STR(sim->trades, no, t);
-  }
+  trade_t *t = trade_get(sim, no);
   bson_destroy(&doc);
-  t->create_calls++;
-  sim->create_calls++;
-  if (t->status[0] != '\0') {
-    /* A second create for an existing trade: like Alipay's precreate, the
-     * same trade comes back; it is counted, since a correct client never
-     * sends it. */
-    t->creates_after_created++;
-    sim->creates_after_created++;
-    if (t->amount != amount) {
+  if (t == NULL) {
+    answer_error(sim, req, 503, "SYSTEM_ERROR", "out of memory", 0);
+    return;
+  }
+  /* The request's own instructions win over the rules. */
+  if (fail_times >= 0 && t->pub.create_calls == 0)
+    t->fail_left = fail_times;
+  if (latency < 0)
+    latency = rule_latency(sim, t);
+  if (create_count(sim, t)) {
+    /* Like Alipay's precreate, the same trade comes back. */
+    if (t->pub.amount != amount) {
       answer_error(sim, req, 400, "OUT_TRADE_NO_USED",
                    "out_trade_no was used with another amount", latency);
       return;
@@ -205,18 +706,10 @@ static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
     answer_error(sim, req, 504, "TIMEOUT", "held", HOLD_MS);
     return;
   }
-  if (sim->outage) {
-    answer_error(sim, req, 503, "SYSTEM_ERROR", "channel outage", latency);
-    return;
-  }
-  if (t->fail_left > 0) {
-    t->fail_left--;
-    answer_error(sim, req, 503, "SYSTEM_ERROR", "system busy, try again",
+  if (create_fails(sim, t)) {
+    answer_error(sim, req, 503, "SYSTEM_ERROR",
+                 sim->outage ? "channel outage" : "system busy, try again",
                  latency);
-    return;
-  }
-  if (sim->error_rate > 0 && rnd(sim) < sim->error_rate) {
-    answer_error(sim, req, 503, "SYSTEM_ERROR", "random failure", latency);
     return;
   }
   if (decline) {
@@ -224,61 +717,269 @@ static void handle_create(sim_t *sim, pt_httpd_req_t *req) {
                  latency);
     return;
   }
-  snprintf(t->trade_no, sizeof t->trade_no, "SIM%014llu",
-           (unsigned long long)++sim->seq);
-  snprintf(t->status, sizeof t->status, "CREATED");
-  snprintf(t->currency, sizeof t->currency, "%s", cur);
-  t->amount = amount;
-  t->create_ok++;
+  snprintf(t->pub.trade_no, sizeof t->pub.trade_no, "SIM%014llu",
+           (unsigned long long)pt_sim_next_seq(sim));
+  snprintf(t->pub.currency, sizeof t->pub.currency, "%s", cur);
+  t->pub.amount = amount;
+  pt_sim_trade_created(sim, &t->pub);
   bson_t d = BSON_INITIALIZER;
   trade_doc(t, &d);
   answer(sim, req, 200, &d, latency);
   bson_destroy(&d);
 }
 
-static void handle_query(sim_t *sim, pt_httpd_req_t *req, const char *no) {
-  trade_t *t;
-  HASH_FIND_STR(sim->trades, no, t);
-  sim->query_calls++;
-  if (t != NULL)
-    t->query_calls++;
-  if (t == NULL || t->status[0] == '\0') {
-    answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade",
-                 sim->latency_ms);
+static void plain_query_close(sim_t *sim, pt_httpd_req_t *req, const char *no,
+                              int close) {
+  trade_t *t = find(sim, no);
+  int latency = rule_latency(sim, t);
+  pt_sim_count(sim, t ? &t->pub : NULL,
+               close ? PT_SIM_CALL_CLOSE : PT_SIM_CALL_QUERY);
+  if (t == NULL || t->pub.state == PT_SIM_NONE) {
+    answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", latency);
     return;
   }
+  if (close && t->pub.state == PT_SIM_PAID) {
+    answer_error(sim, req, 409, "TRADE_PAID", "the trade is paid", latency);
+    return;
+  }
+  if (close)
+    pt_sim_trade_close(sim, &t->pub);
   bson_t d = BSON_INITIALIZER;
   trade_doc(t, &d);
-  answer(sim, req, 200, &d, sim->latency_ms);
+  answer(sim, req, 200, &d, latency);
   bson_destroy(&d);
 }
 
-static void handle_stats(sim_t *sim, pt_httpd_req_t *req, const char *no) {
-  bson_t d = BSON_INITIALIZER;
-  if (no == NULL) {
-    BSON_APPEND_INT64(&d, "trades", (int64_t)HASH_COUNT(sim->trades));
-    BSON_APPEND_INT64(&d, "create_calls", sim->create_calls);
-    BSON_APPEND_INT64(&d, "creates_after_created", sim->creates_after_created);
-    BSON_APPEND_INT64(&d, "query_calls", sim->query_calls);
-    BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
-    BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
-    answer(sim, req, 200, &d, 0);
+/* POST /v1/trades, GET /v1/trades/{no}, POST /v1/trades/{no}/close. */
+static void plain_handle(pt_sim_t *sim, void *state, pt_httpd_req_t *req) {
+  size_t mlen, plen;
+  const char *m = pt_httpd_method(req, &mlen);
+  const char *p = pt_httpd_path(req, &plen);
+  char path[256], no[PT_OUT_TRADE_NO_MAX + 1];
+  int is_post = mlen == 4 && memcmp(m, "POST", 4) == 0;
+  int is_get = mlen == 3 && memcmp(m, "GET", 3) == 0;
+  (void)state;
+  if (plen >= sizeof path) {
+    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+    return;
+  }
+  memcpy(path, p, plen);
+  path[plen] = '\0';
+  const char *rest = strncmp(path, "/v1/trades/", 11) == 0 ? path + 11 : NULL;
+  const char *slash = rest ? strchr(rest, '/') : NULL;
+  if (is_post && strcmp(path, "/v1/trades") == 0) {
+    plain_create(sim, req);
+  } else if (is_get && rest != NULL && slash == NULL &&
+             strlen(rest) <= PT_OUT_TRADE_NO_MAX) {
+    snprintf(no, sizeof no, "%s", rest);
+    plain_query_close(sim, req, no, 0);
+  } else if (is_post && slash != NULL && strcmp(slash, "/close") == 0 &&
+             (size_t)(slash - rest) <= PT_OUT_TRADE_NO_MAX) {
+    snprintf(no, sizeof no, "%.*s", (int)(slash - rest), rest);
+    plain_query_close(sim, req, no, 1);
   } else {
-    trade_t *t;
-    HASH_FIND_STR(sim->trades, no, t);
-    if (t == NULL) {
-      bson_destroy(&d);
-      answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", 0);
+    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+  }
+}
+
+static const pt_sim_dialect_ops_t plain_dialect = {
+    .name = "plain",
+    .handle = plain_handle,
+};
+
+static const pt_sim_dialect_ops_t *const dialects[] = {
+    &plain_dialect, &pt_sim_alipay_dialect, &pt_sim_wechat_dialect, NULL};
+
+/* ---- control endpoints (/v1/sim/…: plain JSON, no signatures) ---------- */
+
+/* A rule as it applies now; create_fail_times is what is left of it. */
+static void rule_doc(const sim_t *sim, const trade_t *t, bson_t *d) {
+  static const trade_t none; /* "*": the defaults alone */
+  int fail = t != NULL ? t->fail_left
+                       : (sim->defrule.has_fail ? sim->defrule.fail_times : 0);
+  if (t == NULL)
+    t = &none;
+  BSON_APPEND_INT32(d, "pay_after_ms", rule_pay_after(sim, t));
+  BSON_APPEND_UTF8(d, "callback", rule_withhold(sim, t) ? "withhold" : "send");
+  BSON_APPEND_INT32(d, "duplicate_callbacks", rule_dups(sim, t));
+  BSON_APPEND_INT32(d, "create_fail_times", fail);
+  BSON_APPEND_INT32(d, "latency_ms", rule_latency(sim, t));
+}
+
+static void stats_doc(const sim_t *sim, const trade_t *t, bson_t *d) {
+  const pt_sim_trade_t *p = &t->pub;
+  BSON_APPEND_UTF8(d, "out_trade_no", p->no);
+  BSON_APPEND_UTF8(d, "status", p->state == PT_SIM_SCANNED
+                                    ? "SCANNED"
+                                    : plain_status(p->state));
+  BSON_APPEND_UTF8(d, "trade_no", p->trade_no);
+  BSON_APPEND_INT64(d, "amount", p->amount);
+  BSON_APPEND_INT64(d, "creates", p->create_calls);
+  BSON_APPEND_INT64(d, "create_calls", p->create_calls);
+  BSON_APPEND_INT64(d, "create_ok", p->create_ok);
+  BSON_APPEND_INT64(d, "creates_after_created", p->creates_after_created);
+  BSON_APPEND_INT64(d, "queries", p->query_calls);
+  BSON_APPEND_INT64(d, "query_calls", p->query_calls);
+  BSON_APPEND_INT64(d, "closes", p->close_calls);
+  BSON_APPEND_INT64(d, "callbacks_sent", p->callbacks_sent);
+  BSON_APPEND_INT64(d, "callbacks_acked", p->callbacks_acked);
+  BSON_APPEND_INT64(d, "paid_count", p->paid_count);
+  BSON_APPEND_UTF8(d, "notify_url", p->notify_url);
+  bson_t r;
+  BSON_APPEND_DOCUMENT_BEGIN(d, "rule", &r);
+  rule_doc(sim, t, &r);
+  bson_append_document_end(d, &r);
+}
+
+static void handle_stats(sim_t *sim, pt_httpd_req_t *req) {
+  bson_t d = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&d, "dialect", sim->dialect->name);
+  BSON_APPEND_INT64(&d, "trades", (int64_t)HASH_COUNT(sim->trades));
+  BSON_APPEND_INT64(&d, "create_calls", sim->create_calls);
+  BSON_APPEND_INT64(&d, "creates_after_created", sim->creates_after_created);
+  BSON_APPEND_INT64(&d, "query_calls", sim->query_calls);
+  BSON_APPEND_INT64(&d, "close_calls", sim->close_calls);
+  BSON_APPEND_INT64(&d, "paid", sim->paid);
+  BSON_APPEND_INT64(&d, "callbacks_sent", sim->callbacks_sent);
+  BSON_APPEND_INT64(&d, "callbacks_acked", sim->callbacks_acked);
+  BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
+  BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
+  answer(sim, req, 200, &d, 0);
+  bson_destroy(&d);
+}
+
+/* Reads an integer field in [lo, hi]; 0 if absent, 1 if read, -1 if bad. */
+static int int_field(const bson_iter_t *it, int lo, int hi, int *out) {
+  if (!BSON_ITER_HOLDS_INT32(it) && !BSON_ITER_HOLDS_INT64(it))
+    return -1;
+  int64_t v = bson_iter_as_int64(it);
+  if (v < lo || v > hi)
+    return -1;
+  *out = (int)v;
+  return 1;
+}
+
+/* POST /v1/sim/rules {"out_trade_no": NO or "*", "pay_after_ms": N,
+ * "callback": "send"|"withhold", "duplicate_callbacks": N,
+ * "create_fail_times": N, "latency_ms": N}: every field but out_trade_no
+ * is optional; a rule adds to what was set before. */
+static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
+  size_t blen;
+  const char *body = pt_httpd_body(req, &blen);
+  bson_t doc;
+  bson_iter_t it;
+  pt_input_error_t ie;
+  rule_t r;
+  const char *no = NULL, *bad = NULL;
+  memset(&r, 0, sizeof r);
+  if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
+    answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
+    return;
+  }
+  bson_iter_init(&it, &doc);
+  while (bad == NULL && bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (strcmp(k, "out_trade_no") == 0) {
+      no = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : NULL;
+      if (no == NULL || no[0] == '\0' || strlen(no) > PT_OUT_TRADE_NO_MAX)
+        bad = k;
+    } else if (strcmp(k, "pay_after_ms") == 0) {
+      if ((r.has_pay_after = int_field(&it, -1, 86400000, &r.pay_after_ms)) <
+          0)
+        bad = k;
+    } else if (strcmp(k, "callback") == 0) {
+      const char *v = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "";
+      r.has_withhold = 1;
+      r.withhold = strcmp(v, "withhold") == 0;
+      if (!r.withhold && strcmp(v, "send") != 0)
+        bad = k;
+    } else if (strcmp(k, "duplicate_callbacks") == 0) {
+      if ((r.has_dups = int_field(&it, 0, 100, &r.dups)) < 0)
+        bad = k;
+    } else if (strcmp(k, "create_fail_times") == 0) {
+      if ((r.has_fail = int_field(&it, 0, 1000000, &r.fail_times)) < 0)
+        bad = k;
+    } else if (strcmp(k, "latency_ms") == 0) {
+      if ((r.has_latency = int_field(&it, 0, 600000, &r.latency_ms)) < 0)
+        bad = k;
+    } else {
+      bad = k;
+    }
+  }
+  if (bad != NULL || no == NULL) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "%s%s", bad ? "bad or unknown field: " : "",
+             bad ? bad : "out_trade_no (a trade or \"*\") is required");
+    bson_destroy(&doc);
+    answer_error(sim, req, 400, "PARAM_ERROR", msg, 0);
+    return;
+  }
+  trade_t *t = strcmp(no, "*") == 0 ? NULL : trade_get(sim, no);
+  bson_destroy(&doc);
+  rule_t *into = t != NULL ? &t->rule : &sim->defrule;
+#define MERGE(has, f)                                                         \
+  if (r.has) {                                                               \
+    into->has = 1;                                                           \
+    into->f = r.f;                                                           \
+  }
+  MERGE(has_pay_after, pay_after_ms)
+  MERGE(has_withhold, withhold)
+  MERGE(has_dups, dups)
+  MERGE(has_fail, fail_times)
+  MERGE(has_latency, latency_ms)
+#undef MERGE
+  if (t != NULL && r.has_fail)
+    t->fail_left = r.fail_times;
+  /* A trade waiting for its buyer follows its new rule from now. */
+  if (t != NULL && r.has_pay_after &&
+      (t->pub.state == PT_SIM_CREATED || t->pub.state == PT_SIM_SCANNED))
+    arm_pay(sim, t, r.pay_after_ms);
+  bson_t d = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&d, "out_trade_no", no);
+  rule_doc(sim, t, &d);
+  answer(sim, req, 200, &d, 0);
+  bson_destroy(&d);
+}
+
+/* GET /v1/sim/trades/{no}, POST /v1/sim/trades/{no}/pay and …/scan. */
+static void handle_trade(sim_t *sim, pt_httpd_req_t *req, const char *rest,
+                         int is_get, int is_post) {
+  char no[PT_OUT_TRADE_NO_MAX + 1];
+  const char *slash = strchr(rest, '/');
+  const char *action = slash ? slash + 1 : NULL;
+  size_t nlen = slash ? (size_t)(slash - rest) : strlen(rest);
+  if (nlen == 0 || pt_sim_path_decode(rest, nlen, no, sizeof no) != 0 ||
+      (action == NULL ? !is_get
+                      : !is_post || (strcmp(action, "pay") != 0 &&
+                                     strcmp(action, "scan") != 0))) {
+    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+    return;
+  }
+  trade_t *t = find(sim, no);
+  if (t == NULL || (action != NULL && t->pub.state == PT_SIM_NONE)) {
+    answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", 0);
+    return;
+  }
+  if (action != NULL && strcmp(action, "pay") == 0) {
+    if (pay_now(sim, t) != 0) {
+      answer_error(sim, req, 409,
+                   t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
+                   "the trade cannot be paid now", 0);
       return;
     }
-    BSON_APPEND_UTF8(&d, "out_trade_no", t->no);
-    BSON_APPEND_UTF8(&d, "status", t->status[0] ? t->status : "NONE");
-    BSON_APPEND_INT64(&d, "create_calls", t->create_calls);
-    BSON_APPEND_INT64(&d, "create_ok", t->create_ok);
-    BSON_APPEND_INT64(&d, "creates_after_created", t->creates_after_created);
-    BSON_APPEND_INT64(&d, "query_calls", t->query_calls);
-    answer(sim, req, 200, &d, 0);
+  } else if (action != NULL) {
+    if (t->pub.state != PT_SIM_CREATED && t->pub.state != PT_SIM_SCANNED) {
+      answer_error(sim, req, 409,
+                   t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
+                   "the trade cannot be scanned now", 0);
+      return;
+    }
+    t->pub.state = PT_SIM_SCANNED;
+    t->pub.scanned = 1;
   }
+  bson_t d = BSON_INITIALIZER;
+  stats_doc(sim, t, &d);
+  answer(sim, req, 200, &d, 0);
   bson_destroy(&d);
 }
 
@@ -287,30 +988,31 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
   size_t mlen, plen;
   const char *m = pt_httpd_method(req, &mlen);
   const char *p = pt_httpd_path(req, &plen);
-  char path[256], no[PT_OUT_TRADE_NO_MAX + 1];
+  char path[256];
   int is_post = mlen == 4 && memcmp(m, "POST", 4) == 0;
   int is_get = mlen == 3 && memcmp(m, "GET", 3) == 0;
+  if (plen < 8 || memcmp(p, "/v1/sim/", 8) != 0) {
+    if (is_get && plen == 8 && memcmp(p, "/healthz", 8) == 0)
+      pt_httpd_respond(req, 200, "application/json", "{\"status\":\"ok\"}",
+                       15, NULL);
+    else
+      sim->dialect->handle(sim, sim->dstate, req);
+    return;
+  }
   if (plen >= sizeof path) {
     answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
     return;
   }
   memcpy(path, p, plen);
   path[plen] = '\0';
-  if (is_post && strcmp(path, "/v1/trades") == 0) {
-    handle_create(sim, req);
-  } else if (is_get && strncmp(path, "/v1/trades/", 11) == 0 &&
-             strlen(path + 11) <= PT_OUT_TRADE_NO_MAX &&
-             strchr(path + 11, '/') == NULL) {
-    snprintf(no, sizeof no, "%s", path + 11);
-    handle_query(sim, req, no);
-  } else if (is_get && strcmp(path, "/v1/sim/stats") == 0) {
-    handle_stats(sim, req, NULL);
-  } else if (is_get && strncmp(path, "/v1/sim/trades/", 15) == 0 &&
-             strlen(path + 15) <= PT_OUT_TRADE_NO_MAX) {
-    snprintf(no, sizeof no, "%s", path + 15);
-    handle_stats(sim, req, no);
+  if (is_get && strcmp(path, "/v1/sim/stats") == 0) {
+    handle_stats(sim, req);
+  } else if (strncmp(path, "/v1/sim/trades/", 15) == 0) {
+    handle_trade(sim, req, path + 15, is_get, is_post);
+  } else if (is_post && strcmp(path, "/v1/sim/rules") == 0) {
+    handle_rules(sim, req);
   } else if (is_post && strcmp(path, "/v1/sim/outage") == 0) {
-    /* {"on": true} makes every create fail with 503 until {"on": false}. */
+    /* {"on": true} makes every create fail until {"on": false}. */
     size_t blen;
     const char *b = pt_httpd_body(req, &blen);
     sim->outage = memmem(b, blen, "true", 4) != NULL;
@@ -318,18 +1020,17 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     BSON_APPEND_BOOL(&d, "outage", sim->outage);
     answer(sim, req, 200, &d, 0);
     bson_destroy(&d);
-  } else if (is_get && strcmp(path, "/healthz") == 0) {
-    pt_httpd_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15,
-                     NULL);
   } else {
     answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
   }
 }
 
+/* ---- the process ------------------------------------------------------ */
 
 static void on_signal(uv_signal_t *s, int signum) {
   sim_t *sim = s->data;
   PT_INFO("sim_stopping", "signal=%d", signum);
+  sim->stopping = 1;
   uv_close((uv_handle_t *)&sim->sigterm, NULL);
   uv_close((uv_handle_t *)&sim->sigint, NULL);
   /* Held and delayed answers go out now, so their requests are freed. */
@@ -340,8 +1041,72 @@ static void on_signal(uv_signal_t *s, int signum) {
     pt_httpd_respond(l->req, 503, "application/json", "{}", 2, NULL);
     uv_close((uv_handle_t *)&l->timer, on_later_closed);
   }
+  trade_t *t, *tmp;
+  HASH_ITER(hh, sim->trades, t, tmp) {
+    if (t->pay_timer_on)
+      uv_close((uv_handle_t *)&t->pay_timer, NULL);
+    if (t->notify_timer_on)
+      uv_close((uv_handle_t *)&t->notify_timer, NULL);
+  }
+  /* Notifications in flight are cancelled (their callbacks see stopping). */
+  pt_http_client_destroy(sim->http);
+  sim->http = NULL;
   pt_httpd_destroy(sim->httpd);
   sim->httpd = NULL;
+}
+
+/* "500,1000,2000": milliseconds, 1..86400000 each, at most PT_SCHEDULE_MAX. */
+static int parse_schedule_ms(const char *s, int64_t *out, int *n) {
+  *n = 0;
+  while (*s != '\0') {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno != 0 || v < 1 || v > 86400000 ||
+        *n >= PT_SCHEDULE_MAX || (*end != ',' && *end != '\0'))
+      return -1;
+    out[(*n)++] = v;
+    s = *end == ',' ? end + 1 : end;
+    if (*end == ',' && *s == '\0')
+      return -1;
+  }
+  return *n > 0 ? 0 : -1;
+}
+
+/* Without --listen or a sim.listen of its own, a dialect listens where the
+ * configuration's channel URL points (channel.alipay.gateway,
+ * channel.wechat.base_url: by default the simulator itself), so that
+ * `paytask sim --dialect alipay` is what the default configuration calls. */
+static const char *default_listen(const pt_config_t *cfg, const char *dialect,
+                                  char *buf, size_t len) {
+  pt_config_t def;
+  char host[128];
+  int port;
+  pt_config_defaults(&def);
+  const char *url = strcmp(dialect, "alipay") == 0   ? cfg->alipay_gateway
+                    : strcmp(dialect, "wechat") == 0 ? cfg->wechat_base_url
+                                                     : NULL;
+  if (url == NULL || strcmp(cfg->sim_listen, def.sim_listen) != 0 ||
+      sscanf(url, "http://%127[0-9.]:%d", host, &port) != 2)
+    return cfg->sim_listen;
+  snprintf(buf, len, "%s:%d", host, port);
+  return buf;
+}
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: paytask sim [--dialect plain|alipay|wechat] "
+          "[--listen ADDR:PORT]\n"
+          "                   [--latency-ms N] [--error-rate P] "
+          "[--pay-after-ms N]\n"
+          "                   [--notify-schedule-ms MS,MS,...] "
+          "[--config FILE]\n"
+          "  --pay-after-ms N   the buyer pays each trade N ms after it is "
+          "created\n"
+          "                     (default -1: only when told, POST "
+          "/v1/sim/trades/{no}/pay)\n"
+          "  --notify-schedule-ms  delays between notification resends "
+          "(default 500,1000,2000,5000)\n");
 }
 
 int pt_sim_main(int argc, char **argv) {
@@ -350,17 +1115,22 @@ int pt_sim_main(int argc, char **argv) {
       {"latency-ms", required_argument, 0, 'L'},
       {"error-rate", required_argument, 0, 'e'},
       {"config", required_argument, 0, 'c'},
+      {"dialect", required_argument, 0, 'd'},
+      {"pay-after-ms", required_argument, 0, 'p'},
+      {"notify-schedule-ms", required_argument, 0, 'n'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   sim_t sim;
   pt_config_t cfg;
   pt_error_t err;
-  const char *listen = NULL, *path = NULL;
-  char *end;
-  int c;
+  const char *listen = NULL, *path = NULL, *dialect = NULL;
+  const char *schedule = "500,1000,2000,5000";
+  char *end, lbuf[160];
+  int c, rc = 0;
   memset(&sim, 0, sizeof sim);
   sim.rng = 12345;
-  while ((c = getopt_long(argc, argv, "l:L:e:c:h", opts, NULL)) != -1) {
+  sim.pay_after_ms = -1;
+  while ((c = getopt_long(argc, argv, "l:L:e:c:d:p:n:h", opts, NULL)) != -1) {
     switch (c) {
     case 'l':
       listen = optarg;
@@ -382,51 +1152,107 @@ int pt_sim_main(int argc, char **argv) {
     case 'c':
       path = optarg;
       break;
+    case 'd':
+      dialect = optarg;
+      break;
+    case 'p':
+      sim.pay_after_ms = (int)strtol(optarg, &end, 10);
+      if (*end != '\0' || sim.pay_after_ms < -1 ||
+          sim.pay_after_ms > 86400000) {
+        fprintf(stderr, "paytask sim: --pay-after-ms takes -1..86400000\n");
+        return 2;
+      }
+      break;
+    case 'n':
+      schedule = optarg;
+      break;
     default:
-      fprintf(stderr, "usage: paytask sim [--listen ADDR:PORT] "
-                      "[--latency-ms N] [--error-rate P] [--config FILE]\n");
+      usage(c == 'h' ? stdout : stderr);
       return c == 'h' ? 0 : 2;
     }
+  }
+  if (parse_schedule_ms(schedule, sim.schedule, &sim.nschedule) != 0) {
+    fprintf(stderr, "paytask sim: --notify-schedule-ms takes comma-separated "
+                    "milliseconds (1..86400000, at most %d)\n",
+            PT_SCHEDULE_MAX);
+    return 2;
   }
   if (pt_config_load(&cfg, path, &err) != 0) {
     fprintf(stderr, "paytask sim: %s\n", err.message);
     return 2;
   }
+  if (dialect == NULL)
+    dialect = cfg.sim_dialect;
+  for (int i = 0; dialects[i] != NULL; i++)
+    if (strcmp(dialects[i]->name, dialect) == 0)
+      sim.dialect = dialects[i];
+  if (sim.dialect == NULL) {
+    fprintf(stderr, "paytask sim: --dialect takes plain, alipay or wechat\n");
+    return 2;
+  }
   pt_log_setup((pt_log_level_t)pt_log_level_parse(cfg.log_level),
                PT_LOG_LOGFMT, "sim");
+  sim.cfg = &cfg;
+  if (sim.dialect->state_size > 0 &&
+      (sim.dstate = calloc(1, sim.dialect->state_size)) == NULL) {
+    fprintf(stderr, "paytask sim: out of memory\n");
+    return 1;
+  }
+  if (sim.dialect->init != NULL &&
+      sim.dialect->init(sim.dstate, &cfg, &err) != 0) {
+    fprintf(stderr, "paytask sim: %s dialect: %s\n", sim.dialect->name,
+            err.message);
+    rc = 2;
+    goto done;
+  }
   char host[256];
   int port;
-  if (pt_config_hostport(listen ? listen : cfg.sim_listen, host, sizeof host,
-                         &port) != 0) {
+  if (listen == NULL)
+    listen = default_listen(&cfg, sim.dialect->name, lbuf, sizeof lbuf);
+  if (pt_config_hostport(listen, host, sizeof host, &port) != 0) {
     fprintf(stderr, "paytask sim: --listen takes ADDR:PORT\n");
-    return 2;
+    rc = 2;
+    goto done;
   }
   sim.loop = malloc(sizeof *sim.loop);
   uv_loop_init(sim.loop);
+  sim.http = pt_http_client_new(sim.loop, &err);
   pt_httpd_opts_t ho = {.host = host,
                         .port = port,
                         .max_body = 65536,
                         .handler = on_request,
                         .arg = &sim};
-  sim.httpd = pt_httpd_new(sim.loop, &ho, &err);
+  sim.httpd = sim.http != NULL ? pt_httpd_new(sim.loop, &ho, &err) : NULL;
   if (sim.httpd == NULL) {
     fprintf(stderr, "paytask sim: %s\n", err.message);
-    return 1;
+    pt_http_client_destroy(sim.http);
+    uv_run(sim.loop, UV_RUN_DEFAULT);
+    rc = 1;
+    goto done;
   }
   uv_signal_init(sim.loop, &sim.sigterm);
   uv_signal_init(sim.loop, &sim.sigint);
   sim.sigterm.data = sim.sigint.data = &sim;
   uv_signal_start(&sim.sigterm, on_signal, SIGTERM);
   uv_signal_start(&sim.sigint, on_signal, SIGINT);
-  PT_INFO("sim_listening", "addr=%s:%d latency_ms=%d error_rate=%g", host,
-          pt_httpd_port(sim.httpd), sim.latency_ms, sim.error_rate);
+  PT_INFO("sim_listening",
+          "addr=%s:%d dialect=%s latency_ms=%d error_rate=%g pay_after_ms=%d",
+          host, pt_httpd_port(sim.httpd), sim.dialect->name, sim.latency_ms,
+          sim.error_rate, sim.pay_after_ms);
   uv_run(sim.loop, UV_RUN_DEFAULT);
+
+done:
+  if (sim.loop != NULL) {
+    uv_loop_close(sim.loop);
+    free(sim.loop);
+  }
   trade_t *t, *tmp;
   HASH_ITER(hh, sim.trades, t, tmp) {
     HASH_DEL(sim.trades, t);
     free(t);
   }
-  uv_loop_close(sim.loop);
-  free(sim.loop);
-  return 0;
+  if (sim.dialect->cleanup != NULL)
+    sim.dialect->cleanup(sim.dstate);
+  free(sim.dstate);
+  return rc;
 }
