@@ -9,6 +9,7 @@
 #include "bench/pt_bench.h"
 #include "cli/pt_cli.h"
 #include "cli/pt_demo.h"
+#include "cli/pt_events.h"
 #include "cli/pt_inspect.h"
 #include "cli/pt_replay.h"
 #include "core/pt_mongo.h"
@@ -29,6 +30,7 @@ static const command_t commands[] = {
     {"get", pt_cli_get, "read a task through the api (--wait N)"},
     {"replay", pt_replay_main, "find failed tasks and replay them (SREs)"},
     {"inspect", pt_inspect_main, "queues, sync backlog, workers (--watch)"},
+    {"events", pt_events_main, "events tail: watch the result events"},
     {"config", pt_cli_config, "config check [FILE]: validate and print"},
     {"bench", pt_bench_main, "measure throughput, latency, memory (scripts/bench)"},
     {"demo", pt_demo_main, "submit demo tasks and summarise (scripts/demo)"},

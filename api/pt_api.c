@@ -12,6 +12,7 @@
 #include "core/pt_amqp.h"
 #include "core/pt_httpd.h"
 #include "core/pt_id.h"
+#include "core/pt_lease.h"
 #include "core/pt_log.h"
 #include "core/pt_metrics.h"
 #include "core/pt_mongo.h"
@@ -33,7 +34,7 @@ typedef struct {
   pt_redis_t *sub; /* pub/sub: final states, for ?wait */
   pt_mongo_t *mongo;
   pt_idgen_t ids;
-  char lease_key[32], lease_val[96];
+  pt_lease_t lease;
   uv_timer_t lease_timer, amqp_retry, stop_timer, redis_retry;
   uv_signal_t sigterm, sigint;
   waiter_t *waiters; /* by task id */
@@ -61,6 +62,9 @@ typedef struct op {
    * the client. */
   void (*on_doc)(struct op *op, const bson_t *doc);
   int force;
+  char client[32]; /* the token's client */
+  const pt_channel_ops_t *chan; /* a channel notification */
+  pt_chan_notify_t note;
 } op_t;
 
 /* Waiters of one task id: GETs holding with ?wait. */
@@ -118,6 +122,7 @@ static void op_error(op_t *op, int status, const char *code,
 /* ---- reading a task: Redis, then MongoDB ------------------------------ */
 
 static void read_task(op_t *op);
+static void reply_task(op_t *op, const bson_t *doc);
 
 typedef struct {
   char id[21];
@@ -167,8 +172,7 @@ static void on_mongo_found(int status, const pt_error_t *err, void *arg) {
     op->on_doc(op, &op->mongo_doc);
     return;
   }
-  pt_reply_doc(op->req, op->status_ok, &op->mongo_doc);
-  op_free(op);
+  reply_task(op, &op->mongo_doc);
 }
 
 static void read_from_mongo(op_t *op) {
@@ -178,6 +182,70 @@ static void read_from_mongo(op_t *op) {
 }
 
 static void waiter_remove(api_t *api, wait_entry_t *we);
+
+/* ---- a pay task's trade ---------------------------------------------- */
+
+typedef struct {
+  op_t *op;
+  bson_t *doc; /* bson_copy: a bson_t wants more alignment than malloc's */
+} trade_read_t;
+
+static const char *hfield(const redisReply *r, const char *name) {
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (r->element[i]->type == REDIS_REPLY_STRING &&
+        strcmp(r->element[i]->str, name) == 0 &&
+        r->element[i + 1]->type == REDIS_REPLY_STRING)
+      return r->element[i + 1]->str;
+  return NULL;
+}
+
+static void on_trade_hash(redisReply *reply, void *arg) {
+  trade_read_t *tr = arg;
+  op_t *op = tr->op;
+  const char *v;
+  if (reply != NULL && (v = hfield(reply, "status")) != NULL) {
+    bson_t t;
+    char ts[32];
+    BSON_APPEND_DOCUMENT_BEGIN(tr->doc, "trade", &t);
+    BSON_APPEND_UTF8(&t, "status", v);
+    static const char *const strs[] = {"trade_no", "settled_by",
+                                       "notify_status"};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+      if ((v = hfield(reply, strs[i])) != NULL && v[0])
+        BSON_APPEND_UTF8(&t, strs[i], v);
+    static const char *const times[] = {"settled_at", "expire_at"};
+    for (size_t i = 0; i < sizeof times / sizeof times[0]; i++)
+      if ((v = hfield(reply, times[i])) != NULL && v[0]) {
+        pt_time_rfc3339(strtoll(v, NULL, 10), ts);
+        BSON_APPEND_UTF8(&t, times[i], ts);
+      }
+    bson_append_document_end(tr->doc, &t);
+  }
+  pt_reply_doc(op->req, op->status_ok, tr->doc);
+  bson_destroy(tr->doc);
+  free(tr);
+  op_free(op);
+}
+
+/* Answers a task read; a pay task's answer carries its trade, if any. */
+static void reply_task(op_t *op, const bson_t *doc) {
+  bson_iter_t it;
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  trade_read_t *tr;
+  if (ac != NULL && bson_iter_init_find(&it, doc, "type") &&
+      BSON_ITER_HOLDS_UTF8(&it) &&
+      strcmp(bson_iter_utf8(&it, NULL), "pay") == 0 &&
+      (tr = malloc(sizeof *tr)) != NULL) {
+    tr->op = op;
+    tr->doc = bson_copy(doc);
+    if (pt_store_get_trade(ac, op->id, on_trade_hash, tr) == 0)
+      return;
+    bson_destroy(tr->doc);
+    free(tr);
+  }
+  pt_reply_doc(op->req, op->status_ok, doc);
+  op_free(op);
+}
 
 static void on_task_hash(redisReply *reply, void *arg) {
   op_t *op = arg;
@@ -207,9 +275,8 @@ static void on_task_hash(redisReply *reply, void *arg) {
     bson_destroy(&doc);
     return;
   }
-  pt_reply_doc(op->req, op->status_ok, &doc);
+  reply_task(op, &doc);
   bson_destroy(&doc);
-  op_free(op);
 }
 
 static void read_task(op_t *op) {
@@ -542,6 +609,12 @@ static void handle_submit(op_t *op) {
     op_error(op, 400, ie.code, ie.message);
     return;
   }
+  if (pt_runner_find(op->task.type)->internal) {
+    op_error(op, 400, "invalid_task_type",
+             "query, close and notify tasks are scheduled by paytask itself");
+    return;
+  }
+  snprintf(op->task.client, sizeof op->task.client, "%s", op->client);
   submit_task(op, body, blen);
 }
 
@@ -726,6 +799,124 @@ static void on_sync_backlog(redisAsyncContext *ac, void *r, void *privdata) {
                    (double)reply->integer);
 }
 
+/* ---- channel notifications ------------------------------------------ */
+
+static const char *notify_header(void *ctx, const char *name, size_t *len) {
+  return pt_httpd_header(ctx, name, len);
+}
+
+static void notify_answer(op_t *op, int ok, const char *why,
+                          const char *result) {
+  pt_chan_ack_t ack;
+  char labels[96];
+  memset(&ack, 0, sizeof ack);
+  op->chan->notify_ack(ok, why, &ack);
+  snprintf(labels, sizeof labels, "channel=\"%s\",result=\"%s\"",
+           op->chan->code, result);
+  pt_metrics_inc(op->api->metrics, "paytask_callbacks_total",
+                 "channel notifications received, by result", labels, 1);
+  pt_httpd_respond(op->req, ack.http_status, ack.content_type, ack.body,
+                   ack.body_len, NULL);
+  op_free(op);
+}
+
+static void on_notified(int status, pt_verdict_t v, const char *detail,
+                        void *arg) {
+  op_t *op = arg;
+  const pt_chan_notify_t *n = &op->note;
+  if (status != 0) {
+    PT_ERROR("callback_store_failed", "channel=%s out_trade_no=%s err=\"%s\"",
+             op->chan->code, n->out_trade_no, detail);
+    notify_answer(op, 0, "temporarily unavailable", "error");
+    return;
+  }
+  switch (v) {
+  case PT_V_OK:
+    PT_INFO("callback_applied",
+            "channel=%s task_id=%s out_trade_no=%s trade_status=%s "
+            "notify_id=%s",
+            op->chan->code, detail, n->out_trade_no,
+            pt_trade_state_name(n->trade_state), n->notify_id);
+    notify_answer(op, 1, NULL, "applied");
+    return;
+  case PT_V_SAME:
+  case PT_V_STALE:
+    PT_INFO("callback_duplicate",
+            "channel=%s out_trade_no=%s trade_status=%s current=%s "
+            "notify_id=%s note=\"nothing changed\"",
+            op->chan->code, n->out_trade_no,
+            pt_trade_state_name(n->trade_state), detail, n->notify_id);
+    notify_answer(op, 1, NULL, "duplicate");
+    return;
+  case PT_V_MISMATCH:
+    PT_ERROR("callback_refused",
+             "channel=%s out_trade_no=%s reason=amount_mismatch amount=%lld "
+             "expected=%s",
+             op->chan->code, n->out_trade_no, (long long)n->amount, detail);
+    notify_answer(op, 0, "the amount does not match the trade", "refused");
+    return;
+  default:
+    PT_WARN("callback_refused",
+            "channel=%s out_trade_no=%s reason=unknown_trade",
+            op->chan->code, n->out_trade_no);
+    notify_answer(op, 0, "no such trade", "refused");
+    return;
+  }
+}
+
+/* POST /v1/channels/{channel}/notify: a channel's asynchronous
+ * notification. Its authenticity is its signature (no bearer token): the
+ * channel's strategy verifies it; the trade is then found by out_trade_no,
+ * the amount compared, and the state applied once, forward only. */
+static void handle_channel_notify(op_t *op, const char *code, size_t clen) {
+  api_t *api = op->api;
+  char name[16];
+  pt_error_t err;
+  size_t blen;
+  if (clen == 0 || clen >= sizeof name) {
+    op_error(op, 404, "not_found", "no such channel");
+    return;
+  }
+  memcpy(name, code, clen);
+  name[clen] = '\0';
+  op->chan = pt_channel_find(name);
+  if (op->chan == NULL || op->chan->notify_parse == NULL) {
+    op_error(op, 404, "not_found", "this channel sends no notifications");
+    return;
+  }
+  const char *body = pt_httpd_body(op->req, &blen);
+  pt_chan_notify_in_t in = {.body = body,
+                            .body_len = blen,
+                            .header = notify_header,
+                            .header_ctx = op->req,
+                            .now_s = pt_now_ms() / 1000};
+  memset(&op->note, 0, sizeof op->note);
+  if (op->chan->notify_parse(api->cfg, &in, &op->note, &err) != 0) {
+    PT_WARN("callback_refused", "channel=%s reason=\"%s\"", op->chan->code,
+            err.message);
+    notify_answer(op, 0, err.message, "refused");
+    return;
+  }
+  uint64_t child;
+  char child_id[21];
+  if (pt_idgen_next(&api->ids, &child) != 0) {
+    notify_answer(op, 0, "temporarily unavailable", "error");
+    return;
+  }
+  pt_id_format(child, child_id);
+  pt_store_notify_t nt = {.out_trade_no = op->note.out_trade_no,
+                          .state = pt_trade_state_name(op->note.trade_state),
+                          .trade_no = op->note.trade_no,
+                          .amount = op->note.amount,
+                          .notify_id = op->note.notify_id,
+                          .notify_task_id = child_id,
+                          .now_ms = pt_now_ms()};
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  if (ac == NULL ||
+      pt_store_notify(ac, op->chan->code, &nt, on_notified, op) != 0)
+    notify_answer(op, 0, "temporarily unavailable", "error");
+}
+
 static int path_is(const char *p, size_t n, const char *lit) {
   return n == strlen(lit) && memcmp(p, lit, n) == 0;
 }
@@ -780,10 +971,22 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     op_error(op, 404, "not_found", "no such endpoint");
     return;
   }
+  if (plen > 19 && memcmp(p, "/v1/channels/", 13) == 0 &&
+      memcmp(p + plen - 7, "/notify", 7) == 0) {
+    if (!is_post) {
+      op_error(op, 405, "method_not_allowed", "use POST");
+      return;
+    }
+    handle_channel_notify(op, p + 13, plen - 20);
+    return;
+  }
   const char *auth = pt_httpd_header(req, "authorization", &alen);
   int scopes = 0;
-  if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0)
+  if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0) {
     scopes = pt_config_token_scopes(api->cfg, auth + 7, alen - 7);
+    pt_config_token_client(api->cfg, auth + 7, alen - 7, op->client,
+                           sizeof op->client);
+  }
   if (scopes == 0) {
     op_error(op, 401, "unauthorized",
              "send Authorization: Bearer <token> with a valid token");
@@ -932,43 +1135,7 @@ static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
 
 static void on_lease_renew(uv_timer_t *t) {
   api_t *api = t->data;
-  redisAsyncContext *ac = pt_redis_ctx(api->redis);
-  if (ac != NULL)
-    redisAsyncCommand(ac, NULL, NULL, "SET %s %s EX 60", api->lease_key,
-                      api->lease_val);
-}
-
-/* Leases a node id in Redis (SET NX EX), before the loop runs. */
-static int lease_node(api_t *api, pt_error_t *err) {
-  char host[64] = "host";
-  if (api->cfg->node_id >= 0) {
-    pt_idgen_init(&api->ids, (int)api->cfg->node_id);
-    return 0;
-  }
-  redisContext *rc = pt_redis_connect_sync(api->cfg->redis_uri, 2000, err);
-  if (rc == NULL)
-    return PT_EREDIS;
-  gethostname(host, sizeof host - 1);
-  snprintf(api->lease_val, sizeof api->lease_val, "%s:%ld", host,
-           (long)getpid());
-  int node = -1;
-  for (int n = 0; n <= PT_ID_MAX_NODE && node < 0; n++) {
-    snprintf(api->lease_key, sizeof api->lease_key, "pt:node:%d", n);
-    redisReply *r = redisCommand(rc, "SET %s %s NX EX 60", api->lease_key,
-                                 api->lease_val);
-    if (r == NULL)
-      break;
-    if (r->type == REDIS_REPLY_STATUS)
-      node = n;
-    freeReplyObject(r);
-  }
-  redisFree(rc);
-  if (node < 0)
-    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
-                        "no free node id could be leased in Redis");
-  pt_idgen_init(&api->ids, node);
-  PT_INFO("node_leased", "node=%d", node);
-  return 0;
+  pt_lease_renew(&api->lease, pt_redis_ctx(api->redis));
 }
 
 static void close_all(api_t *api) {
@@ -979,8 +1146,7 @@ static void close_all(api_t *api) {
   uv_close((uv_handle_t *)&api->stop_timer, NULL);
   uv_close((uv_handle_t *)&api->redis_retry, NULL);
   redisAsyncContext *ac = pt_redis_ctx(api->redis);
-  if (ac != NULL && api->lease_key[0])
-    redisAsyncCommand(ac, NULL, NULL, "DEL %s", api->lease_key);
+  pt_lease_release(&api->lease, ac);
   pt_amqp_destroy(api->amqp);
   api->amqp = NULL;
   pt_redis_destroy(api->sub);
@@ -1046,7 +1212,8 @@ int pt_api_run(const pt_config_t *cfg) {
              DEV_TOKEN, cfg->api_listen);
     return 2;
   }
-  if (lease_node(&api, &err) != 0) {
+  if (pt_lease_node(api.cfg, &api.ids, &api.lease, &err) != 0 ||
+      pt_channels_init(cfg, &err) != 0) {
     PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
     return 1;
   }
@@ -1055,7 +1222,7 @@ int pt_api_run(const pt_config_t *cfg) {
   uv_loop_init(api.loop);
   pt_amqp_opts_t ao = {.uri = cfg->amqp_uri,
                        .setup = pt_topology_declare,
-                       .setup_arg = (void *)cfg->amqp_queue_type,
+                       .setup_arg = (void *)cfg,
                        .on_lost = on_amqp_lost,
                        .lost_arg = &api};
   api.amqp = pt_amqp_new(api.loop, &ao);
@@ -1079,7 +1246,7 @@ int pt_api_run(const pt_config_t *cfg) {
   uv_timer_init(api.loop, &api.amqp_retry);
   uv_timer_init(api.loop, &api.stop_timer);
   api.lease_timer.data = api.amqp_retry.data = api.stop_timer.data = &api;
-  if (api.lease_key[0])
+  if (api.lease.key[0])
     uv_timer_start(&api.lease_timer, on_lease_renew, 20000, 20000);
   uv_signal_init(api.loop, &api.sigterm);
   uv_signal_init(api.loop, &api.sigint);
@@ -1092,6 +1259,7 @@ int pt_api_run(const pt_config_t *cfg) {
   uv_run(api.loop, UV_RUN_DEFAULT);
   pt_mongo_destroy(api.mongo);
   pt_metrics_destroy(api.metrics);
+  pt_channels_cleanup();
   int rc = uv_loop_close(api.loop);
   if (rc != 0)
     PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));

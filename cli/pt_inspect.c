@@ -28,7 +28,8 @@ static void show_queues(const pt_config_t *cfg) {
   int n = 0;
   names[n++] = PT_QUEUE_TASKS;
   for (int i = 1; i <= PT_DELAY_LEVELS; i++) {
-    pt_topology_delay_queue(i, delay[i - 1], sizeof delay[0]);
+    pt_topology_delay_queue(pt_delay_levels[i - 1], delay[i - 1],
+                            sizeof delay[0]);
     names[n++] = delay[i - 1];
   }
   names[n++] = PT_QUEUE_DEAD;

@@ -32,9 +32,11 @@ static const cfg_key_t keys[] = {
     {"api.listen", S(api_listen), "127.0.0.1:8080", 0, 0, 0,
      "address:port the api listens on"},
     {"api.tokens", S(api_tokens), "dev-token-change-me", 0, 0, 1,
-     "comma-separated bearer tokens, each TOKEN or TOKEN:SCOPE+SCOPE "
-     "(submit, read, admin; none given: all); the shipped development "
-     "token is accepted only on a loopback address"},
+     "comma-separated bearer tokens, each TOKEN, TOKEN:SCOPE+SCOPE "
+     "(submit, read, admin; none given: all) or TOKEN:SCOPES:CLIENT (the "
+     "client whose notify secret signs its notifications; else default); "
+     "the shipped development token is accepted only on a loopback "
+     "address"},
     {"api.max_body", I(api_max_body), "65536", 1024, 16777216, 0,
      "largest request body in bytes (413 above)"},
     {"api.max_amount", I(api_max_amount), "100000000", 1, INT64_MAX / 2, 0,
@@ -393,8 +395,14 @@ int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
       unsigned char diff = 0;
       for (size_t i = 0; i < tn; i++)
         diff |= (unsigned char)(p[i] ^ token[i]);
-      if (diff == 0)
-        found |= colon ? parse_scopes(colon + 1, n - tn - 1) : PT_SCOPE_ALL;
+      if (diff == 0) {
+        /* TOKEN:SCOPES:CLIENT — the scopes end at the second colon. */
+        size_t sn = colon ? n - tn - 1 : 0;
+        const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
+        if (c2 != NULL)
+          sn = (size_t)(c2 - colon - 1);
+        found |= colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
+      }
     }
     if (comma == NULL)
       break;
@@ -453,4 +461,32 @@ int pt_config_notify_secret(const pt_config_t *cfg, const char *client,
     p = comma + 1;
   }
   return PT_ENOTFOUND;
+}
+
+void pt_config_token_client(const pt_config_t *cfg, const char *token,
+                            size_t len, char *out, size_t outlen) {
+  const char *p = cfg->api_tokens;
+  snprintf(out, outlen, "default");
+  while (*p) {
+    const char *comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    while (n > 0 && *p == ' ') {
+      p++;
+      n--;
+    }
+    const char *colon = memchr(p, ':', n);
+    size_t tn = colon ? (size_t)(colon - p) : n;
+    if (tn == len && memcmp(p, token, len) == 0 && colon != NULL) {
+      const char *c2 = memchr(colon + 1, ':', n - tn - 1);
+      size_t cn = c2 ? n - (size_t)(c2 + 1 - p) : 0;
+      if (cn > 0 && cn < outlen) {
+        memcpy(out, c2 + 1, cn);
+        out[cn] = '\0';
+      }
+      return;
+    }
+    if (comma == NULL)
+      break;
+    p = comma + 1;
+  }
 }

@@ -101,6 +101,9 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port);
  * constant time per token. */
 int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
                            size_t len);
+/* The client a token belongs to (TOKEN:SCOPES:CLIENT), else "default". */
+void pt_config_token_client(const pt_config_t *cfg, const char *token,
+                            size_t len, char *out, size_t outlen);
 /* 1 if the token is configured at all. */
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
 

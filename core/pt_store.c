@@ -36,6 +36,9 @@ static const char cancel_lua[] =
     "redis.call('SET', KEYS[3], 'CANCELLED', 'EX', ARGV[4])\n"
     "redis.call('XADD', KEYS[2], '*', 'id', ARGV[2])\n"
     "redis.call('PUBLISH', ARGV[3], ARGV[2])\n"
+    "redis.call('XADD', KEYS[5], '*', 'kind', 'event', 'subject', 'task',\n"
+    "  'task_id', ARGV[2], 'status', 'CANCELLED', 'at', ARGV[1], 'spec',\n"
+    "  redis.call('HGET', KEYS[1], 'spec'), 'result', '', 'error', ARGV[5])\n"
     "return {'ok', ''}\n";
 
 /* Decides what a delivered attempt n does. A hash that is missing while no
@@ -70,7 +73,51 @@ static const char start_lua[] =
     "redis.call('HDEL', KEYS[1], 'next_attempt_at')\n"
     "return {verdict, ''}\n";
 
+/* Shared by the scripts that settle trades (finish, notify): a trade's
+ * status moves only forward (NOTPAY < PAYING < a final status), so a late
+ * query answer cannot undo a callback's SUCCEEDED. A final status writes
+ * the trade event and, when the task has a notify_url, the notify task to
+ * the outbox in the same step, so neither can be lost. */
+#define PT_LUA_APPLY_TRADE                                                    \
+  "local RANK = {NOTPAY=1, PAYING=2, SUCCEEDED=3, CLOSED=3, FAILED=3}\n"      \
+  "local function apply_trade(tk, ob, st, src, tno, amt, nid, now, child,\n"  \
+  "                           ttl)\n"                                         \
+  "  local h = redis.call('HMGET', tk, 'status', 'amount', 'notify_url',\n"   \
+  "    'task_id', 'spec')\n"                                                  \
+  "  if not h[1] then return {'notfound', ''} end\n"                          \
+  "  if amt ~= '' and amt ~= h[2] then return {'mismatch', h[2]} end\n"       \
+  "  local cur, new = RANK[h[1]] or 0, RANK[st] or 0\n"                       \
+  "  if cur >= 3 then return {'stale', h[1]} end\n"                           \
+  "  if new <= cur then return {'same', h[1]} end\n"                          \
+  "  redis.call('HSET', tk, 'status', st, 'updated_at', now, 'settled_by',\n" \
+  "    src)\n"                                                                \
+  "  if tno ~= '' then redis.call('HSET', tk, 'trade_no', tno) end\n"         \
+  "  if nid ~= '' then redis.call('HSET', tk, 'notify_id', nid) end\n"        \
+  "  if new == 3 then\n"                                                      \
+  "    redis.call('HSET', tk, 'settled_at', now)\n"                           \
+  "    redis.call('XADD', ob, '*', 'kind', 'event', 'subject', 'trade',\n"    \
+  "      'task_id', h[4], 'status', st, 'source', src, 'trade_no', tno,\n"    \
+  "      'at', now, 'spec', h[5])\n"                                          \
+  "    if h[3] and h[3] ~= '' and child ~= '' then\n"                         \
+  "      redis.call('HSET', tk, 'notify_status', 'PENDING', 'notify_task',\n" \
+  "        child)\n"                                                          \
+  "      redis.call('XADD', ob, '*', 'kind', 'spawn', 'type', 'notify',\n"    \
+  "        'parent', h[4], 'task_id', child, 'due', now)\n"                   \
+  "    end\n"                                                                 \
+  "    redis.call('EXPIRE', tk, ttl)\n"                                       \
+  "    redis.call('PUBLISH', 'pt:final', h[4])\n"                             \
+  "  end\n"                                                                   \
+  "  return {'ok', st}\n"                                                     \
+  "end\n"
+
+/* KEYS: task hash, sync stream, tombstone, outbox, trade hash ('' if none),
+ * out_trade_no index ('' if none). ARGV: see pt_store_finish. A final
+ * status also writes the task's result event to the outbox. A pay task
+ * that created a trade creates the trade record and schedules its first
+ * query and its close; a query or close applies what the channel said; a
+ * notify task records whether the merchant got it. */
 static const char finish_lua[] =
+    PT_LUA_APPLY_TRADE
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
     "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) then\n"
     "  return {'stale', h[1] or ''} end\n"
@@ -87,7 +134,46 @@ static const char finish_lua[] =
     "redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[10])\n"
     "redis.call('XADD', KEYS[2], '*', 'id', ARGV[8])\n"
     "redis.call('PUBLISH', ARGV[9], ARGV[8])\n"
+    "redis.call('XADD', KEYS[4], '*', 'kind', 'event', 'subject', 'task',\n"
+    "  'task_id', ARGV[8], 'status', ARGV[2], 'at', ARGV[3], 'spec',\n"
+    "  redis.call('HGET', KEYS[1], 'spec'), 'result', ARGV[4], 'error',\n"
+    "  ARGV[5])\n"
+    "local tk, mode = KEYS[5], ARGV[11]\n"
+    "if mode == 'create' and ARGV[2] == 'SUCCEEDED' then\n"
+    "  if redis.call('EXISTS', tk) == 0 then\n"
+    "    redis.call('HSET', tk, 'status', 'NOTPAY', 'task_id', ARGV[8],\n"
+    "      'amount', ARGV[17], 'notify_url', ARGV[18], 'spec', ARGV[19],\n"
+    "      'created_at', ARGV[3], 'expire_at', ARGV[20], 'settled_by', '')\n"
+    "    redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[23])\n"
+    "    redis.call('EXPIRE', tk, ARGV[23])\n"
+    "    redis.call('XADD', KEYS[4], '*', 'kind', 'spawn', 'type', 'query',\n"
+    "      'parent', ARGV[8], 'task_id', ARGV[21], 'due', ARGV[24])\n"
+    "    redis.call('XADD', KEYS[4], '*', 'kind', 'spawn', 'type', 'close',\n"
+    "      'parent', ARGV[8], 'task_id', ARGV[22], 'due', ARGV[20])\n"
+    "  end\n"
+    "end\n"
+    "if tk ~= '' and ARGV[12] ~= '' and ARGV[12] ~= 'NOTPAY' and\n"
+    "   ARGV[2] == 'SUCCEEDED' then\n"
+    "  apply_trade(tk, KEYS[4], ARGV[12], ARGV[13], ARGV[14], '', '',\n"
+    "    ARGV[3], ARGV[15], ARGV[16])\n"
+    "end\n"
+    "if mode == 'notify' then\n"
+    "  redis.call('HSET', tk, 'notify_status', ARGV[2] == 'SUCCEEDED' and\n"
+    "    'DELIVERED' or 'NOTIFY_FAILED')\n"
+    "end\n"
     "return {'ok', ''}\n";
+
+/* A channel's notification. KEYS: out_trade_no index, outbox. ARGV: state,
+ * trade_no, amount (minor units), notify id, now, notify task id, trade
+ * ttl. Looks the trade up by the channel's out_trade_no and applies the
+ * state if the amount matches. */
+static const char notify_lua[] =
+    PT_LUA_APPLY_TRADE
+    "local id = redis.call('GET', KEYS[1])\n"
+    "if not id then return {'notfound', ''} end\n"
+    "local r = apply_trade('pt:trade:' .. id, KEYS[2], ARGV[1], 'callback',\n"
+    "  ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n"
+    "return {r[1], id}\n";
 
 /* An attempt cut off at the drain deadline: back to where it was before it
  * started (not counted), flagged so the next delivery resumes it, which
@@ -107,13 +193,19 @@ typedef struct {
   char sha[41];
 } script_t;
 
-enum { S_SUBMIT, S_CANCEL, S_START, S_FINISH, S_INTERRUPT, S_COUNT };
+enum {
+  S_SUBMIT,
+  S_CANCEL,
+  S_START,
+  S_FINISH,
+  S_INTERRUPT,
+  S_NOTIFY,
+  S_COUNT
+};
 
-static script_t scripts[S_COUNT] = {{submit_lua, ""},
-                                    {cancel_lua, ""},
-                                    {start_lua, ""},
-                                    {finish_lua, ""},
-                                    {interrupt_lua, ""}};
+static script_t scripts[S_COUNT] = {
+    {submit_lua, ""}, {cancel_lua, ""},    {start_lua, ""},
+    {finish_lua, ""}, {interrupt_lua, ""}, {notify_lua, ""}};
 
 static void compute_shas(void) {
   /* Only loop threads call the scripts, and each computes the same bytes,
@@ -156,7 +248,9 @@ static const struct {
                 {"dead", PT_V_DEAD},
                 {"stale", PT_V_STALE},
                 {"notfound", PT_V_NOTFOUND},
-                {"conflict", PT_V_CONFLICT}};
+                {"conflict", PT_V_CONFLICT},
+                {"same", PT_V_SAME},
+                {"mismatch", PT_V_MISMATCH}};
 
 static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata) {
   call_t *c = privdata;
@@ -188,8 +282,8 @@ static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata) {
 static int evalsha(redisAsyncContext *ac, int script, int nkeys, int argc,
                    const char **argv, const size_t *lens, pt_store_cb cb,
                    void *arg) {
-  const char *av[24];
-  size_t al[24];
+  const char *av[40];
+  size_t al[40];
   char nk[8];
   call_t *c;
 
@@ -218,6 +312,9 @@ static int evalsha(redisAsyncContext *ac, int script, int nkeys, int argc,
   }
   return 0;
 }
+
+static int hgetall(redisAsyncContext *ac, const char *k, pt_store_hash_cb cb,
+                   void *arg);
 
 static void key(char *buf, size_t len, const char *prefix, const char *id) {
   snprintf(buf, len, "%s%s", prefix, id);
@@ -249,10 +346,11 @@ static int cancel_common(redisAsyncContext *ac, const char *id,
     key(k4, sizeof k4, PT_KEY_IDEM, idem_key);
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   snprintf(ttl, sizeof ttl, "%d", PT_TOMBSTONE_TTL_S);
-  const char *argv[] = {k1,  PT_STREAM_SYNC, k3,  k4,
-                        now, id,             PT_CHANNEL_FINAL, ttl,
+  const char *argv[] = {k1,  PT_STREAM_SYNC,   k3,
+                        k4,  PT_STREAM_OUTBOX, now,
+                        id,  PT_CHANNEL_FINAL, ttl,
                         error_json ? error_json : ""};
-  return evalsha(ac, S_CANCEL, 4, 9, argv, NULL, cb, arg);
+  return evalsha(ac, S_CANCEL, 5, 10, argv, NULL, cb, arg);
 }
 
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
@@ -299,27 +397,93 @@ int pt_store_interrupt(redisAsyncContext *ac, const char *id, int attempt,
 
 int pt_store_finish(redisAsyncContext *ac, const char *id,
                     const pt_store_finish_t *f, pt_store_cb cb, void *arg) {
-  char k1[64], k3[64], n[16], now[24], next[24], ttl[24];
+  char k1[64], k3[64], k5[64] = "", k6[PT_OUT_TRADE_NO_MAX + 64] = "", n[16],
+                       now[24], next[24], ttl[24], amount[24], expire[24],
+                       trade_ttl[24], first_query[24];
+  const pt_store_trade_t *t = f->trade;
+  static const pt_store_trade_t none;
+  if (t == NULL)
+    t = &none;
   key(k1, sizeof k1, PT_KEY_TASK, id);
   key(k3, sizeof k3, PT_KEY_FIN, id);
+  if (t->trade_id != NULL)
+    key(k5, sizeof k5, PT_KEY_TRADE, t->trade_id);
+  if (t->mode != NULL && strcmp(t->mode, "create") == 0)
+    pt_store_otn_key(k6, sizeof k6, t->channel, t->out_trade_no);
   snprintf(n, sizeof n, "%d", f->attempt);
   snprintf(now, sizeof now, "%lld", (long long)f->now_ms);
   snprintf(next, sizeof next, "%lld", (long long)f->next_attempt_at_ms);
   snprintf(ttl, sizeof ttl, "%d", PT_TOMBSTONE_TTL_S);
+  snprintf(amount, sizeof amount, "%lld", (long long)t->amount);
+  snprintf(expire, sizeof expire, "%lld", (long long)t->expire_at_ms);
+  snprintf(trade_ttl, sizeof trade_ttl, "%d", PT_TRADE_TTL_S);
+  snprintf(first_query, sizeof first_query, "%lld",
+           (long long)t->first_query_at_ms);
+#define OR_EMPTY(s) ((s) != NULL ? (s) : "")
   const char *argv[] = {k1,
                         PT_STREAM_SYNC,
                         k3,
+                        PT_STREAM_OUTBOX,
+                        k5,
+                        k6,
                         n,
                         f->status,
                         now,
-                        f->result_json ? f->result_json : "",
-                        f->error_json ? f->error_json : "",
+                        OR_EMPTY(f->result_json),
+                        OR_EMPTY(f->error_json),
                         f->history_json,
                         next,
                         id,
                         PT_CHANNEL_FINAL,
+                        ttl,
+                        OR_EMPTY(t->mode),
+                        OR_EMPTY(t->state),
+                        OR_EMPTY(t->source),
+                        OR_EMPTY(t->trade_no),
+                        OR_EMPTY(t->notify_task_id),
+                        trade_ttl,
+                        amount,
+                        OR_EMPTY(t->notify_url),
+                        OR_EMPTY(t->spec_json),
+                        expire,
+                        OR_EMPTY(t->query_task_id),
+                        OR_EMPTY(t->close_task_id),
+                        trade_ttl,
+                        first_query};
+#undef OR_EMPTY
+  return evalsha(ac, S_FINISH, 6, (int)(sizeof argv / sizeof argv[0]), argv,
+                 NULL, cb, arg);
+}
+
+void pt_store_otn_key(char *buf, size_t len, const char *channel,
+                      const char *out_trade_no) {
+  snprintf(buf, len, "%s%s:%s", PT_KEY_OTN, channel, out_trade_no);
+}
+
+int pt_store_notify(redisAsyncContext *ac, const char *channel,
+                    const pt_store_notify_t *nt, pt_store_cb cb, void *arg) {
+  char k1[PT_OUT_TRADE_NO_MAX + 64], now[24], amount[24], ttl[24];
+  pt_store_otn_key(k1, sizeof k1, channel, nt->out_trade_no);
+  snprintf(now, sizeof now, "%lld", (long long)nt->now_ms);
+  snprintf(amount, sizeof amount, "%lld", (long long)nt->amount);
+  snprintf(ttl, sizeof ttl, "%d", PT_TRADE_TTL_S);
+  const char *argv[] = {k1,
+                        PT_STREAM_OUTBOX,
+                        nt->state,
+                        nt->trade_no,
+                        nt->amount >= 0 ? amount : "",
+                        nt->notify_id,
+                        now,
+                        nt->notify_task_id,
                         ttl};
-  return evalsha(ac, S_FINISH, 3, 13, argv, NULL, cb, arg);
+  return evalsha(ac, S_NOTIFY, 2, 9, argv, NULL, cb, arg);
+}
+
+int pt_store_get_trade(redisAsyncContext *ac, const char *id,
+                       pt_store_hash_cb cb, void *arg) {
+  char k[64];
+  key(k, sizeof k, PT_KEY_TRADE, id);
+  return hgetall(ac, k, cb, arg);
 }
 
 typedef struct {
@@ -336,19 +500,25 @@ static void on_hgetall(redisAsyncContext *ac, void *r, void *privdata) {
   free(g);
 }
 
-int pt_store_get(redisAsyncContext *ac, const char *id, pt_store_hash_cb cb,
-                 void *arg) {
+static int hgetall(redisAsyncContext *ac, const char *k, pt_store_hash_cb cb,
+                   void *arg) {
   get_t *g = malloc(sizeof *g);
   if (g == NULL)
     return PT_ENOMEM;
   g->cb = cb;
   g->arg = arg;
-  if (redisAsyncCommand(ac, on_hgetall, g, "HGETALL %s%s", PT_KEY_TASK, id) !=
-      REDIS_OK) {
+  if (redisAsyncCommand(ac, on_hgetall, g, "HGETALL %s", k) != REDIS_OK) {
     free(g);
     return PT_EREDIS;
   }
   return 0;
+}
+
+int pt_store_get(redisAsyncContext *ac, const char *id, pt_store_hash_cb cb,
+                 void *arg) {
+  char k[64];
+  key(k, sizeof k, PT_KEY_TASK, id);
+  return hgetall(ac, k, cb, arg);
 }
 
 /* ---- documents -------------------------------------------------------- */

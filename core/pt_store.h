@@ -31,6 +31,10 @@
 #define PT_STREAM_SYNC "pt:sync"
 #define PT_CHANNEL_FINAL "pt:final"
 #define PT_TOMBSTONE_TTL_S 604800 /* 7 days */
+#define PT_KEY_TRADE "pt:trade:"   /* pt:trade:{pay task id}: the trade */
+#define PT_KEY_OTN "pt:otn:"       /* pt:otn:{channel}:{out_trade_no} → id */
+#define PT_STREAM_OUTBOX "pt:outbox" /* events and tasks to publish */
+#define PT_TRADE_TTL_S 2592000      /* 30 days */
 
 /* Queues SCRIPT LOAD of every script on a new connection; commands sent
  * after it see the scripts (Redis runs a connection's commands in order). */
@@ -49,7 +53,9 @@ typedef enum {
   PT_V_DEAD,       /* start: redelivered too often after crashes */
   PT_V_STALE,      /* finish: the task moved on without us */
   PT_V_NOTFOUND,   /* cancel */
-  PT_V_CONFLICT    /* cancel: not cancellable (detail holds the status) */
+  PT_V_CONFLICT,   /* cancel: not cancellable (detail holds the status) */
+  PT_V_SAME,       /* trade: no step forward (detail: its status) */
+  PT_V_MISMATCH    /* notify: the amount differs from the trade's */
 } pt_verdict_t;
 
 /* status < 0: Redis failed (detail says why); else verdict is set. detail
@@ -69,6 +75,22 @@ int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
                    const char *spec, size_t spec_len, pt_store_cb cb,
                    void *arg);
 
+/* What a finishing attempt does to its trade (all strings MAY be NULL). */
+typedef struct {
+  const char *mode;     /* "create" (a pay task made the trade), "query",
+                           "close", "notify", or NULL: no trade */
+  const char *trade_id; /* the pay task's id */
+  const char *state;    /* the trade's state as the channel said it */
+  const char *source;   /* "create", "query", "close" */
+  const char *trade_no;
+  const char *notify_task_id; /* a fresh id, used if the trade becomes final
+                                 and has a notify_url */
+  /* create only */
+  const char *channel, *out_trade_no, *notify_url, *spec_json;
+  int64_t amount, expire_at_ms, first_query_at_ms;
+  const char *query_task_id, *close_task_id;
+} pt_store_trade_t;
+
 typedef struct {
   int attempt;
   const char *status;      /* "SUCCEEDED", "FAILED" or "RETRY_WAIT" */
@@ -77,6 +99,7 @@ typedef struct {
   const char *history_json;
   int64_t now_ms;
   int64_t next_attempt_at_ms; /* RETRY_WAIT only */
+  const pt_store_trade_t *trade; /* MAY be NULL */
 } pt_store_finish_t;
 
 int pt_store_finish(redisAsyncContext *ac, const char *id,
@@ -89,9 +112,33 @@ int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
 int pt_store_interrupt(redisAsyncContext *ac, const char *id, int attempt,
                        int64_t now_ms, pt_store_cb cb, void *arg);
 
+typedef void (*pt_store_hash_cb)(redisReply *reply, void *arg);
+
+/* A channel's verified notification: applies its state to the trade found
+ * by (channel, out_trade_no). Verdicts: OK (applied; detail is the pay
+ * task id), SAME/STALE (nothing to do: a duplicate or a late arrival),
+ * MISMATCH (the amount differs), NOTFOUND (no such trade yet). */
+typedef struct {
+  const char *out_trade_no;
+  const char *state; /* pt_trade_state_name */
+  const char *trade_no;
+  int64_t amount; /* minor units, -1: not said */
+  const char *notify_id;
+  const char *notify_task_id; /* a fresh id for the notify task */
+  int64_t now_ms;
+} pt_store_notify_t;
+int pt_store_notify(redisAsyncContext *ac, const char *channel,
+                    const pt_store_notify_t *nt, pt_store_cb cb, void *arg);
+
+void pt_store_otn_key(char *buf, size_t len, const char *channel,
+                      const char *out_trade_no);
+
+/* HGETALL of the trade of pay task id (an empty array when none). */
+int pt_store_get_trade(redisAsyncContext *ac, const char *id,
+                       pt_store_hash_cb cb, void *arg);
+
 /* HGETALL of the task's hash; reply is the hiredis reply (an empty array
  * when the task is not in Redis), or NULL on failure. */
-typedef void (*pt_store_hash_cb)(redisReply *reply, void *arg);
 int pt_store_get(redisAsyncContext *ac, const char *id, pt_store_hash_cb cb,
                  void *arg);
 

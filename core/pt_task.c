@@ -294,7 +294,7 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
     } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "attempt") == 0) {
       if (get_int(&it, "attempt", &v, "invalid_type", ie) != 0)
         return PT_EINVAL;
-      if (v < 1 || v > PT_RETRY_MAX + 1)
+      if (v < 1 || v > PT_ATTEMPT_MAX)
         return fail(ie, "invalid_type", "attempt %lld is out of range",
                     (long long)v);
       t->attempt = (int)v;
@@ -308,9 +308,9 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
         continue;
       if (get_int(&it, "expire_in", &v, "invalid_expire_in", ie) != 0)
         return PT_EINVAL;
-      if (v < 60 || v > 604800)
+      if (v < 5 || v > 604800)
         return fail(ie, "invalid_expire_in",
-                    "expire_in must be between 60 and 604800 seconds");
+                    "expire_in must be between 5 and 604800 seconds");
       t->expire_in = v;
     } else if (mode == PT_PARSE_MESSAGE && strcmp(k, "client") == 0) {
       if (get_string(&it, "client", t->client, sizeof t->client - 1, 1, ie) !=

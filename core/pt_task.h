@@ -14,6 +14,9 @@
 #define PT_URL_MAX 1024
 #define PT_PARAMS_MAX 8192
 #define PT_RETRY_MAX 5
+/* Scheduled kinds (query, notify) follow their own schedules, longer than
+ * a client's retries. */
+#define PT_ATTEMPT_MAX 40
 #define PT_RETRY_DEFAULT 3
 
 typedef enum {

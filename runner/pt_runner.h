@@ -29,10 +29,13 @@ const char *pt_outcome_name(pt_outcome_t o);
 typedef struct pt_attempt pt_attempt_t;
 
 /* What an attempt may use: owned by the worker, shared by its attempts. */
+typedef struct pt_redis pt_redis_t;
+
 typedef struct {
   uv_loop_t *loop;
   pt_http_client_t *http;
   const pt_config_t *cfg;
+  pt_redis_t *redis; /* for runners that read a trade (notify) */
 } pt_runner_env_t;
 
 typedef struct pt_runner_ops {
@@ -49,6 +52,13 @@ typedef struct pt_runner_ops {
    * started and pt_attempt_done will not be called; the framework then
    * reports a retryable failure. */
   int (*do_task)(pt_attempt_t *a);
+  /* MAY be NULL (then pt_retry_delay): seconds to wait after attempt k
+   * ended with o before attempt k+1, or -1 when the task ends now. */
+  int (*retry_delay)(const pt_task_t *t, const pt_config_t *cfg, int attempt,
+                     pt_outcome_t o);
+  /* 1 for the kinds paytask schedules itself (query, close, notify): a
+   * client cannot submit them. */
+  int internal;
 } pt_runner_ops_t;
 
 /* Accessors for do_task. */

@@ -4,9 +4,21 @@
 #include <string.h>
 
 #include "core/pt_amqp.h"
+#include "core/pt_config.h"
+
+const int pt_delay_levels[PT_DELAY_LEVELS] = {1,  2,   3,   4,    5,    10,
+                                              30, 60, 300, 600, 1800, 3600};
 
 void pt_topology_delay_queue(int seconds, char *buf, size_t len) {
   snprintf(buf, len, "paytask.delay.%ds", seconds);
+}
+
+int pt_topology_delay_pick(int64_t remaining_ms) {
+  int pick = pt_delay_levels[0];
+  for (int i = 0; i < PT_DELAY_LEVELS; i++)
+    if ((int64_t)pt_delay_levels[i] * 1000 <= remaining_ms)
+      pick = pt_delay_levels[i];
+  return pick;
 }
 
 static int rpc_failed(amqp_connection_state_t conn, const char *what,
@@ -46,8 +58,17 @@ static int declare_queue(amqp_connection_state_t conn, const char *name,
 
 int pt_topology_declare(amqp_connection_state_t conn, void *arg,
                         pt_error_t *err) {
-  const char *qtype = arg != NULL ? arg : "classic";
+  const pt_config_t *cfg = arg;
+  const char *qtype = cfg != NULL ? cfg->amqp_queue_type : "classic";
   int rc;
+  if (cfg != NULL && cfg->events_exchange[0] != '\0') {
+    amqp_exchange_declare(conn, PT_AMQP_PUB_CHANNEL,
+                          amqp_cstring_bytes(cfg->events_exchange),
+                          amqp_cstring_bytes("fanout"), 0, 1 /* durable */, 0,
+                          0, amqp_empty_table);
+    if ((rc = rpc_failed(conn, "declaring the events exchange", err)))
+      return rc;
+  }
   amqp_exchange_declare(conn, PT_AMQP_PUB_CHANNEL,
                         amqp_cstring_bytes(PT_EXCHANGE_WORK),
                         amqp_cstring_bytes("direct"), 0, 1 /* durable */, 0,
@@ -62,11 +83,34 @@ int pt_topology_declare(amqp_connection_state_t conn, void *arg,
                   amqp_cstring_bytes(PT_ROUTE_TASK), amqp_empty_table);
   if ((rc = rpc_failed(conn, "binding " PT_QUEUE_TASKS, err)))
     return rc;
-  for (int s = 1; s <= PT_DELAY_LEVELS; s++) {
+  for (int i = 0; i < PT_DELAY_LEVELS; i++) {
     char name[64];
-    pt_topology_delay_queue(s, name, sizeof name);
-    if ((rc = declare_queue(conn, name, qtype, s * 1000, err)))
+    pt_topology_delay_queue(pt_delay_levels[i], name, sizeof name);
+    if ((rc = declare_queue(conn, name, qtype, pt_delay_levels[i] * 1000,
+                            err)))
       return rc;
+  }
+  return 0;
+}
+
+int64_t pt_topology_due(const amqp_basic_properties_t *p) {
+  if (p == NULL || !(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+    return 0;
+  for (int i = 0; i < p->headers.num_entries; i++) {
+    const amqp_table_entry_t *e = &p->headers.entries[i];
+    if (e->key.len != sizeof PT_HEADER_DUE - 1 ||
+        memcmp(e->key.bytes, PT_HEADER_DUE, e->key.len) != 0)
+      continue;
+    switch (e->value.kind) {
+    case AMQP_FIELD_KIND_I64:
+      return e->value.value.i64;
+    case AMQP_FIELD_KIND_U64:
+      return (int64_t)e->value.value.u64;
+    case AMQP_FIELD_KIND_I32:
+      return e->value.value.i32;
+    default:
+      return 0;
+    }
   }
   return 0;
 }

@@ -3,9 +3,17 @@
  *
  *   exchange paytask.work (direct, durable)
  *     └─ key "task" → queue paytask.tasks          the work queue
- *   queue paytask.delay.<N>s, N = 1..5             retry delays: message TTL
- *     N s, dead-letter to paytask.work / "task"    (one TTL per queue, so
+ *   queue paytask.delay.<N>s, N in pt_delay_levels delays: message TTL N s,
+ *     dead-letter to paytask.work / "task"         (one TTL per queue, so
  *                                                   none waits behind another)
+ *   exchange paytask.results (fanout, durable;    final results, for
+ *     events.exchange)                             subscribers
+ *
+ * A delay longer than a level is a chain of levels: the message carries its
+ * due time in the header x-pt-due (ms since the epoch); a worker that
+ * receives it early sends it on to the next level instead of running it,
+ * so any delay (a 30-minute payment window, a 6-hour notify retry) costs
+ * no polling and survives restarts, since the queues are durable.
  *   queue paytask.dead                             out of attempts, or
  *                                                   redelivered too often
  *
@@ -16,6 +24,7 @@
 #define PT_TOPOLOGY_H
 
 #include <amqp.h>
+#include <stdint.h>
 
 #include "core/pt_error.h"
 
@@ -23,12 +32,24 @@
 #define PT_ROUTE_TASK "task"
 #define PT_QUEUE_TASKS "paytask.tasks"
 #define PT_QUEUE_DEAD "paytask.dead"
-#define PT_DELAY_LEVELS 5
+#define PT_DELAY_LEVELS 12
+#define PT_HEADER_DUE "x-pt-due"
 
-/* Name of the delay queue for `seconds` (1..PT_DELAY_LEVELS) into buf. */
+/* The delay levels in seconds, ascending. */
+extern const int pt_delay_levels[PT_DELAY_LEVELS];
+
+/* Name of the delay queue of a level (seconds) into buf. */
 void pt_topology_delay_queue(int seconds, char *buf, size_t len);
 
-/* The pt_amqp_setup_fn: arg is the queue type, "classic" or "quorum". */
+/* The level to wait in for a delay of remaining_ms: the longest level not
+ * longer than it (the shortest level when remaining_ms is smaller). */
+int pt_topology_delay_pick(int64_t remaining_ms);
+
+/* The due time (ms) a delayed message carries, 0 if none. */
+int64_t pt_topology_due(const amqp_basic_properties_t *p);
+
+/* The pt_amqp_setup_fn: arg is the const pt_config_t * (queue type, events
+ * exchange). */
 int pt_topology_declare(amqp_connection_state_t conn, void *arg,
                         pt_error_t *err);
 

@@ -116,8 +116,7 @@ typedef struct pt_channel_ops {
   /* MAY be NULL: frees what init loaded. */
   void (*cleanup)(void);
   /* MAY be NULL: checks of this channel at submit (currency, params). */
-  int (*validate)(const pt_task_t *t, const pt_config_t *cfg,
-                  pt_input_error_t *ie);
+  int (*validate)(const pt_task_t *t, pt_input_error_t *ie);
   /* MAY be NULL (the channel sends no notifications): verifies a
    * notification (signature, timestamp, decryption, app id / mchid /
    * seller_id against cfg) and reads it into out. Returns 0, PT_ECRYPTO

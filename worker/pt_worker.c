@@ -9,6 +9,7 @@
 #include "core/pt_amqp.h"
 #include "core/pt_http_client.h"
 #include "core/pt_id.h"
+#include "core/pt_lease.h"
 #include "core/pt_httpd.h"
 #include "core/pt_log.h"
 #include "core/pt_metrics.h"
@@ -18,6 +19,7 @@
 #include "runner/pt_topology.h"
 #include "tasks/pt_registry.h"
 #include "worker/pt_supervisor.h"
+#include "worker/pt_relay.h"
 #include "worker/pt_sync.h"
 
 typedef struct {
@@ -28,6 +30,10 @@ typedef struct {
   pt_http_client_t *http;
   pt_runner_env_t env;
   pt_sync_t *sync;
+  pt_relay_t *relay;
+  pt_idgen_t ids; /* follow-up task ids */
+  pt_lease_t lease;
+  int fault_exit_after_final; /* tests: die between state and publish */
   uv_signal_t sigterm, sigint;
   uv_timer_t retry_timer; /* reconnects */
   uv_timer_t drain_timer; /* SIGTERM deadline */
@@ -35,6 +41,7 @@ typedef struct {
   pt_metrics_t *metrics;
   pt_httpd_t *metrics_httpd; /* GET /metrics, when configured */
   uv_timer_t heartbeat;      /* status for `paytask inspect`, in Redis */
+  uv_timer_t lease_timer;    /* renews the node id lease */
   char consumer[96];
   long finals_per_s[60];     /* final states per second, last minute */
   int64_t finals_sec;        /* the second finals_per_s[finals_sec % 60] is */
@@ -60,6 +67,12 @@ typedef struct {
   char *history_json;
   int64_t next_at_ms;
   uv_timer_t backoff;
+  /* what this attempt does to its trade (see pt_store_trade_t) */
+  pt_store_trade_t trade;
+  int has_trade;
+  char trade_id[21], trade_state[16], trade_no[65];
+  char ids[3][21]; /* query, close, notify task ids */
+  char *spec_json;
 } job_t;
 
 static void job_free(job_t *j) {
@@ -68,6 +81,7 @@ static void job_free(job_t *j) {
   bson_free(j->result_json);
   bson_free(j->error_json);
   bson_free(j->history_json);
+  bson_free(j->spec_json);
   free(j);
 }
 
@@ -148,6 +162,24 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
     count(j, "paytask_tasks_retried_total", "attempts scheduled again", NULL);
   } else {
     worker_t *w = j->w;
+    if (w->fault_exit_after_final) {
+      /* Tests only: die after the state change, before the relay reads
+       * the outbox and before the delivery is acknowledged. */
+      PT_WARN("fault_injected", "task_id=%s note=\"exiting after the final "
+              "state\"", j->task.id_str);
+      _exit(137);
+    }
+    pt_relay_kick(w->relay);
+    if (strcmp(j->task.type, "notify") == 0 &&
+        strcmp(j->status, "FAILED") == 0) {
+      PT_ERROR("notify_given_up",
+               "task_id=%s parent=%s url=\"%s\" attempts=%d note=\"the "
+               "merchant was not told; replay the notify task\"",
+               j->task.id_str, j->trade_id, j->task.notify_url,
+               j->task.attempt);
+      count(j, "paytask_notify_given_up_total",
+            "merchant notifications given up after the last retry", NULL);
+    }
     int64_t sec = pt_now_ms() / 1000;
     advance_finals(w, sec);
     w->finals_per_s[sec % 60]++;
@@ -173,7 +205,8 @@ static void write_finish(job_t *j) {
                          .error_json = j->error_json,
                          .history_json = j->history_json,
                          .now_ms = pt_now_ms(),
-                         .next_attempt_at_ms = j->next_at_ms};
+                         .next_attempt_at_ms = j->next_at_ms,
+                         .trade = j->has_trade ? &j->trade : NULL};
   redisAsyncContext *ac = pt_redis_ctx(j->w->redis);
   if (ac == NULL ||
       pt_store_finish(ac, j->task.id_str, &f, on_finished, j) != 0) {
@@ -201,13 +234,22 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
 
 /* Publishes a copy of the task (attempt `attempt`) to queue, confirmed,
  * then writes the job's state. */
-static void publish_copy(job_t *j, const char *queue, int attempt) {
+static void publish_copy(job_t *j, const char *queue, int attempt,
+                         int64_t due_ms) {
   worker_t *w = j->w;
   size_t len;
   char mid[48];
   char *body = pt_task_spec_json(&j->task, attempt, &len);
   snprintf(mid, sizeof mid, "%s:%d", j->task.id_str, attempt);
   pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
+  amqp_table_entry_t h[1];
+  amqp_table_t headers = {1, h};
+  if (due_ms > 0) {
+    h[0].key = amqp_cstring_bytes(PT_HEADER_DUE);
+    h[0].value.kind = AMQP_FIELD_KIND_I64;
+    h[0].value.value.i64 = due_ms;
+    msg.headers = &headers;
+  }
   int rc = j->gen == w->gen
                ? pt_amqp_publish(w->amqp, "", queue, body, len, &msg,
                                  on_copy_confirmed, j)
@@ -243,6 +285,73 @@ static void interrupt_job(job_t *j) {
   if (ac == NULL || pt_store_interrupt(ac, j->task.id_str, j->task.attempt,
                                        pt_now_ms(), on_interrupted, j) != 0)
     on_interrupted(PT_EREDIS, PT_V_OK, "", j);
+}
+
+static void next_id(worker_t *w, char out[21]) {
+  uint64_t id = 0;
+  if (pt_idgen_next(&w->ids, &id) != 0)
+    PT_ERROR("id_unavailable", "note=\"the clock stepped back\"");
+  pt_id_format(id, out);
+}
+
+static void result_str(const bson_t *result, const char *key, char *out,
+                       size_t len) {
+  bson_iter_t it;
+  out[0] = '\0';
+  if (bson_iter_init_find(&it, result, key) && BSON_ITER_HOLDS_UTF8(&it))
+    snprintf(out, len, "%s", bson_iter_utf8(&it, NULL));
+}
+
+/* What the attempt does to its trade, written with its state in one step:
+ * a pay task of a channel that follows trades creates the trade and
+ * schedules its first query and its close; query and close apply the
+ * channel's answer; notify records whether the merchant got it. */
+static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
+  worker_t *w = j->w;
+  const pt_task_t *t = &j->task;
+  pt_store_trade_t *tr = &j->trade;
+  memset(tr, 0, sizeof *tr);
+  result_str(rep->result, "trade_status", j->trade_state,
+             sizeof j->trade_state);
+  result_str(rep->result, "trade_no", j->trade_no, sizeof j->trade_no);
+  if (strcmp(t->type, "pay") == 0) {
+    const pt_channel_ops_t *chan = pt_channel_find(t->channel);
+    if (rep->outcome != PT_OUTCOME_SUCCESS || chan == NULL ||
+        !chan->follows_trades)
+      return;
+    int64_t s[PT_SCHEDULE_MAX];
+    int64_t expire_in = t->expire_in > 0 ? t->expire_in : w->cfg->trade_expire_in;
+    pt_config_schedule(w->cfg->query_schedule, s, PT_SCHEDULE_MAX);
+    snprintf(j->trade_id, sizeof j->trade_id, "%s", t->id_str);
+    j->spec_json = pt_task_spec_json(t, 0, NULL);
+    tr->mode = "create";
+    tr->source = "create";
+    tr->channel = t->channel;
+    tr->out_trade_no = t->out_trade_no;
+    tr->notify_url = t->notify_url;
+    tr->spec_json = j->spec_json;
+    tr->amount = t->amount;
+    tr->expire_at_ms = t->created_at_ms + expire_in * 1000;
+    tr->first_query_at_ms = pt_now_ms() + s[0] * 1000;
+    next_id(w, j->ids[0]);
+    next_id(w, j->ids[1]);
+    tr->query_task_id = j->ids[0];
+    tr->close_task_id = j->ids[1];
+  } else if (t->parent_id != 0 && (strcmp(t->type, "query") == 0 ||
+                                   strcmp(t->type, "close") == 0 ||
+                                   strcmp(t->type, "notify") == 0)) {
+    pt_id_format(t->parent_id, j->trade_id);
+    tr->mode = t->type;
+    tr->source = t->type;
+  } else {
+    return;
+  }
+  next_id(w, j->ids[2]);
+  tr->notify_task_id = j->ids[2];
+  tr->trade_id = j->trade_id;
+  tr->state = j->trade_state[0] ? j->trade_state : NULL;
+  tr->trade_no = j->trade_no[0] ? j->trade_no : NULL;
+  j->has_trade = 1;
 }
 
 static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
@@ -282,6 +391,7 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
     }
   }
 
+  prepare_trade(j, rep);
   if (rep->outcome == PT_OUTCOME_SUCCESS) {
     j->status = "SUCCEEDED";
     j->result_json = pt_json_of(rep->result, NULL);
@@ -295,13 +405,17 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
     write_finish(j);
     return;
   }
-  int delay = pt_retry_delay(&j->task, j->task.attempt, rep->outcome);
+  int delay = j->runner->retry_delay != NULL
+                  ? j->runner->retry_delay(&j->task, j->w->cfg,
+                                           j->task.attempt, rep->outcome)
+                  : pt_retry_delay(&j->task, j->task.attempt, rep->outcome);
   if (delay > 0) {
     char queue[64];
     j->status = "RETRY_WAIT";
     j->next_at_ms = rep->ended_ms + (int64_t)delay * 1000;
-    pt_topology_delay_queue(delay, queue, sizeof queue);
-    publish_copy(j, queue, j->task.attempt + 1);
+    pt_topology_delay_queue(pt_topology_delay_pick((int64_t)delay * 1000),
+                            queue, sizeof queue);
+    publish_copy(j, queue, j->task.attempt + 1, j->next_at_ms);
     return;
   }
   /* Out of attempts: FAILED, and a copy goes to the dead queue for
@@ -309,7 +423,38 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
   count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
         "reason=\"retries_exhausted\"");
   j->status = "FAILED";
-  publish_copy(j, PT_QUEUE_DEAD, j->task.attempt);
+  publish_copy(j, PT_QUEUE_DEAD, j->task.attempt, 0);
+}
+
+static void run_attempt(job_t *j, int resumed) {
+  worker_t *w = j->w;
+  count(j, "paytask_attempts_started_total", "attempts started", NULL);
+  pt_runner_run(j->runner, &w->env, &j->task, j->task.attempt,
+                j->task.attempt > 1 || resumed, on_attempt_done, j);
+}
+
+/* A query or close of a trade that a callback (or another query) settled
+ * already has nothing to ask: it ends at once, without a channel call. */
+static void on_trade_status(redisAsyncContext *ac, void *reply, void *arg) {
+  job_t *j = arg;
+  redisReply *r = reply;
+  (void)ac;
+  if (r != NULL && r->type == REDIS_REPLY_STRING &&
+      pt_trade_state_final(pt_trade_state_parse(r->str))) {
+    bson_t result = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&result, "trade_status", r->str);
+    BSON_APPEND_UTF8(&result, "note", "settled before this ran");
+    pt_attempt_report_t rep = {PT_OUTCOME_SUCCESS, &result, NULL, NULL,
+                               pt_now_ms(), pt_now_ms()};
+    on_attempt_done(&rep, j);
+    bson_destroy(&result);
+    return;
+  }
+  if (j->w->interrupting || j->w->env.http == NULL) {
+    interrupt_job(j);
+    return;
+  }
+  run_attempt(j, 0);
 }
 
 static void on_started(int status, pt_verdict_t v, const char *detail,
@@ -332,10 +477,17 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
     }
     if (v == PT_V_RESUME)
       log_job("attempt_resumed", j, "note=\"redelivered after a crash\"");
-    count(j, "paytask_attempts_started_total", "attempts started", NULL);
-    pt_runner_run(j->runner, &w->env, &j->task, j->task.attempt,
-                  j->task.attempt > 1 || v == PT_V_RESUME, on_attempt_done,
-                  j);
+    if (j->task.parent_id != 0 && (strcmp(j->task.type, "query") == 0 ||
+                                   strcmp(j->task.type, "close") == 0)) {
+      char parent[21];
+      redisAsyncContext *ac = pt_redis_ctx(w->redis);
+      pt_id_format(j->task.parent_id, parent);
+      if (ac != NULL &&
+          redisAsyncCommand(ac, on_trade_status, j, "HGET %s%s status",
+                            PT_KEY_TRADE, parent) == REDIS_OK)
+        return;
+    }
+    run_attempt(j, v == PT_V_RESUME);
     return;
   case PT_V_DEAD:
     count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
@@ -349,7 +501,7 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
     j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),
                                             pt_now_ms(), "failed",
                                             "redelivery_limit", NULL);
-    publish_copy(j, PT_QUEUE_DEAD, j->task.attempt);
+    publish_copy(j, PT_QUEUE_DEAD, j->task.attempt, 0);
     return;
   default:
     snprintf(extra, sizeof extra, "verdict=%d status=%s", (int)v,
@@ -395,10 +547,56 @@ static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
   }
 }
 
+/* A delayed message that arrived before its due time (the delay was
+ * longer than the level it waited in) goes on to the next level. */
+static void on_forward_confirmed(pt_amqp_t *c, int status, void *arg) {
+  poison_t *p = arg;
+  if (p->gen == p->w->gen) {
+    if (status == 0)
+      pt_amqp_ack(c, p->tag);
+    else
+      pt_amqp_nack(c, p->tag, 1);
+  }
+  p->w->inflight--;
+  maybe_finish_drain(p->w);
+  free(p);
+}
+
+static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
+  int64_t due = pt_topology_due(d->props);
+  int64_t wait = due - pt_now_ms();
+  if (due <= 0 || wait <= 500)
+    return 0;
+  char queue[64];
+  poison_t *p = malloc(sizeof *p);
+  if (p == NULL)
+    return 0;
+  *p = (poison_t){w, w->gen, d->delivery_tag};
+  pt_topology_delay_queue(pt_topology_delay_pick(wait), queue, sizeof queue);
+  pt_amqp_msg_t msg = {.persistent = 1,
+                       .headers = (amqp_table_t *)&d->props->headers};
+  if (d->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+    static char mid[128];
+    snprintf(mid, sizeof mid, "%.*s", (int)d->props->message_id.len,
+             (const char *)d->props->message_id.bytes);
+    msg.message_id = mid;
+  }
+  w->inflight++;
+  if (pt_amqp_publish(w->amqp, "", queue, d->body, d->body_len, &msg,
+                      on_forward_confirmed, p) != 0) {
+    w->inflight--;
+    free(p);
+    return 0;
+  }
+  return 1;
+}
+
 static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   worker_t *w = arg;
   pt_input_error_t ie;
   (void)c;
+  if (forward_early(w, d))
+    return;
   job_t *j = calloc(1, sizeof *j);
   if (j == NULL)
     return; /* unacked: redelivered when this connection ends */
@@ -458,6 +656,11 @@ static void on_heartbeat(uv_timer_t *t) {
                     w->finals_total, last_min, w->draining,
                     (long long)pt_now_ms());
   redisAsyncCommand(ac, NULL, NULL, "EXPIRE pt:worker:%s 10", w->consumer);
+}
+
+static void on_lease_renew(uv_timer_t *t) {
+  worker_t *w = t->data;
+  pt_lease_renew(&w->lease, pt_redis_ctx(w->redis));
 }
 
 /* ---- metrics ------------------------------------------------------------ */
@@ -574,6 +777,10 @@ static void close_all(worker_t *w) {
   uv_close((uv_handle_t *)&w->sigterm, NULL);
   uv_close((uv_handle_t *)&w->sigint, NULL);
   uv_close((uv_handle_t *)&w->retry_timer, NULL);
+  uv_close((uv_handle_t *)&w->lease_timer, NULL);
+  pt_lease_release(&w->lease, ac);
+  pt_relay_destroy(w->relay);
+  w->relay = NULL;
   pt_amqp_destroy(w->amqp);
   w->amqp = NULL;
   pt_redis_destroy(w->redis);
@@ -632,7 +839,7 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
 
   pt_amqp_opts_t ao = {.uri = cfg->amqp_uri,
                        .setup = pt_topology_declare,
-                       .setup_arg = (void *)cfg->amqp_queue_type,
+                       .setup_arg = (void *)cfg,
                        .on_lost = on_amqp_lost,
                        .lost_arg = &w};
   w.amqp = pt_amqp_new(w.loop, &ao);
@@ -643,7 +850,14 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
     return 1;
   }
   pt_store_load_scripts(pt_redis_ctx(w.redis));
-  w.env = (pt_runner_env_t){w.loop, w.http, cfg};
+  if (pt_lease_node(cfg, &w.ids, &w.lease, &err) != 0 ||
+      pt_channels_init(cfg, &err) != 0) {
+    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
+    return 1;
+  }
+  const char *fault = getenv("PAYTASK_FAULT");
+  w.fault_exit_after_final = fault != NULL && strcmp(fault, "exit_after_final") == 0;
+  w.env = (pt_runner_env_t){w.loop, w.http, cfg, w.redis};
   w.metrics = pt_metrics_new();
   if (start_metrics(&w, index, &err) != 0) {
     PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
@@ -667,10 +881,15 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   uv_timer_init(w.loop, &w.heartbeat);
   w.heartbeat.data = &w;
   uv_timer_start(&w.heartbeat, on_heartbeat, 0, 2000);
+  uv_timer_init(w.loop, &w.lease_timer);
+  w.lease_timer.data = &w;
+  uv_timer_start(&w.lease_timer, on_lease_renew, 20000, 20000);
+  w.relay = pt_relay_new(w.loop, cfg, w.redis, w.amqp, consumer);
   PT_INFO("worker_started", "consumer=%s pid=%ld", consumer, (long)getpid());
   connect_amqp(&w);
   uv_run(w.loop, UV_RUN_DEFAULT);
   pt_sync_stop(w.sync);
+  pt_channels_cleanup();
   pt_metrics_destroy(w.metrics);
   int rc = uv_loop_close(w.loop);
   if (rc != 0)

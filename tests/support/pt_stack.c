@@ -45,7 +45,7 @@ static void sleep_ms(int ms) {
 }
 
 void pt_stack_env(pt_stack_t *s, const char *name, const char *value) {
-  cr_assert_lt(s->nextra, 8);
+  cr_assert_lt(s->nextra, PT_STACK_MAX_ENV);
   snprintf(s->extra_env[s->nextra++], sizeof s->extra_env[0], "%s=%s", name,
            value);
 }
@@ -58,7 +58,7 @@ static pid_t spawn(pt_stack_t *s, const char *name, const char *const *args) {
   pid_t pid = fork();
   cr_assert(pid >= 0);
   if (pid == 0) {
-    char api[64], sim[64], simurl[80];
+    char api[64], sim[64], simurl[80], gateway[96], apiurl[80];
     /* A test that dies or times out takes its processes with it, so none
      * is left consuming the shared queue. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -74,6 +74,14 @@ static pid_t spawn(pt_stack_t *s, const char *name, const char *const *args) {
     setenv("PAYTASK_API_LISTEN", api, 1);
     setenv("PAYTASK_SIM_LISTEN", sim, 1);
     setenv("PAYTASK_CHANNEL_SIM_URL", simurl, 1);
+    /* The simulator plays every channel: in a real dialect it is also the
+     * Alipay gateway and the WeChat Pay API, and the api is where its
+     * notifications go. */
+    snprintf(gateway, sizeof gateway, "%s/gateway.do", simurl);
+    snprintf(apiurl, sizeof apiurl, "http://127.0.0.1:%d", s->api_port);
+    setenv("PAYTASK_CHANNEL_ALIPAY_GATEWAY", gateway, 1);
+    setenv("PAYTASK_CHANNEL_WECHAT_BASE_URL", simurl, 1);
+    setenv("PAYTASK_API_PUBLIC_URL", apiurl, 1);
     setenv("PAYTASK_CONFIG", "/dev/null", 1);
     for (int i = 0; i < s->nextra; i++)
       putenv(s->extra_env[i]);

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #define PT_STACK_MAX_WORKERS 8
+#define PT_STACK_MAX_ENV 40
 
 typedef struct {
   pid_t sim, api, workers[PT_STACK_MAX_WORKERS];
@@ -17,7 +18,7 @@ typedef struct {
   int api_port, sim_port;
   char api_url[64], sim_url[64];
   char logdir[256];
-  char extra_env[8][256];
+  char extra_env[PT_STACK_MAX_ENV][600];
   int nextra;
 } pt_stack_t;
 

@@ -1,0 +1,53 @@
+#include "core/pt_lease.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+#include "core/pt_log.h"
+#include "core/pt_redis.h"
+
+int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
+                  pt_error_t *err) {
+  char host[64] = "host";
+  lease->key[0] = '\0';
+  if (cfg->node_id >= 0) {
+    pt_idgen_init(ids, (int)cfg->node_id);
+    return 0;
+  }
+  redisContext *rc = pt_redis_connect_sync(cfg->redis_uri, 2000, err);
+  if (rc == NULL)
+    return PT_EREDIS;
+  gethostname(host, sizeof host - 1);
+  snprintf(lease->val, sizeof lease->val, "%s:%ld", host, (long)getpid());
+  int node = -1;
+  for (int n = 0; n <= PT_ID_MAX_NODE && node < 0; n++) {
+    snprintf(lease->key, sizeof lease->key, "pt:node:%d", n);
+    redisReply *r =
+        redisCommand(rc, "SET %s %s NX EX 60", lease->key, lease->val);
+    if (r == NULL)
+      break;
+    if (r->type == REDIS_REPLY_STATUS)
+      node = n;
+    freeReplyObject(r);
+  }
+  redisFree(rc);
+  if (node < 0) {
+    lease->key[0] = '\0';
+    return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
+                        "no free node id could be leased in Redis");
+  }
+  pt_idgen_init(ids, node);
+  PT_INFO("node_leased", "node=%d", node);
+  return 0;
+}
+
+void pt_lease_renew(const pt_lease_t *lease, redisAsyncContext *ac) {
+  if (ac != NULL && lease->key[0])
+    redisAsyncCommand(ac, NULL, NULL, "SET %s %s EX 60", lease->key,
+                      lease->val);
+}
+
+void pt_lease_release(const pt_lease_t *lease, redisAsyncContext *ac) {
+  if (ac != NULL && lease->key[0])
+    redisAsyncCommand(ac, NULL, NULL, "DEL %s", lease->key);
+}

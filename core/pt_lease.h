@@ -1,0 +1,26 @@
+/* Snowflake node ids must be unique among running processes: each process
+ * that issues ids (the api, every worker) leases one in Redis with
+ * SET pt:node:<n> NX EX 60 and renews it every 20 s (DESIGN.md, ids). */
+#ifndef PT_LEASE_H
+#define PT_LEASE_H
+
+#include <hiredis/async.h>
+
+#include "core/pt_config.h"
+#include "core/pt_id.h"
+
+typedef struct {
+  char key[32]; /* "" when node.id is configured: nothing leased */
+  char val[96];
+} pt_lease_t;
+
+/* Before the loop runs (it blocks): initialises ids with node.id, or with
+ * the first free node id leased in Redis. */
+int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
+                  pt_error_t *err);
+
+/* Renews (every 20 s) and releases the lease on an async connection. */
+void pt_lease_renew(const pt_lease_t *lease, redisAsyncContext *ac);
+void pt_lease_release(const pt_lease_t *lease, redisAsyncContext *ac);
+
+#endif

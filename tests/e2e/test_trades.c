@@ -1,0 +1,803 @@
+/* The whole life of a payment, end to end, against the simulator speaking
+ * each real dialect (Alipay, WeChat Pay) with its real signatures: pay →
+ * callback → SUCCEEDED → merchant notified → event published; the callback
+ * withheld → settled by a query; unpaid → closed at expiry; paid just
+ * before the close → SUCCEEDED; a notify receiver that fails three times;
+ * forged, replayed and mismatched callbacks; a worker killed between the
+ * state change and the event's publish. Real RabbitMQ, Redis and MongoDB;
+ * real paytask processes. */
+#include <amqp.h>
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pt_amqp.h"
+#include "core/pt_crypto.h"
+#include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
+
+/* ---- the merchant's notify receiver --------------------------------------
+ * A tiny HTTP server on a thread: records each notification and answers
+ * "fail" (HTTP 500) to the first fail_first of them, then 200 "success". */
+
+typedef struct {
+  int fd, port;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  int fail_first;
+  int received;
+  char last_body[2048];
+  char last_sig[256];
+  volatile int stop;
+} receiver_t;
+
+static char *header_value(char *head, const char *name) {
+  size_t n = strlen(name);
+  for (char *p = head; (p = strchr(p, '\n')) != NULL;) {
+    p++;
+    if (strncasecmp(p, name, n) == 0 && p[n] == ':') {
+      char *v = p + n + 1;
+      while (*v == ' ')
+        v++;
+      return v;
+    }
+  }
+  return NULL;
+}
+
+static void *receiver_main(void *arg) {
+  receiver_t *r = arg;
+  while (!r->stop) {
+    int c = accept(r->fd, NULL, NULL);
+    if (c < 0)
+      continue;
+    char buf[8192];
+    size_t got = 0;
+    char *end = NULL;
+    while (got < sizeof buf - 1) {
+      ssize_t k = recv(c, buf + got, sizeof buf - 1 - got, 0);
+      if (k <= 0)
+        break;
+      got += (size_t)k;
+      buf[got] = '\0';
+      if ((end = strstr(buf, "\r\n\r\n")) != NULL) {
+        char *cl = header_value(buf, "Content-Length");
+        size_t want = cl ? (size_t)atol(cl) : 0;
+        if (got >= (size_t)(end + 4 - buf) + want)
+          break;
+      }
+    }
+    if (end != NULL) {
+      pthread_mutex_lock(&r->mu);
+      r->received++;
+      int fail = r->received <= r->fail_first;
+      snprintf(r->last_body, sizeof r->last_body, "%s", end + 4);
+      *end = '\0';
+      char *sig = header_value(buf, "X-Paytask-Signature");
+      snprintf(r->last_sig, sizeof r->last_sig, "%.*s",
+               sig ? (int)strcspn(sig, "\r\n") : 0, sig ? sig : "");
+      pthread_mutex_unlock(&r->mu);
+      const char *ans =
+          fail ? "HTTP/1.1 500 Internal Server Error\r\nContent-Length: "
+                 "4\r\nConnection: close\r\n\r\nfail"
+               : "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: "
+                 "close\r\n\r\nsuccess";
+      ssize_t w = send(c, ans, strlen(ans), MSG_NOSIGNAL);
+      (void)w;
+    }
+    close(c);
+  }
+  return NULL;
+}
+
+static void receiver_start(receiver_t *r, int fail_first) {
+  memset(r, 0, sizeof *r);
+  pthread_mutex_init(&r->mu, NULL);
+  r->fail_first = fail_first;
+  r->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  int one = 1;
+  setsockopt(r->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  cr_assert_eq(bind(r->fd, (struct sockaddr *)&a, sizeof a), 0);
+  cr_assert_eq(listen(r->fd, 16), 0);
+  getsockname(r->fd, (struct sockaddr *)&a, &al);
+  r->port = ntohs(a.sin_port);
+  struct timeval tv = {0, 200000};
+  setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  pthread_create(&r->thread, NULL, receiver_main, r);
+}
+
+static void receiver_stop(receiver_t *r) {
+  r->stop = 1;
+  pthread_join(r->thread, NULL);
+  close(r->fd);
+  pthread_mutex_destroy(&r->mu);
+}
+
+static int receiver_count(receiver_t *r) {
+  pthread_mutex_lock(&r->mu);
+  int n = r->received;
+  pthread_mutex_unlock(&r->mu);
+  return n;
+}
+
+/* ---- the stack in a dialect ------------------------------------------------ */
+
+static const char *key_path(const char *name) {
+  static char buf[8][600];
+  static int i;
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  char *p = buf[i++ % 8];
+  snprintf(p, sizeof buf[0], "%s/conf/dev-keys/%s", src ? src : ".", name);
+  return p;
+}
+
+#define APIV3_KEY "0123456789abcdefghijklmnopqrstuv"
+
+/* The channels' configuration, the same on both sides: paytask holds the
+ * app's / merchant's private key and the channel's public key; the
+ * simulator the reverse. */
+static void channel_env(pt_stack_t *s, const char *dialect,
+                        const char *query_schedule) {
+  pt_stack_env(s, "PAYTASK_SIM_DIALECT", dialect);
+  pt_stack_env(s, "PAYTASK_CHANNEL_ALIPAY_APP_ID", "2021000000000001");
+  pt_stack_env(s, "PAYTASK_CHANNEL_ALIPAY_PRIVATE_KEY_FILE",
+               key_path("alipay_app_private.pem"));
+  pt_stack_env(s, "PAYTASK_CHANNEL_ALIPAY_PUBLIC_KEY_FILE",
+               key_path("alipay_platform_public.pem"));
+  pt_stack_env(s, "PAYTASK_SIM_ALIPAY_APP_PUBLIC_KEY_FILE",
+               key_path("alipay_app_public.pem"));
+  pt_stack_env(s, "PAYTASK_SIM_ALIPAY_PRIVATE_KEY_FILE",
+               key_path("alipay_platform_private.pem"));
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_MCHID", "1900000001");
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_APPID", "wxd678efh567hg6787");
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_SERIAL_NO", "MERCHANTSERIAL01");
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_PRIVATE_KEY_FILE",
+               key_path("wechat_merchant_private.pem"));
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_PLATFORM_SERIAL",
+               "PUB_KEY_ID_0000000000000001");
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_PLATFORM_PUBLIC_KEY_FILE",
+               key_path("wechat_platform_public.pem"));
+  pt_stack_env(s, "PAYTASK_CHANNEL_WECHAT_APIV3_KEY", APIV3_KEY);
+  pt_stack_env(s, "PAYTASK_SIM_WECHAT_MERCHANT_PUBLIC_KEY_FILE",
+               key_path("wechat_merchant_public.pem"));
+  pt_stack_env(s, "PAYTASK_SIM_WECHAT_PRIVATE_KEY_FILE",
+               key_path("wechat_platform_private.pem"));
+  pt_stack_env(s, "PAYTASK_QUERY_SCHEDULE", query_schedule);
+  pt_stack_env(s, "PAYTASK_NOTIFY_SCHEDULE", "1,1,1,1,1");
+  pt_stack_env(s, "PAYTASK_NOTIFY_SECRETS", "default=test-notify-secret");
+}
+
+static void start(pt_stack_t *s, const char *dialect,
+                  const char *query_schedule) {
+  channel_env(s, dialect, query_schedule);
+  pt_stack_start(s, 1, "--notify-schedule-ms=300,300,600,1000");
+}
+
+static void pay_body(char *buf, size_t len, const char *channel,
+                     const char *otn, int64_t amount, int notify_port,
+                     int expire_in) {
+  char notify[96] = "null";
+  if (notify_port > 0)
+    snprintf(notify, sizeof notify, "\"http://127.0.0.1:%d/paid\"",
+             notify_port);
+  snprintf(buf, len,
+           "{\"type\":\"pay\",\"channel\":\"%s\",\"out_trade_no\":\"%s\","
+           "\"amount\":%lld,\"currency\":\"CNY\",\"subject\":\"e2e\","
+           "\"notify_url\":%s,\"expire_in\":%d}",
+           channel, otn, (long long)amount, notify, expire_in);
+}
+
+/* Waits until the pay task's trade has the status; returns the document
+ * (caller destroys) or fails. */
+static void wait_trade(pt_stack_t *s, const char *id, const char *status,
+                       int timeout_s, bson_t *doc) {
+  const char *last = "(none)";
+  for (int i = 0; i < timeout_s * 10; i++) {
+    char *out = NULL;
+    long st = pt_api_get(s, id, 0, &out);
+    if (st == 200) {
+      pt_json(out, doc);
+      free(out);
+      const char *t = pt_json_str(doc, "trade.status");
+      if (t != NULL && strcmp(t, status) == 0)
+        return;
+      static char seen[32];
+      snprintf(seen, sizeof seen, "%s", t ? t : "(no trade)");
+      last = seen;
+      bson_destroy(doc);
+    } else {
+      free(out);
+    }
+    usleep(100000);
+  }
+  cr_assert_fail("task %s: trade never became %s (last %s)", id, status, last);
+}
+
+static long sim_post(pt_stack_t *s, const char *path, const char *body) {
+  char url[256];
+  snprintf(url, sizeof url, "%s%s", s->sim_url, path);
+  const char *h[] = {"Content-Type: application/json", NULL};
+  return pt_http("POST", url, NULL, body, h, NULL);
+}
+
+static void sim_rule(pt_stack_t *s, const char *otn, const char *json_rest) {
+  char body[512];
+  snprintf(body, sizeof body, "{\"out_trade_no\":\"%s\"%s%s}", otn,
+           json_rest[0] ? "," : "", json_rest);
+  cr_assert_eq(sim_post(s, "/v1/sim/rules", body), 200);
+}
+
+static void buyer_pays(pt_stack_t *s, const char *otn) {
+  char path[160];
+  snprintf(path, sizeof path, "/v1/sim/trades/%s/pay", otn);
+  cr_assert_eq(sim_post(s, path, "{}"), 200, "the simulated buyer could not pay");
+}
+
+/* ---- events ------------------------------------------------------------- */
+
+/* A durable queue bound to the results exchange, emptied, for counting. */
+static void events_queue(const char *name) {
+  pt_error_t err;
+  amqp_connection_state_t c =
+      pt_amqp_connect_sync(pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ"), 3000,
+                           &err);
+  cr_assert_not_null(c, "%s", err.message);
+  amqp_exchange_declare(c, 1, amqp_cstring_bytes("paytask.results"),
+                        amqp_cstring_bytes("fanout"), 0, 1, 0, 0,
+                        amqp_empty_table);
+  amqp_queue_declare(c, 1, amqp_cstring_bytes(name), 0, 0, 0, 1,
+                     amqp_empty_table);
+  amqp_queue_bind(c, 1, amqp_cstring_bytes(name),
+                  amqp_cstring_bytes("paytask.results"), amqp_empty_bytes,
+                  amqp_empty_table);
+  cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+  pt_amqp_close_sync(c);
+}
+
+/* Counts, over timeout_s, the distinct and total events in queue whose body
+ * holds both needles (e.g. the task id and "trade.final"). */
+static void count_events(const char *queue, const char *n1, const char *n2,
+                         int timeout_s, int *distinct, int *total) {
+  pt_error_t err;
+  char ids[32][64];
+  int nids = 0;
+  *distinct = *total = 0;
+  amqp_connection_state_t c =
+      pt_amqp_connect_sync(pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ"), 3000,
+                           &err);
+  cr_assert_not_null(c, "%s", err.message);
+  amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 1,
+                     0, amqp_empty_table);
+  time_t until = time(NULL) + timeout_s;
+  while (time(NULL) < until) {
+    amqp_envelope_t env;
+    struct timeval tv = {0, 200000};
+    amqp_maybe_release_buffers(c);
+    amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      continue;
+    char *body = strndup(env.message.body.bytes, env.message.body.len);
+    if (strstr(body, n1) && strstr(body, n2)) {
+      bson_t doc;
+      pt_json(body, &doc);
+      const char *eid = pt_json_str(&doc, "event_id");
+      cr_assert_not_null(eid, "an event without event_id: %s", body);
+      int seen = 0;
+      for (int i = 0; i < nids; i++)
+        seen |= strcmp(ids[i], eid) == 0;
+      if (!seen && nids < 32)
+        snprintf(ids[nids++], sizeof ids[0], "%s", eid);
+      (*total)++;
+      bson_destroy(&doc);
+    }
+    free(body);
+    amqp_destroy_envelope(&env);
+  }
+  *distinct = nids;
+  pt_amqp_close_sync(c);
+}
+
+/* ---- the scenarios ------------------------------------------------------ */
+
+static void check_notification(receiver_t *r, const char *id) {
+  pthread_mutex_lock(&r->mu);
+  char body[2048], sig[256];
+  snprintf(body, sizeof body, "%s", r->last_body);
+  snprintf(sig, sizeof sig, "%s", r->last_sig);
+  pthread_mutex_unlock(&r->mu);
+  bson_t doc;
+  pt_json(body, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id);
+  cr_assert_str_eq(pt_json_str(&doc, "trade_status"), "SUCCEEDED");
+  /* The receiver can check it: t=<ts>,v1=HMAC(secret, "<ts>.<body>"). */
+  char ts[32], v1[80], hex[65], *signed_text;
+  cr_assert_eq(sscanf(sig, "t=%31[0-9],v1=%64s", ts, v1), 2, "bad header %s",
+               sig);
+  cr_assert(asprintf(&signed_text, "%s.%s", ts, body) > 0);
+  cr_assert_eq(pt_crypto_hmac_sha256_hex("test-notify-secret", 18, signed_text,
+                                         strlen(signed_text), hex, NULL),
+               0);
+  free(signed_text);
+  cr_assert_str_eq(v1, hex, "the notification's signature does not verify");
+  bson_destroy(&doc);
+}
+
+static void paid_by_callback(const char *dialect) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char body[512], id[24], q[64];
+  const char *otn = pt_unique("cb");
+  snprintf(q, sizeof q, "test.events.%s", pt_unique("q"));
+  events_queue(q);
+  receiver_start(&r, 0);
+  start(&s, dialect, "30");
+  pay_body(body, sizeof body, dialect, otn, 1234, r.port, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert(pt_json_str(&doc, strcmp(dialect, "alipay") == 0
+                                  ? "result.qr_code"
+                                  : "result.code_url") != NULL,
+            "no payment code in the result");
+  bson_destroy(&doc);
+
+  buyer_pays(&s, otn);
+  wait_trade(&s, id, "SUCCEEDED", 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "callback");
+  bson_destroy(&doc);
+  for (int i = 0; i < 100 && receiver_count(&r) < 1; i++)
+    usleep(100000);
+  cr_assert_eq(receiver_count(&r), 1, "the merchant was not notified once");
+  check_notification(&r, id);
+  int distinct, total;
+  count_events(q, id, "trade.final", 4, &distinct, &total);
+  cr_assert_eq(distinct, 1, "trade.final events for the task: %d", distinct);
+  cr_assert_eq(pt_sim_stat(&s, otn, "paid_count"), 1);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+  sleep(1);
+  cr_assert_eq(receiver_count(&r), 1, "notified again after success");
+}
+
+Test(trades, alipay_paid_by_callback, .timeout = 120) {
+  paid_by_callback("alipay");
+}
+Test(trades, wechat_paid_by_callback, .timeout = 120) {
+  paid_by_callback("wechat");
+}
+
+static void settled_by_query(const char *dialect) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24];
+  const char *otn = pt_unique("q");
+  start(&s, dialect, "1,1,1,1,1,1,1,1,1,1");
+  sim_rule(&s, otn, "\"callback\":\"withhold\"");
+  pay_body(body, sizeof body, dialect, otn, 500, 0, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(&s, otn);
+  wait_trade(&s, id, "SUCCEEDED", 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "query");
+  bson_destroy(&doc);
+  cr_assert_eq(pt_sim_stat(&s, otn, "callbacks_sent"), 0);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
+Test(trades, alipay_settled_by_query, .timeout = 120) {
+  settled_by_query("alipay");
+}
+Test(trades, wechat_settled_by_query, .timeout = 120) {
+  settled_by_query("wechat");
+}
+
+static void closed_at_expiry(const char *dialect) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24];
+  const char *otn = pt_unique("exp");
+  start(&s, dialect, "30");
+  pay_body(body, sizeof body, dialect, otn, 700, 0, 5);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  wait_trade(&s, id, "CLOSED", 40, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
+  bson_destroy(&doc);
+  /* Too late now: the buyer cannot pay a closed trade. */
+  char path[160];
+  snprintf(path, sizeof path, "/v1/sim/trades/%s/pay", otn);
+  cr_assert_neq(sim_post(&s, path, "{}"), 200);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
+Test(trades, alipay_closed_at_expiry, .timeout = 120) {
+  closed_at_expiry("alipay");
+}
+Test(trades, wechat_closed_at_expiry, .timeout = 120) {
+  closed_at_expiry("wechat");
+}
+
+static void paid_just_before_close(const char *dialect) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24];
+  const char *otn = pt_unique("late");
+  start(&s, dialect, "60");
+  sim_rule(&s, otn, "\"callback\":\"withhold\"");
+  pay_body(body, sizeof body, dialect, otn, 900, 0, 6);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(&s, otn); /* before the window ends; no callback, no query */
+  wait_trade(&s, id, "SUCCEEDED", 40, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close",
+                   "the close should have found it paid");
+  bson_destroy(&doc);
+  cr_assert_eq(pt_sim_stat(&s, otn, "paid_count"), 1);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
+Test(trades, alipay_paid_just_before_close, .timeout = 120) {
+  paid_just_before_close("alipay");
+}
+Test(trades, wechat_paid_just_before_close, .timeout = 120) {
+  paid_just_before_close("wechat");
+}
+
+Test(trades, notify_retried_until_success, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char body[512], id[24];
+  const char *otn = pt_unique("nfy");
+  receiver_start(&r, 3);
+  start(&s, "alipay", "30");
+  pay_body(body, sizeof body, "alipay", otn, 100, r.port, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(&s, otn);
+  for (int i = 0; i < 300 && receiver_count(&r) < 4; i++)
+    usleep(100000);
+  cr_assert_eq(receiver_count(&r), 4, "tries: %d", receiver_count(&r));
+  for (int i = 0; i < 100; i++) {
+    char *out = NULL;
+    pt_api_get(&s, id, 0, &out);
+    pt_json(out, &doc);
+    free(out);
+    const char *ns = pt_json_str(&doc, "trade.notify_status");
+    int done = ns != NULL && strcmp(ns, "DELIVERED") == 0;
+    bson_destroy(&doc);
+    if (done)
+      break;
+    cr_assert(i < 99, "notify_status never became DELIVERED");
+    usleep(100000);
+  }
+  check_notification(&r, id);
+  sleep(2);
+  cr_assert_eq(receiver_count(&r), 4, "delivered more than once");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
+/* ---- callbacks that must be refused ---------------------------------------- */
+
+static char *read_file(const char *path) {
+  FILE *f = fopen(path, "r");
+  cr_assert_not_null(f, "%s", path);
+  static char buf[8192];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  return strdup(buf);
+}
+
+static char *url_encode(const char *s) {
+  char *out = malloc(strlen(s) * 3 + 1), *o = out;
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~')
+      *o++ = (char)c;
+    else
+      o += sprintf(o, "%%%02X", c);
+  }
+  *o = '\0';
+  return out;
+}
+
+/* An Alipay notification for otn signed with the key in key_file. */
+static char *alipay_notification(const char *key_file, const char *otn,
+                                 const char *amount, const char *notify_id) {
+  pt_crypto_kv_t kv[] = {{"notify_time", "2026-12-01 12:00:00"},
+                         {"notify_type", "trade_status_sync"},
+                         {"notify_id", notify_id},
+                         {"app_id", "2021000000000001"},
+                         {"charset", "utf-8"},
+                         {"version", "1.0"},
+                         {"sign_type", "RSA2"},
+                         {"trade_no", "2026120122001400000000000001"},
+                         {"out_trade_no", otn},
+                         {"trade_status", "TRADE_SUCCESS"},
+                         {"total_amount", amount}};
+  size_t n = sizeof kv / sizeof kv[0];
+  char *text, *sig;
+  size_t len, slen;
+  pt_crypto_key_t *key;
+  char *pem = read_file(key_file);
+  cr_assert_eq(pt_crypto_key_new_private(pem, strlen(pem), &key, NULL), 0);
+  free(pem);
+  cr_assert_eq(pt_crypto_alipay_string_to_sign(
+                   kv, n, PT_CRYPTO_ALIPAY_DROP_SIGN_TYPE, &text, &len, NULL),
+               0);
+  cr_assert_eq(
+      pt_crypto_rsa_sign(key, PT_CRYPTO_SHA256, text, len, &sig, &slen, NULL),
+      0);
+  pt_crypto_key_destroy(key);
+  free(text);
+  char *form = calloc(1, 8192);
+  for (size_t i = 0; i < n; i++) {
+    char *v = url_encode(kv[i].value);
+    snprintf(form + strlen(form), 8192 - strlen(form), "%s%s=%s",
+             i ? "&" : "", kv[i].key, v);
+    free(v);
+  }
+  char *v = url_encode(sig);
+  snprintf(form + strlen(form), 8192 - strlen(form), "&sign=%s", v);
+  free(v);
+  free(sig);
+  return form;
+}
+
+static long post_alipay(pt_stack_t *s, const char *form, char **out) {
+  char url[128];
+  const char *h[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+  snprintf(url, sizeof url, "%s/v1/channels/alipay/notify", s->api_url);
+  return pt_http("POST", url, NULL, form, h, out);
+}
+
+Test(trades, alipay_forged_replayed_mismatched_callbacks, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], q[64], *out = NULL;
+  const char *otn = pt_unique("forge");
+  snprintf(q, sizeof q, "test.events.%s", pt_unique("q"));
+  events_queue(q);
+  start(&s, "alipay", "60");
+  sim_rule(&s, otn, "\"callback\":\"withhold\"");
+  pay_body(body, sizeof body, "alipay", otn, 1500, 0, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+
+  /* Forged: signed with the app's key, not Alipay's. */
+  char *f = alipay_notification(key_path("alipay_app_private.pem"), otn,
+                                "15.00", "forged-1");
+  cr_assert_eq(post_alipay(&s, f, &out), 200);
+  cr_assert_str_neq(out, "success", "a forged notification was taken");
+  free(out);
+  free(f);
+  /* Mismatched: Alipay's signature, but not the trade's amount. */
+  f = alipay_notification(key_path("alipay_platform_private.pem"), otn,
+                          "1.50", "mismatch-1");
+  cr_assert_eq(post_alipay(&s, f, &out), 200);
+  cr_assert_str_neq(out, "success", "a mismatched amount was taken");
+  free(out);
+  free(f);
+  /* Tampered: a valid notification with one value changed after signing. */
+  f = alipay_notification(key_path("alipay_platform_private.pem"), otn,
+                          "15.00", "tamper-1");
+  char *p = strstr(f, "TRADE_SUCCESS");
+  cr_assert_not_null(p);
+  memcpy(p, "TRADE_CLOSED\0", 13);
+  memmove(p + 12, p + 13, strlen(p + 13) + 1);
+  cr_assert_eq(post_alipay(&s, f, &out), 200);
+  cr_assert_str_neq(out, "success", "a tampered notification was taken");
+  free(out);
+  free(f);
+  /* Nothing changed. */
+  pt_api_get(&s, id, 0, &out);
+  pt_json(out, &doc);
+  free(out);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.status"), "NOTPAY");
+  bson_destroy(&doc);
+
+  /* The genuine one is taken, and a replay of it changes nothing. */
+  f = alipay_notification(key_path("alipay_platform_private.pem"), otn,
+                          "15.00", "genuine-1");
+  cr_assert_eq(post_alipay(&s, f, &out), 200);
+  cr_assert_str_eq(out, "success");
+  free(out);
+  wait_trade(&s, id, "SUCCEEDED", 10, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "callback");
+  bson_destroy(&doc);
+  cr_assert_eq(post_alipay(&s, f, &out), 200);
+  cr_assert_str_eq(out, "success", "a duplicate must be acknowledged");
+  free(out);
+  free(f);
+  int distinct, total;
+  count_events(q, id, "trade.final", 4, &distinct, &total);
+  cr_assert_eq(distinct, 1, "trade events: %d", distinct);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
+static long post_wechat(pt_stack_t *s, const char *body, const char *ts,
+                        const char *nonce, const char *sig,
+                        const char *serial) {
+  char url[128], h1[600], h2[80], h3[80], h4[96];
+  snprintf(url, sizeof url, "%s/v1/channels/wechat/notify", s->api_url);
+  snprintf(h1, sizeof h1, "Wechatpay-Signature: %s", sig);
+  snprintf(h2, sizeof h2, "Wechatpay-Timestamp: %s", ts);
+  snprintf(h3, sizeof h3, "Wechatpay-Nonce: %s", nonce);
+  snprintf(h4, sizeof h4, "Wechatpay-Serial: %s", serial);
+  const char *h[] = {"Content-Type: application/json", h1, h2, h3, h4, NULL};
+  return pt_http("POST", url, NULL, body, h, NULL);
+}
+
+/* A WeChat Pay notification for otn, encrypted with the APIv3 key and
+ * signed with the key in key_file at time ts. */
+static char *wechat_notification(const char *otn, int64_t total) {
+  char plain[1024];
+  snprintf(plain, sizeof plain,
+           "{\"mchid\":\"1900000001\",\"appid\":\"wxd678efh567hg6787\","
+           "\"out_trade_no\":\"%s\",\"transaction_id\":"
+           "\"4200000000202612010000000001\",\"trade_type\":\"NATIVE\","
+           "\"trade_state\":\"SUCCESS\",\"trade_state_desc\":\"ok\","
+           "\"success_time\":\"2026-12-01T12:00:00+08:00\",\"amount\":"
+           "{\"total\":%lld,\"payer_total\":%lld,\"currency\":\"CNY\","
+           "\"payer_currency\":\"CNY\"}}",
+           otn, (long long)total, (long long)total);
+  char *ct;
+  size_t ctlen;
+  cr_assert_eq(pt_crypto_aes_gcm_encrypt_b64(APIV3_KEY, 32, "abcdefghijkl",
+                                             "transaction", plain,
+                                             strlen(plain), &ct, &ctlen, NULL),
+               0);
+  char *out;
+  cr_assert(asprintf(&out,
+                     "{\"id\":\"EV-%s\",\"create_time\":\"2026-12-01T12:00:00+"
+                     "08:00\",\"event_type\":\"TRANSACTION.SUCCESS\","
+                     "\"resource_type\":\"encrypt-resource\",\"summary\":"
+                     "\"ok\",\"resource\":{\"original_type\":\"transaction\","
+                     "\"algorithm\":\"AEAD_AES_256_GCM\",\"ciphertext\":\"%s\","
+                     "\"associated_data\":\"transaction\",\"nonce\":"
+                     "\"abcdefghijkl\"}}",
+                     otn, ct) > 0);
+  free(ct);
+  return out;
+}
+
+static char *wechat_sign(const char *key_file, const char *ts,
+                         const char *nonce, const char *body) {
+  pt_crypto_key_t *key;
+  char *msg, *sig, *pem = read_file(key_file);
+  size_t len, slen;
+  cr_assert_eq(pt_crypto_key_new_private(pem, strlen(pem), &key, NULL), 0);
+  free(pem);
+  cr_assert_eq(pt_crypto_wechat_response_message(ts, nonce, body, strlen(body),
+                                                 &msg, &len, NULL),
+               0);
+  cr_assert_eq(
+      pt_crypto_rsa_sign(key, PT_CRYPTO_SHA256, msg, len, &sig, &slen, NULL),
+      0);
+  free(msg);
+  pt_crypto_key_destroy(key);
+  return sig;
+}
+
+Test(trades, wechat_forged_stale_mismatched_callbacks, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], now[24], stale[24], *out = NULL;
+  const char *otn = pt_unique("wforge");
+  const char *serial = "PUB_KEY_ID_0000000000000001";
+  start(&s, "wechat", "60");
+  sim_rule(&s, otn, "\"callback\":\"withhold\"");
+  pay_body(body, sizeof body, "wechat", otn, 1500, 0, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  snprintf(now, sizeof now, "%lld", (long long)time(NULL));
+  snprintf(stale, sizeof stale, "%lld", (long long)time(NULL) - 3600);
+  const char *plat = key_path("wechat_platform_private.pem");
+  const char *merch = key_path("wechat_merchant_private.pem");
+
+  char *n = wechat_notification(otn, 1500);
+  char *sig = wechat_sign(merch, now, "nonce-forged", n);
+  cr_assert_geq(post_wechat(&s, n, now, "nonce-forged", sig, serial), 400,
+                "a forged notification was taken");
+  free(sig);
+  sig = wechat_sign(plat, stale, "nonce-stale", n);
+  cr_assert_geq(post_wechat(&s, n, stale, "nonce-stale", sig, serial), 400,
+                "a stale notification was taken");
+  free(sig);
+  sig = wechat_sign(plat, now, "nonce-serial", n);
+  cr_assert_geq(post_wechat(&s, n, now, "nonce-serial", sig, "OTHER_SERIAL"),
+                400, "a notification under an unknown serial was taken");
+  free(sig);
+  free(n);
+  n = wechat_notification(otn, 15); /* not the trade's amount */
+  sig = wechat_sign(plat, now, "nonce-amount", n);
+  cr_assert_geq(post_wechat(&s, n, now, "nonce-amount", sig, serial), 400,
+                "a mismatched amount was taken");
+  free(sig);
+  free(n);
+  pt_api_get(&s, id, 0, &out);
+  pt_json(out, &doc);
+  free(out);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.status"), "NOTPAY");
+  bson_destroy(&doc);
+
+  n = wechat_notification(otn, 1500);
+  sig = wechat_sign(plat, now, "nonce-good", n);
+  long st = post_wechat(&s, n, now, "nonce-good", sig, serial);
+  cr_assert(st == 200 || st == 204, "the genuine notification got %ld", st);
+  wait_trade(&s, id, "SUCCEEDED", 10, &doc);
+  bson_destroy(&doc);
+  st = post_wechat(&s, n, now, "nonce-good", sig, serial); /* replayed */
+  cr_assert(st == 200 || st == 204, "a duplicate must be acknowledged: %ld",
+            st);
+  free(sig);
+  free(n);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
+/* ---- the outbox ------------------------------------------------------------ */
+
+Test(trades, worker_killed_before_publish_event_still_once, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char q[64], id[24];
+  snprintf(q, sizeof q, "test.events.%s", pt_unique("q"));
+  events_queue(q);
+  pt_stack_env(&s, "PAYTASK_FAULT", "exit_after_final");
+  pt_stack_start(&s, 1, NULL);
+  char *body = pt_task_body(pt_unique("kill"), 100, NULL, NULL);
+  pt_submit_ok(&s, body, id);
+  free(body);
+  /* The worker records the final state, then dies before anything reads
+   * the outbox or acknowledges the delivery. */
+  for (int i = 0; i < 100; i++) {
+    if (waitpid(s.workers[0], NULL, WNOHANG) == s.workers[0]) {
+      s.workers[0] = 0;
+      break;
+    }
+    cr_assert(i < 99, "the faulty worker did not die");
+    usleep(100000);
+  }
+  /* A healthy worker relays the event; the delivery is redelivered to it
+   * and recognised as done. */
+  s.nextra = 0;
+  pt_stack_add_worker(&s);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  int distinct, total;
+  count_events(q, id, "task.final", 8, &distinct, &total);
+  cr_assert_eq(distinct, 1, "task.final events: %d (total %d)", distinct,
+               total);
+  cr_assert_eq(total, 1, "the event was published %d times", total);
+  pt_stack_stop(&s);
+}

@@ -1,0 +1,449 @@
+#include "worker/pt_relay.h"
+
+#include <bson/bson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/pt_id.h"
+#include "core/pt_log.h"
+#include "core/pt_store.h"
+#include "runner/pt_topology.h"
+
+struct pt_relay {
+  uv_loop_t *loop;
+  const pt_config_t *cfg;
+  pt_redis_t *redis;
+  pt_amqp_t *amqp;
+  char consumer[96];
+  uv_timer_t timer;
+  int group_ok, reading, closing, timer_closed;
+  size_t inflight;
+  long sent;
+  int64_t last_claim_ms;
+};
+
+typedef struct {
+  pt_relay_t *r;
+  char id[48];
+  char type[16], parent[21], task_id[21];
+  int64_t due_ms;
+  char *spec;
+  size_t spec_len;
+} entry_t;
+
+static void maybe_free(pt_relay_t *r) {
+  if (r->closing && r->timer_closed && r->inflight == 0 && !r->reading)
+    free(r);
+}
+
+/* ---- fields ------------------------------------------------------------- */
+
+static const redisReply *field(const redisReply *fields, const char *name) {
+  if (fields == NULL || fields->type != REDIS_REPLY_ARRAY)
+    return NULL;
+  for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+    const redisReply *k = fields->element[i];
+    if (k->type == REDIS_REPLY_STRING && strcmp(k->str, name) == 0 &&
+        fields->element[i + 1]->type == REDIS_REPLY_STRING)
+      return fields->element[i + 1];
+  }
+  return NULL;
+}
+
+static const char *field_str(const redisReply *fields, const char *name) {
+  const redisReply *v = field(fields, name);
+  return v != NULL ? v->str : "";
+}
+
+/* Appends a JSON text as a sub-document when it is one. */
+static void append_json_doc(bson_t *doc, const char *key, const char *json) {
+  bson_t sub;
+  bson_error_t e;
+  if (json == NULL || json[0] == '\0' ||
+      !bson_init_from_json(&sub, json, -1, &e))
+    return;
+  bson_append_document(doc, key, -1, &sub);
+  bson_destroy(&sub);
+}
+
+char *pt_relay_event_json(const char *entry_id, const redisReply *fields,
+                          size_t *len) {
+  const char *subject = field_str(fields, "subject");
+  const char *task_id = field_str(fields, "task_id");
+  const char *status = field_str(fields, "status");
+  const char *spec = field_str(fields, "spec");
+  bson_t sp, doc = BSON_INITIALIZER;
+  bson_error_t e;
+  bson_iter_t it;
+  char ts[32];
+  if (subject[0] == '\0' || task_id[0] == '\0' || status[0] == '\0' ||
+      !bson_init_from_json(&sp, spec, -1, &e)) {
+    bson_destroy(&doc);
+    return NULL;
+  }
+  int64_t at = strtoll(field_str(fields, "at"), NULL, 10);
+  BSON_APPEND_UTF8(&doc, "event_id", entry_id);
+  BSON_APPEND_UTF8(&doc, "event", strcmp(subject, "trade") == 0
+                                      ? "trade.final"
+                                      : "task.final");
+  BSON_APPEND_UTF8(&doc, "task_id", task_id);
+  static const char *const copied[] = {"type",     "channel", "out_trade_no",
+                                       "amount",   "currency", "client",
+                                       "parent_id"};
+  for (size_t i = 0; i < sizeof copied / sizeof copied[0]; i++)
+    if (bson_iter_init_find(&it, &sp, copied[i]))
+      bson_append_iter(&doc, copied[i], -1, &it);
+  if (strcmp(subject, "trade") == 0) {
+    BSON_APPEND_UTF8(&doc, "trade_status", status);
+    BSON_APPEND_UTF8(&doc, "settled_by", field_str(fields, "source"));
+    if (field_str(fields, "trade_no")[0])
+      BSON_APPEND_UTF8(&doc, "trade_no", field_str(fields, "trade_no"));
+  } else {
+    BSON_APPEND_UTF8(&doc, "status", status);
+    append_json_doc(&doc, "result", field_str(fields, "result"));
+    append_json_doc(&doc, "error", field_str(fields, "error"));
+  }
+  pt_time_rfc3339(at, ts);
+  BSON_APPEND_UTF8(&doc, "at", ts);
+  BSON_APPEND_INT64(&doc, "at_ms", at);
+  char *json = bson_as_relaxed_extended_json(&doc, len);
+  bson_destroy(&doc);
+  bson_destroy(&sp);
+  return json;
+}
+
+/* ---- ending an entry ---------------------------------------------------- */
+
+static void entry_end(entry_t *en, int done) {
+  pt_relay_t *r = en->r;
+  redisAsyncContext *ac = pt_redis_ctx(r->redis);
+  if (done && ac != NULL) {
+    redisAsyncCommand(ac, NULL, NULL, "XACK %s %s %s", PT_STREAM_OUTBOX,
+                      PT_RELAY_GROUP, en->id);
+    redisAsyncCommand(ac, NULL, NULL, "XDEL %s %s", PT_STREAM_OUTBOX, en->id);
+    r->sent++;
+  }
+  /* Not done: the entry stays pending and is claimed again later. */
+  free(en->spec);
+  free(en);
+  r->inflight--;
+  if (!r->closing && r->inflight == 0)
+    pt_relay_kick(r);
+  maybe_free(r);
+}
+
+static void on_confirmed(pt_amqp_t *c, int status, void *arg) {
+  entry_t *en = arg;
+  (void)c;
+  if (status != 0)
+    PT_WARN("outbox_publish_unconfirmed", "entry=%s err=\"%s\"", en->id,
+            pt_strerror(status));
+  entry_end(en, status == 0);
+}
+
+/* ---- events ------------------------------------------------------------- */
+
+static void relay_event(entry_t *en, const redisReply *fields) {
+  pt_relay_t *r = en->r;
+  size_t len;
+  char *json = pt_relay_event_json(en->id, fields, &len);
+  if (json == NULL) {
+    /* Damaged entries cannot become good: drop them loudly. */
+    PT_ERROR("outbox_entry_damaged", "entry=%s", en->id);
+    entry_end(en, 1);
+    return;
+  }
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = en->id};
+  int rc = pt_amqp_publish(r->amqp, r->cfg->events_exchange, "", json, len,
+                           &msg, on_confirmed, en);
+  bson_free(json);
+  if (rc != 0)
+    entry_end(en, 0);
+}
+
+/* ---- follow-up tasks ---------------------------------------------------- */
+
+/* The spec of a follow-up task: the pay task's spec with its own id, type,
+ * creation time and parent. */
+static char *child_spec(const entry_t *en, int attempt, size_t *len) {
+  bson_t sp, doc = BSON_INITIALIZER, retry;
+  bson_error_t e;
+  bson_iter_t it;
+  char ts[32];
+  if (!bson_init_from_json(&sp, en->spec, (ssize_t)en->spec_len, &e))
+    return NULL;
+  BSON_APPEND_UTF8(&doc, "task_id", en->task_id);
+  BSON_APPEND_UTF8(&doc, "type", en->type);
+  bson_iter_init(&it, &sp);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (strcmp(k, "task_id") == 0 || strcmp(k, "type") == 0 ||
+        strcmp(k, "created_at") == 0 || strcmp(k, "created_at_ms") == 0 ||
+        strcmp(k, "retry") == 0 || strcmp(k, "replay_of") == 0 ||
+        strcmp(k, "replay_count") == 0 || strcmp(k, "parent_id") == 0)
+      continue;
+    bson_append_iter(&doc, k, -1, &it);
+  }
+  /* Scheduled kinds follow their own schedules; retry is kept for the
+   * spec's shape. */
+  BSON_APPEND_DOCUMENT_BEGIN(&doc, "retry", &retry);
+  BSON_APPEND_BOOL(&retry, "need_retry", true);
+  BSON_APPEND_INT32(&retry, "retry_times", PT_RETRY_MAX);
+  bson_append_document_end(&doc, &retry);
+  BSON_APPEND_UTF8(&doc, "parent_id", en->parent);
+  int64_t now = pt_now_ms();
+  pt_time_rfc3339(now, ts);
+  BSON_APPEND_UTF8(&doc, "created_at", ts);
+  BSON_APPEND_INT64(&doc, "created_at_ms", now);
+  if (attempt > 0)
+    BSON_APPEND_INT32(&doc, "attempt", attempt);
+  char *json = bson_as_relaxed_extended_json(&doc, len);
+  bson_destroy(&doc);
+  bson_destroy(&sp);
+  return json;
+}
+
+static void publish_child(entry_t *en) {
+  pt_relay_t *r = en->r;
+  size_t len;
+  char *body = child_spec(en, 1, &len);
+  if (body == NULL) {
+    PT_ERROR("outbox_entry_damaged", "entry=%s parent=%s", en->id,
+             en->parent);
+    entry_end(en, 1);
+    return;
+  }
+  char mid[48], queue[64], due[24];
+  snprintf(mid, sizeof mid, "%s:1", en->task_id);
+  amqp_table_entry_t h[1];
+  amqp_table_t headers = {0, h};
+  int64_t wait = en->due_ms - pt_now_ms();
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
+  const char *exchange = PT_EXCHANGE_WORK, *route = PT_ROUTE_TASK;
+  if (wait > 500) {
+    snprintf(due, sizeof due, "%lld", (long long)en->due_ms);
+    h[0].key = amqp_cstring_bytes(PT_HEADER_DUE);
+    h[0].value.kind = AMQP_FIELD_KIND_I64;
+    h[0].value.value.i64 = en->due_ms;
+    headers.num_entries = 1;
+    msg.headers = &headers;
+    pt_topology_delay_queue(pt_topology_delay_pick(wait), queue, sizeof queue);
+    exchange = "";
+    route = queue;
+  }
+  int rc = pt_amqp_publish(r->amqp, exchange, route, body, len, &msg,
+                           on_confirmed, en);
+  bson_free(body);
+  if (rc != 0)
+    entry_end(en, 0);
+  else
+    PT_INFO("task_scheduled", "task_id=%s type=%s parent=%s in_ms=%lld",
+            en->task_id, en->type, en->parent,
+            (long long)(wait > 0 ? wait : 0));
+}
+
+static void on_child_stored(int status, pt_verdict_t v, const char *detail,
+                            void *arg) {
+  entry_t *en = arg;
+  if (status != 0) {
+    PT_WARN("outbox_store_failed", "entry=%s err=\"%s\"", en->id, detail);
+    entry_end(en, 0);
+    return;
+  }
+  (void)v; /* OK or EXISTS (a relay before us stored it): publish either way;
+              the start script drops a duplicate delivery */
+  publish_child(en);
+}
+
+static void on_parent_spec(redisAsyncContext *ac, void *reply, void *arg) {
+  entry_t *en = arg;
+  redisReply *rep = reply;
+  (void)ac;
+  if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+    entry_end(en, 0);
+    return;
+  }
+  if (rep->type != REDIS_REPLY_STRING) {
+    PT_ERROR("outbox_parent_missing",
+             "entry=%s parent=%s type=%s note=\"the trade is gone; the "
+             "follow-up task cannot be made\"",
+             en->id, en->parent, en->type);
+    entry_end(en, 1);
+    return;
+  }
+  en->spec = malloc(rep->len + 1);
+  if (en->spec == NULL) {
+    entry_end(en, 0);
+    return;
+  }
+  memcpy(en->spec, rep->str, rep->len + 1);
+  en->spec_len = rep->len;
+  size_t len;
+  char *spec = child_spec(en, 0, &len);
+  redisAsyncContext *c = pt_redis_ctx(en->r->redis);
+  if (spec == NULL || c == NULL ||
+      pt_store_submit(c, en->task_id, spec, len, pt_now_ms(), NULL, NULL, 0,
+                      on_child_stored, en) != 0) {
+    if (spec == NULL)
+      PT_ERROR("outbox_entry_damaged", "entry=%s parent=%s", en->id,
+               en->parent);
+    entry_end(en, spec == NULL);
+  }
+  bson_free(spec);
+}
+
+static void relay_spawn(entry_t *en, const redisReply *fields) {
+  redisAsyncContext *ac = pt_redis_ctx(en->r->redis);
+  uint64_t v;
+  snprintf(en->type, sizeof en->type, "%s", field_str(fields, "type"));
+  snprintf(en->parent, sizeof en->parent, "%s", field_str(fields, "parent"));
+  snprintf(en->task_id, sizeof en->task_id, "%s",
+           field_str(fields, "task_id"));
+  en->due_ms = strtoll(field_str(fields, "due"), NULL, 10);
+  if (pt_id_parse(en->parent, strlen(en->parent), &v) != 0 ||
+      pt_id_parse(en->task_id, strlen(en->task_id), &v) != 0 ||
+      en->type[0] == '\0') {
+    PT_ERROR("outbox_entry_damaged", "entry=%s", en->id);
+    entry_end(en, 1);
+    return;
+  }
+  if (ac == NULL || redisAsyncCommand(ac, on_parent_spec, en, "HGET %s%s spec",
+                                      PT_KEY_TRADE, en->parent) != REDIS_OK)
+    entry_end(en, 0);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void handle_entries(pt_relay_t *r, const redisReply *entries) {
+  if (entries == NULL || entries->type != REDIS_REPLY_ARRAY)
+    return;
+  for (size_t i = 0; i < entries->elements; i++) {
+    const redisReply *e = entries->element[i];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING)
+      continue; /* XAUTOCLAIM lists deleted entries as nil */
+    const redisReply *fields = e->element[1];
+    entry_t *en = calloc(1, sizeof *en);
+    if (en == NULL)
+      return;
+    en->r = r;
+    snprintf(en->id, sizeof en->id, "%s", e->element[0]->str);
+    r->inflight++;
+    const char *kind = field_str(fields, "kind");
+    if (strcmp(kind, "event") == 0)
+      relay_event(en, fields);
+    else if (strcmp(kind, "spawn") == 0)
+      relay_spawn(en, fields);
+    else {
+      PT_ERROR("outbox_entry_damaged", "entry=%s kind=\"%s\"", en->id, kind);
+      entry_end(en, 1);
+    }
+  }
+}
+
+static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
+  pt_relay_t *r = arg;
+  redisReply *rep = reply;
+  (void)ac;
+  r->reading = 0;
+  if (r->closing) {
+    maybe_free(r);
+    return;
+  }
+  if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+    if (rep != NULL && strstr(rep->str, "NOGROUP") != NULL)
+      r->group_ok = 0;
+    return;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY)
+    return;
+  /* XREADGROUP: [[stream, entries]]; XAUTOCLAIM: [next, entries, …]. */
+  if (rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_STRING)
+    handle_entries(r, rep->element[1]);
+  else if (rep->elements == 1 && rep->element[0]->type == REDIS_REPLY_ARRAY &&
+           rep->element[0]->elements == 2)
+    handle_entries(r, rep->element[0]->element[1]);
+}
+
+static void on_group(redisAsyncContext *ac, void *reply, void *arg) {
+  pt_relay_t *r = arg;
+  redisReply *rep = reply;
+  (void)ac;
+  r->reading = 0;
+  if (rep != NULL && (rep->type == REDIS_REPLY_STATUS ||
+                      (rep->type == REDIS_REPLY_ERROR &&
+                       strstr(rep->str, "BUSYGROUP") != NULL)))
+    r->group_ok = 1;
+  if (r->closing) {
+    maybe_free(r);
+    return;
+  }
+  if (r->group_ok)
+    pt_relay_kick(r);
+}
+
+static void on_tick(uv_timer_t *t) {
+  pt_relay_t *r = t->data;
+  redisAsyncContext *ac = pt_redis_ctx(r->redis);
+  if (r->closing || r->reading || r->inflight > 0 || ac == NULL ||
+      !pt_amqp_is_ready(r->amqp))
+    return;
+  r->reading = 1;
+  int rc;
+  if (!r->group_ok) {
+    rc = redisAsyncCommand(ac, on_group, r, "XGROUP CREATE %s %s 0 MKSTREAM",
+                           PT_STREAM_OUTBOX, PT_RELAY_GROUP);
+  } else if (pt_now_ms() - r->last_claim_ms > 5000) {
+    r->last_claim_ms = pt_now_ms();
+    rc = redisAsyncCommand(ac, on_read, r,
+                           "XAUTOCLAIM %s %s %s %d 0-0 COUNT 100",
+                           PT_STREAM_OUTBOX, PT_RELAY_GROUP, r->consumer,
+                           PT_RELAY_CLAIM_IDLE_MS);
+  } else {
+    rc = redisAsyncCommand(ac, on_read, r,
+                           "XREADGROUP GROUP %s %s COUNT 200 STREAMS %s >",
+                           PT_RELAY_GROUP, r->consumer, PT_STREAM_OUTBOX);
+  }
+  if (rc != REDIS_OK)
+    r->reading = 0;
+}
+
+pt_relay_t *pt_relay_new(uv_loop_t *loop, const pt_config_t *cfg,
+                         pt_redis_t *redis, pt_amqp_t *amqp,
+                         const char *consumer) {
+  pt_relay_t *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return NULL;
+  r->loop = loop;
+  r->cfg = cfg;
+  r->redis = redis;
+  r->amqp = amqp;
+  snprintf(r->consumer, sizeof r->consumer, "%s", consumer);
+  uv_timer_init(loop, &r->timer);
+  r->timer.data = r;
+  uv_timer_start(&r->timer, on_tick, 0, 100);
+  return r;
+}
+
+void pt_relay_kick(pt_relay_t *r) {
+  if (r != NULL && !r->closing)
+    uv_timer_start(&r->timer, on_tick, 0, 100);
+}
+
+size_t pt_relay_inflight(const pt_relay_t *r) { return r ? r->inflight : 0; }
+
+long pt_relay_sent(const pt_relay_t *r) { return r ? r->sent : 0; }
+
+static void on_timer_closed(uv_handle_t *h) {
+  pt_relay_t *r = h->data;
+  r->timer_closed = 1;
+  maybe_free(r);
+}
+
+void pt_relay_destroy(pt_relay_t *r) {
+  if (r == NULL)
+    return;
+  r->closing = 1;
+  uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+}
