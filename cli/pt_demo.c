@@ -233,6 +233,7 @@ static void show_from_mongo(const pt_config_t *cfg, const char *id) {
 int pt_demo_main(int argc, char **argv) {
   static const struct option opts[] = {{"tasks", required_argument, 0, 'n'},
                                        {"api", required_argument, 0, 'a'},
+                                       {"trades", no_argument, 0, 't'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   long n = 2000;
@@ -241,8 +242,11 @@ int pt_demo_main(int argc, char **argv) {
   const char *api_arg = NULL;
   pt_config_t cfg;
   pt_error_t err;
-  while ((c = getopt_long(argc, argv, "n:a:h", opts, NULL)) != -1) {
-    if (c == 'n') {
+  int trades = 0;
+  while ((c = getopt_long(argc, argv, "n:a:th", opts, NULL)) != -1) {
+    if (c == 't') {
+      trades = 1;
+    } else if (c == 'n') {
       n = strtol(optarg, &end, 10);
       if (*end != '\0' || n < 1 || n > 1000000) {
         fprintf(stderr, "paytask demo: --tasks takes 1..1000000\n");
@@ -251,7 +255,8 @@ int pt_demo_main(int argc, char **argv) {
     } else if (c == 'a') {
       api_arg = optarg;
     } else {
-      fprintf(stderr, "usage: paytask demo [--tasks N] [--api URL]\n");
+      fprintf(stderr,
+              "usage: paytask demo [--tasks N] [--api URL] [--trades]\n");
       return c == 'h' ? 0 : 2;
     }
   }
@@ -345,6 +350,8 @@ int pt_demo_main(int argc, char **argv) {
   printf("\n");
   show_from_mongo(&cfg, items[0].id);
   int rc = unknown == 0 ? 0 : 1;
+  if (trades && pt_demo_trades(&cfg, api, token) != 0)
+    rc = 1;
   for (long i = 0; i < n; i++)
     bson_free(items[i].body);
   free(items);

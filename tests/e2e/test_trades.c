@@ -256,8 +256,13 @@ static void events_queue(const char *name) {
   amqp_exchange_declare(c, 1, amqp_cstring_bytes("paytask.results"),
                         amqp_cstring_bytes("fanout"), 0, 1, 0, 0,
                         amqp_empty_table);
-  amqp_queue_declare(c, 1, amqp_cstring_bytes(name), 0, 0, 0, 1,
-                     amqp_empty_table);
+  /* Removed by the broker when unused for a minute, even if the test
+   * stopped before reading it. */
+  amqp_table_entry_t e = {.key = amqp_cstring_bytes("x-expires"),
+                          .value = {.kind = AMQP_FIELD_KIND_I32,
+                                    .value.i32 = 60000}};
+  amqp_table_t args = {1, &e};
+  amqp_queue_declare(c, 1, amqp_cstring_bytes(name), 0, 0, 0, 1, args);
   amqp_queue_bind(c, 1, amqp_cstring_bytes(name),
                   amqp_cstring_bytes("paytask.results"), amqp_empty_bytes,
                   amqp_empty_table);
