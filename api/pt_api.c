@@ -38,6 +38,13 @@ typedef struct {
   uv_timer_t lease_timer, amqp_retry, stop_timer, redis_retry;
   uv_signal_t sigterm, sigint;
   waiter_t *waiters; /* by task id */
+  /* queue depths for /metrics, read every 5 s on a thread-pool thread */
+  uv_timer_t depth_timer;
+  uv_work_t depth_work;
+  int depth_busy;
+  amqp_connection_state_t depth_conn; /* used only by the work function */
+  pt_queue_depth_t depths[PT_TOPOLOGY_QUEUES];
+  int ndepths;
   pt_metrics_t *metrics;
   size_t inflight;   /* requests not yet answered */
   int stopping;
@@ -762,6 +769,64 @@ static void on_mongo_ping(int status, const pt_error_t *err, void *arg) {
 
 /* GET /metrics: the sync backlog and the age of its oldest entry come from
  * Redis (one pipelined XLEN and XRANGE), then everything is rendered. */
+/* ---- queue depths --------------------------------------------------- */
+
+static void depth_work(uv_work_t *w) {
+  api_t *api = w->data;
+  pt_error_t err;
+  if (api->depth_conn == NULL)
+    api->depth_conn = pt_amqp_connect_sync(api->cfg->amqp_uri, 2000, &err);
+  if (api->depth_conn == NULL) {
+    api->ndepths = 0;
+    return;
+  }
+  api->ndepths = pt_topology_queue_depths(api->depth_conn, api->depths);
+  if (api->depths[0].messages < 0) {
+    /* The connection is probably gone: make a new one next time. */
+    pt_amqp_close_sync(api->depth_conn);
+    api->depth_conn = NULL;
+  }
+}
+
+static void depth_done(uv_work_t *w, int status) {
+  api_t *api = w->data;
+  char labels[64];
+  api->depth_busy = 0;
+  if (status != 0)
+    return;
+  for (int i = 0; i < api->ndepths; i++) {
+    if (api->depths[i].messages < 0)
+      continue;
+    snprintf(labels, sizeof labels, "queue=\"%s\"", api->depths[i].name);
+    pt_metrics_set(api->metrics, "paytask_queue_messages",
+                   "messages waiting in each broker queue (read every 5 s)",
+                   labels, (double)api->depths[i].messages);
+    pt_metrics_set(api->metrics, "paytask_queue_consumers",
+                   "consumers of each broker queue", labels,
+                   (double)api->depths[i].consumers);
+  }
+}
+
+static void on_depth_timer(uv_timer_t *t) {
+  api_t *api = t->data;
+  if (api->depth_busy || api->stopping)
+    return;
+  api->depth_busy = 1;
+  api->depth_work.data = api;
+  if (uv_queue_work(api->loop, &api->depth_work, depth_work, depth_done) != 0)
+    api->depth_busy = 0;
+}
+
+static void on_outbox_len(redisAsyncContext *ac, void *r, void *privdata) {
+  api_t *api = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply != NULL && reply->type == REDIS_REPLY_INTEGER)
+    pt_metrics_set(api->metrics, "paytask_outbox_backlog",
+                   "events and follow-up tasks not yet relayed to the broker",
+                   NULL, (double)reply->integer);
+}
+
 static void render_metrics(op_t *op) {
   size_t len;
   char *text = pt_metrics_render(op->api->metrics, &len);
@@ -956,6 +1021,8 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     if (ac != NULL &&
         redisAsyncCommand(ac, on_sync_backlog, api, "XLEN %s",
                           PT_STREAM_SYNC) == REDIS_OK &&
+        redisAsyncCommand(ac, on_outbox_len, api, "XLEN %s",
+                          PT_STREAM_OUTBOX) == REDIS_OK &&
         redisAsyncCommand(ac, on_sync_oldest, op, "XRANGE %s - + COUNT 1",
                           PT_STREAM_SYNC) == REDIS_OK)
       return; /* answered from on_sync_oldest */
@@ -1142,6 +1209,7 @@ static void close_all(api_t *api) {
   uv_close((uv_handle_t *)&api->sigterm, NULL);
   uv_close((uv_handle_t *)&api->sigint, NULL);
   uv_close((uv_handle_t *)&api->lease_timer, NULL);
+  uv_close((uv_handle_t *)&api->depth_timer, NULL);
   uv_close((uv_handle_t *)&api->amqp_retry, NULL);
   uv_close((uv_handle_t *)&api->stop_timer, NULL);
   uv_close((uv_handle_t *)&api->redis_retry, NULL);
@@ -1243,6 +1311,9 @@ int pt_api_run(const pt_config_t *cfg) {
     return 1;
   }
   uv_timer_init(api.loop, &api.lease_timer);
+  uv_timer_init(api.loop, &api.depth_timer);
+  api.depth_timer.data = &api;
+  uv_timer_start(&api.depth_timer, on_depth_timer, 0, 5000);
   uv_timer_init(api.loop, &api.amqp_retry);
   uv_timer_init(api.loop, &api.stop_timer);
   api.lease_timer.data = api.amqp_retry.data = api.stop_timer.data = &api;
@@ -1260,6 +1331,8 @@ int pt_api_run(const pt_config_t *cfg) {
   pt_mongo_destroy(api.mongo);
   pt_metrics_destroy(api.metrics);
   pt_channels_cleanup();
+  if (api.depth_conn != NULL)
+    pt_amqp_close_sync(api.depth_conn); /* the loop has ended */
   int rc = uv_loop_close(api.loop);
   if (rc != 0)
     PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));

@@ -23,30 +23,13 @@ static void show_queues(const pt_config_t *cfg) {
     printf("  (%s)\n", err.message);
     return;
   }
-  const char *names[PT_DELAY_LEVELS + 2];
-  char delay[PT_DELAY_LEVELS][32];
-  int n = 0;
-  names[n++] = PT_QUEUE_TASKS;
-  for (int i = 1; i <= PT_DELAY_LEVELS; i++) {
-    pt_topology_delay_queue(pt_delay_levels[i - 1], delay[i - 1],
-                            sizeof delay[0]);
-    names[n++] = delay[i - 1];
-  }
-  names[n++] = PT_QUEUE_DEAD;
+  pt_queue_depth_t q[PT_TOPOLOGY_QUEUES];
+  int n = pt_topology_queue_depths(c, q);
   for (int i = 0; i < n; i++) {
-    /* A channel per queue: a passive declare of a missing queue closes
-     * its channel. Channel 1 is open already. */
-    if (i > 0)
-      amqp_channel_open(c, (amqp_channel_t)(i + 1));
-    amqp_queue_declare_ok_t *ok =
-        amqp_queue_declare(c, (amqp_channel_t)(i + 1),
-                           amqp_cstring_bytes(names[i]), 1, 0, 0, 0,
-                           amqp_empty_table);
-    if (ok != NULL)
-      printf("%-24s %10u %10u\n", names[i], ok->message_count,
-             ok->consumer_count);
+    if (q[i].messages >= 0)
+      printf("%-24s %10ld %10ld\n", q[i].name, q[i].messages, q[i].consumers);
     else
-      printf("%-24s %10s\n", names[i], "(missing)");
+      printf("%-24s %10s\n", q[i].name, "(missing)");
   }
   amqp_connection_close(c, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(c);

@@ -114,3 +114,29 @@ int64_t pt_topology_due(const amqp_basic_properties_t *p) {
   }
   return 0;
 }
+
+int pt_topology_queue_depths(amqp_connection_state_t conn,
+                             pt_queue_depth_t out[PT_TOPOLOGY_QUEUES]) {
+  int n = 0;
+  snprintf(out[n++].name, sizeof out[0].name, "%s", PT_QUEUE_TASKS);
+  for (int i = 0; i < PT_DELAY_LEVELS; i++)
+    pt_topology_delay_queue(pt_delay_levels[i], out[n++].name,
+                            sizeof out[0].name);
+  snprintf(out[n++].name, sizeof out[0].name, "%s", PT_QUEUE_DEAD);
+  for (int i = 0; i < n; i++) {
+    /* A channel per queue, opened and closed each time. */
+    amqp_channel_t ch = (amqp_channel_t)(i + 2);
+    out[i].messages = out[i].consumers = -1;
+    if (amqp_channel_open(conn, ch) == NULL)
+      continue;
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+        conn, ch, amqp_cstring_bytes(out[i].name), 1, 0, 0, 0,
+        amqp_empty_table);
+    if (ok != NULL) {
+      out[i].messages = (long)ok->message_count;
+      out[i].consumers = (long)ok->consumer_count;
+      amqp_channel_close(conn, ch, AMQP_REPLY_SUCCESS);
+    }
+  }
+  return n;
+}

@@ -48,6 +48,21 @@ int pt_topology_delay_pick(int64_t remaining_ms);
 /* The due time (ms) a delayed message carries, 0 if none. */
 int64_t pt_topology_due(const amqp_basic_properties_t *p);
 
+/* Depth of paytask's queues, read with passive declares on a blocking
+ * connection (inspect; the api on a thread-pool thread). */
+#define PT_TOPOLOGY_QUEUES (PT_DELAY_LEVELS + 2)
+typedef struct {
+  char name[32];
+  long messages; /* -1: the queue is missing */
+  long consumers;
+} pt_queue_depth_t;
+
+/* Fills out[PT_TOPOLOGY_QUEUES] (tasks, each delay level, dead); uses
+ * channels 2.. of conn (a missing queue closes its channel). Returns the
+ * count. */
+int pt_topology_queue_depths(amqp_connection_state_t conn,
+                             pt_queue_depth_t out[PT_TOPOLOGY_QUEUES]);
+
 /* The pt_amqp_setup_fn: arg is the const pt_config_t * (queue type, events
  * exchange). */
 int pt_topology_declare(amqp_connection_state_t conn, void *arg,

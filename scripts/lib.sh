@@ -35,6 +35,8 @@ pt_mongo_kind() {
   fi
 }
 
+PT_QUORUM_VHOST=paytask-quorum-test
+
 pt_rabbitmq_env() {
   export HOME=$PT_RUN/rabbitmq/home
   export RABBITMQ_NODENAME=$PT_RABBITMQ_NODE

@@ -60,6 +60,14 @@ Test(metrics, counters_follow_the_tasks) {
                "%s", out);
   cr_assert_geq(metric(out, "paytask_sync_backlog"), 0, "%s", out);
   cr_assert_geq(metric(out, "paytask_sync_lag_seconds"), 0, "%s", out);
+  cr_assert_geq(metric(out, "paytask_outbox_backlog"), 0, "%s", out);
+  /* Broker queue depths, read by the api every 5 s. */
+  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.tasks\"}"), 0,
+                "%s", out);
+  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.dead\"}"), 0,
+                "%s", out);
+  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.delay.3600s\"}"),
+                0, "%s", out);
   free(out);
   usleep(300 * 1000); /* the last ack lands after the final state */
   snprintf(url, sizeof url, "http://%s/metrics", addr);

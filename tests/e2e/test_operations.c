@@ -1,5 +1,6 @@
 /* Operating the workers (issue 6): scaling a pool at run time, draining on
  * SIGTERM, and the drain deadline. */
+#include <amqp.h>
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/pt_amqp.h"
 #include "tests/support/pt_stack.h"
 
 static pt_stack_t stack;
@@ -100,4 +102,47 @@ Test(operations, drain_deadline_returns_attempts_uncounted) {
     cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
                  "trade %s was created twice", otns[i]);
   }
+}
+
+/* Quorum queues (for a RabbitMQ cluster), in a virtual host of their own
+ * since a queue's type cannot change under the same name: the pipeline,
+ * retries through the delay queues included, runs the same. */
+Test(operations, quorum_queues_run_the_pipeline) {
+  const char *uri = getenv("PT_TEST_AMQP_QUORUM_URI");
+  cr_assert_not_null(uri, "PT_TEST_AMQP_QUORUM_URI is not set; run the tests "
+                          "through scripts/test (scripts/services start "
+                          "makes the virtual host)");
+  pt_stack_env(&stack, "PAYTASK_AMQP_URI", uri);
+  pt_stack_env(&stack, "PAYTASK_AMQP_QUEUE_TYPE", "quorum");
+  pt_stack_start(&stack, 1, NULL);
+  char ids[20][24];
+  for (int i = 0; i < 20; i++) {
+    char *body = pt_task_body(pt_unique("QUORUM"), 100 + i,
+                              i % 4 == 0 ? "{\"fail_times\": 1}" : NULL, NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+  }
+  for (int i = 0; i < 20; i++) {
+    bson_t doc;
+    pt_wait_final(&stack, ids[i], 30, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED", "task %d", i);
+    cr_assert_eq(pt_json_int(&doc, "attempts", 0), i % 4 == 0 ? 2 : 1);
+    bson_destroy(&doc);
+  }
+  /* The work queue really is a quorum queue: declaring it classic is
+   * refused as inequivalent. */
+  pt_error_t err;
+  amqp_connection_state_t c = pt_amqp_connect_sync(uri, 3000, &err);
+  cr_assert_not_null(c, "%s", err.message);
+  amqp_table_entry_t e = {.key = amqp_cstring_bytes("x-queue-type"),
+                          .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                                    .value.bytes = amqp_cstring_bytes("classic")}};
+  amqp_table_t args = {1, &e};
+  amqp_queue_declare(c, 1, amqp_cstring_bytes("paytask.tasks"), 0, 1, 0, 0,
+                     args);
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(c);
+  cr_assert_eq(r.reply_type, AMQP_RESPONSE_SERVER_EXCEPTION,
+               "paytask.tasks accepted a classic declaration");
+  pt_amqp_close_sync(c);
+  cr_assert_eq(pt_stack_stop(&stack), 0);
 }
