@@ -216,7 +216,7 @@ static void on_trade_hash(redisReply *reply, void *arg) {
     BSON_APPEND_DOCUMENT_BEGIN(tr->doc, "trade", &t);
     BSON_APPEND_UTF8(&t, "status", v);
     static const char *const strs[] = {"trade_no", "settled_by",
-                                       "notify_status"};
+                                       "notify_status", "notify_task"};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
       if ((v = hfield(reply, strs[i])) != NULL && v[0])
         BSON_APPEND_UTF8(&t, strs[i], v);
@@ -693,7 +693,8 @@ static void on_replay_marked(redisAsyncContext *ac, void *r, void *privdata) {
 static void on_replay_source(op_t *op, const bson_t *doc) {
   static const char *const fields[] = {"type", "channel", "out_trade_no",
                                        "amount", "currency", "subject",
-                                       "notify_url", "retry", "params"};
+                                       "notify_url", "retry", "params",
+                                       "expire_in"};
   bson_iter_t it;
   pt_input_error_t ie;
   op->on_doc = NULL;
@@ -722,6 +723,17 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
   }
   op->has_task = 1;
   pt_id_parse(op->id, strlen(op->id), &op->task.replay_of);
+  /* What the client could not have sent: whose task it is, and for a
+   * query, close or notify task (a notification given up, say) the pay
+   * task it belongs to. */
+  if (bson_iter_init_find(&it, doc, "client") && BSON_ITER_HOLDS_UTF8(&it))
+    snprintf(op->task.client, sizeof op->task.client, "%s",
+             bson_iter_utf8(&it, NULL));
+  if (bson_iter_init_find(&it, doc, "parent_id") &&
+      BSON_ITER_HOLDS_UTF8(&it)) {
+    const char *p = bson_iter_utf8(&it, NULL);
+    pt_id_parse(p, strlen(p), &op->task.parent_id);
+  }
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   int sent = ac != NULL &&
              (op->force ? redisAsyncCommand(ac, on_replay_marked, op,

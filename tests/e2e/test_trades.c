@@ -504,6 +504,77 @@ Test(trades, notify_retried_until_success, .timeout = 120) {
   receiver_stop(&r);
 }
 
+/* A merchant that never answers "success": the notification is given up
+ * loudly after the last retry, and an SRE replays it once the merchant is
+ * fixed. */
+Test(trades, notify_given_up_then_replayed, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char body[512], id[24], nid[24], url[160], *out = NULL;
+  const char *otn = pt_unique("gvup");
+  receiver_start(&r, 1000);
+  start(&s, "wechat", "30");
+  pay_body(body, sizeof body, "wechat", otn, 300, r.port, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(&s, otn);
+  /* 1 try + 5 retries a second apart (notify.schedule = 1,1,1,1,1). */
+  const char *ns = NULL;
+  for (int i = 0; i < 300; i++) {
+    pt_api_get(&s, id, 0, &out);
+    pt_json(out, &doc);
+    free(out);
+    ns = pt_json_str(&doc, "trade.notify_status");
+    if (ns != NULL && strcmp(ns, "NOTIFY_FAILED") == 0)
+      break;
+    bson_destroy(&doc);
+    ns = NULL;
+    usleep(100000);
+  }
+  cr_assert_not_null(ns, "the notification was never given up");
+  snprintf(nid, sizeof nid, "%s", pt_json_str(&doc, "trade.notify_task"));
+  bson_destroy(&doc);
+  cr_assert_eq(receiver_count(&r), 6, "tries: %d", receiver_count(&r));
+  pt_api_get(&s, nid, 0, &out);
+  pt_json(out, &doc);
+  free(out);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "notify_rejected");
+  cr_assert_str_eq(pt_json_str(&doc, "type"), "notify");
+  bson_destroy(&doc);
+
+  /* The merchant is fixed; the SRE replays the notification. */
+  pthread_mutex_lock(&r.mu);
+  r.fail_first = 0;
+  pthread_mutex_unlock(&r.mu);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", s.api_url, nid);
+  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &out),
+               202, "%s", out);
+  pt_json(out, &doc);
+  free(out);
+  char rid[24];
+  snprintf(rid, sizeof rid, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  pt_wait_final(&s, rid, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(&doc, "replay_of"), nid);
+  bson_destroy(&doc);
+  cr_assert_eq(receiver_count(&r), 7);
+  check_notification(&r, id);
+  wait_trade(&s, id, "SUCCEEDED", 5, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "DELIVERED");
+  bson_destroy(&doc);
+  char mid[48];
+  snprintf(mid, sizeof mid, "%s:6", nid);
+  cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
+               "the given-up notification is not in the dead queue");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
 /* ---- callbacks that must be refused ---------------------------------------- */
 
 static char *read_file(const char *path) {
