@@ -9,9 +9,16 @@
 
 typedef struct xfer xfer_t;
 
+/* Easy handles are reused (curl_easy_reset keeps nothing of the last
+ * request but its buffers): a worker with thousands of calls a second
+ * would otherwise allocate and clear a large handle for each. */
+#define PT_HTTP_POOL_MAX 4096
+
 struct pt_http_client {
   uv_loop_t *loop;
   CURLM *multi;
+  CURL **pool;
+  size_t npool;
   uv_timer_t timer;
   size_t inflight;
   xfer_t *head; /* in-flight transfers, for cancellation */
@@ -70,7 +77,12 @@ static void finish(xfer_t *x, int status, const char *error) {
   res.error = error;
   unlink_xfer(x);
   curl_multi_remove_handle(c->multi, x->easy);
-  curl_easy_cleanup(x->easy);
+  if (!c->destroying && c->npool < PT_HTTP_POOL_MAX) {
+    curl_easy_reset(x->easy);
+    c->pool[c->npool++] = x->easy;
+  } else {
+    curl_easy_cleanup(x->easy);
+  }
   curl_slist_free_all(x->hdrs);
   x->cb(&res, x->arg);
   free(x->body.data);
@@ -180,6 +192,13 @@ pt_http_client_t *pt_http_client_new(uv_loop_t *loop, pt_error_t *err) {
     pt_error_set(err, PT_DOMAIN_HTTP, PT_ENOMEM, "curl_multi_init failed");
     return NULL;
   }
+  c->pool = calloc(PT_HTTP_POOL_MAX, sizeof *c->pool);
+  if (c->pool == NULL) {
+    curl_multi_cleanup(c->multi);
+    free(c);
+    pt_error_set(err, PT_DOMAIN_HTTP, PT_ENOMEM, "out of memory");
+    return NULL;
+  }
   uv_timer_init(loop, &c->timer);
   c->timer.data = c;
   curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
@@ -199,7 +218,7 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   x->c = c;
   x->cb = cb;
   x->arg = arg;
-  x->easy = curl_easy_init();
+  x->easy = c->npool > 0 ? c->pool[--c->npool] : curl_easy_init();
   if (x->easy == NULL) {
     free(x);
     return PT_ENOMEM;
@@ -216,10 +235,11 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                    req->timeout_ms > 0 ? req->timeout_ms : 10000L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  /* Channel answers are small; curl's default 16 KiB receive buffer per
-   * call in flight would dominate a worker's memory with thousands of
-   * calls in flight. */
-  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+  /* Channel answers are small (a few hundred bytes to 2 KiB); curl's
+   * default 16 KiB receive buffer per call in flight would dominate a
+   * worker's memory with thousands of calls in flight. 1 KiB is curl's
+   * minimum: a larger answer just takes more reads. */
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
   for (int i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
     x->hdrs = curl_slist_append(x->hdrs, req->headers[i]);
   /* No "Expect: 100-continue" round trip for small JSON bodies. */
@@ -279,7 +299,11 @@ long pt_http_response_header(const pt_http_response_t *res, const char *name,
   return -1;
 }
 
-static void on_timer_closed(uv_handle_t *h) { free(h->data); }
+static void on_timer_closed(uv_handle_t *h) {
+  pt_http_client_t *c = h->data;
+  free(c->pool);
+  free(c);
+}
 
 void pt_http_client_destroy(pt_http_client_t *c) {
   if (c == NULL || c->destroying)
@@ -291,6 +315,8 @@ void pt_http_client_destroy(pt_http_client_t *c) {
    * their polls close too. */
   curl_multi_cleanup(c->multi);
   c->multi = NULL;
+  while (c->npool > 0)
+    curl_easy_cleanup(c->pool[--c->npool]);
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 }

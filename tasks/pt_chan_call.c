@@ -34,7 +34,6 @@ static void on_answer(const pt_http_response_t *res, void *arg) {
   pt_chan_call_t *c = arg;
   pt_chan_res_t out;
   res_init(&out);
-  pt_chan_req_clear(&c->req);
   c->chan->parse(c->op, pt_attempt_task(c->attempt), res, &out);
   c->cb(c, &out);
   bson_destroy(&out.result);
@@ -43,40 +42,40 @@ static void on_answer(const pt_http_response_t *res, void *arg) {
 int pt_chan_call(pt_chan_call_t *c, pt_chan_op_t op) {
   const pt_runner_env_t *env = pt_attempt_env(c->attempt);
   pt_error_t err;
+  pt_chan_req_t req;
   c->op = op;
-  pt_chan_req_init(&c->req);
-  c->req.now_s = (int64_t)time(NULL);
-  if (c->chan->build(op, pt_attempt_task(c->attempt), env->cfg, &c->req,
+  pt_chan_req_init(&req);
+  req.now_s = (int64_t)time(NULL);
+  if (c->chan->build(op, pt_attempt_task(c->attempt), env->cfg, &req,
                      &err) != 0) {
     PT_ERROR("channel_build_failed", "channel=%s err=\"%s\"", c->chan->code,
              err.message);
-    pt_chan_req_clear(&c->req);
+    pt_chan_req_clear(&req);
     return PT_ECONFIG;
   }
-  if (c->req.method == NULL) {
+  if (req.method == NULL) {
     /* A page API: nothing to send, the signed URL is the answer. */
     pt_chan_res_t out;
     res_init(&out);
     out.outcome = PT_OUTCOME_SUCCESS;
     out.trade_state = PT_TRADE_NOTPAY;
-    BSON_APPEND_UTF8(&out.result, "pay_url", c->req.url);
-    pt_chan_req_clear(&c->req);
+    BSON_APPEND_UTF8(&out.result, "pay_url", req.url);
+    pt_chan_req_clear(&req);
     c->cb(c, &out);
     bson_destroy(&out.result);
     return 0;
   }
   if (env->http == NULL) {
-    pt_chan_req_clear(&c->req);
+    pt_chan_req_clear(&req);
     return PT_ECANCELED; /* the worker is past its drain deadline */
   }
-  pt_http_request_t hr = {.method = c->req.method,
-                          .url = c->req.url,
-                          .headers = c->req.headers,
-                          .body = c->req.body,
-                          .body_len = c->req.body_len,
+  pt_http_request_t hr = {.method = req.method,
+                          .url = req.url,
+                          .headers = req.headers,
+                          .body = req.body,
+                          .body_len = req.body_len,
                           .timeout_ms = env->cfg->worker_attempt_timeout_ms};
   int rc = pt_http_request(env->http, &hr, on_answer, c);
-  if (rc != 0)
-    pt_chan_req_clear(&c->req);
+  pt_chan_req_clear(&req); /* curl copied what it needs */
   return rc;
 }

@@ -18,7 +18,9 @@ struct pt_chan_call {
   const pt_channel_ops_t *chan;
   pt_chan_call_cb cb;
   pt_chan_op_t op;
-  pt_chan_req_t req;
+  /* No pt_chan_req_t here: the request (12 KiB of buffers) lives on the
+   * stack only while it is built and handed to curl, which copies it, so
+   * an attempt in flight costs little memory. */
 };
 
 /* Sets c up for attempt a on the task's channel; PT_EINVAL if the channel

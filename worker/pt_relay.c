@@ -21,6 +21,10 @@ struct pt_relay {
   size_t inflight;
   long sent;
   int64_t last_claim_ms;
+  /* entries done, acknowledged and deleted in one XACK and one XDEL when
+   * the batch in flight is done */
+  char done[PT_RELAY_BATCH][48];
+  int ndone;
 };
 
 typedef struct {
@@ -31,6 +35,28 @@ typedef struct {
   char *spec;
   size_t spec_len;
 } entry_t;
+
+static void flush_done(pt_relay_t *r) {
+  redisAsyncContext *ac = pt_redis_ctx(r->redis);
+  if (r->ndone == 0)
+    return;
+  if (ac != NULL) {
+    const char *av[PT_RELAY_BATCH + 3];
+    int n = 0;
+    av[n++] = "XACK";
+    av[n++] = PT_STREAM_OUTBOX;
+    av[n++] = PT_RELAY_GROUP;
+    for (int i = 0; i < r->ndone; i++)
+      av[n++] = r->done[i];
+    redisAsyncCommandArgv(ac, NULL, NULL, n, av, NULL);
+    av[1] = "XDEL";
+    av[2] = PT_STREAM_OUTBOX;
+    redisAsyncCommandArgv(ac, NULL, NULL, n - 1, av + 1, NULL);
+  }
+  /* Redis gone: the entries stay pending and are claimed again; a
+   * subscriber may see them twice, never not at all. */
+  r->ndone = 0;
+}
 
 static void maybe_free(pt_relay_t *r) {
   if (r->closing && r->timer_closed && r->inflight == 0 && !r->reading)
@@ -118,16 +144,19 @@ char *pt_relay_event_json(const char *entry_id, const redisReply *fields,
 static void entry_end(entry_t *en, int done) {
   pt_relay_t *r = en->r;
   redisAsyncContext *ac = pt_redis_ctx(r->redis);
-  if (done && ac != NULL) {
-    redisAsyncCommand(ac, NULL, NULL, "XACK %s %s %s", PT_STREAM_OUTBOX,
-                      PT_RELAY_GROUP, en->id);
-    redisAsyncCommand(ac, NULL, NULL, "XDEL %s %s", PT_STREAM_OUTBOX, en->id);
+  (void)ac;
+  if (done) {
+    if (r->ndone == PT_RELAY_BATCH)
+      flush_done(r);
+    snprintf(r->done[r->ndone++], sizeof r->done[0], "%s", en->id);
     r->sent++;
   }
   /* Not done: the entry stays pending and is claimed again later. */
   free(en->spec);
   free(en);
   r->inflight--;
+  if (r->inflight == 0)
+    flush_done(r);
   if (!r->closing && r->inflight == 0)
     pt_relay_kick(r);
   maybe_free(r);
@@ -402,8 +431,9 @@ static void on_tick(uv_timer_t *t) {
                            PT_RELAY_CLAIM_IDLE_MS);
   } else {
     rc = redisAsyncCommand(ac, on_read, r,
-                           "XREADGROUP GROUP %s %s COUNT 200 STREAMS %s >",
-                           PT_RELAY_GROUP, r->consumer, PT_STREAM_OUTBOX);
+                           "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >",
+                           PT_RELAY_GROUP, r->consumer, PT_RELAY_BATCH,
+                           PT_STREAM_OUTBOX);
   }
   if (rc != REDIS_OK)
     r->reading = 0;

@@ -26,6 +26,7 @@
 
 #define PT_RELAY_GROUP "relay"
 #define PT_RELAY_CLAIM_IDLE_MS 10000
+#define PT_RELAY_BATCH 200 /* entries read (and acknowledged) at once */
 
 typedef struct pt_relay pt_relay_t;
 

@@ -158,11 +158,25 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
 static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
   long long grace = (long long)s->cfg->sync_evict_grace_s;
   size_t cmds = 0;
+  if (n == 0)
+    return 0;
+  /* One XACK and one XDEL for the whole batch, then each synced hash is
+   * marked and left to expire. */
+  const char **av = malloc((n + 3) * sizeof *av);
+  if (av == NULL)
+    return -1;
+  av[0] = "XACK";
+  av[1] = PT_STREAM_SYNC;
+  av[2] = SYNC_GROUP;
+  for (size_t i = 0; i < n; i++)
+    av[3 + i] = items[i].entry;
+  redisAppendCommandArgv(s->redis, (int)n + 3, av, NULL);
+  av[1] = "XDEL";
+  av[2] = PT_STREAM_SYNC;
+  redisAppendCommandArgv(s->redis, (int)n + 2, av + 1, NULL);
+  free(av);
+  cmds += 2;
   for (size_t i = 0; i < n; i++) {
-    redisAppendCommand(s->redis, "XACK %s %s %s", PT_STREAM_SYNC, SYNC_GROUP,
-                       items[i].entry);
-    redisAppendCommand(s->redis, "XDEL %s %s", PT_STREAM_SYNC, items[i].entry);
-    cmds += 2;
     if (items[i].has_doc) {
       redisAppendCommand(s->redis, "HSET %s%s synced 1", PT_KEY_TASK,
                          items[i].id);

@@ -135,7 +135,7 @@ static void advance_finals(worker_t *w, int64_t sec) {
 
 static void count(job_t *j, const char *name, const char *help,
                   const char *extra) {
-  char labels[160];
+  char labels[320];
   snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"%s%s",
            j->task.type, j->task.channel, extra ? "," : "", extra ? extra : "");
   pt_metrics_inc(j->w->metrics, name, help, labels, 1);
