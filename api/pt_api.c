@@ -197,20 +197,11 @@ typedef struct {
   bson_t *doc; /* bson_copy: a bson_t wants more alignment than malloc's */
 } trade_read_t;
 
-static const char *hfield(const redisReply *r, const char *name) {
-  for (size_t i = 0; i + 1 < r->elements; i += 2)
-    if (r->element[i]->type == REDIS_REPLY_STRING &&
-        strcmp(r->element[i]->str, name) == 0 &&
-        r->element[i + 1]->type == REDIS_REPLY_STRING)
-      return r->element[i + 1]->str;
-  return NULL;
-}
-
 static void on_trade_hash(redisReply *reply, void *arg) {
   trade_read_t *tr = arg;
   op_t *op = tr->op;
   const char *v;
-  if (reply != NULL && (v = hfield(reply, "status")) != NULL) {
+  if (reply != NULL && (v = pt_store_hash_field(reply, "status")) != NULL) {
     bson_t t;
     char ts[32];
     BSON_APPEND_DOCUMENT_BEGIN(tr->doc, "trade", &t);
@@ -218,11 +209,11 @@ static void on_trade_hash(redisReply *reply, void *arg) {
     static const char *const strs[] = {"trade_no", "settled_by",
                                        "notify_status", "notify_task"};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
-      if ((v = hfield(reply, strs[i])) != NULL && v[0])
+      if ((v = pt_store_hash_field(reply, strs[i])) != NULL && v[0])
         BSON_APPEND_UTF8(&t, strs[i], v);
     static const char *const times[] = {"settled_at", "expire_at"};
     for (size_t i = 0; i < sizeof times / sizeof times[0]; i++)
-      if ((v = hfield(reply, times[i])) != NULL && v[0]) {
+      if ((v = pt_store_hash_field(reply, times[i])) != NULL && v[0]) {
         pt_time_rfc3339(strtoll(v, NULL, 10), ts);
         BSON_APPEND_UTF8(&t, times[i], ts);
       }

@@ -22,7 +22,8 @@ static long request(const char *method, const char *url, const char *token,
                     const char *body, bson_t *doc, int *has_doc) {
   CURL *c = curl_easy_init();
   pt_buf_t out = {0};
-  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+  struct curl_slist *h =
+      curl_slist_append(NULL, "Content-Type: application/json");
   char auth[600];
   long code = -1;
   bson_error_t e;

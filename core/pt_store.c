@@ -681,3 +681,14 @@ char *pt_store_error_json(const char *code, const char *message) {
   bson_destroy(&d);
   return s;
 }
+
+const char *pt_store_hash_field(const redisReply *r, const char *name) {
+  if (r == NULL || r->type != REDIS_REPLY_ARRAY)
+    return NULL;
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (r->element[i]->type == REDIS_REPLY_STRING &&
+        strcmp(r->element[i]->str, name) == 0 &&
+        r->element[i + 1]->type == REDIS_REPLY_STRING)
+      return r->element[i + 1]->str;
+  return NULL;
+}

@@ -133,6 +133,10 @@ int pt_store_notify(redisAsyncContext *ac, const char *channel,
 void pt_store_otn_key(char *buf, size_t len, const char *channel,
                       const char *out_trade_no);
 
+/* The value of field name in an HGETALL reply (or any flat field/value
+ * array, such as a stream entry's), or NULL. */
+const char *pt_store_hash_field(const redisReply *r, const char *name);
+
 /* HGETALL of the trade of pay task id (an empty array when none). */
 int pt_store_get_trade(redisAsyncContext *ac, const char *id,
                        pt_store_hash_cb cb, void *arg);

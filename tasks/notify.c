@@ -26,15 +26,6 @@ typedef struct {
   pt_attempt_t *attempt;
 } notify_t;
 
-static const char *hash_field(const redisReply *r, const char *name) {
-  for (size_t i = 0; i + 1 < r->elements; i += 2)
-    if (r->element[i]->type == REDIS_REPLY_STRING &&
-        strcmp(r->element[i]->str, name) == 0 &&
-        r->element[i + 1]->type == REDIS_REPLY_STRING)
-      return r->element[i + 1]->str;
-  return NULL;
-}
-
 static void on_delivered(const pt_http_response_t *res, void *arg) {
   notify_t *n = arg;
   char msg[160];
@@ -71,10 +62,11 @@ static char *notify_body(const pt_task_t *t, const redisReply *trade,
   BSON_APPEND_UTF8(&doc, "out_trade_no", t->out_trade_no);
   BSON_APPEND_INT64(&doc, "amount", t->amount);
   BSON_APPEND_UTF8(&doc, "currency", t->currency);
-  BSON_APPEND_UTF8(&doc, "trade_status", hash_field(trade, "status"));
-  if ((v = hash_field(trade, "trade_no")) != NULL && v[0])
+  BSON_APPEND_UTF8(&doc, "trade_status",
+                   pt_store_hash_field(trade, "status"));
+  if ((v = pt_store_hash_field(trade, "trade_no")) != NULL && v[0])
     BSON_APPEND_UTF8(&doc, "trade_no", v);
-  if ((v = hash_field(trade, "settled_at")) != NULL) {
+  if ((v = pt_store_hash_field(trade, "settled_at")) != NULL) {
     pt_time_rfc3339(strtoll(v, NULL, 10), ts);
     BSON_APPEND_UTF8(&doc, "settled_at", ts);
   }
@@ -92,7 +84,7 @@ static void on_trade(redisReply *reply, void *arg) {
                     "could not read the trade");
     return;
   }
-  const char *st = hash_field(reply, "status");
+  const char *st = pt_store_hash_field(reply, "status");
   if (st == NULL) {
     pt_attempt_done(n->attempt, PT_OUTCOME_FAIL, NULL, "trade_missing",
                     "the trade this notification is for is gone");

@@ -65,21 +65,9 @@ static void maybe_free(pt_relay_t *r) {
 
 /* ---- fields ------------------------------------------------------------- */
 
-static const redisReply *field(const redisReply *fields, const char *name) {
-  if (fields == NULL || fields->type != REDIS_REPLY_ARRAY)
-    return NULL;
-  for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-    const redisReply *k = fields->element[i];
-    if (k->type == REDIS_REPLY_STRING && strcmp(k->str, name) == 0 &&
-        fields->element[i + 1]->type == REDIS_REPLY_STRING)
-      return fields->element[i + 1];
-  }
-  return NULL;
-}
-
 static const char *field_str(const redisReply *fields, const char *name) {
-  const redisReply *v = field(fields, name);
-  return v != NULL ? v->str : "";
+  const char *v = pt_store_hash_field(fields, name);
+  return v != NULL ? v : "";
 }
 
 /* Appends a JSON text as a sub-document when it is one. */

@@ -320,7 +320,8 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
         !chan->follows_trades)
       return;
     int64_t s[PT_SCHEDULE_MAX];
-    int64_t expire_in = t->expire_in > 0 ? t->expire_in : w->cfg->trade_expire_in;
+    int64_t expire_in =
+        t->expire_in > 0 ? t->expire_in : w->cfg->trade_expire_in;
     pt_config_schedule(w->cfg->query_schedule, s, PT_SCHEDULE_MAX);
     snprintf(j->trade_id, sizeof j->trade_id, "%s", t->id_str);
     j->spec_json = pt_task_spec_json(t, 0, NULL);
@@ -856,7 +857,8 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
     return 1;
   }
   const char *fault = getenv("PAYTASK_FAULT");
-  w.fault_exit_after_final = fault != NULL && strcmp(fault, "exit_after_final") == 0;
+  w.fault_exit_after_final =
+      fault != NULL && strcmp(fault, "exit_after_final") == 0;
   w.env = (pt_runner_env_t){w.loop, w.http, cfg, w.redis};
   w.metrics = pt_metrics_new();
   if (start_metrics(&w, index, &err) != 0) {
