@@ -174,6 +174,26 @@ static int check_value(const cfg_key_t *k, const char *value,
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: expected comma-separated seconds (1..86400, at "
                         "most %d), got \"%s\"", k->key, PT_SCHEDULE_MAX, value);
+  if (strcmp(k->key, "events.exchange") == 0 && value[0] == '\0')
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "%s: must name an exchange", k->key);
+  if (strcmp(k->key, "notify.secrets") == 0) {
+    /* CLIENT=SECRET pairs, comma-separated, neither side empty. */
+    const char *p = value;
+    while (*p) {
+      const char *comma = strchr(p, ',');
+      size_t n = comma ? (size_t)(comma - p) : strlen(p);
+      const char *eq = memchr(p, '=', n);
+      if (eq == NULL || eq == p || eq == p + n - 1)
+        return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                            "%s: expected CLIENT=SECRET pairs separated by "
+                            "commas",
+                            k->key);
+      if (comma == NULL)
+        break;
+      p = comma + 1;
+    }
+  }
   if (strcmp(k->key, "channel.wechat.apiv3_key") == 0 && value[0] != '\0' &&
       strlen(value) != 32)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,

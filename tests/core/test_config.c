@@ -53,6 +53,45 @@ Test(config, bad_values_are_errors) {
   cr_assert_neq(pt_config_set(&cfg, "api.listen", "nohost", &err), 0);
   cr_assert_neq(pt_config_set(&cfg, "log.level", "loud", &err), 0);
   cr_assert_eq(pt_config_set(&cfg, "amqp.queue_type", "quorum", &err), 0);
+  /* The trade and channel keys. */
+  cr_assert_neq(pt_config_set(&cfg, "query.schedule", "5,,10", &err), 0);
+  cr_assert(strstr(err.message, "query.schedule") != NULL, "%s", err.message);
+  cr_assert_neq(pt_config_set(&cfg, "notify.schedule", "0", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "notify.schedule", "15,x", &err), 0);
+  cr_assert_eq(pt_config_set(&cfg, "notify.schedule", "1, 2,3", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "notify.secrets", "shop", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "notify.secrets", "a=1,=2", &err), 0);
+  cr_assert_eq(pt_config_set(&cfg, "notify.secrets", "a=1,b=2", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "channel.wechat.apiv3_key", "short", &err),
+                0);
+  cr_assert_neq(pt_config_set(&cfg, "sim.dialect", "paypal", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "events.exchange", "", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "trade.expire_in", "10", &err), 0);
+}
+
+Test(config, token_clients_and_notify_secrets) {
+  pt_config_t cfg;
+  pt_error_t err;
+  char client[32];
+  const char *secret;
+  size_t len;
+  pt_config_defaults(&cfg);
+  cr_assert_eq(pt_config_set(&cfg, "api.tokens",
+                             "t1:submit+read:shop,t2:admin,t3", &err), 0);
+  cr_assert_eq(pt_config_token_scopes(&cfg, "t1", 2),
+               PT_SCOPE_SUBMIT | PT_SCOPE_READ);
+  pt_config_token_client(&cfg, "t1", 2, client, sizeof client);
+  cr_assert_str_eq(client, "shop");
+  pt_config_token_client(&cfg, "t2", 2, client, sizeof client);
+  cr_assert_str_eq(client, "default");
+  cr_assert_eq(pt_config_token_scopes(&cfg, "t3", 2), PT_SCOPE_ALL);
+  cr_assert_eq(pt_config_set(&cfg, "notify.secrets", "default=d1,shop=s2",
+                             &err), 0);
+  cr_assert_eq(pt_config_notify_secret(&cfg, "shop", &secret, &len), 0);
+  cr_assert_eq(len, 2);
+  cr_assert_eq(memcmp(secret, "s2", 2), 0);
+  cr_assert_eq(pt_config_notify_secret(&cfg, "nobody", &secret, &len),
+               PT_ENOTFOUND);
 }
 
 Test(config, environment_overrides_file) {
