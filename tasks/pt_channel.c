@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "tasks/pt_chan_util.h"
+
 void pt_chan_req_init(pt_chan_req_t *req) { memset(req, 0, sizeof *req); }
 
 void pt_chan_req_clear(pt_chan_req_t *req) {
@@ -29,8 +31,8 @@ int pt_chan_req_header(pt_chan_req_t *req, const char *name,
 void pt_chan_res_set(pt_chan_res_t *out, pt_outcome_t o, const char *code,
                      const char *message) {
   out->outcome = o;
-  snprintf(out->code, sizeof out->code, "%s", code ? code : "");
-  snprintf(out->message, sizeof out->message, "%s", message ? message : "");
+  pt_chan_copy_utf8(out->code, sizeof out->code, code ? code : "");
+  pt_chan_copy_utf8(out->message, sizeof out->message, message ? message : "");
 }
 
 static const char *const trade_names[] = {"UNKNOWN", "NOTPAY",  "PAYING",

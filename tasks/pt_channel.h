@@ -115,8 +115,10 @@ typedef struct pt_channel_ops {
   int (*init)(const pt_config_t *cfg, pt_error_t *err);
   /* MAY be NULL: frees what init loaded. */
   void (*cleanup)(void);
-  /* MAY be NULL: checks of this channel at submit (currency, params). */
-  int (*validate)(const pt_task_t *t, pt_input_error_t *ie);
+  /* MAY be NULL: checks of this channel at submit (currency, params) and,
+   * when cfg is not NULL, that the channel is configured. */
+  int (*validate)(const pt_task_t *t, const pt_config_t *cfg,
+                  pt_input_error_t *ie);
   /* MAY be NULL (the channel sends no notifications): verifies a
    * notification (signature, timestamp, decryption, app id / mchid /
    * seller_id against cfg) and reads it into out. Returns 0, PT_ECRYPTO
@@ -136,6 +138,9 @@ void pt_chan_req_init(pt_chan_req_t *req);
 void pt_chan_req_clear(pt_chan_req_t *req);
 /* Adds "Name: value" to req's headers; returns PT_EINVAL when full. */
 int pt_chan_req_header(pt_chan_req_t *req, const char *name, const char *value);
+/* Sets out's outcome, code and message (NULL: ""). A code or message too
+ * long for out is cut at a UTF-8 character boundary, never inside a
+ * character: it goes into JSON later. */
 void pt_chan_res_set(pt_chan_res_t *out, pt_outcome_t o, const char *code,
                      const char *message);
 

@@ -31,7 +31,8 @@ const pt_channel_ops_t *pt_channel_find(const char *code) {
   return NULL;
 }
 
-int pt_registry_check(const pt_task_t *t, pt_input_error_t *ie) {
+int pt_registry_check(const pt_task_t *t, const pt_config_t *cfg,
+                      pt_input_error_t *ie) {
   const pt_runner_ops_t *r = pt_runner_find(t->type);
   if (r == NULL) {
     ie->code = "invalid_task_type";
@@ -47,7 +48,7 @@ int pt_registry_check(const pt_task_t *t, pt_input_error_t *ie) {
     return PT_EINVAL;
   }
   if (c->validate != NULL) {
-    int rc = c->validate(t, ie);
+    int rc = c->validate(t, cfg, ie);
     if (rc != 0)
       return rc;
   }

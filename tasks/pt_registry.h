@@ -18,8 +18,10 @@ extern const pt_channel_ops_t *const pt_channels[];
 
 /* The checks that apply to every task, run once before dispatch (at submit
  * and again when a worker takes a message): known type, known channel, and
- * the channel's and the runner's own validate slots. */
-int pt_registry_check(const pt_task_t *t, pt_input_error_t *ie);
+ * the channel's and the runner's own validate slots. With cfg (MAY be
+ * NULL), the channel must also be configured. */
+int pt_registry_check(const pt_task_t *t, const pt_config_t *cfg,
+                      pt_input_error_t *ie);
 
 /* Calls every channel's init (loads keys from the files the configuration
  * names; it may block, so call it before the loop runs) and stops at the

@@ -17,6 +17,7 @@
 #include "core/pt_store.h"
 #include "runner/pt_runner.h"
 #include "runner/pt_topology.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_registry.h"
 #include "worker/pt_supervisor.h"
 #include "worker/pt_relay.h"
@@ -320,8 +321,6 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
         !chan->follows_trades)
       return;
     int64_t s[PT_SCHEDULE_MAX];
-    int64_t expire_in =
-        t->expire_in > 0 ? t->expire_in : w->cfg->trade_expire_in;
     pt_config_schedule(w->cfg->query_schedule, s, PT_SCHEDULE_MAX);
     snprintf(j->trade_id, sizeof j->trade_id, "%s", t->id_str);
     j->spec_json = pt_task_spec_json(t, 0, NULL);
@@ -332,7 +331,9 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
     tr->notify_url = t->notify_url;
     tr->spec_json = j->spec_json;
     tr->amount = t->amount;
-    tr->expire_at_ms = t->created_at_ms + expire_in * 1000;
+    /* The same window the channel was given: it closes the trade then. */
+    tr->expire_at_ms =
+        pt_chan_trade_expiry(t, w->cfg, pt_now_ms() / 1000) * 1000;
     tr->first_query_at_ms = pt_now_ms() + s[0] * 1000;
     next_id(w, j->ids[0]);
     next_id(w, j->ids[1]);
@@ -607,7 +608,7 @@ static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
     reject_message(w, d, &ie);
     return;
   }
-  if (pt_registry_check(&j->task, &ie) != 0) {
+  if (pt_registry_check(&j->task, w->cfg, &ie) != 0) {
     pt_task_destroy(&j->task);
     free(j);
     reject_message(w, d, &ie);

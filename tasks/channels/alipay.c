@@ -14,19 +14,17 @@
  * The payment window is sent as time_expire, an absolute time (created_at_ms
  * + expire_in), rather than timeout_express: a create retried later must
  * not give the payer a longer window than the one paytask closes at. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/pt_buf.h"
 #include "core/pt_crypto.h"
 #include "tasks/pt_amount.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_channel.h"
 
 #define NOTIFY_PATH "/v1/channels/alipay/notify"
-#define PEM_MAX (64 * 1024)
 #define FORM_MAX_PARAMS 64
 
 /* Loaded by init, read by build, parse and notify_parse. */
@@ -38,118 +36,12 @@ static struct {
 
 /* ---- small helpers ---- */
 
-/* Copies s into dst, cut at a character boundary so that a long Chinese
- * message never ends in half a character (it goes into JSON later). */
-static void copy_utf8(char *dst, size_t size, const char *s) {
-  size_t n = strlen(s);
-  if (n >= size) {
-    n = size - 1;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-      n--;
-  }
-  memcpy(dst, s, n);
-  dst[n] = '\0';
-}
-
-static void set_res(pt_chan_res_t *out, pt_outcome_t o, const char *code,
-                    const char *message) {
-  pt_chan_res_set(out, o, NULL, NULL);
-  copy_utf8(out->code, sizeof out->code, code ? code : "");
-  copy_utf8(out->message, sizeof out->message, message ? message : "");
-}
-
-/* The string at key in doc, or NULL when absent or not a string. */
-static const char *doc_str(const bson_t *doc, const char *key) {
-  bson_iter_t it;
-  if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it))
-    return bson_iter_utf8(&it, NULL);
-  return NULL;
-}
-
-static int has_dup_keys(const bson_t *doc) {
-  bson_iter_t a, b;
-  if (!bson_iter_init(&a, doc))
-    return 1;
-  while (bson_iter_next(&a)) {
-    b = a;
-    while (bson_iter_next(&b))
-      if (strcmp(bson_iter_key(&a), bson_iter_key(&b)) == 0)
-        return 1;
-  }
-  return 0;
-}
-
-/* Parses text that must be one JSON object with unique keys and strings
- * that are UTF-8 without NUL; doc is initialised either way. */
-static int parse_object(const char *s, size_t len, bson_t *doc) {
-  pt_input_error_t ie;
-  size_t off;
-  if (pt_json_parse_object(s, len, doc, &ie) != 0)
-    return PT_EINVAL;
-  if (has_dup_keys(doc) || !bson_validate(doc, BSON_VALIDATE_UTF8, &off)) {
-    bson_reinit(doc);
-    return PT_EINVAL;
-  }
-  return 0;
-}
-
-/* The string params.<key> of the task, or NULL. */
-static const char *param_str(const pt_task_t *t, const char *key) {
-  return t->has_params ? doc_str(&t->params, key) : NULL;
-}
-
 static int is_wap(const pt_task_t *t) {
-  const char *p = param_str(t, "product");
+  const char *p = pt_chan_param_str(t, "product");
   return p != NULL && strcmp(p, "wap") == 0;
 }
 
 /* ---- keys ---- */
-
-static int read_pem(const char *name, const char *path, char **pem,
-                    size_t *len, pt_error_t *err) {
-  *pem = NULL;
-  *len = 0;
-  if (path[0] == '\0')
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s is not set",
-                        name);
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
-                        "%s: cannot open %s: %s", name, path, strerror(errno));
-  char *buf = malloc(PEM_MAX + 1);
-  size_t n = buf != NULL ? fread(buf, 1, PEM_MAX + 1, f) : 0;
-  int bad = ferror(f);
-  fclose(f);
-  if (buf == NULL)
-    return pt_error_set(err, PT_DOMAIN_SYSTEM, PT_ENOMEM, "out of memory");
-  if (bad || n == 0 || n > PEM_MAX) {
-    free(buf);
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
-                        "%s: %s is %s", name, path,
-                        bad ? "unreadable" : n == 0 ? "empty" : "too large");
-  }
-  buf[n] = '\0';
-  *pem = buf;
-  *len = n;
-  return 0;
-}
-
-static int load_key(const char *name, const char *path, int private_key,
-                    pt_crypto_key_t **key, pt_error_t *err) {
-  char *pem;
-  size_t len;
-  pt_error_t e = {0};
-  int rc = read_pem(name, path, &pem, &len, err);
-  if (rc != 0)
-    return rc;
-  rc = private_key ? pt_crypto_key_new_private(pem, len, key, &e)
-                   : pt_crypto_key_new_public(pem, len, key, &e);
-  free(pem);
-  if (rc != 0)
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s: %s", name,
-                        path, e.message);
-  return 0;
-}
 
 static void alipay_cleanup(void) {
   pt_crypto_key_destroy(keys.app_key);
@@ -161,11 +53,13 @@ static int alipay_init(const pt_config_t *cfg, pt_error_t *err) {
   alipay_cleanup();
   if (cfg->alipay_app_id[0] == '\0')
     return 0; /* not configured: build refuses */
-  int rc = load_key("channel.alipay.private_key_file",
-                    cfg->alipay_private_key_file, 1, &keys.app_key, err);
+  int rc = pt_chan_load_key("channel.alipay.private_key_file",
+                            cfg->alipay_private_key_file, PT_CHAN_KEY_PRIVATE,
+                            &keys.app_key, err);
   if (rc == 0)
-    rc = load_key("channel.alipay.public_key_file",
-                  cfg->alipay_public_key_file, 0, &keys.alipay_key, err);
+    rc = pt_chan_load_key("channel.alipay.public_key_file",
+                          cfg->alipay_public_key_file, PT_CHAN_KEY_PUBLIC,
+                          &keys.alipay_key, err);
   if (rc != 0)
     alipay_cleanup();
   return rc;
@@ -173,7 +67,14 @@ static int alipay_init(const pt_config_t *cfg, pt_error_t *err) {
 
 /* ---- submit checks ---- */
 
-static int alipay_validate(const pt_task_t *t, pt_input_error_t *ie) {
+static int alipay_validate(const pt_task_t *t, const pt_config_t *cfg,
+                           pt_input_error_t *ie) {
+  if (cfg != NULL && cfg->alipay_app_id[0] == '\0') {
+    ie->code = "invalid_channel";
+    snprintf(ie->message, sizeof ie->message,
+             "the alipay channel is not configured (channel.alipay.app_id)");
+    return PT_EINVAL;
+  }
   if (strcmp(t->currency, "CNY") != 0) {
     ie->code = "invalid_currency";
     snprintf(ie->message, sizeof ie->message,
@@ -228,16 +129,6 @@ static const char *method_of(pt_chan_op_t op, const pt_task_t *t) {
   return NULL;
 }
 
-/* Alipay writes times in Beijing time (GMT+8) as "yyyy-MM-dd HH:mm:ss". */
-static int beijing_time(int64_t unix_s, char *buf, size_t len) {
-  time_t s = (time_t)(unix_s + 8 * 3600);
-  struct tm tm;
-  if (gmtime_r(&s, &tm) == NULL ||
-      strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm) == 0)
-    return PT_EINVAL;
-  return 0;
-}
-
 /* biz_content: the JSON of the operation's own parameters. */
 static char *biz_content(pt_chan_op_t op, const pt_task_t *t,
                          const pt_config_t *cfg, int64_t now_s,
@@ -247,10 +138,9 @@ static char *biz_content(pt_chan_op_t op, const pt_task_t *t,
   BSON_APPEND_UTF8(&b, "out_trade_no", t->out_trade_no);
   if (op == PT_CHAN_CREATE) {
     char yuan[PT_AMOUNT_YUAN_MAX], expire[32];
-    int64_t start = t->created_at_ms > 0 ? t->created_at_ms / 1000 : now_s;
-    int64_t window = t->expire_in > 0 ? t->expire_in : cfg->trade_expire_in;
     if (pt_amount_to_yuan(t->amount, yuan, sizeof yuan) != 0 ||
-        beijing_time(start + window, expire, sizeof expire) != 0) {
+        pt_chan_beijing_time(pt_chan_trade_expiry(t, cfg, now_s),
+                             PT_CHAN_TIME_PLAIN, expire, sizeof expire) != 0) {
       pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                    "alipay: bad amount or payment window");
       goto done;
@@ -259,7 +149,7 @@ static char *biz_content(pt_chan_op_t op, const pt_task_t *t,
     BSON_APPEND_UTF8(&b, "subject", t->subject);
     BSON_APPEND_UTF8(&b, "time_expire", expire);
     if (is_wap(t)) {
-      const char *quit = param_str(t, "quit_url");
+      const char *quit = pt_chan_param_str(t, "quit_url");
       BSON_APPEND_UTF8(&b, "product_code", "QUICK_WAP_WAY");
       if (quit != NULL)
         BSON_APPEND_UTF8(&b, "quit_url", quit);
@@ -274,22 +164,6 @@ done:
   return json;
 }
 
-/* Appends s percent-encoded for a form or a query, keeping RFC 3986's
- * unreserved characters. Returns 0 or PT_ENOMEM. */
-static int url_encode(pt_buf_t *out, const char *s) {
-  static const char hex[] = "0123456789ABCDEF";
-  for (; *s != '\0'; s++) {
-    unsigned char c = (unsigned char)*s;
-    char enc[3] = {'%', hex[c >> 4], hex[c & 15]};
-    int plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-                c == '~';
-    if (pt_buf_append(out, plain ? s : enc, plain ? 1 : 3) != 0)
-      return PT_ENOMEM;
-  }
-  return 0;
-}
-
 /* The parameters as a form: k=v&k=v, values percent-encoded; NULL values
  * are left out. */
 static int encode_form(const pt_crypto_kv_t *kv, size_t n, pt_buf_t *form) {
@@ -298,7 +172,8 @@ static int encode_form(const pt_crypto_kv_t *kv, size_t n, pt_buf_t *form) {
       continue;
     if ((form->len > 0 && pt_buf_append(form, "&", 1) != 0) ||
         pt_buf_append(form, kv[i].key, strlen(kv[i].key)) != 0 ||
-        pt_buf_append(form, "=", 1) != 0 || url_encode(form, kv[i].value) != 0)
+        pt_buf_append(form, "=", 1) != 0 ||
+        pt_chan_url_encode(form, kv[i].value) != 0)
       return PT_ENOMEM;
   }
   return form->data != NULL ? 0 : PT_ENOMEM;
@@ -313,10 +188,7 @@ static int alipay_build(pt_chan_op_t op, const pt_task_t *t,
   pt_buf_t form = {NULL, 0};
   size_t tosign_len, sign_len;
   int rc = 0;
-  /* req->now_s is the caller's, set before build: keep it (0: now). */
-  int64_t now_s = req->now_s > 0 ? req->now_s : (int64_t)time(NULL);
-  pt_chan_req_init(req);
-  req->now_s = now_s;
+  pt_chan_req_reset(req);
   if (cfg->alipay_app_id[0] == '\0')
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "channel.alipay.app_id is not set");
@@ -326,7 +198,8 @@ static int alipay_build(pt_chan_op_t op, const pt_task_t *t,
   if (method == NULL)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "alipay: unknown operation %d", (int)op);
-  if (beijing_time(req->now_s, timestamp, sizeof timestamp) != 0)
+  if (pt_chan_beijing_time(req->now_s, PT_CHAN_TIME_PLAIN, timestamp,
+                           sizeof timestamp) != 0)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "alipay: bad request time");
   snprintf(notify_url, sizeof notify_url, "%s%s", cfg->api_public_url,
@@ -344,8 +217,9 @@ static int alipay_build(pt_chan_op_t op, const pt_task_t *t,
       {"timestamp", timestamp},
       {"version", "1.0"},
       {"notify_url", op == PT_CHAN_CREATE ? notify_url : NULL},
-      {"return_url",
-       op == PT_CHAN_CREATE && is_wap(t) ? param_str(t, "return_url") : NULL},
+      {"return_url", op == PT_CHAN_CREATE && is_wap(t)
+                         ? pt_chan_param_str(t, "return_url")
+                         : NULL},
       {"biz_content", biz},
       {"sign", NULL}, /* last: filled below */
   };
@@ -526,46 +400,41 @@ static pt_trade_state_t map_status(const char *s) {
   return PT_TRADE_UNKNOWN;
 }
 
-static void bad_reply(pt_chan_res_t *out, const char *why) {
-  bson_reinit(&out->result);
-  set_res(out, PT_OUTCOME_UNKNOWN, "bad_channel_reply", why);
-}
-
 /* A verified 10000 answer to op. */
 static void read_success(pt_chan_op_t op, const pt_task_t *t,
                          const bson_t *resp, pt_chan_res_t *out) {
-  const char *otn = doc_str(resp, "out_trade_no");
-  const char *trade_no = doc_str(resp, "trade_no");
+  const char *otn = pt_chan_doc_str(resp, "out_trade_no");
+  const char *trade_no = pt_chan_doc_str(resp, "trade_no");
   const char *tn = trade_no != NULL ? trade_no : "";
   if ((otn == NULL && op != PT_CHAN_CLOSE) ||
       (otn != NULL && strcmp(otn, t->out_trade_no) != 0)) {
-    bad_reply(out, "the answer is about another trade");
+    pt_chan_res_bad_reply(out, "the answer is about another trade");
     return;
   }
   if (trade_no != NULL && strlen(trade_no) >= sizeof out->trade_no) {
-    bad_reply(out, "trade_no is too long");
+    pt_chan_res_bad_reply(out, "trade_no is too long");
     return;
   }
   if (op == PT_CHAN_CREATE) {
-    const char *qr = doc_str(resp, "qr_code");
+    const char *qr = pt_chan_doc_str(resp, "qr_code");
     if (qr == NULL || qr[0] == '\0') {
-      bad_reply(out, "the answer has no qr_code");
+      pt_chan_res_bad_reply(out, "the answer has no qr_code");
       return;
     }
     BSON_APPEND_UTF8(&out->result, "qr_code", qr);
     BSON_APPEND_UTF8(&out->result, "out_trade_no", otn);
     out->trade_state = PT_TRADE_NOTPAY;
   } else if (op == PT_CHAN_QUERY) {
-    const char *status = doc_str(resp, "trade_status");
-    const char *total = doc_str(resp, "total_amount");
+    const char *status = pt_chan_doc_str(resp, "trade_status");
+    const char *total = pt_chan_doc_str(resp, "total_amount");
     if (status == NULL || map_status(status) == PT_TRADE_UNKNOWN) {
-      bad_reply(out, "the answer has no known trade_status");
+      pt_chan_res_bad_reply(out, "the answer has no known trade_status");
       return;
     }
     if (total != NULL &&
         pt_amount_from_yuan(total, strlen(total), &out->amount) != 0) {
       out->amount = -1;
-      bad_reply(out, "total_amount is not an amount");
+      pt_chan_res_bad_reply(out, "total_amount is not an amount");
       return;
     }
     out->trade_state = map_status(status);
@@ -581,7 +450,7 @@ static void read_success(pt_chan_op_t op, const pt_task_t *t,
     BSON_APPEND_UTF8(&out->result, "trade_no", tn);
   }
   snprintf(out->trade_no, sizeof out->trade_no, "%s", tn);
-  set_res(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+  pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
 }
 
 /* Maps the gateway code of a response object whose signature has been
@@ -589,48 +458,49 @@ static void read_success(pt_chan_op_t op, const pt_task_t *t,
 static void read_response(pt_chan_op_t op, const pt_task_t *t,
                           const bson_t *resp, int verified,
                           pt_chan_res_t *out) {
-  const char *code = doc_str(resp, "code");
-  const char *msg = doc_str(resp, "msg");
-  const char *sub_code = doc_str(resp, "sub_code");
-  const char *sub_msg = doc_str(resp, "sub_msg");
+  const char *code = pt_chan_doc_str(resp, "code");
+  const char *msg = pt_chan_doc_str(resp, "msg");
+  const char *sub_code = pt_chan_doc_str(resp, "sub_code");
+  const char *sub_msg = pt_chan_doc_str(resp, "sub_msg");
   const char *why = sub_msg ? sub_msg : msg;
   if (code == NULL) {
-    bad_reply(out, "the answer has no code");
+    pt_chan_res_bad_reply(out, "the answer has no code");
     return;
   }
   if (strcmp(code, "10000") == 0) {
     /* Only a signed answer may say a trade exists or was paid. */
     if (!verified)
-      set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-              "the answer is not signed");
+      pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                      "the answer is not signed");
     else
       read_success(op, t, resp, out);
   } else if (strcmp(code, "10003") == 0) {
     out->trade_state = PT_TRADE_PAYING;
-    set_res(out, PT_OUTCOME_UNKNOWN, sub_code ? sub_code : code,
-            why ? why : "waiting for the payer");
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, sub_code ? sub_code : code,
+                    why ? why : "waiting for the payer");
   } else if (strcmp(code, "20000") == 0) {
-    set_res(out, PT_OUTCOME_UNKNOWN, sub_code ? sub_code : code,
-            why ? why : "Alipay is unavailable");
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, sub_code ? sub_code : code,
+                    why ? why : "Alipay is unavailable");
   } else if (strcmp(code, "40004") == 0 && sub_code != NULL &&
              strcmp(sub_code, "ACQ.TRADE_NOT_EXIST") == 0 &&
              op != PT_CHAN_CREATE) {
     /* Leads to a local close or a second create: trust it only signed. */
     if (!verified) {
-      set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-              "the answer is not signed");
+      pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                      "the answer is not signed");
       return;
     }
     out->not_found = 1;
-    set_res(out, PT_OUTCOME_FAIL, sub_code, why);
+    pt_chan_res_set(out, PT_OUTCOME_FAIL, sub_code, why);
   } else if (strcmp(code, "40001") == 0 || strcmp(code, "40002") == 0 ||
              strcmp(code, "40004") == 0 || strcmp(code, "40006") == 0) {
     /* E.g. ACQ.TRADE_STATUS_ERROR on close: the trade was paid; the runner
      * queries. */
-    set_res(out, PT_OUTCOME_FAIL, sub_code ? sub_code : code,
-            why ? why : "Alipay refused the request");
+    pt_chan_res_set(out, PT_OUTCOME_FAIL, sub_code ? sub_code : code,
+                    why ? why : "Alipay refused the request");
   } else {
-    set_res(out, PT_OUTCOME_UNKNOWN, code, why ? why : "unknown Alipay code");
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, code,
+                    why ? why : "unknown Alipay code");
   }
 }
 
@@ -640,34 +510,16 @@ static void alipay_parse(pt_chan_op_t op, const pt_task_t *t,
   const char *raw = NULL, *sign_raw = NULL, *sign = NULL;
   size_t raw_len = 0, sign_len = 0;
   bson_t body = BSON_INITIALIZER, resp = BSON_INITIALIZER;
-  out->not_found = 0;
-  out->trade_state = PT_TRADE_UNKNOWN;
-  out->trade_no[0] = '\0';
-  out->amount = -1;
-  if (res->status != 0) {
-    /* A refused connection means nothing reached Alipay; a timeout or a
-     * broken exchange leaves the outcome unknown. */
-    if (res->status == PT_ECONNECT)
-      set_res(out, PT_OUTCOME_RETRY, "channel_unreachable", res->error);
-    else if (res->status == PT_ETIMEDOUT)
-      set_res(out, PT_OUTCOME_UNKNOWN, "channel_timeout",
-              "Alipay did not answer in time");
-    else
-      set_res(out, PT_OUTCOME_UNKNOWN, "channel_error", res->error);
+  pt_chan_res_reset_trade(out);
+  if (pt_chan_res_unanswered(out, res, "Alipay"))
     return;
-  }
-  if (res->http_code >= 500) {
-    set_res(out, PT_OUTCOME_UNKNOWN, "SYSTEM_ERROR",
-            "Alipay answered a server error");
-    return;
-  }
   if (op == PT_CHAN_CREATE && is_wap(t)) {
-    bad_reply(out, "alipay.trade.wap.pay has no answer to read");
+    pt_chan_res_bad_reply(out, "alipay.trade.wap.pay has no answer to read");
     return;
   }
   if (res->http_code != 200 || res->body == NULL ||
-      parse_object(res->body, res->body_len, &body) != 0) {
-    bad_reply(out, "the answer is not a JSON object");
+      pt_chan_parse_object(res->body, res->body_len, 0, &body) != 0) {
+    pt_chan_res_bad_reply(out, "the answer is not a JSON object");
     goto done;
   }
   /* The response object, under its method's name or error_response. */
@@ -682,21 +534,22 @@ static void alipay_parse(pt_chan_op_t op, const pt_task_t *t,
   int signs = find_member(res->body, res->body_len, "sign", &sign_raw,
                           &sign_len);
   if (found != 1 || signs > 1 || raw[0] != '{' ||
-      parse_object(raw, raw_len, &resp) != 0) {
-    bad_reply(out, "the answer has no single response object");
+      pt_chan_parse_object(raw, raw_len, 0, &resp) != 0) {
+    pt_chan_res_bad_reply(out, "the answer has no single response object");
     goto done;
   }
   bson_iter_t it;
   if (bson_iter_init_find(&it, &body, "sign")) {
     if (!BSON_ITER_HOLDS_UTF8(&it)) {
-      set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature", "sign is no string");
+      pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                      "sign is no string");
       goto done;
     }
     sign = bson_iter_utf8(&it, NULL);
   }
   if (sign != NULL && verify_raw(raw, raw_len, sign) != 0) {
-    set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-            "Alipay's signature does not verify");
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                    "Alipay's signature does not verify");
     goto done;
   }
   read_response(op, t, &resp, sign != NULL, out);

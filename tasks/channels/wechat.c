@@ -16,7 +16,6 @@
  * 2xx or a "no such order" must be signed; other refusals need not be
  * (WeChat Pay's own SDKs check signatures on successes only, and a proxy
  * in front of the API answers errors unsigned). */
-#include <errno.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,10 +24,10 @@
 
 #include "core/pt_buf.h"
 #include "core/pt_crypto.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_channel.h"
 
 #define NOTIFY_PATH "/v1/channels/wechat/notify"
-#define PEM_MAX (64 * 1024)
 #define MAX_SKEW_S 300 /* CHANNELS.md: reject timestamps 5 min away */
 #define DESCRIPTION_MAX 127 /* characters WeChat Pay takes in description */
 #define OPENID_MAX 128
@@ -44,49 +43,6 @@ static struct {
 } wx;
 
 /* ---- small helpers ---- */
-
-/* Cuts s to at most max bytes at a character boundary, so that a long
- * message never ends in half a character (it goes into JSON later). */
-static void cut_utf8(char *s, size_t max) {
-  size_t n = strlen(s);
-  if (n <= max)
-    return;
-  while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80)
-    max--;
-  s[max] = '\0';
-}
-
-static void copy_utf8(char *dst, size_t size, const char *s) {
-  size_t n = strlen(s);
-  if (n >= size) {
-    n = size - 1;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-      n--;
-  }
-  memcpy(dst, s, n);
-  dst[n] = '\0';
-}
-
-static void set_res(pt_chan_res_t *out, pt_outcome_t o, const char *code,
-                    const char *message) {
-  pt_chan_res_set(out, o, NULL, NULL);
-  copy_utf8(out->code, sizeof out->code, code ? code : "");
-  copy_utf8(out->message, sizeof out->message, message ? message : "");
-}
-
-static void bad_reply(pt_chan_res_t *out, const char *why) {
-  bson_reinit(&out->result);
-  set_res(out, PT_OUTCOME_UNKNOWN, "bad_channel_reply", why);
-}
-
-/* The string at key (dotted for a descendant), or NULL. */
-static const char *doc_str(const bson_t *doc, const char *key) {
-  bson_iter_t it, d;
-  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, key, &d) &&
-      BSON_ITER_HOLDS_UTF8(&d))
-    return bson_iter_utf8(&d, NULL);
-  return NULL;
-}
 
 static int doc_has(const bson_t *doc, const char *key) {
   bson_iter_t it, d;
@@ -108,52 +64,8 @@ static int doc_count(const bson_t *doc, const char *key, int64_t *v) {
   return *v >= 0 ? 1 : -1;
 }
 
-/* 1 when a document (or any document within it) repeats a key. */
-static int has_dup_keys(const bson_t *doc) {
-  bson_iter_t a, b;
-  if (!bson_iter_init(&a, doc))
-    return 1;
-  while (bson_iter_next(&a)) {
-    if (BSON_ITER_HOLDS_DOCUMENT(&a)) {
-      bson_t sub;
-      uint32_t len;
-      const uint8_t *data;
-      bson_iter_document(&a, &len, &data);
-      if (!bson_init_static(&sub, data, len) || has_dup_keys(&sub))
-        return 1;
-    }
-    b = a;
-    while (bson_iter_next(&b))
-      if (strcmp(bson_iter_key(&a), bson_iter_key(&b)) == 0)
-        return 1;
-  }
-  return 0;
-}
-
-/* Parses text that must be one JSON object with unique keys and strings
- * that are UTF-8 without NUL; doc is initialised either way. */
-static int parse_object(const char *s, size_t len, bson_t *doc) {
-  pt_input_error_t ie;
-  size_t off;
-  if (s == NULL || pt_json_parse_object(s, len, doc, &ie) != 0)
-    return PT_EINVAL;
-  if (has_dup_keys(doc) || !bson_validate(doc, BSON_VALIDATE_UTF8, &off)) {
-    bson_reinit(doc);
-    return PT_EINVAL;
-  }
-  return 0;
-}
-
-static const char *param_str(const pt_task_t *t, const char *key) {
-  bson_iter_t it;
-  if (t->has_params && bson_iter_init_find(&it, &t->params, key) &&
-      BSON_ITER_HOLDS_UTF8(&it))
-    return bson_iter_utf8(&it, NULL);
-  return NULL;
-}
-
 static int is_jsapi(const pt_task_t *t) {
-  const char *p = param_str(t, "product");
+  const char *p = pt_chan_param_str(t, "product");
   return p != NULL && strcmp(p, "jsapi") == 0;
 }
 
@@ -166,62 +78,6 @@ static int header_safe(const char *s) {
 }
 
 /* ---- keys ---- */
-
-static int read_pem(const char *name, const char *path, char **pem,
-                    size_t *len, pt_error_t *err) {
-  *pem = NULL;
-  *len = 0;
-  if (path[0] == '\0')
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s is not set",
-                        name);
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
-                        "%s: cannot open %s: %s", name, path, strerror(errno));
-  char *buf = malloc(PEM_MAX + 1);
-  size_t n = buf != NULL ? fread(buf, 1, PEM_MAX + 1, f) : 0;
-  int bad = ferror(f);
-  fclose(f);
-  if (buf == NULL)
-    return pt_error_set(err, PT_DOMAIN_SYSTEM, PT_ENOMEM, "out of memory");
-  if (bad || n == 0 || n > PEM_MAX) {
-    free(buf);
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
-                        "%s: %s is %s", name, path,
-                        bad ? "unreadable" : n == 0 ? "empty" : "too large");
-  }
-  buf[n] = '\0';
-  *pem = buf;
-  *len = n;
-  return 0;
-}
-
-/* The merchant's private key, or the platform's public key from a PUBLIC
- * KEY or a CERTIFICATE (WeChat Pay hands out either). */
-static int load_key(const char *name, const char *path, int private_key,
-                    pt_crypto_key_t **key, pt_error_t *err) {
-  char *pem;
-  size_t len;
-  pt_error_t e = {0};
-  int rc = read_pem(name, path, &pem, &len, err);
-  if (rc != 0)
-    return rc;
-  if (private_key) {
-    rc = pt_crypto_key_new_private(pem, len, key, &e);
-  } else {
-    rc = pt_crypto_key_new_public(pem, len, key, &e);
-    if (rc != 0)
-      rc = pt_crypto_key_new_from_cert(pem, len, key, &e);
-    if (rc != 0)
-      snprintf(e.message, sizeof e.message,
-               "neither a PEM public key nor a certificate");
-  }
-  free(pem);
-  if (rc != 0)
-    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s: %s", name,
-                        path, e.message);
-  return 0;
-}
 
 static void wechat_cleanup(void) {
   pt_crypto_key_destroy(wx.merchant_key);
@@ -250,12 +106,15 @@ static int wechat_init(const pt_config_t *cfg, pt_error_t *err) {
   if (strlen(cfg->wechat_apiv3_key) != 32)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "channel.wechat.apiv3_key must be exactly 32 bytes");
-  int rc = load_key("channel.wechat.private_key_file",
-                    cfg->wechat_private_key_file, 1, &wx.merchant_key, err);
+  int rc = pt_chan_load_key("channel.wechat.private_key_file",
+                            cfg->wechat_private_key_file, PT_CHAN_KEY_PRIVATE,
+                            &wx.merchant_key, err);
+  /* WeChat Pay hands out its platform key as a PUBLIC KEY or a
+   * CERTIFICATE. */
   if (rc == 0)
-    rc = load_key("channel.wechat.platform_public_key_file",
-                  cfg->wechat_platform_public_key_file, 0, &wx.platform_key,
-                  err);
+    rc = pt_chan_load_key("channel.wechat.platform_public_key_file",
+                          cfg->wechat_platform_public_key_file,
+                          PT_CHAN_KEY_PUBLIC_OR_CERT, &wx.platform_key, err);
   if (rc != 0) {
     wechat_cleanup();
     return rc;
@@ -281,9 +140,14 @@ static size_t utf8_chars(const char *s) {
   return n;
 }
 
-static int wechat_validate(const pt_task_t *t, pt_input_error_t *ie) {
+static int wechat_validate(const pt_task_t *t, const pt_config_t *cfg,
+                           pt_input_error_t *ie) {
   bson_iter_t it;
   size_t otn = strlen(t->out_trade_no);
+  if (cfg != NULL && cfg->wechat_mchid[0] == '\0')
+    return invalid(ie, "invalid_channel",
+                   "the wechat channel is not configured "
+                   "(channel.wechat.mchid)");
   if (strcmp(t->currency, "CNY") != 0)
     return invalid(ie, "invalid_currency",
                    "the wechat channel takes only CNY");
@@ -303,7 +167,7 @@ static int wechat_validate(const pt_task_t *t, pt_input_error_t *ie) {
                      "params.product must be \"native\" or \"jsapi\"");
   }
   if (is_jsapi(t)) {
-    const char *openid = param_str(t, "openid");
+    const char *openid = pt_chan_param_str(t, "openid");
     if (openid == NULL || openid[0] == '\0' || strlen(openid) > OPENID_MAX)
       return invalid(ie, "invalid_params",
                      "params.product \"jsapi\" needs params.openid, a string "
@@ -313,22 +177,6 @@ static int wechat_validate(const pt_task_t *t, pt_input_error_t *ie) {
 }
 
 /* ---- requests ---- */
-
-/* Appends s percent-encoded for a path or a query, keeping RFC 3986's
- * unreserved characters. Returns 0 or PT_ENOMEM. */
-static int url_encode(pt_buf_t *out, const char *s) {
-  static const char hex[] = "0123456789ABCDEF";
-  for (; *s != '\0'; s++) {
-    unsigned char c = (unsigned char)*s;
-    char enc[3] = {'%', hex[c >> 4], hex[c & 15]};
-    int plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-                c == '~';
-    if (pt_buf_append(out, plain ? s : enc, plain ? 1 : 3) != 0)
-      return PT_ENOMEM;
-  }
-  return 0;
-}
 
 static int append(pt_buf_t *out, const char *s) {
   return pt_buf_append(out, s, strlen(s));
@@ -352,24 +200,13 @@ static int make_nonce(char nonce[33]) {
   return 0;
 }
 
-/* RFC 3339 in Beijing time, as WeChat Pay writes it. */
-static int rfc3339_beijing(int64_t unix_s, char *buf, size_t len) {
-  time_t s = (time_t)(unix_s + 8 * 3600);
-  struct tm tm;
-  if (gmtime_r(&s, &tm) == NULL ||
-      strftime(buf, len, "%Y-%m-%dT%H:%M:%S+08:00", &tm) == 0)
-    return PT_EINVAL;
-  return 0;
-}
-
 static char *create_body(const pt_task_t *t, const pt_config_t *cfg,
                          int64_t now_s) {
   char expire[40], notify_url[PT_CFG_STR_MAX + sizeof NOTIFY_PATH];
-  int64_t start = t->created_at_ms > 0 ? t->created_at_ms / 1000 : now_s;
-  int64_t window = t->expire_in > 0 ? t->expire_in : cfg->trade_expire_in;
   bson_t b = BSON_INITIALIZER, amount, payer;
   char *json;
-  if (rfc3339_beijing(start + window, expire, sizeof expire) != 0)
+  if (pt_chan_beijing_time(pt_chan_trade_expiry(t, cfg, now_s),
+                           PT_CHAN_TIME_RFC3339, expire, sizeof expire) != 0)
     return NULL;
   snprintf(notify_url, sizeof notify_url, "%s%s", cfg->api_public_url,
            NOTIFY_PATH);
@@ -384,7 +221,7 @@ static char *create_body(const pt_task_t *t, const pt_config_t *cfg,
   BSON_APPEND_UTF8(&amount, "currency", "CNY");
   bson_append_document_end(&b, &amount);
   if (is_jsapi(t)) {
-    const char *openid = param_str(t, "openid");
+    const char *openid = pt_chan_param_str(t, "openid");
     BSON_APPEND_DOCUMENT_BEGIN(&b, "payer", &payer);
     BSON_APPEND_UTF8(&payer, "openid", openid != NULL ? openid : "");
     bson_append_document_end(&b, &payer);
@@ -442,9 +279,10 @@ static int api_request(pt_chan_op_t op, const pt_task_t *t,
   } else {
     req->method = op == PT_CHAN_QUERY ? "GET" : "POST";
     if (append(path, "/v3/pay/transactions/out-trade-no/") != 0 ||
-        url_encode(path, t->out_trade_no) != 0 ||
+        pt_chan_url_encode(path, t->out_trade_no) != 0 ||
         append(path, op == PT_CHAN_QUERY ? "?mchid=" : "/close") != 0 ||
-        (op == PT_CHAN_QUERY && url_encode(path, cfg->wechat_mchid) != 0))
+        (op == PT_CHAN_QUERY &&
+         pt_chan_url_encode(path, cfg->wechat_mchid) != 0))
       rc = PT_ENOMEM;
     if (op == PT_CHAN_CLOSE) {
       BSON_APPEND_UTF8(&b, "mchid", cfg->wechat_mchid);
@@ -465,10 +303,7 @@ static int wechat_build(pt_chan_op_t op, const pt_task_t *t,
   size_t base_len = strlen(base), prefix_len = 0;
   pt_buf_t path = {NULL, 0};
   int rc = 0;
-  /* req->now_s is the caller's, set before build: keep it (0: now). */
-  int64_t now_s = req->now_s > 0 ? req->now_s : (int64_t)time(NULL);
-  pt_chan_req_init(req);
-  req->now_s = now_s;
+  pt_chan_req_reset(req);
   if (cfg->wechat_mchid[0] == '\0')
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "channel.wechat.mchid is not set");
@@ -613,41 +448,41 @@ static pt_trade_state_t map_state(const char *s) {
 static void read_created(const pt_task_t *t, const bson_t *doc,
                          pt_chan_res_t *out) {
   const char *field = is_jsapi(t) ? "prepay_id" : "code_url";
-  const char *v = doc_str(doc, field);
+  const char *v = pt_chan_doc_str(doc, field);
   if (v == NULL || v[0] == '\0') {
-    bad_reply(out, is_jsapi(t) ? "the answer has no prepay_id"
-                               : "the answer has no code_url");
+    pt_chan_res_bad_reply(out, is_jsapi(t) ? "the answer has no prepay_id"
+                                           : "the answer has no code_url");
     return;
   }
   BSON_APPEND_UTF8(&out->result, field, v);
   out->trade_state = PT_TRADE_NOTPAY;
-  set_res(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+  pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
 }
 
 /* A verified 200 to a query: the transaction. USERPAYING is a SUCCESS of
  * the query (the channel answered); the runner asks again later. */
 static void read_trade(const pt_task_t *t, const bson_t *doc,
                        pt_chan_res_t *out) {
-  const char *otn = doc_str(doc, "out_trade_no");
-  const char *mchid = doc_str(doc, "mchid");
-  const char *state = doc_str(doc, "trade_state");
-  const char *trade_no = doc_str(doc, "transaction_id");
+  const char *otn = pt_chan_doc_str(doc, "out_trade_no");
+  const char *mchid = pt_chan_doc_str(doc, "mchid");
+  const char *state = pt_chan_doc_str(doc, "trade_state");
+  const char *trade_no = pt_chan_doc_str(doc, "transaction_id");
   if (otn == NULL || strcmp(otn, t->out_trade_no) != 0 || mchid == NULL ||
       strcmp(mchid, wx.mchid) != 0) {
-    bad_reply(out, "the answer is about another trade or merchant");
+    pt_chan_res_bad_reply(out, "the answer is about another trade or merchant");
     return;
   }
   if (state == NULL || map_state(state) == PT_TRADE_UNKNOWN) {
-    bad_reply(out, "the answer has no known trade_state");
+    pt_chan_res_bad_reply(out, "the answer has no known trade_state");
     return;
   }
   if (trade_no != NULL && strlen(trade_no) >= sizeof out->trade_no) {
-    bad_reply(out, "transaction_id is too long");
+    pt_chan_res_bad_reply(out, "transaction_id is too long");
     return;
   }
   if (doc_count(doc, "amount.total", &out->amount) < 0) {
     out->amount = -1;
-    bad_reply(out, "amount.total is not an amount");
+    pt_chan_res_bad_reply(out, "amount.total is not an amount");
     return;
   }
   snprintf(out->trade_no, sizeof out->trade_no, "%s", trade_no ? trade_no : "");
@@ -656,7 +491,7 @@ static void read_trade(const pt_task_t *t, const bson_t *doc,
                    pt_trade_state_name(out->trade_state));
   BSON_APPEND_UTF8(&out->result, "channel_status", state);
   BSON_APPEND_UTF8(&out->result, "trade_no", out->trade_no);
-  set_res(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+  pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
 }
 
 /* A 4xx: {"code", "message"} when the body has them. verified says whether
@@ -665,31 +500,32 @@ static void read_refusal(pt_chan_op_t op, const pt_http_response_t *res,
                          int verified, pt_chan_res_t *out) {
   bson_t doc = BSON_INITIALIZER;
   const char *code = NULL, *msg = NULL;
-  if (res->body_len > 0 && parse_object(res->body, res->body_len, &doc) == 0) {
-    code = doc_str(&doc, "code");
-    msg = doc_str(&doc, "message");
+  if (res->body_len > 0 &&
+      pt_chan_parse_object(res->body, res->body_len, 1, &doc) == 0) {
+    code = pt_chan_doc_str(&doc, "code");
+    msg = pt_chan_doc_str(&doc, "message");
   }
   if (res->http_code == 429) {
     /* Rate limited: nothing was done, try again later. */
-    set_res(out, PT_OUTCOME_RETRY, code ? code : "FREQUENCY_LIMITED", msg);
+    pt_chan_res_set(out, PT_OUTCOME_RETRY, code ? code : "FREQUENCY_LIMITED",
+                    msg);
   } else if (res->http_code == 404 && op != PT_CHAN_CREATE && code != NULL &&
              (strcmp(code, "ORDER_NOT_EXIST") == 0 ||
               strcmp(code, "RESOURCE_NOT_EXISTS") == 0)) {
     /* Leads to a second create or a local close: believe it signed only. */
     if (verified) {
       out->not_found = 1;
-      set_res(out, PT_OUTCOME_FAIL, code, msg);
+      pt_chan_res_set(out, PT_OUTCOME_FAIL, code, msg);
     } else {
-      set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-              "an unsigned answer says the order does not exist");
+      pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                      "an unsigned answer says the order does not exist");
     }
   } else {
     /* 401 SIGN_ERROR, 400 OUT_TRADE_NO_USED, ORDER_PAID on close (the
      * runner then queries), PARAM_ERROR: final. */
-    set_res(out, PT_OUTCOME_FAIL,
-            code ? code : res->http_code == 401 ? "SIGN_ERROR"
-                                                : "channel_refused",
-            msg ? msg : "WeChat Pay refused the request");
+    const char *dflt = res->http_code == 401 ? "SIGN_ERROR" : "channel_refused";
+    pt_chan_res_set(out, PT_OUTCOME_FAIL, code ? code : dflt,
+                    msg ? msg : "WeChat Pay refused the request");
   }
   bson_destroy(&doc);
 }
@@ -700,27 +536,9 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
   const char *why = NULL;
   int verified = 0, usable = 1;
   long code = res->http_code;
-  out->not_found = 0;
-  out->trade_state = PT_TRADE_UNKNOWN;
-  out->trade_no[0] = '\0';
-  out->amount = -1;
-  if (res->status != 0) {
-    /* A refused connection means nothing reached WeChat Pay; a timeout or
-     * a broken exchange leaves the outcome unknown. */
-    if (res->status == PT_ECONNECT)
-      set_res(out, PT_OUTCOME_RETRY, "channel_unreachable", res->error);
-    else if (res->status == PT_ETIMEDOUT)
-      set_res(out, PT_OUTCOME_UNKNOWN, "channel_timeout",
-              "WeChat Pay did not answer in time");
-    else
-      set_res(out, PT_OUTCOME_UNKNOWN, "channel_error", res->error);
+  pt_chan_res_reset_trade(out);
+  if (pt_chan_res_unanswered(out, res, "WeChat Pay"))
     return;
-  }
-  if (code >= 500) {
-    set_res(out, PT_OUTCOME_UNKNOWN, "SYSTEM_ERROR",
-            "WeChat Pay answered a server error");
-    return;
-  }
   if (res->body_len > 0) {
     for (size_t i = 0; i < 4 && res->headers != NULL; i++) {
       const char *v = NULL;
@@ -731,7 +549,7 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
     if (sig.present > 0 || !usable) {
       if (check_signature(&sig, wx.platform_serial, res->body, res->body_len,
                           (int64_t)time(NULL), &why) != 0) {
-        set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature", why);
+        pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature", why);
         return;
       }
       verified = 1;
@@ -742,19 +560,19 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
     return;
   }
   if (code < 200 || code >= 300) {
-    bad_reply(out, "unexpected HTTP status");
+    pt_chan_res_bad_reply(out, "unexpected HTTP status");
     return;
   }
   if (op == PT_CHAN_CLOSE && res->body_len == 0) {
     out->trade_state = PT_TRADE_CLOSED; /* 204: closed */
     BSON_APPEND_UTF8(&out->result, "trade_status",
                      pt_trade_state_name(PT_TRADE_CLOSED));
-    set_res(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+    pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
     return;
   }
   if (!verified) {
-    set_res(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-            "the answer is not signed");
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                    "the answer is not signed");
     return;
   }
   bson_t doc = BSON_INITIALIZER;
@@ -762,9 +580,10 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
     out->trade_state = PT_TRADE_CLOSED;
     BSON_APPEND_UTF8(&out->result, "trade_status",
                      pt_trade_state_name(PT_TRADE_CLOSED));
-    set_res(out, PT_OUTCOME_SUCCESS, NULL, NULL);
-  } else if (code != 200 || parse_object(res->body, res->body_len, &doc) != 0) {
-    bad_reply(out, "the answer is not a JSON object");
+    pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+  } else if (code != 200 ||
+             pt_chan_parse_object(res->body, res->body_len, 1, &doc) != 0) {
+    pt_chan_res_bad_reply(out, "the answer is not a JSON object");
   } else if (op == PT_CHAN_CREATE) {
     read_created(t, &doc, out);
   } else {
@@ -777,10 +596,11 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
 
 static int notify_fields(const pt_config_t *cfg, const bson_t *tx,
                          pt_chan_notify_t *out, pt_error_t *err) {
-  const char *mchid = doc_str(tx, "mchid"), *appid = doc_str(tx, "appid");
-  const char *otn = doc_str(tx, "out_trade_no");
-  const char *trade_no = doc_str(tx, "transaction_id");
-  const char *state = doc_str(tx, "trade_state");
+  const char *mchid = pt_chan_doc_str(tx, "mchid");
+  const char *appid = pt_chan_doc_str(tx, "appid");
+  const char *otn = pt_chan_doc_str(tx, "out_trade_no");
+  const char *trade_no = pt_chan_doc_str(tx, "transaction_id");
+  const char *state = pt_chan_doc_str(tx, "trade_state");
   if (mchid == NULL || strcmp(mchid, cfg->wechat_mchid) != 0)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "wechat: mchid does not match");
@@ -809,12 +629,12 @@ static int notify_fields(const pt_config_t *cfg, const bson_t *tx,
 static int open_envelope(const pt_config_t *cfg, const bson_t *env,
                          pt_chan_notify_t *out, char **plain,
                          size_t *plain_len, pt_error_t *err) {
-  const char *id = doc_str(env, "id");
-  const char *event = doc_str(env, "event_type");
-  const char *algorithm = doc_str(env, "resource.algorithm");
-  const char *ct = doc_str(env, "resource.ciphertext");
-  const char *nonce = doc_str(env, "resource.nonce");
-  const char *ad = doc_str(env, "resource.associated_data");
+  const char *id = pt_chan_doc_str(env, "id");
+  const char *event = pt_chan_doc_str(env, "event_type");
+  const char *algorithm = pt_chan_doc_str(env, "resource.algorithm");
+  const char *ct = pt_chan_doc_str(env, "resource.ciphertext");
+  const char *nonce = pt_chan_doc_str(env, "resource.nonce");
+  const char *ad = pt_chan_doc_str(env, "resource.associated_data");
   if (id == NULL || id[0] == '\0' || strlen(id) >= sizeof out->notify_id)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "wechat: the notification has no usable id");
@@ -862,14 +682,14 @@ static int wechat_notify_parse(const pt_config_t *cfg,
     rc = pt_error_set(err, PT_DOMAIN_PAYTASK, PT_ECRYPTO, "wechat: %s", why);
     goto done;
   }
-  if (parse_object(in->body, in->body_len, &env) != 0) {
+  if (pt_chan_parse_object(in->body, in->body_len, 1, &env) != 0) {
     rc = pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                       "wechat: the notification is not a JSON object");
     goto done;
   }
   if ((rc = open_envelope(cfg, &env, out, &plain, &plain_len, err)) != 0)
     goto done;
-  if (parse_object(plain, plain_len, &tx) != 0) {
+  if (pt_chan_parse_object(plain, plain_len, 1, &tx) != 0) {
     rc = pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                       "wechat: the decrypted transaction is not JSON");
     goto done;
@@ -897,7 +717,7 @@ static void wechat_notify_ack(int ok, const char *why, pt_chan_ack_t *ack) {
   }
   ack->http_status = 400;
   ack->content_type = "application/json";
-  copy_utf8(msg, sizeof msg, why != NULL ? why : "refused");
+  pt_chan_copy_utf8(msg, sizeof msg, why != NULL ? why : "refused");
   /* Shortens the message until the JSON fits the body. */
   for (;;) {
     bson_t b = BSON_INITIALIZER;
@@ -916,7 +736,7 @@ static void wechat_notify_ack(int ok, const char *why, pt_chan_ack_t *ack) {
     if (json == NULL) /* not UTF-8 */
       snprintf(msg, sizeof msg, "refused");
     else
-      cut_utf8(msg, strlen(msg) / 2);
+      pt_chan_copy_utf8(msg, strlen(msg) / 2 + 1, msg); /* cut it in half */
   }
 }
 

@@ -22,7 +22,10 @@ Test(crash, sigkill_during_a_batch_of_500) {
   char prefix[48];
   bson_t doc;
   snprintf(prefix, sizeof prefix, "%s", pt_unique("KILL"));
-  /* Some latency keeps many tasks in flight when the worker dies. */
+  /* Some latency keeps many tasks in flight when the worker dies. The
+   * dead worker's sync thread may hold entries it had read: another
+   * worker claims them once idle this long. */
+  pt_stack_env(&stack, "PAYTASK_SYNC_CLAIM_IDLE_MS", "2000");
   pt_stack_start(&stack, 2, "--latency-ms=50");
   for (int i = 0; i < N; i++) {
     snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);

@@ -94,10 +94,10 @@ Test(tables, unknown_codes_are_null_and_checked) {
   pt_task_init(&t);
   strcpy(t.type, "pay");
   strcpy(t.channel, "paypal");
-  cr_assert_neq(pt_registry_check(&t, &ie), 0);
+  cr_assert_neq(pt_registry_check(&t, NULL, &ie), 0);
   cr_assert_str_eq(ie.code, "invalid_channel");
   strcpy(t.type, "refund");
-  cr_assert_neq(pt_registry_check(&t, &ie), 0);
+  cr_assert_neq(pt_registry_check(&t, NULL, &ie), 0);
   cr_assert_str_eq(ie.code, "invalid_task_type");
   pt_task_destroy(&t);
 }

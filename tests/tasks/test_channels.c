@@ -362,39 +362,60 @@ Test(channel_table, submit_checks_include_the_channels) {
   pt_task_t t;
   pt_input_error_t ie = {0};
   task(&t, "alipay", NULL);
-  cr_assert_eq(pt_registry_check(&t, &ie), 0, "%s", ie.message);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), 0, "%s", ie.message);
   snprintf(t.currency, sizeof t.currency, "USD");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_currency");
   pt_task_destroy(&t);
   task(&t, "alipay", NULL);
   snprintf(t.subject, sizeof t.subject, "tea & cake");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_subject");
   pt_task_destroy(&t);
 
   task(&t, "alipay", "{\"product\":\"app\"}");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_params");
   pt_task_destroy(&t);
   task(&t, "alipay", "{\"product\":\"wap\"}");
-  cr_assert_eq(pt_registry_check(&t, &ie), 0, "%s", ie.message);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), 0, "%s", ie.message);
   pt_task_destroy(&t);
 
   task(&t, "wechat", "{\"product\":\"jsapi\"}");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_params");
   pt_task_destroy(&t);
   task(&t, "wechat", "{\"product\":\"jsapi\",\"openid\":\"o-1\"}");
-  cr_assert_eq(pt_registry_check(&t, &ie), 0, "%s", ie.message);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), 0, "%s", ie.message);
   pt_task_destroy(&t);
   task(&t, "wechat", "{\"product\":7}");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   pt_task_destroy(&t);
   task(&t, "wechat", NULL);
   snprintf(t.out_trade_no, sizeof t.out_trade_no, "T1");
-  cr_assert_eq(pt_registry_check(&t, &ie), PT_EINVAL);
+  cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_out_trade_no");
+  pt_task_destroy(&t);
+}
+
+Test(channel_table, an_unconfigured_channel_is_refused_at_submit) {
+  pt_config_t none;
+  pt_task_t t;
+  pt_input_error_t ie = {0};
+  pt_config_defaults(&none); /* no app id, no mchid */
+  task(&t, "alipay", NULL);
+  cr_assert_eq(pt_registry_check(&t, &none, &ie), PT_EINVAL);
+  cr_assert_str_eq(ie.code, "invalid_channel");
+  cr_assert(strstr(ie.message, "channel.alipay.app_id") != NULL, "%s",
+            ie.message);
+  pt_task_destroy(&t);
+  task(&t, "wechat", NULL);
+  cr_assert_eq(pt_registry_check(&t, &none, &ie), PT_EINVAL);
+  cr_assert(strstr(ie.message, "channel.wechat.mchid") != NULL, "%s",
+            ie.message);
+  pt_task_destroy(&t);
+  task(&t, "sim", NULL);
+  cr_assert_eq(pt_registry_check(&t, &none, &ie), 0, "%s", ie.message);
   pt_task_destroy(&t);
 }
 
