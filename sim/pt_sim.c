@@ -59,7 +59,7 @@ typedef struct sim {
   int64_t schedule[PT_SCHEDULE_MAX]; /* ms between notification attempts */
   int nschedule;
   uint64_t seq;
-  long create_calls, creates_after_created, query_calls, close_calls, held;
+  long create_calls, creates_after_created, query_calls, close_calls;
   long callbacks_sent, callbacks_acked, paid;
   long in_flight, max_in_flight; /* answers being delayed right now */
   uv_signal_t sigterm, sigint;
@@ -164,9 +164,8 @@ void pt_sim_respond(pt_sim_t *sim, pt_httpd_req_t *req, int status,
   uv_timer_start(&l->timer, on_later, (uint64_t)delay_ms, 0);
 }
 
-/* Answers doc as JSON after delay_ms (now when 0); takes nothing from doc. */
-static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
-                   const bson_t *doc, int delay_ms) {
+void pt_sim_answer_json(pt_sim_t *sim, pt_httpd_req_t *req, int status,
+                        const bson_t *doc, int delay_ms) {
   size_t len;
   char *json = bson_as_relaxed_extended_json(doc, &len);
   pt_sim_respond(sim, req, status, "application/json", json, len, NULL,
@@ -174,18 +173,28 @@ static void answer(sim_t *sim, pt_httpd_req_t *req, int status,
   bson_free(json);
 }
 
-static void answer_error(sim_t *sim, pt_httpd_req_t *req, int status,
+void pt_sim_answer_error(pt_sim_t *sim, pt_httpd_req_t *req, int status,
                          const char *code, const char *message, int delay) {
   bson_t d = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&d, "code", code);
   BSON_APPEND_UTF8(&d, "message", message);
-  answer(sim, req, status, &d, delay);
+  pt_sim_answer_json(sim, req, status, &d, delay);
   bson_destroy(&d);
 }
 
 /* ---- small services for the dialects ---------------------------------- */
 
 const pt_config_t *pt_sim_config(const pt_sim_t *sim) { return sim->cfg; }
+
+int pt_sim_outage(const pt_sim_t *sim) { return sim->outage; }
+
+const char *pt_sim_state_name(pt_sim_state_t s) {
+  static const char *const names[] = {
+      [PT_SIM_NONE] = "NONE",       [PT_SIM_CREATED] = "CREATED",
+      [PT_SIM_SCANNED] = "SCANNED", [PT_SIM_PAID] = "PAID",
+      [PT_SIM_CLOSED] = "CLOSED"};
+  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "NONE";
+}
 
 uint64_t pt_sim_next_seq(pt_sim_t *sim) { return ++sim->seq; }
 
@@ -378,6 +387,15 @@ static trade_t *trade_get(sim_t *sim, const char *no) {
   return t;
 }
 
+pt_sim_trade_t *pt_sim_trade_get(pt_sim_t *sim, const char *no) {
+  trade_t *t = trade_get(sim, no);
+  return t != NULL ? &t->pub : NULL;
+}
+
+void pt_sim_trade_fail_times(pt_sim_trade_t *t, int n) {
+  ((trade_t *)t)->fail_left = n;
+}
+
 pt_sim_trade_t *pt_sim_trade_find(pt_sim_t *sim, const char *no) {
   trade_t *t = find(sim, no);
   return t != NULL ? &t->pub : NULL;
@@ -400,8 +418,8 @@ static double rnd(sim_t *sim) {
   return (double)((sim->rng >> 8) & 0xffffff) / (double)0x1000000;
 }
 
-/* Counts a create call; 1 if the trade was created before. */
-static int create_count(sim_t *sim, trade_t *t) {
+int pt_sim_create_count(pt_sim_t *sim, pt_sim_trade_t *pub) {
+  trade_t *t = (trade_t *)pub;
   t->pub.create_calls++;
   sim->create_calls++;
   if (t->pub.state == PT_SIM_NONE)
@@ -413,8 +431,8 @@ static int create_count(sim_t *sim, trade_t *t) {
   return 1;
 }
 
-/* 1 if this create must answer a system error. */
-static int create_fails(sim_t *sim, trade_t *t) {
+int pt_sim_create_fails(pt_sim_t *sim, pt_sim_trade_t *pub) {
+  trade_t *t = (trade_t *)pub;
   if (sim->outage)
     return 1;
   if (t->fail_left > 0) {
@@ -430,9 +448,10 @@ pt_sim_create_t pt_sim_create_begin(pt_sim_t *sim, const char *no,
   *out = t != NULL ? &t->pub : NULL;
   if (t == NULL)
     return PT_SIM_CREATE_FAIL;
-  if (create_count(sim, t))
+  if (pt_sim_create_count(sim, &t->pub))
     return PT_SIM_CREATE_REPEAT;
-  return create_fails(sim, t) ? PT_SIM_CREATE_FAIL : PT_SIM_CREATE_NEW;
+  return pt_sim_create_fails(sim, &t->pub) ? PT_SIM_CREATE_FAIL
+                                           : PT_SIM_CREATE_NEW;
 }
 
 static void trade_pay(sim_t *sim, trade_t *t);
@@ -601,194 +620,9 @@ static int pay_now(sim_t *sim, trade_t *t) {
 
 static void trade_pay(sim_t *sim, trade_t *t) { (void)pay_now(sim, t); }
 
-/* ---- the plain dialect (tasks/channels/sim.c) ------------------------- */
-
-static const char *plain_status(pt_sim_state_t s) {
-  switch (s) {
-  case PT_SIM_NONE:
-    return "NONE";
-  case PT_SIM_CREATED:
-  case PT_SIM_SCANNED:
-    return "CREATED";
-  case PT_SIM_PAID:
-    return "PAID";
-  case PT_SIM_CLOSED:
-    return "CLOSED";
-  }
-  return "NONE";
-}
-
-static void trade_doc(const trade_t *t, bson_t *d) {
-  char qr[160];
-  snprintf(qr, sizeof qr, "https://qr.sim.paytask.local/%s", t->pub.trade_no);
-  BSON_APPEND_UTF8(d, "trade_no", t->pub.trade_no);
-  BSON_APPEND_UTF8(d, "out_trade_no", t->pub.no);
-  BSON_APPEND_UTF8(d, "status", plain_status(t->pub.state));
-  BSON_APPEND_INT64(d, "amount", t->pub.amount);
-  BSON_APPEND_UTF8(d, "currency", t->pub.currency);
-  BSON_APPEND_UTF8(d, "qr_code", qr);
-}
-
-/* A "timeout" request is held until the process ends or ten minutes pass,
- * then answered (the caller has long given up). */
-#define HOLD_MS 600000
-
-static void plain_create(sim_t *sim, pt_httpd_req_t *req) {
-  size_t blen;
-  const char *body = pt_httpd_body(req, &blen);
-  bson_t doc;
-  bson_iter_t it, s;
-  pt_input_error_t ie;
-  const char *no = NULL;
-  int64_t amount = 0;
-  char cur[4] = "CNY";
-  int fail_times = -1, decline = 0, latency = -1, timeout = 0;
-
-  if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
-    answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
-    return;
-  }
-  if (bson_iter_init_find(&it, &doc, "out_trade_no") &&
-      BSON_ITER_HOLDS_UTF8(&it))
-    no = bson_iter_utf8(&it, NULL);
-  if (bson_iter_init_find(&it, &doc, "amount") &&
-      (BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it)))
-    amount = bson_iter_as_int64(&it);
-  if (bson_iter_init_find(&it, &doc, "currency") && BSON_ITER_HOLDS_UTF8(&it))
-    snprintf(cur, sizeof cur, "%s", bson_iter_utf8(&it, NULL));
-  if (bson_iter_init_find(&it, &doc, "sim") && BSON_ITER_HOLDS_DOCUMENT(&it) &&
-      bson_iter_recurse(&it, &s)) {
-    while (bson_iter_next(&s)) {
-      const char *k = bson_iter_key(&s);
-      if (strcmp(k, "fail_times") == 0 && BSON_ITER_HOLDS_INT32(&s))
-        fail_times = bson_iter_int32(&s);
-      else if (strcmp(k, "decline") == 0 && BSON_ITER_HOLDS_BOOL(&s))
-        decline = bson_iter_bool(&s);
-      else if (strcmp(k, "latency_ms") == 0 && BSON_ITER_HOLDS_INT32(&s))
-        latency = bson_iter_int32(&s);
-      else if (strcmp(k, "timeout") == 0 && BSON_ITER_HOLDS_BOOL(&s))
-        timeout = bson_iter_bool(&s);
-    }
-  }
-  if (no == NULL || strlen(no) > PT_OUT_TRADE_NO_MAX || amount <= 0 ||
-      strlen(cur) != 3) {
-    bson_destroy(&doc);
-    answer_error(sim, req, 400, "PARAM_ERROR",
-                 "out_trade_no, amount > 0 and currency are required", 0);
-    return;
-  }
-  trade_t *t = trade_get(sim, no);
-  bson_destroy(&doc);
-  if (t == NULL) {
-    answer_error(sim, req, 503, "SYSTEM_ERROR", "out of memory", 0);
-    return;
-  }
-  /* The request's own instructions win over the rules. */
-  if (fail_times >= 0 && t->pub.create_calls == 0)
-    t->fail_left = fail_times;
-  if (latency < 0)
-    latency = rule_latency(sim, t);
-  if (create_count(sim, t)) {
-    /* Like Alipay's precreate, the same trade comes back. */
-    if (t->pub.amount != amount) {
-      answer_error(sim, req, 400, "OUT_TRADE_NO_USED",
-                   "out_trade_no was used with another amount", latency);
-      return;
-    }
-    bson_t d = BSON_INITIALIZER;
-    trade_doc(t, &d);
-    answer(sim, req, 200, &d, latency);
-    bson_destroy(&d);
-    return;
-  }
-  if (timeout) {
-    sim->held++;
-    answer_error(sim, req, 504, "TIMEOUT", "held", HOLD_MS);
-    return;
-  }
-  if (create_fails(sim, t)) {
-    answer_error(sim, req, 503, "SYSTEM_ERROR",
-                 sim->outage ? "channel outage" : "system busy, try again",
-                 latency);
-    return;
-  }
-  if (decline) {
-    answer_error(sim, req, 402, "DECLINED", "the payer's bank declined",
-                 latency);
-    return;
-  }
-  snprintf(t->pub.trade_no, sizeof t->pub.trade_no, "SIM%014llu",
-           (unsigned long long)pt_sim_next_seq(sim));
-  snprintf(t->pub.currency, sizeof t->pub.currency, "%s", cur);
-  t->pub.amount = amount;
-  pt_sim_trade_created(sim, &t->pub);
-  bson_t d = BSON_INITIALIZER;
-  trade_doc(t, &d);
-  answer(sim, req, 200, &d, latency);
-  bson_destroy(&d);
-}
-
-static void plain_query_close(sim_t *sim, pt_httpd_req_t *req, const char *no,
-                              int close) {
-  trade_t *t = find(sim, no);
-  int latency = rule_latency(sim, t);
-  pt_sim_count(sim, t ? &t->pub : NULL,
-               close ? PT_SIM_CALL_CLOSE : PT_SIM_CALL_QUERY);
-  if (t == NULL || t->pub.state == PT_SIM_NONE) {
-    answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", latency);
-    return;
-  }
-  if (close && t->pub.state == PT_SIM_PAID) {
-    answer_error(sim, req, 409, "TRADE_PAID", "the trade is paid", latency);
-    return;
-  }
-  if (close)
-    pt_sim_trade_close(sim, &t->pub);
-  bson_t d = BSON_INITIALIZER;
-  trade_doc(t, &d);
-  answer(sim, req, 200, &d, latency);
-  bson_destroy(&d);
-}
-
-/* POST /v1/trades, GET /v1/trades/{no}, POST /v1/trades/{no}/close. */
-static void plain_handle(pt_sim_t *sim, void *state, pt_httpd_req_t *req) {
-  size_t mlen, plen;
-  const char *m = pt_httpd_method(req, &mlen);
-  const char *p = pt_httpd_path(req, &plen);
-  char path[256], no[PT_OUT_TRADE_NO_MAX + 1];
-  int is_post = mlen == 4 && memcmp(m, "POST", 4) == 0;
-  int is_get = mlen == 3 && memcmp(m, "GET", 3) == 0;
-  (void)state;
-  if (plen >= sizeof path) {
-    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
-    return;
-  }
-  memcpy(path, p, plen);
-  path[plen] = '\0';
-  const char *rest = strncmp(path, "/v1/trades/", 11) == 0 ? path + 11 : NULL;
-  const char *slash = rest ? strchr(rest, '/') : NULL;
-  if (is_post && strcmp(path, "/v1/trades") == 0) {
-    plain_create(sim, req);
-  } else if (is_get && rest != NULL && slash == NULL &&
-             strlen(rest) <= PT_OUT_TRADE_NO_MAX) {
-    snprintf(no, sizeof no, "%s", rest);
-    plain_query_close(sim, req, no, 0);
-  } else if (is_post && slash != NULL && strcmp(slash, "/close") == 0 &&
-             (size_t)(slash - rest) <= PT_OUT_TRADE_NO_MAX) {
-    snprintf(no, sizeof no, "%.*s", (int)(slash - rest), rest);
-    plain_query_close(sim, req, no, 1);
-  } else {
-    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
-  }
-}
-
-static const pt_sim_dialect_ops_t plain_dialect = {
-    .name = "plain",
-    .handle = plain_handle,
-};
-
 static const pt_sim_dialect_ops_t *const dialects[] = {
-    &plain_dialect, &pt_sim_alipay_dialect, &pt_sim_wechat_dialect, NULL};
+    &pt_sim_plain_dialect, &pt_sim_alipay_dialect, &pt_sim_wechat_dialect,
+    NULL};
 
 /* ---- control endpoints (/v1/sim/…: plain JSON, no signatures) ---------- */
 
@@ -809,9 +643,7 @@ static void rule_doc(const sim_t *sim, const trade_t *t, bson_t *d) {
 static void stats_doc(const sim_t *sim, const trade_t *t, bson_t *d) {
   const pt_sim_trade_t *p = &t->pub;
   BSON_APPEND_UTF8(d, "out_trade_no", p->no);
-  BSON_APPEND_UTF8(d, "status", p->state == PT_SIM_SCANNED
-                                    ? "SCANNED"
-                                    : plain_status(p->state));
+  BSON_APPEND_UTF8(d, "status", pt_sim_state_name(p->state));
   BSON_APPEND_UTF8(d, "trade_no", p->trade_no);
   BSON_APPEND_INT64(d, "amount", p->amount);
   BSON_APPEND_INT64(d, "creates", p->create_calls);
@@ -844,7 +676,7 @@ static void handle_stats(sim_t *sim, pt_httpd_req_t *req) {
   BSON_APPEND_INT64(&d, "callbacks_acked", sim->callbacks_acked);
   BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
   BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
-  answer(sim, req, 200, &d, 0);
+  pt_sim_answer_json(sim, req, 200, &d, 0);
   bson_destroy(&d);
 }
 
@@ -873,7 +705,7 @@ static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
   const char *no = NULL, *bad = NULL;
   memset(&r, 0, sizeof r);
   if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
-    answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
+    pt_sim_answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
     return;
   }
   bson_iter_init(&it, &doc);
@@ -911,7 +743,7 @@ static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
     snprintf(msg, sizeof msg, "%s%s", bad ? "bad or unknown field: " : "",
              bad ? bad : "out_trade_no (a trade or \"*\") is required");
     bson_destroy(&doc);
-    answer_error(sim, req, 400, "PARAM_ERROR", msg, 0);
+    pt_sim_answer_error(sim, req, 400, "PARAM_ERROR", msg, 0);
     return;
   }
   trade_t *t = strcmp(no, "*") == 0 ? NULL : trade_get(sim, no);
@@ -937,7 +769,7 @@ static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
   bson_t d = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&d, "out_trade_no", no);
   rule_doc(sim, t, &d);
-  answer(sim, req, 200, &d, 0);
+  pt_sim_answer_json(sim, req, 200, &d, 0);
   bson_destroy(&d);
 }
 
@@ -952,26 +784,28 @@ static void handle_trade(sim_t *sim, pt_httpd_req_t *req, const char *rest,
       (action == NULL ? !is_get
                       : !is_post || (strcmp(action, "pay") != 0 &&
                                      strcmp(action, "scan") != 0))) {
-    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+    pt_sim_answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
     return;
   }
   trade_t *t = find(sim, no);
   if (t == NULL || (action != NULL && t->pub.state == PT_SIM_NONE)) {
-    answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", 0);
+    pt_sim_answer_error(sim, req, 404, "TRADE_NOT_EXIST", "no such trade", 0);
     return;
   }
   if (action != NULL && strcmp(action, "pay") == 0) {
     if (pay_now(sim, t) != 0) {
-      answer_error(sim, req, 409,
-                   t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
-                   "the trade cannot be paid now", 0);
+      pt_sim_answer_error(
+          sim, req, 409,
+          t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
+          "the trade cannot be paid now", 0);
       return;
     }
   } else if (action != NULL) {
     if (t->pub.state != PT_SIM_CREATED && t->pub.state != PT_SIM_SCANNED) {
-      answer_error(sim, req, 409,
-                   t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
-                   "the trade cannot be scanned now", 0);
+      pt_sim_answer_error(
+          sim, req, 409,
+          t->pub.state == PT_SIM_PAID ? "TRADE_PAID" : "TRADE_CLOSED",
+          "the trade cannot be scanned now", 0);
       return;
     }
     t->pub.state = PT_SIM_SCANNED;
@@ -979,7 +813,7 @@ static void handle_trade(sim_t *sim, pt_httpd_req_t *req, const char *rest,
   }
   bson_t d = BSON_INITIALIZER;
   stats_doc(sim, t, &d);
-  answer(sim, req, 200, &d, 0);
+  pt_sim_answer_json(sim, req, 200, &d, 0);
   bson_destroy(&d);
 }
 
@@ -1000,7 +834,7 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     return;
   }
   if (plen >= sizeof path) {
-    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+    pt_sim_answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
     return;
   }
   memcpy(path, p, plen);
@@ -1018,10 +852,10 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     sim->outage = memmem(b, blen, "true", 4) != NULL;
     bson_t d = BSON_INITIALIZER;
     BSON_APPEND_BOOL(&d, "outage", sim->outage);
-    answer(sim, req, 200, &d, 0);
+    pt_sim_answer_json(sim, req, 200, &d, 0);
     bson_destroy(&d);
   } else {
-    answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
+    pt_sim_answer_error(sim, req, 404, "NOT_FOUND", "no such endpoint", 0);
   }
 }
 

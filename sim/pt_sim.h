@@ -2,7 +2,7 @@
  * that plays a payment channel, so that paytask can be tested end to end
  * without the internet. It speaks one dialect (--dialect, or sim.dialect):
  *
- *   plain   the `sim` channel of tasks/channels/sim.c:
+ *   plain   the `sim` channel of tasks/channels/sim.c (sim/pt_sim_plain.c):
  *             POST /v1/trades {"out_trade_no", "amount", "currency", "sim"}
  *             GET  /v1/trades/{no}           POST /v1/trades/{no}/close
  *           with per-trade instructions in the create's "sim" object:

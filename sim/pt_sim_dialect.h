@@ -10,6 +10,7 @@
 #ifndef PT_SIM_DIALECT_H
 #define PT_SIM_DIALECT_H
 
+#include <bson/bson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,6 +90,7 @@ typedef struct pt_sim_dialect_ops {
   int (*notify_acked)(long http_code, const char *body, size_t len);
 } pt_sim_dialect_ops_t;
 
+extern const pt_sim_dialect_ops_t pt_sim_plain_dialect;
 extern const pt_sim_dialect_ops_t pt_sim_alipay_dialect;
 extern const pt_sim_dialect_ops_t pt_sim_wechat_dialect;
 
@@ -102,6 +104,19 @@ const pt_config_t *pt_sim_config(const pt_sim_t *sim);
 void pt_sim_respond(pt_sim_t *sim, pt_httpd_req_t *req, int status,
                     const char *content_type, const char *body, size_t len,
                     const char *const *headers, int delay_ms);
+
+/* Answers doc as JSON after delay_ms (now when <= 0); takes nothing from
+ * doc. */
+void pt_sim_answer_json(pt_sim_t *sim, pt_httpd_req_t *req, int status,
+                        const bson_t *doc, int delay_ms);
+/* Answers {"code": code, "message": message} the same way: the errors of
+ * the control endpoints and of the plain dialect. */
+void pt_sim_answer_error(pt_sim_t *sim, pt_httpd_req_t *req, int status,
+                         const char *code, const char *message, int delay);
+
+/* The simulator's own name of a state, as GET /v1/sim/trades/{no} gives
+ * it: "NONE", "CREATED", "SCANNED", "PAID" or "CLOSED". */
+const char *pt_sim_state_name(pt_sim_state_t s);
 
 /* The latency to answer a call about t with (its rule's, the default
  * rule's or --latency-ms); t MAY be NULL. */
@@ -125,6 +140,21 @@ typedef enum {
  * it; says how to answer and sets *t. */
 pt_sim_create_t pt_sim_create_begin(pt_sim_t *sim, const char *no,
                                     pt_sim_trade_t **t);
+/* The steps of pt_sim_create_begin, for a dialect whose request carries
+ * instructions of its own that apply between them (plain's "sim" object):
+ * pt_sim_trade_get finds or adds the trade (NULL only when out of memory);
+ * pt_sim_create_count counts a create call and returns 1 if t was created
+ * before (REPEAT); pt_sim_create_fails returns 1 if this create must answer
+ * a system error (FAIL), using up one of t's failures. */
+pt_sim_trade_t *pt_sim_trade_get(pt_sim_t *sim, const char *no);
+int pt_sim_create_count(pt_sim_t *sim, pt_sim_trade_t *t);
+int pt_sim_create_fails(pt_sim_t *sim, pt_sim_trade_t *t);
+/* The next n creates of t answer a system error, whatever its rule's
+ * create_fail_times left. */
+void pt_sim_trade_fail_times(pt_sim_trade_t *t, int n);
+/* 1 while POST /v1/sim/outage has every create fail. */
+int pt_sim_outage(const pt_sim_t *sim);
+
 /* Marks t created once the dialect has filled it: the buyer's rule for it
  * starts now (pay_after_ms). */
 void pt_sim_trade_created(pt_sim_t *sim, pt_sim_trade_t *t);
