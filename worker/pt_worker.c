@@ -564,11 +564,70 @@ static void on_forward_confirmed(pt_amqp_t *c, int status, void *arg) {
   free(p);
 }
 
+/* The last second before a due time is waited out here, on a timer, with
+ * the delivery held (unacknowledged): no delay level is that short, and a
+ * close must never run before its trade's window ends. */
+typedef struct {
+  worker_t *w;
+  unsigned gen;
+  uint64_t tag;
+  int redelivered;
+  char *body;
+  size_t len;
+  uv_timer_t timer;
+} held_t;
+
+static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d);
+
+static void on_held_closed(uv_handle_t *h) {
+  held_t *hd = h->data;
+  free(hd->body);
+  free(hd);
+}
+
+static void on_held_due(uv_timer_t *t) {
+  held_t *hd = t->data;
+  worker_t *w = hd->w;
+  w->inflight--;
+  if (hd->gen == w->gen && pt_amqp_is_ready(w->amqp)) {
+    pt_amqp_delivery_t d = {.delivery_tag = hd->tag,
+                            .redelivered = hd->redelivered,
+                            .body = hd->body,
+                            .body_len = hd->len};
+    process_delivery(w, &d);
+  } /* else the broker redelivers it on the new connection */
+  uv_close((uv_handle_t *)t, on_held_closed);
+  maybe_finish_drain(w);
+}
+
+static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
+                          int64_t wait) {
+  held_t *hd = calloc(1, sizeof *hd);
+  if (hd == NULL || (hd->body = malloc(d->body_len + 1)) == NULL) {
+    free(hd);
+    return 0;
+  }
+  memcpy(hd->body, d->body, d->body_len);
+  hd->body[d->body_len] = '\0';
+  hd->len = d->body_len;
+  hd->w = w;
+  hd->gen = w->gen;
+  hd->tag = d->delivery_tag;
+  hd->redelivered = d->redelivered;
+  uv_timer_init(w->loop, &hd->timer);
+  hd->timer.data = hd;
+  uv_timer_start(&hd->timer, on_held_due, (uint64_t)wait, 0);
+  w->inflight++;
+  return 1;
+}
+
 static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
   int64_t due = pt_topology_due(d->props);
   int64_t wait = due - pt_now_ms();
-  if (due <= 0 || wait <= 500)
+  if (due <= 0 || wait <= 0)
     return 0;
+  if (wait <= 1000)
+    return hold_until_due(w, d, wait);
   char queue[64];
   poison_t *p = malloc(sizeof *p);
   if (p == NULL)
@@ -595,10 +654,13 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
 
 static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   worker_t *w = arg;
-  pt_input_error_t ie;
   (void)c;
-  if (forward_early(w, d))
-    return;
+  if (!forward_early(w, d))
+    process_delivery(w, d);
+}
+
+static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {
+  pt_input_error_t ie;
   job_t *j = calloc(1, sizeof *j);
   if (j == NULL)
     return; /* unacked: redelivered when this connection ends */

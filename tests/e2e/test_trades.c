@@ -424,6 +424,14 @@ static void closed_at_expiry(const char *dialect) {
   bson_destroy(&doc);
   wait_trade(&s, id, "CLOSED", 40, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
+  /* Not before the window ended: the 5 s wait is a chain of delay levels
+   * (4 s, then the rest), each hop checked against the due time. Both are
+   * RFC 3339 UTC with milliseconds, so they compare as strings. */
+  const char *settled = pt_json_str(&doc, "trade.settled_at");
+  const char *expire = pt_json_str(&doc, "trade.expire_at");
+  cr_assert(settled != NULL && expire != NULL);
+  cr_assert_geq(strcmp(settled, expire), 0, "closed at %s, before %s",
+                settled, expire);
   bson_destroy(&doc);
   /* Too late now: the buyer cannot pay a closed trade. */
   char path[160];
