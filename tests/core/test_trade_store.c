@@ -1,0 +1,194 @@
+/* The trade's compare-and-set against a real Redis (issue 5): a trade
+ * moves only forward, so a duplicate or late callback and a late query
+ * answer change nothing once it is final; a notification whose amount
+ * differs from the trade's is refused; a final state writes exactly one
+ * trade event to the outbox. */
+#include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/pt_id.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+#include "tests/support/pt_test.h"
+
+typedef struct {
+  int status;
+  pt_verdict_t v;
+  char detail[128];
+  int n;
+} res_t;
+
+static void on_res(int status, pt_verdict_t v, const char *detail,
+                   void *arg) {
+  res_t *r = arg;
+  r->status = status;
+  r->v = v;
+  snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
+  r->n++;
+}
+
+static uv_loop_t loop;
+static pt_redis_t *redis;
+static redisContext *sync_redis;
+static char pay[32], query[32], otn[48];
+
+static redisReply *cmd(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(sync_redis, fmt, ap);
+  va_end(ap);
+  cr_assert_not_null(r, "redis: %s", sync_redis->errstr);
+  return r;
+}
+
+static const char *trade_field(const char *field, char *buf, size_t len) {
+  redisReply *r = cmd("HGET %s%s %s", PT_KEY_TRADE, pay, field);
+  snprintf(buf, len, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+  freeReplyObject(r);
+  return buf;
+}
+
+static void setup(void) {
+  pt_error_t err;
+  const char *uri = pt_test_uri("PAYTASK_REDIS_URI", "Redis");
+  uv_loop_init(&loop);
+  redis = pt_redis_connect(&loop, uri, NULL, NULL, &err);
+  cr_assert_not_null(redis, "Redis: %s", err.message);
+  sync_redis = pt_redis_connect_sync(uri, 2000, &err);
+  cr_assert_not_null(sync_redis, "Redis: %s", err.message);
+  pt_store_load_scripts(pt_redis_ctx(redis));
+  long long t = (long long)(pt_now_ms() % 1000000000000LL);
+  snprintf(pay, sizeof pay, "8%012lld%d", t, (int)(getpid() % 10));
+  snprintf(query, sizeof query, "7%012lld%d", t, (int)(getpid() % 10));
+  snprintf(otn, sizeof otn, "CAS-%s", pay);
+  /* A trade as a pay task's finish leaves it: NOTPAY, 15.00, no
+   * notify_url (so no notify task is scheduled). */
+  freeReplyObject(cmd("HSET %s%s status NOTPAY task_id %s amount 1500 "
+                      "notify_url %s spec {\"task_id\":\"%s\",\"type\":"
+                      "\"pay\",\"channel\":\"alipay\"}",
+                      PT_KEY_TRADE, pay, pay, "", pay));
+  freeReplyObject(cmd("SET %salipay:%s %s", PT_KEY_OTN, otn, pay));
+}
+
+static void teardown(void) {
+  /* This test's outbox entries, so no worker relays them later. */
+  redisReply *r = cmd("XRANGE %s - +", PT_STREAM_OUTBOX);
+  for (size_t i = 0; i < r->elements; i++) {
+    const redisReply *e = r->element[i];
+    const char *tid = pt_store_hash_field(e->element[1], "task_id");
+    if (tid != NULL && (strcmp(tid, pay) == 0 || strcmp(tid, query) == 0))
+      freeReplyObject(cmd("XDEL %s %s", PT_STREAM_OUTBOX, e->element[0]->str));
+  }
+  freeReplyObject(r);
+  freeReplyObject(cmd("DEL %s%s %salipay:%s %s%s %s%s", PT_KEY_TRADE, pay,
+                      PT_KEY_OTN, otn, PT_KEY_TASK, query, PT_KEY_FIN, query));
+  redisFree(sync_redis);
+  pt_redis_destroy(redis);
+  pt_test_run_loop(&loop, 10000, "Redis");
+  pt_test_close_loop(&loop);
+}
+
+TestSuite(trade_store, .init = setup, .fini = teardown, .timeout = 30);
+
+static void wait_res(res_t *r) {
+  while (r->n == 0)
+    uv_run(&loop, UV_RUN_ONCE);
+  cr_assert_eq(r->status, 0, "redis: %s", r->detail);
+}
+
+static pt_verdict_t notify(const char *o, const char *state, int64_t amount) {
+  res_t r = {0};
+  pt_store_notify_t nt = {.out_trade_no = o,
+                          .state = state,
+                          .trade_no = "2026120122001",
+                          .amount = amount,
+                          .notify_id = "n-1",
+                          .notify_task_id = "123",
+                          .now_ms = pt_now_ms()};
+  cr_assert_eq(pt_store_notify(pt_redis_ctx(redis), "alipay", &nt, on_res, &r),
+               0);
+  wait_res(&r);
+  return r.v;
+}
+
+/* A query task of the trade finishing with what the channel said. */
+static void late_query(const char *state) {
+  res_t r = {0};
+  const char *spec = "{\"task_id\":\"1\"}";
+  cr_assert_eq(pt_store_start(pt_redis_ctx(redis), query, 1, 0, pt_now_ms(),
+                              2, spec, strlen(spec), on_res, &r),
+               0);
+  wait_res(&r);
+  cr_assert_eq(r.v, PT_V_RUN);
+  memset(&r, 0, sizeof r);
+  char *h = pt_store_history_json(1, 1, 2, "success", NULL, NULL);
+  pt_store_trade_t tr = {.mode = "query",
+                         .trade_id = pay,
+                         .state = state,
+                         .source = "query",
+                         .notify_task_id = "124"};
+  pt_store_finish_t f = {.attempt = 1,
+                         .status = "SUCCEEDED",
+                         .history_json = h,
+                         .now_ms = pt_now_ms(),
+                         .trade = &tr};
+  cr_assert_eq(pt_store_finish(pt_redis_ctx(redis), query, &f, on_res, &r), 0);
+  wait_res(&r);
+  cr_assert_eq(r.v, PT_V_OK);
+  bson_free(h);
+}
+
+static int trade_events(void) {
+  int n = 0;
+  redisReply *r = cmd("XRANGE %s - +", PT_STREAM_OUTBOX);
+  for (size_t i = 0; i < r->elements; i++) {
+    const redisReply *f = r->element[i]->element[1];
+    const char *tid = pt_store_hash_field(f, "task_id");
+    const char *subject = pt_store_hash_field(f, "subject");
+    n += tid != NULL && subject != NULL && strcmp(tid, pay) == 0 &&
+         strcmp(subject, "trade") == 0;
+  }
+  freeReplyObject(r);
+  return n;
+}
+
+Test(trade_store, forward_only_once_final) {
+  char buf[64];
+  /* The wrong amount is refused and changes nothing. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1499), PT_V_MISMATCH);
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "NOTPAY");
+  /* An unknown trade is reported as such. */
+  cr_assert_eq(notify("CAS-nobody", "SUCCEEDED", 1500), PT_V_NOTFOUND);
+  /* PAYING is a step forward, not final: no event yet. */
+  cr_assert_eq(notify(otn, "PAYING", 1500), PT_V_OK);
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "PAYING");
+  cr_assert_eq(trade_events(), 0);
+  /* The callback settles it. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_OK);
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "SUCCEEDED");
+  cr_assert_str_eq(trade_field("settled_by", buf, sizeof buf), "callback");
+  cr_assert_eq(trade_events(), 1);
+  /* A duplicate callback, a late lower state and a late query answer
+   * change nothing, and write no second event. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_STALE);
+  cr_assert_eq(notify(otn, "NOTPAY", 1500), PT_V_STALE);
+  late_query("CLOSED");
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "SUCCEEDED");
+  cr_assert_str_eq(trade_field("settled_by", buf, sizeof buf), "callback");
+  cr_assert_eq(trade_events(), 1);
+}
+
+Test(trade_store, a_query_settles_what_no_callback_did) {
+  char buf[64];
+  late_query("CLOSED");
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
+  cr_assert_str_eq(trade_field("settled_by", buf, sizeof buf), "query");
+  cr_assert_eq(trade_events(), 1);
+  /* A payment notification after the close cannot reopen it. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_STALE);
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
+}
