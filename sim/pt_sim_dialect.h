@@ -1,5 +1,7 @@
 /* Inside the channel simulator: what a dialect (the wire format of one
- * channel) provides, and what the shared part in pt_sim.c offers it.
+ * channel) provides, and what the shared part in pt_sim.c offers it (its
+ * stateless helpers — time, keys, paths, notice headers — live in
+ * pt_sim_util.c).
  *
  * pt_sim.c owns the trade table, the buyer (rules, pay timers), latency,
  * outages, the control endpoints under /v1/sim/ and the delivery of
@@ -169,6 +171,8 @@ void pt_sim_trade_close(pt_sim_t *sim, pt_sim_trade_t *t);
 
 /* A number unique in this process (1, 2, …). */
 uint64_t pt_sim_next_seq(pt_sim_t *sim);
+
+/* ---- Stateless helpers, in pt_sim_util.c ---- */
 
 /* Now, in Unix milliseconds. */
 int64_t pt_sim_now_ms(void);
