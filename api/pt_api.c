@@ -1053,9 +1053,8 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
   const char *auth = pt_httpd_header(req, "authorization", &alen);
   int scopes = 0;
   if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0) {
-    scopes = pt_config_token_scopes(api->cfg, auth + 7, alen - 7);
-    pt_config_token_client(api->cfg, auth + 7, alen - 7, op->client,
-                           sizeof op->client);
+    scopes = pt_config_token_lookup(api->cfg, auth + 7, alen - 7, op->client,
+                                    sizeof op->client);
   }
   if (scopes == 0) {
     op_error(op, 401, "unauthorized",

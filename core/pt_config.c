@@ -157,6 +157,25 @@ static const cfg_key_t *find_key(const char *key) {
   return NULL;
 }
 
+/* Walks a comma-separated list: sets *e and *n to the next entry (leading
+ * spaces skipped) and returns 1, or returns 0 at the end. *p starts at the
+ * list and is moved past the entry. */
+static int next_entry(const char **p, const char **e, size_t *n) {
+  const char *s = *p;
+  if (s == NULL || *s == '\0')
+    return 0;
+  const char *comma = strchr(s, ',');
+  size_t len = comma ? (size_t)(comma - s) : strlen(s);
+  *p = comma ? comma + 1 : s + len;
+  while (len > 0 && *s == ' ') {
+    s++;
+    len--;
+  }
+  *e = s;
+  *n = len;
+  return 1;
+}
+
 static int check_value(const cfg_key_t *k, const char *value,
                        pt_error_t *err) {
   if (strcmp(k->key, "amqp.queue_type") == 0 &&
@@ -179,19 +198,15 @@ static int check_value(const cfg_key_t *k, const char *value,
                         "%s: must name an exchange", k->key);
   if (strcmp(k->key, "notify.secrets") == 0) {
     /* CLIENT=SECRET pairs, comma-separated, neither side empty. */
-    const char *p = value;
-    while (*p) {
-      const char *comma = strchr(p, ',');
-      size_t n = comma ? (size_t)(comma - p) : strlen(p);
-      const char *eq = memchr(p, '=', n);
-      if (eq == NULL || eq == p || eq == p + n - 1)
+    const char *p = value, *e;
+    size_t n;
+    while (next_entry(&p, &e, &n)) {
+      const char *eq = memchr(e, '=', n);
+      if (eq == NULL || eq == e || eq == e + n - 1)
         return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                             "%s: expected CLIENT=SECRET pairs separated by "
                             "commas",
                             k->key);
-      if (comma == NULL)
-        break;
-      p = comma + 1;
     }
   }
   if (strcmp(k->key, "channel.wechat.apiv3_key") == 0 && value[0] != '\0' &&
@@ -398,37 +413,42 @@ static int parse_scopes(const char *p, size_t n) {
   return scopes;
 }
 
-int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
-                           size_t len) {
-  const char *p = cfg->api_tokens;
+int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
+                           size_t len, char *client, size_t clen) {
+  const char *p = cfg->api_tokens, *e;
+  size_t n;
   int found = 0;
-  while (*p) {
-    const char *comma = strchr(p, ',');
-    size_t n = comma ? (size_t)(comma - p) : strlen(p);
-    while (n > 0 && *p == ' ') {
-      p++;
-      n--;
-    }
-    const char *colon = memchr(p, ':', n);
-    size_t tn = colon ? (size_t)(colon - p) : n;
-    if (tn == len && tn > 0) {
-      unsigned char diff = 0;
-      for (size_t i = 0; i < tn; i++)
-        diff |= (unsigned char)(p[i] ^ token[i]);
-      if (diff == 0) {
-        /* TOKEN:SCOPES:CLIENT — the scopes end at the second colon. */
-        size_t sn = colon ? n - tn - 1 : 0;
-        const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
-        if (c2 != NULL)
-          sn = (size_t)(c2 - colon - 1);
-        found |= colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
+  if (client != NULL && clen > 0)
+    snprintf(client, clen, "default");
+  while (next_entry(&p, &e, &n)) {
+    /* TOKEN[:SCOPES[:CLIENT]] */
+    const char *colon = memchr(e, ':', n);
+    size_t tn = colon ? (size_t)(colon - e) : n;
+    if (tn != len || tn == 0)
+      continue;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < tn; i++)
+      diff |= (unsigned char)(e[i] ^ token[i]);
+    if (diff != 0)
+      continue;
+    size_t sn = colon ? n - tn - 1 : 0;
+    const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
+    if (c2 != NULL) {
+      size_t cn = n - (size_t)(c2 + 1 - e);
+      sn = (size_t)(c2 - colon - 1);
+      if (client != NULL && cn > 0 && cn < clen) {
+        memcpy(client, c2 + 1, cn);
+        client[cn] = '\0';
       }
     }
-    if (comma == NULL)
-      break;
-    p = comma + 1;
+    found |= colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
   }
   return found;
+}
+
+int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
+                           size_t len) {
+  return pt_config_token_lookup(cfg, token, len, NULL, 0);
 }
 
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len) {
@@ -462,51 +482,16 @@ int pt_config_schedule(const char *s, int64_t *out, int max) {
 
 int pt_config_notify_secret(const pt_config_t *cfg, const char *client,
                             const char **secret, size_t *len) {
-  const char *p = cfg->notify_secrets;
-  size_t cl = strlen(client);
-  while (*p) {
-    while (*p == ' ')
-      p++;
-    const char *comma = strchr(p, ',');
-    size_t n = comma ? (size_t)(comma - p) : strlen(p);
-    const char *eq = memchr(p, '=', n);
-    if (eq != NULL && (size_t)(eq - p) == cl && memcmp(p, client, cl) == 0 &&
+  const char *p = cfg->notify_secrets, *e;
+  size_t n, cl = strlen(client);
+  while (next_entry(&p, &e, &n)) {
+    const char *eq = memchr(e, '=', n);
+    if (eq != NULL && (size_t)(eq - e) == cl && memcmp(e, client, cl) == 0 &&
         n - cl - 1 > 0) {
       *secret = eq + 1;
       *len = n - cl - 1;
       return 0;
     }
-    if (comma == NULL)
-      break;
-    p = comma + 1;
   }
   return PT_ENOTFOUND;
-}
-
-void pt_config_token_client(const pt_config_t *cfg, const char *token,
-                            size_t len, char *out, size_t outlen) {
-  const char *p = cfg->api_tokens;
-  snprintf(out, outlen, "default");
-  while (*p) {
-    const char *comma = strchr(p, ',');
-    size_t n = comma ? (size_t)(comma - p) : strlen(p);
-    while (n > 0 && *p == ' ') {
-      p++;
-      n--;
-    }
-    const char *colon = memchr(p, ':', n);
-    size_t tn = colon ? (size_t)(colon - p) : n;
-    if (tn == len && memcmp(p, token, len) == 0 && colon != NULL) {
-      const char *c2 = memchr(colon + 1, ':', n - tn - 1);
-      size_t cn = c2 ? n - (size_t)(c2 + 1 - p) : 0;
-      if (cn > 0 && cn < outlen) {
-        memcpy(out, c2 + 1, cn);
-        out[cn] = '\0';
-      }
-      return;
-    }
-    if (comma == NULL)
-      break;
-    p = comma + 1;
-  }
 }

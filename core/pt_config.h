@@ -101,9 +101,11 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port);
  * constant time per token. */
 int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
                            size_t len);
-/* The client a token belongs to (TOKEN:SCOPES:CLIENT), else "default". */
-void pt_config_token_client(const pt_config_t *cfg, const char *token,
-                            size_t len, char *out, size_t outlen);
+/* Both at once, in one pass: returns the scopes (as
+ * pt_config_token_scopes) and, when client is not NULL, fills it with the
+ * client the token belongs to (TOKEN:SCOPES:CLIENT), else "default". */
+int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
+                           size_t len, char *client, size_t clen);
 /* 1 if the token is configured at all. */
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
 

@@ -80,9 +80,11 @@ Test(config, token_clients_and_notify_secrets) {
                              "t1:submit+read:shop,t2:admin,t3", &err), 0);
   cr_assert_eq(pt_config_token_scopes(&cfg, "t1", 2),
                PT_SCOPE_SUBMIT | PT_SCOPE_READ);
-  pt_config_token_client(&cfg, "t1", 2, client, sizeof client);
+  cr_assert_eq(pt_config_token_lookup(&cfg, "t1", 2, client, sizeof client),
+               PT_SCOPE_SUBMIT | PT_SCOPE_READ);
   cr_assert_str_eq(client, "shop");
-  pt_config_token_client(&cfg, "t2", 2, client, sizeof client);
+  cr_assert_eq(pt_config_token_lookup(&cfg, "t2", 2, client, sizeof client),
+               PT_SCOPE_ADMIN);
   cr_assert_str_eq(client, "default");
   cr_assert_eq(pt_config_token_scopes(&cfg, "t3", 2), PT_SCOPE_ALL);
   cr_assert_eq(pt_config_set(&cfg, "notify.secrets", "default=d1,shop=s2",
