@@ -11,22 +11,6 @@
 #include "core/pt_store.h"
 #include "tests/support/pt_test.h"
 
-typedef struct {
-  int status;
-  pt_verdict_t v;
-  char detail[128];
-  int n;
-} res_t;
-
-static void on_res(int status, pt_verdict_t v, const char *detail,
-                   void *arg) {
-  res_t *r = arg;
-  r->status = status;
-  r->v = v;
-  snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
-  r->n++;
-}
-
 static uv_loop_t loop;
 static pt_redis_t *redis;
 static char id[32];
@@ -53,44 +37,38 @@ static void teardown(void) {
 
 TestSuite(store, .init = setup, .fini = teardown, .timeout = 30);
 
-/* Runs the loop until r has its answer. */
-static void wait_res(res_t *r) {
-  while (r->n == 0)
-    uv_run(&loop, UV_RUN_ONCE);
-  cr_assert_eq(r->status, 0, "redis: %s", r->detail);
-}
 
 static pt_verdict_t start(int attempt, int redelivered) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), id, attempt, redelivered,
-                              pt_now_ms(), 2, spec, strlen(spec), on_res, &r),
+                              pt_now_ms(), 2, spec, strlen(spec), pt_test_on_verdict, &r),
                0);
-  wait_res(&r);
+  pt_test_wait_verdict(&loop, &r);
   return r.v;
 }
 
 static pt_verdict_t finish(int attempt, const char *status) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   char *h = pt_store_history_json(attempt, 1, 2, "x", NULL, NULL);
   pt_store_finish_t f = {.attempt = attempt,
                          .status = status,
                          .history_json = h,
                          .now_ms = pt_now_ms(),
                          .next_attempt_at_ms = pt_now_ms() + 1000};
-  cr_assert_eq(pt_store_finish(pt_redis_ctx(redis), id, &f, on_res, &r), 0);
-  wait_res(&r);
+  cr_assert_eq(pt_store_finish(pt_redis_ctx(redis), id, &f, pt_test_on_verdict, &r), 0);
+  pt_test_wait_verdict(&loop, &r);
   bson_free(h);
   return r.v;
 }
 
 static void submit(void) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
-                               pt_now_ms(), NULL, NULL, 60, on_res, &r),
+                               pt_now_ms(), NULL, NULL, 60, pt_test_on_verdict, &r),
                0);
-  wait_res(&r);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
 }
 
@@ -118,17 +96,17 @@ Test(store, crash_redeliveries_resume_then_go_dead) {
 }
 
 Test(store, cancel_only_before_running) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   submit();
-  cr_assert_eq(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), on_res,
+  cr_assert_eq(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict,
                                &r),
                0);
-  wait_res(&r);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
   cr_assert_eq(start(1, 0), PT_V_SKIP_FINAL, "a cancelled task never runs");
   memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), on_res, &r);
-  wait_res(&r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_CONFLICT);
   cr_assert_str_eq(r.detail, "CANCELLED");
 }
@@ -161,10 +139,10 @@ Test(store, document_layout_matches_a_fresh_submit) {
   t.created_at_ms = pt_now_ms();
   size_t len;
   char *spec = pt_task_spec_json(&t, 0, &len);
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   pt_store_submit(pt_redis_ctx(redis), id, spec, len, t.created_at_ms, NULL,
-                  NULL, 60, on_res, &r);
-  wait_res(&r);
+                  NULL, 60, pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(start(1, 0), PT_V_RUN);
   cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
   bson_t stored = BSON_INITIALIZER, fresh = BSON_INITIALIZER;

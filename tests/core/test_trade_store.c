@@ -15,22 +15,6 @@
 #include "core/pt_store.h"
 #include "tests/support/pt_test.h"
 
-typedef struct {
-  int status;
-  pt_verdict_t v;
-  char detail[128];
-  int n;
-} res_t;
-
-static void on_res(int status, pt_verdict_t v, const char *detail,
-                   void *arg) {
-  res_t *r = arg;
-  r->status = status;
-  r->v = v;
-  snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
-  r->n++;
-}
-
 static uv_loop_t loop;
 static pt_redis_t *redis;
 static redisContext *sync_redis;
@@ -94,14 +78,9 @@ static void teardown(void) {
 
 TestSuite(trade_store, .init = setup, .fini = teardown, .timeout = 30);
 
-static void wait_res(res_t *r) {
-  while (r->n == 0)
-    uv_run(&loop, UV_RUN_ONCE);
-  cr_assert_eq(r->status, 0, "redis: %s", r->detail);
-}
 
 static pt_verdict_t notify(const char *o, const char *state, int64_t amount) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   pt_store_notify_t nt = {.out_trade_no = o,
                           .state = state,
                           .trade_no = "2026120122001",
@@ -109,20 +88,20 @@ static pt_verdict_t notify(const char *o, const char *state, int64_t amount) {
                           .notify_id = "n-1",
                           .notify_task_id = "123",
                           .now_ms = pt_now_ms()};
-  cr_assert_eq(pt_store_notify(pt_redis_ctx(redis), "alipay", &nt, on_res, &r),
+  cr_assert_eq(pt_store_notify(pt_redis_ctx(redis), "alipay", &nt, pt_test_on_verdict, &r),
                0);
-  wait_res(&r);
+  pt_test_wait_verdict(&loop, &r);
   return r.v;
 }
 
 /* A query task of the trade finishing with what the channel said. */
 static void late_query(const char *state) {
-  res_t r = {0};
+  pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), query, 1, 0, pt_now_ms(),
-                              2, spec, strlen(spec), on_res, &r),
+                              2, spec, strlen(spec), pt_test_on_verdict, &r),
                0);
-  wait_res(&r);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_RUN);
   memset(&r, 0, sizeof r);
   char *h = pt_store_history_json(1, 1, 2, "success", NULL, NULL);
@@ -136,8 +115,8 @@ static void late_query(const char *state) {
                          .history_json = h,
                          .now_ms = pt_now_ms(),
                          .trade = &tr};
-  cr_assert_eq(pt_store_finish(pt_redis_ctx(redis), query, &f, on_res, &r), 0);
-  wait_res(&r);
+  cr_assert_eq(pt_store_finish(pt_redis_ctx(redis), query, &f, pt_test_on_verdict, &r), 0);
+  pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
   bson_free(h);
 }

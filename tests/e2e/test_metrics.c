@@ -10,23 +10,13 @@
 #include <unistd.h>
 
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 static pt_stack_t stack;
 
 static void fini(void) { pt_stack_stop(&stack); }
 
 TestSuite(metrics, .fini = fini, .timeout = 120);
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  socklen_t len = sizeof a;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, (struct sockaddr *)&a, sizeof a);
-  getsockname(fd, (struct sockaddr *)&a, &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 /* The value of one series line, or -1 when absent. */
 static double metric(const char *text, const char *series) {
@@ -40,7 +30,7 @@ static double metric(const char *text, const char *series) {
 Test(metrics, counters_follow_the_tasks) {
   char id[24], url[128], addr[64], *out = NULL;
   bson_t doc;
-  int port = free_port();
+  int port = pt_test_free_port();
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   pt_stack_env(&stack, "PAYTASK_WORKER_METRICS_LISTEN", addr);
   pt_stack_start(&stack, 1, NULL);

@@ -19,23 +19,7 @@
 #include <unistd.h>
 
 #include "core/pt_buf.h"
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  socklen_t len = sizeof a;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  cr_assert(fd >= 0);
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  getsockname(fd, (struct sockaddr *)&a, &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
+#include "tests/support/pt_test.h"
 
 static long now_ms(void) {
   struct timespec ts;
@@ -55,7 +39,7 @@ void pt_simproc_start(pt_simproc_t *p, const char *const *args,
   int n = 0;
   cr_assert_not_null(bin, "PAYTASK_BIN is not set (run through ctest)");
   memset(p, 0, sizeof *p);
-  p->port = free_port();
+  p->port = pt_test_free_port();
   snprintf(p->url, sizeof p->url, "http://127.0.0.1:%d", p->port);
   snprintf(listen, sizeof listen, "--listen=127.0.0.1:%d", p->port);
   snprintf(p->log, sizeof p->log, "%s/sim-%d-%d.log",
@@ -98,7 +82,7 @@ void pt_simproc_start(pt_simproc_t *p, const char *const *args,
         fprintf(stderr, "(no log)\n");
       cr_assert_fail("paytask sim exited at start (log: %s)", p->log);
     }
-    sleep_ms(50);
+    pt_test_sleep_ms(50);
   }
   cr_assert_fail("paytask sim did not answer /healthz (log: %s)", p->log);
 }
@@ -113,7 +97,7 @@ int pt_simproc_stop(pt_simproc_t *p) {
       p->pid = 0;
       return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
     }
-    sleep_ms(50);
+    pt_test_sleep_ms(50);
   }
   kill(p->pid, SIGKILL);
   waitpid(p->pid, &status, 0);
@@ -320,7 +304,7 @@ int pt_sink_wait(pt_sink_t *s, int n, int timeout_ms) {
   long end = now_ms() + timeout_ms;
   int got;
   while ((got = pt_sink_count(s)) < n && now_ms() < end)
-    sleep_ms(20);
+    pt_test_sleep_ms(20);
   return got;
 }
 

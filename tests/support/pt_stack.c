@@ -27,23 +27,6 @@
 
 #define TOKEN "dev-token-change-me"
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  socklen_t len = sizeof a;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  cr_assert(fd >= 0);
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  getsockname(fd, (struct sockaddr *)&a, &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 void pt_stack_env(pt_stack_t *s, const char *name, const char *value) {
   cr_assert_lt(s->nextra, PT_STACK_MAX_ENV);
   snprintf(s->extra_env[s->nextra++], sizeof s->extra_env[0], "%s=%s", name,
@@ -99,7 +82,7 @@ static int wait_ready(const char *url, int timeout_ms, pid_t pid) {
       return 1;
     if (waitpid(pid, NULL, WNOHANG) == pid)
       return -1;
-    sleep_ms(100);
+    pt_test_sleep_ms(100);
   }
   return 0;
 }
@@ -119,8 +102,8 @@ void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args) {
   cr_assert_not_null(bin);
   /* A server that is down fails here, by name, not later as a timeout. */
   check_servers();
-  s->api_port = free_port();
-  s->sim_port = free_port();
+  s->api_port = pt_test_free_port();
+  s->sim_port = pt_test_free_port();
   snprintf(s->api_url, sizeof s->api_url, "http://127.0.0.1:%d", s->api_port);
   snprintf(s->sim_url, sizeof s->sim_url, "http://127.0.0.1:%d", s->sim_port);
   /* run-test.sh checks the logs under PT_TEST_LOGDIR for sanitizer
@@ -194,7 +177,7 @@ int pt_stack_stop_worker(pt_stack_t *s, int i, int timeout_s) {
       s->workers[i] = 0;
       return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
-    sleep_ms(50);
+    pt_test_sleep_ms(50);
   }
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
@@ -224,7 +207,7 @@ static int stop_pid(pid_t pid, const char *name) {
       fprintf(stderr, "%s exited with status %d\n", name, status);
       return 1;
     }
-    sleep_ms(50);
+    pt_test_sleep_ms(50);
   }
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
@@ -517,7 +500,7 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
     }
     mongoc_cursor_destroy(cur);
     if (!found)
-      sleep_ms(200);
+      pt_test_sleep_ms(200);
   }
   bson_destroy(&filter);
   mongoc_collection_destroy(col);
@@ -561,7 +544,7 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
     bson_destroy(&r);
     if (count >= n)
       break;
-    sleep_ms(250);
+    pt_test_sleep_ms(250);
   } while (time(NULL) <= end);
   bson_destroy(&cmd);
   mongoc_collection_destroy(col);

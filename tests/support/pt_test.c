@@ -1,7 +1,10 @@
 #include "tests/support/pt_test.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,4 +63,36 @@ const char *pt_test_unique(const char *prefix, char *buf, size_t len) {
   snprintf(buf, len, "%s-%ld-%ld-%u", prefix, (long)getpid(),
            (long)(ts.tv_nsec / 1000), counter++);
   return buf;
+}
+
+int pt_test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cr_assert(fd >= 0);
+  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+void pt_test_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+void pt_test_on_verdict(int status, pt_verdict_t v, const char *detail,
+                        void *arg) {
+  pt_test_verdict_t *r = arg;
+  r->status = status;
+  r->v = v;
+  snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
+  r->n++;
+}
+
+void pt_test_wait_verdict(uv_loop_t *loop, pt_test_verdict_t *r) {
+  while (r->n == 0)
+    uv_run(loop, UV_RUN_ONCE);
+  cr_assert_eq(r->status, 0, "redis: %s", r->detail);
 }

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/pt_store.h"
+
 /* The value of an environment variable naming a server's URI, e.g.
  * pt_test_uri("PAYTASK_REDIS_URI", "Redis"). Fails the test with a message
  * naming the server if it is not set. */
@@ -22,5 +24,25 @@ void pt_test_close_loop(uv_loop_t *loop);
 
 /* A name unique to this process and call, for queues, keys and collections. */
 const char *pt_test_unique(const char *prefix, char *buf, size_t len);
+
+/* A free TCP port on 127.0.0.1 (bound and released; fails the test if
+ * none can be had). */
+int pt_test_free_port(void);
+
+void pt_test_sleep_ms(int ms);
+
+/* What a pt_store script answered: pass pt_test_on_verdict and a zeroed
+ * pt_test_verdict_t to a pt_store call, then pt_test_wait_verdict runs
+ * loop until the answer is in and fails the test if Redis failed. */
+typedef struct {
+  int status;
+  pt_verdict_t v;
+  char detail[128];
+  int n;
+} pt_test_verdict_t;
+
+void pt_test_on_verdict(int status, pt_verdict_t v, const char *detail,
+                        void *arg);
+void pt_test_wait_verdict(uv_loop_t *loop, pt_test_verdict_t *r);
 
 #endif
