@@ -93,6 +93,24 @@ int pt_topology_declare(amqp_connection_state_t conn, void *arg,
   return 0;
 }
 
+void pt_topology_route(int64_t due_ms, int64_t now_ms, pt_route_t *r) {
+  int64_t wait = due_ms - now_ms;
+  r->exchange = PT_EXCHANGE_WORK;
+  r->routing_key = PT_ROUTE_TASK;
+  r->queue[0] = '\0';
+  r->due.key = amqp_cstring_bytes(PT_HEADER_DUE);
+  r->due.value.kind = AMQP_FIELD_KIND_I64;
+  r->due.value.value.i64 = due_ms;
+  r->headers.entries = &r->due;
+  r->headers.num_entries = wait > 0 ? 1 : 0;
+  if (wait >= 1000) {
+    pt_topology_delay_queue(pt_topology_delay_pick(wait), r->queue,
+                            sizeof r->queue);
+    r->exchange = "";
+    r->routing_key = r->queue;
+  }
+}
+
 int64_t pt_topology_due(const amqp_basic_properties_t *p) {
   if (p == NULL || !(p->_flags & AMQP_BASIC_HEADERS_FLAG))
     return 0;

@@ -45,6 +45,22 @@ void pt_topology_delay_queue(int seconds, char *buf, size_t len);
  * longer than it (the shortest level when remaining_ms is smaller). */
 int pt_topology_delay_pick(int64_t remaining_ms);
 
+/* Where a message due at due_ms goes at now_ms: the delay level that fits
+ * the time left; within the last second (shorter than any level) the work
+ * queue itself, where the worker that takes it waits out the rest; when it
+ * is due already, the work queue with no header. headers carries the due
+ * time (x-pt-due) whenever it is in the future. Fill with
+ * pt_topology_route; the struct points into itself, so do not copy it. */
+typedef struct {
+  const char *exchange;
+  const char *routing_key;
+  char queue[64];
+  amqp_table_entry_t due;
+  amqp_table_t headers; /* num_entries 0 when due already */
+} pt_route_t;
+
+void pt_topology_route(int64_t due_ms, int64_t now_ms, pt_route_t *r);
+
 /* The due time (ms) a delayed message carries, 0 if none. */
 int64_t pt_topology_due(const amqp_basic_properties_t *p);
 

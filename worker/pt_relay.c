@@ -32,6 +32,8 @@ typedef struct {
   char id[48];
   char type[16], parent[21], task_id[21];
   int64_t due_ms;
+  int64_t created_ms; /* the follow-up's creation time, the same in its
+                         stored spec and in its message */
   char *spec;
   size_t spec_len;
 } entry_t;
@@ -209,10 +211,9 @@ static char *child_spec(const entry_t *en, int attempt, size_t *len) {
   BSON_APPEND_INT32(&retry, "retry_times", PT_RETRY_MAX);
   bson_append_document_end(&doc, &retry);
   BSON_APPEND_UTF8(&doc, "parent_id", en->parent);
-  int64_t now = pt_now_ms();
-  pt_time_rfc3339(now, ts);
+  pt_time_rfc3339(en->created_ms, ts);
   BSON_APPEND_UTF8(&doc, "created_at", ts);
-  BSON_APPEND_INT64(&doc, "created_at_ms", now);
+  BSON_APPEND_INT64(&doc, "created_at_ms", en->created_ms);
   if (attempt > 0)
     BSON_APPEND_INT32(&doc, "attempt", attempt);
   char *json = bson_as_relaxed_extended_json(&doc, len);
@@ -231,26 +232,16 @@ static void publish_child(entry_t *en) {
     entry_end(en, 1);
     return;
   }
-  char mid[48], queue[64], due[24];
+  char mid[48];
+  int64_t now = pt_now_ms(), wait = en->due_ms - now;
+  pt_route_t route;
   snprintf(mid, sizeof mid, "%s:1", en->task_id);
-  amqp_table_entry_t h[1];
-  amqp_table_t headers = {0, h};
-  int64_t wait = en->due_ms - pt_now_ms();
-  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
-  const char *exchange = PT_EXCHANGE_WORK, *route = PT_ROUTE_TASK;
-  if (wait > 500) {
-    snprintf(due, sizeof due, "%lld", (long long)en->due_ms);
-    h[0].key = amqp_cstring_bytes(PT_HEADER_DUE);
-    h[0].value.kind = AMQP_FIELD_KIND_I64;
-    h[0].value.value.i64 = en->due_ms;
-    headers.num_entries = 1;
-    msg.headers = &headers;
-    pt_topology_delay_queue(pt_topology_delay_pick(wait), queue, sizeof queue);
-    exchange = "";
-    route = queue;
-  }
-  int rc = pt_amqp_publish(r->amqp, exchange, route, body, len, &msg,
-                           on_confirmed, en);
+  pt_topology_route(en->due_ms, now, &route);
+  pt_amqp_msg_t msg = {.persistent = 1,
+                       .message_id = mid,
+                       .headers = &route.headers};
+  int rc = pt_amqp_publish(r->amqp, route.exchange, route.routing_key, body,
+                           len, &msg, on_confirmed, en);
   bson_free(body);
   if (rc != 0)
     entry_end(en, 0);
@@ -318,6 +309,7 @@ static void relay_spawn(entry_t *en, const redisReply *fields) {
   snprintf(en->task_id, sizeof en->task_id, "%s",
            field_str(fields, "task_id"));
   en->due_ms = strtoll(field_str(fields, "due"), NULL, 10);
+  en->created_ms = pt_now_ms();
   if (pt_id_parse(en->parent, strlen(en->parent), &v) != 0 ||
       pt_id_parse(en->task_id, strlen(en->task_id), &v) != 0 ||
       en->type[0] == '\0') {

@@ -233,32 +233,29 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
   write_finish(j);
 }
 
-/* Publishes a copy of the task (attempt `attempt`) to queue, confirmed,
- * then writes the job's state. */
-static void publish_copy(job_t *j, const char *queue, int attempt,
-                         int64_t due_ms) {
+/* Publishes a copy of the task (attempt `attempt`), confirmed, then
+ * writes the job's state: to the way route says (a retry, due later), or
+ * to the dead queue when route is NULL. */
+static void publish_copy(job_t *j, int attempt, const pt_route_t *route) {
   worker_t *w = j->w;
   size_t len;
   char mid[48];
+  const char *exchange = route ? route->exchange : "";
+  const char *key = route ? route->routing_key : PT_QUEUE_DEAD;
   char *body = pt_task_spec_json(&j->task, attempt, &len);
   snprintf(mid, sizeof mid, "%s:%d", j->task.id_str, attempt);
-  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
-  amqp_table_entry_t h[1];
-  amqp_table_t headers = {1, h};
-  if (due_ms > 0) {
-    h[0].key = amqp_cstring_bytes(PT_HEADER_DUE);
-    h[0].value.kind = AMQP_FIELD_KIND_I64;
-    h[0].value.value.i64 = due_ms;
-    msg.headers = &headers;
-  }
+  pt_amqp_msg_t msg = {.persistent = 1,
+                       .message_id = mid,
+                       .headers = route ? (amqp_table_t *)&route->headers
+                                        : NULL};
   int rc = j->gen == w->gen
-               ? pt_amqp_publish(w->amqp, "", queue, body, len, &msg,
+               ? pt_amqp_publish(w->amqp, exchange, key, body, len, &msg,
                                  on_copy_confirmed, j)
                : PT_ECLOSED;
   bson_free(body);
   if (rc != 0) {
     PT_WARN("publish_failed", "task_id=%s queue=%s err=\"%s\"",
-            j->task.id_str, queue, pt_strerror(rc));
+            j->task.id_str, key, pt_strerror(rc));
     job_free(j);
     maybe_finish_drain(w);
   }
@@ -412,12 +409,11 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
                                            j->task.attempt, rep->outcome)
                   : pt_retry_delay(&j->task, j->task.attempt, rep->outcome);
   if (delay > 0) {
-    char queue[64];
+    pt_route_t route;
     j->status = "RETRY_WAIT";
     j->next_at_ms = rep->ended_ms + (int64_t)delay * 1000;
-    pt_topology_delay_queue(pt_topology_delay_pick((int64_t)delay * 1000),
-                            queue, sizeof queue);
-    publish_copy(j, queue, j->task.attempt + 1, j->next_at_ms);
+    pt_topology_route(j->next_at_ms, rep->ended_ms, &route);
+    publish_copy(j, j->task.attempt + 1, &route);
     return;
   }
   /* Out of attempts: FAILED, and a copy goes to the dead queue for
@@ -425,7 +421,7 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
   count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
         "reason=\"retries_exhausted\"");
   j->status = "FAILED";
-  publish_copy(j, PT_QUEUE_DEAD, j->task.attempt, 0);
+  publish_copy(j, j->task.attempt, NULL);
 }
 
 static void run_attempt(job_t *j, int resumed) {
@@ -503,7 +499,7 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
     j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),
                                             pt_now_ms(), "failed",
                                             "redelivery_limit", NULL);
-    publish_copy(j, PT_QUEUE_DEAD, j->task.attempt, 0);
+    publish_copy(j, j->task.attempt, NULL);
     return;
   default:
     snprintf(extra, sizeof extra, "verdict=%d status=%s", (int)v,
@@ -622,29 +618,30 @@ static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
 }
 
 static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
-  int64_t due = pt_topology_due(d->props);
-  int64_t wait = due - pt_now_ms();
+  int64_t due = pt_topology_due(d->props), now = pt_now_ms();
+  int64_t wait = due - now;
   if (due <= 0 || wait <= 0)
     return 0;
-  if (wait <= 1000)
+  if (wait < 1000)
     return hold_until_due(w, d, wait);
-  char queue[64];
+  pt_route_t route;
+  char mid[128];
   poison_t *p = malloc(sizeof *p);
   if (p == NULL)
     return 0;
   *p = (poison_t){w, w->gen, d->delivery_tag};
-  pt_topology_delay_queue(pt_topology_delay_pick(wait), queue, sizeof queue);
+  pt_topology_route(due, now, &route); /* a delay level: wait >= 1 s */
+  /* The message goes on as it came, its own headers included. */
   pt_amqp_msg_t msg = {.persistent = 1,
                        .headers = (amqp_table_t *)&d->props->headers};
   if (d->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
-    static char mid[128];
     snprintf(mid, sizeof mid, "%.*s", (int)d->props->message_id.len,
              (const char *)d->props->message_id.bytes);
     msg.message_id = mid;
   }
   w->inflight++;
-  if (pt_amqp_publish(w->amqp, "", queue, d->body, d->body_len, &msg,
-                      on_forward_confirmed, p) != 0) {
+  if (pt_amqp_publish(w->amqp, route.exchange, route.routing_key, d->body,
+                      d->body_len, &msg, on_forward_confirmed, p) != 0) {
     w->inflight--;
     free(p);
     return 0;
