@@ -225,15 +225,24 @@ static void on_trade_hash(redisReply *reply, void *arg) {
   op_free(op);
 }
 
+/* 1 if doc is a pay task on a channel that follows trades: only those
+ * have a trade to show (the sim channel's, polled the most, do not). */
+static int has_trade(const bson_t *doc) {
+  bson_iter_t it;
+  const pt_channel_ops_t *chan;
+  if (!bson_iter_init_find(&it, doc, "type") || !BSON_ITER_HOLDS_UTF8(&it) ||
+      strcmp(bson_iter_utf8(&it, NULL), "pay") != 0 ||
+      !bson_iter_init_find(&it, doc, "channel") || !BSON_ITER_HOLDS_UTF8(&it))
+    return 0;
+  chan = pt_channel_find(bson_iter_utf8(&it, NULL));
+  return chan != NULL && chan->follows_trades;
+}
+
 /* Answers a task read; a pay task's answer carries its trade, if any. */
 static void reply_task(op_t *op, const bson_t *doc) {
-  bson_iter_t it;
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   trade_read_t *tr;
-  if (ac != NULL && bson_iter_init_find(&it, doc, "type") &&
-      BSON_ITER_HOLDS_UTF8(&it) &&
-      strcmp(bson_iter_utf8(&it, NULL), "pay") == 0 &&
-      (tr = malloc(sizeof *tr)) != NULL) {
+  if (ac != NULL && has_trade(doc) && (tr = malloc(sizeof *tr)) != NULL) {
     tr->op = op;
     tr->doc = bson_copy(doc);
     if (pt_store_get_trade(ac, op->id, on_trade_hash, tr) == 0)
