@@ -23,6 +23,8 @@
 
 #define TOKEN "dev-token-change-me"
 
+static int64_t now_us(void) { return (int64_t)(uv_hrtime() / 1000); }
+
 /* ---- the processes under test ------------------------------------------- */
 
 typedef struct {
@@ -175,6 +177,152 @@ static long peak_rss_kb(pid_t pid) {
   return kb;
 }
 
+/* ---- where the CPU goes ---------------------------------------------------
+ * The machine is shared by paytask's processes, the load generator and the
+ * three servers; each scenario reports the CPU time each of them used
+ * (from /proc/PID/stat, children reaped included, so a Redis rewrite fork
+ * counts) and how many of the machine's cores were busy (from /proc/stat).
+ * The servers' PIDs come from PT_BENCH_SERVERS ("name=pid ..."), which
+ * scripts/bench fills from scripts/services' PID files. */
+
+#define CPU_MAX 16
+
+typedef struct {
+  char name[16];
+  pid_t pid;
+  long long t0, used; /* clock ticks */
+} cpu_proc_t;
+
+typedef struct {
+  cpu_proc_t p[CPU_MAX];
+  int n;
+  long long busy0, total0;
+  double busy_cores, seconds;
+} cpu_probe_t;
+
+static long long proc_ticks(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  size_t len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[len] = '\0';
+  /* Fields after the command name, which may hold spaces: state is field 3,
+   * utime 14, stime 15, cutime 16, cstime 17. */
+  char *q = strrchr(buf, ')');
+  long long ut, st, cut, cst;
+  if (q == NULL || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u "
+                                 "%lld %lld %lld %lld", &ut, &st, &cut, &cst) != 4)
+    return -1;
+  return ut + st + cut + cst;
+}
+
+static int machine_ticks(long long *busy, long long *total) {
+  long long v[10] = {0};
+  FILE *f = fopen("/proc/stat", "r");
+  if (f == NULL)
+    return -1;
+  int k = fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
+                 &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7],
+                 &v[8], &v[9]);
+  fclose(f);
+  if (k < 5)
+    return -1;
+  /* guest time is already inside user and nice */
+  *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+  *busy = *total - v[3] - v[4];
+  return 0;
+}
+
+static void cpu_add(cpu_probe_t *c, const char *name, pid_t pid) {
+  if (c->n < CPU_MAX && pid > 0) {
+    snprintf(c->p[c->n].name, sizeof c->p[c->n].name, "%s", name);
+    c->p[c->n++].pid = pid;
+  }
+}
+
+/* The servers and the bench itself; the caller adds paytask's processes. */
+static void cpu_init(cpu_probe_t *c) {
+  memset(c, 0, sizeof *c);
+  cpu_add(c, "bench", getpid());
+  const char *s = getenv("PT_BENCH_SERVERS");
+  while (s != NULL && *s != '\0') {
+    char name[16];
+    int pid, used;
+    if (sscanf(s, " %15[a-z]=%d%n", name, &pid, &used) != 2)
+      break;
+    cpu_add(c, name, (pid_t)pid);
+    s += used;
+  }
+}
+
+static void cpu_start(cpu_probe_t *c) {
+  for (int i = 0; i < c->n; i++)
+    c->p[i].t0 = proc_ticks(c->p[i].pid);
+  machine_ticks(&c->busy0, &c->total0);
+  c->seconds = (double)now_us() / 1e6;
+}
+
+static void cpu_stop(cpu_probe_t *c) {
+  long long busy = 0, total = 0;
+  for (int i = 0; i < c->n; i++) {
+    long long t = proc_ticks(c->p[i].pid);
+    c->p[i].used = t >= 0 && c->p[i].t0 >= 0 ? t - c->p[i].t0 : -1;
+  }
+  c->seconds = (double)now_us() / 1e6 - c->seconds;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  if (machine_ticks(&busy, &total) == 0 && total > c->total0)
+    c->busy_cores = (double)(busy - c->busy0) / (double)(total - c->total0) *
+                    (double)(ncpu > 0 ? ncpu : 1);
+}
+
+/* CPU seconds of every process with the same name, summed (the workers). */
+static double cpu_seconds(const cpu_probe_t *c, const char *name) {
+  double hz = (double)sysconf(_SC_CLK_TCK), s = 0;
+  int found = 0;
+  for (int i = 0; i < c->n; i++)
+    if (strcmp(c->p[i].name, name) == 0 && c->p[i].used >= 0)
+      s += (double)c->p[i].used / hz, found = 1;
+  return found ? s : -1;
+}
+
+static const char *const cpu_names[] = {"api", "worker", "sim", "bench",
+                                        "redis", "rabbitmq", "mongo"};
+#define CPU_NAMES (sizeof cpu_names / sizeof cpu_names[0])
+
+/* One line per scenario: busy cores, then each process's share of the
+ * machine and its CPU milliseconds per task (or per message). */
+static void cpu_print(const cpu_probe_t *c, const char *label, long units) {
+  printf("%s: %.2f of %ld cores busy over %.1f s; CPU %% of one core "
+         "(ms per item):\n   ", label, c->busy_cores,
+         sysconf(_SC_NPROCESSORS_ONLN), c->seconds);
+  for (size_t i = 0; i < CPU_NAMES; i++) {
+    double s = cpu_seconds(c, cpu_names[i]);
+    if (s >= 0)
+      printf(" %s %.0f%% (%.3f)", cpu_names[i], 100 * s / c->seconds,
+             units > 0 ? 1000 * s / (double)units : 0);
+  }
+  printf("\n");
+}
+
+static void cpu_json(bson_t *parent, const char *key, const cpu_probe_t *c,
+                     long units) {
+  bson_t d, ms;
+  BSON_APPEND_DOCUMENT_BEGIN(parent, key, &d);
+  BSON_APPEND_DOUBLE(&d, "busy_cores", c->busy_cores);
+  BSON_APPEND_DOUBLE(&d, "seconds", c->seconds);
+  BSON_APPEND_DOCUMENT_BEGIN(&d, "cpu_ms_per_item", &ms);
+  for (size_t i = 0; i < CPU_NAMES; i++) {
+    double s = cpu_seconds(c, cpu_names[i]);
+    if (s >= 0 && units > 0)
+      BSON_APPEND_DOUBLE(&ms, cpu_names[i], 1000 * s / (double)units);
+  }
+  bson_append_document_end(&d, &ms);
+  bson_append_document_end(parent, &d);
+}
+
 /* ---- the load generator -------------------------------------------------- */
 
 typedef struct bench bench_t;
@@ -207,9 +355,8 @@ struct bench {
    * from then (the worker alone against a queue that is never empty) */
   procs_t *backlog_procs;
   int backlog_prefetch;
+  cpu_probe_t *backlog_cpu; /* measured from the worker's start */
 };
-
-static int64_t now_us(void) { return (int64_t)(uv_hrtime() / 1000); }
 
 static void maybe_done(bench_t *b) {
   int done = b->wait_each ? b->nlat + b->errors >= b->n
@@ -271,6 +418,10 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
     p->workers[p->nworkers++] =
         spawn(p, "bench-worker", worker, b->backlog_prefetch);
     b->t0 = now_us();
+    if (b->backlog_cpu != NULL) {
+      cpu_add(b->backlog_cpu, "worker", p->workers[p->nworkers - 1]);
+      cpu_start(b->backlog_cpu);
+    }
   }
   if (b->wait_each) {
     char url[160];
@@ -370,9 +521,11 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   pt_error_t err;
   procs_t *backlog = b->backlog_procs;
   int backlog_prefetch = b->backlog_prefetch;
+  cpu_probe_t *backlog_cpu = b->backlog_cpu;
   memset(b, 0, sizeof *b);
   b->backlog_procs = backlog;
   b->backlog_prefetch = backlog_prefetch;
+  b->backlog_cpu = backlog_cpu;
   b->p = p;
   b->n = n;
   b->conc = conc;
@@ -458,7 +611,7 @@ typedef struct {
   uv_loop_t loop;
   pt_amqp_t *pub, *con;
   long n, published, confirmed, consumed;
-  int window, ready;
+  int window, ready, prefetch;
   size_t size;
   char *body;
   int64_t t0, t_end;
@@ -518,7 +671,7 @@ static void on_base_ready(pt_amqp_t *c, int status, const pt_error_t *err,
     return;
   }
   if (c == s->con)
-    pt_amqp_consume(c, BASE_QUEUE, 500, on_base_deliver, s);
+    pt_amqp_consume(c, BASE_QUEUE, s->prefetch, on_base_deliver, s);
   if (++s->ready == 2) {
     s->t0 = now_us();
     base_publish(s);
@@ -532,13 +685,13 @@ static double broker_baseline(const char *uri, long n, int window,
   s.n = n;
   s.window = window;
   s.size = size;
+  s.prefetch = prefetch;
   s.body = malloc(size);
   memset(s.body, 'x', size);
   uv_loop_init(&s.loop);
   pt_amqp_opts_t o = {.uri = uri, .setup = base_setup};
   s.pub = pt_amqp_new(&s.loop, &o);
   s.con = pt_amqp_new(&s.loop, &o);
-  (void)prefetch;
   pt_amqp_start(s.pub, on_base_ready, &s);
   pt_amqp_start(s.con, on_base_ready, &s);
   uv_run(&s.loop, UV_RUN_DEFAULT);
@@ -613,14 +766,20 @@ int pt_bench_main(int argc, char **argv) {
   }
   procs_t p;
   bench_t b;
+  cpu_probe_t cpu_base, cpu_thr, cpu_slow;
   memset(&b, 0, sizeof b);
   int rc = 0;
 
-  /* The size of a task message as the api publishes it. */
+  /* The size of a task message as the api publishes it; the confirm window
+   * is the api's (one publish per request in flight, `conc` of them) and
+   * the prefetch the workers'. */
   size_t msg_size = 420;
   fprintf(stderr, "bench: 1/5 broker baseline\n");
   long base_n = n < 50000 ? n : 50000;
+  cpu_init(&cpu_base);
+  cpu_start(&cpu_base);
   double base = broker_baseline(amqp, base_n, conc, msg_size, prefetch);
+  cpu_stop(&cpu_base);
 
   fprintf(stderr, "bench: 2/5 throughput, %ld tasks, %d workers\n", n, workers);
   if (procs_start(&p, workers, 0, prefetch) != 0) {
@@ -629,9 +788,16 @@ int pt_bench_main(int argc, char **argv) {
     procs_stop(&p);
     return 1;
   }
+  cpu_init(&cpu_thr);
+  cpu_add(&cpu_thr, "api", p.api);
+  cpu_add(&cpu_thr, "sim", p.sim);
+  for (int i = 0; i < p.nworkers; i++)
+    cpu_add(&cpu_thr, "worker", p.workers[i]);
+  cpu_start(&cpu_thr);
   rc |= run_load(&b, &p, n, conc, 0, 0, redis);
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   int64_t t_mongo = wait_mongo(mongo, &b);
+  cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
   double thr_mongo = t_mongo > 0 ? n * 1e6 / (double)(t_mongo - b.t0) : -1;
   double sync_lag_ms = t_mongo > 0 ? (double)(t_mongo - b.t_last_final) / 1000 : -1;
   long rss_api = peak_rss_kb(p.api), rss_worker = 0;
@@ -666,9 +832,13 @@ int pt_bench_main(int argc, char **argv) {
     return 1;
   }
   memset(&b, 0, sizeof b);
+  cpu_init(&cpu_slow);
+  cpu_add(&cpu_slow, "sim", p.sim);
   b.backlog_procs = &p;
   b.backlog_prefetch = slow_prefetch;
+  b.backlog_cpu = &cpu_slow;
   rc |= run_load(&b, &p, slow_n, conc, 0, 0, redis);
+  cpu_stop(&cpu_slow);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   free(b.lat);
   long max_in_flight = sim_stat(&p, "max_in_flight");
@@ -688,17 +858,42 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 2)", rss_worker / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
-  printf("{\"tasks\":%ld,\"workers\":%d,\"concurrency\":%d,\"prefetch\":%d,"
-         "\"baseline_msgs_per_s\":%.0f,\"throughput_tasks_per_s\":%.0f,"
-         "\"throughput_ratio\":%.3f,\"throughput_mongo_tasks_per_s\":%.0f,"
-         "\"sync_lag_ms\":%.0f,\"latency_rate\":%.0f,\"latency_p50_ms\":%.2f,"
-         "\"latency_p95_ms\":%.2f,\"latency_p99_ms\":%.2f,\"latency_max_ms\":%.2f,"
-         "\"unloaded_p50_ms\":%.2f,\"slow_tasks_per_s\":%.0f,\"slow_ratio\":%.3f,"
-         "\"slow_max_in_flight\":%ld,\"slow_prefetch\":%d,\"rss_api_kb\":%ld,"
-         "\"rss_worker_kb\":%ld,\"rss_worker_slow_kb\":%ld,\"ok\":%s}\n",
-         n, workers, conc, prefetch, base, thr, thr / base, thr_mongo,
-         sync_lag_ms, rate, p50, p95, p99, pmax, single_p50, slow, slow / base,
-         max_in_flight, slow_prefetch, rss_api, rss_worker, rss_slow,
-         rc == 0 ? "true" : "false");
+  printf("\n");
+  cpu_print(&cpu_base, "1 broker baseline, per message", base_n);
+  cpu_print(&cpu_thr, "2 throughput, submit to last MongoDB doc, per task", n);
+  cpu_print(&cpu_slow, "4 slow channel, per task", slow_n);
+
+  bson_t j = BSON_INITIALIZER;
+  BSON_APPEND_INT64(&j, "tasks", n);
+  BSON_APPEND_INT32(&j, "workers", workers);
+  BSON_APPEND_INT32(&j, "concurrency", conc);
+  BSON_APPEND_INT32(&j, "prefetch", prefetch);
+  BSON_APPEND_DOUBLE(&j, "baseline_msgs_per_s", base);
+  BSON_APPEND_DOUBLE(&j, "throughput_tasks_per_s", thr);
+  BSON_APPEND_DOUBLE(&j, "throughput_ratio", thr / base);
+  BSON_APPEND_DOUBLE(&j, "throughput_mongo_tasks_per_s", thr_mongo);
+  BSON_APPEND_DOUBLE(&j, "throughput_mongo_ratio", thr_mongo / base);
+  BSON_APPEND_DOUBLE(&j, "sync_lag_ms", sync_lag_ms);
+  BSON_APPEND_DOUBLE(&j, "latency_rate", rate);
+  BSON_APPEND_DOUBLE(&j, "latency_p50_ms", p50);
+  BSON_APPEND_DOUBLE(&j, "latency_p95_ms", p95);
+  BSON_APPEND_DOUBLE(&j, "latency_p99_ms", p99);
+  BSON_APPEND_DOUBLE(&j, "latency_max_ms", pmax);
+  BSON_APPEND_DOUBLE(&j, "unloaded_p50_ms", single_p50);
+  BSON_APPEND_DOUBLE(&j, "slow_tasks_per_s", slow);
+  BSON_APPEND_DOUBLE(&j, "slow_ratio", slow / base);
+  BSON_APPEND_INT64(&j, "slow_max_in_flight", max_in_flight);
+  BSON_APPEND_INT32(&j, "slow_prefetch", slow_prefetch);
+  BSON_APPEND_INT64(&j, "rss_api_kb", rss_api);
+  BSON_APPEND_INT64(&j, "rss_worker_kb", rss_worker);
+  BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
+  cpu_json(&j, "cpu_baseline", &cpu_base, base_n);
+  cpu_json(&j, "cpu_throughput", &cpu_thr, n);
+  cpu_json(&j, "cpu_slow", &cpu_slow, slow_n);
+  BSON_APPEND_BOOL(&j, "ok", rc == 0);
+  char *json = bson_as_relaxed_extended_json(&j, NULL);
+  printf("%s\n", json);
+  bson_free(json);
+  bson_destroy(&j);
   return rc == 0 ? 0 : 1;
 }

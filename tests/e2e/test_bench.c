@@ -9,7 +9,7 @@
 #include "tests/support/pt_test.h"
 
 Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
-  char cmd[1024], line[4096], json[4096] = "";
+  char cmd[1024], line[8192], json[8192] = "";
   const char *bin = getenv("PAYTASK_BIN");
   const char *logs = getenv("PT_TEST_LOGDIR");
   cr_assert_not_null(bin);
@@ -35,5 +35,15 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
     cr_assert(bson_iter_init_find(&it, &d, keys[i]), "missing %s", keys[i]);
     cr_assert_gt(bson_iter_as_double(&it), 0, "%s is not positive", keys[i]);
   }
+  /* Where the CPU went: the machine was busy and the worker did the work. */
+  bson_iter_t f;
+  cr_assert(bson_iter_init(&it, &d) &&
+            bson_iter_find_descendant(&it, "cpu_throughput.busy_cores", &f));
+  cr_assert_gt(bson_iter_as_double(&f), 0, "no core was busy");
+  cr_assert(bson_iter_init(&it, &d) &&
+            bson_iter_find_descendant(
+                &it, "cpu_throughput.cpu_ms_per_item.worker", &f),
+            "no worker CPU figure");
+  cr_assert_gt(bson_iter_as_double(&f), 0, "the worker used no CPU");
   bson_destroy(&d);
 }
