@@ -776,6 +776,9 @@ static int start_metrics(worker_t *w, int index, pt_error_t *err) {
 
 static void connect_amqp(worker_t *w);
 
+/* The retry timer's callback: its data is the worker. */
+static void on_retry_connect(uv_timer_t *t) { connect_amqp(t->data); }
+
 static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                           void *arg) {
   worker_t *w = arg;
@@ -783,7 +786,7 @@ static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
     PT_ERROR("broker_connect_failed", "err=\"%s\" retry_in_ms=2000",
              err ? err->message : pt_strerror(status));
     if (!w->draining)
-      uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 2000, 0);
+      uv_timer_start(&w->retry_timer, on_retry_connect, 2000, 0);
     return;
   }
   w->gen++;
@@ -799,7 +802,7 @@ static void on_amqp_ready(pt_amqp_t *c, int status, const pt_error_t *err,
 
 static void connect_amqp(worker_t *w) {
   if (pt_amqp_start(w->amqp, on_amqp_ready, w) != 0)
-    uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 2000, 0);
+    uv_timer_start(&w->retry_timer, on_retry_connect, 2000, 0);
 }
 
 static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
@@ -810,7 +813,7 @@ static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
   PT_ERROR("broker_lost", "err=\"%s\" retry_in_ms=1000",
            err ? err->message : pt_strerror(status));
   if (!w->draining)
-    uv_timer_start(&w->retry_timer, (uv_timer_cb)connect_amqp, 1000, 0);
+    uv_timer_start(&w->retry_timer, on_retry_connect, 1000, 0);
 }
 
 static void on_redis_lost(pt_redis_t *r, int status, const char *why,

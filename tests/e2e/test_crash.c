@@ -1,5 +1,6 @@
-/* A worker killed with SIGKILL in the middle of a batch loses nothing and
- * charges nothing twice (issue 3). */
+/* A worker killed with SIGKILL in the middle of a batch, or the broker
+ * closing every connection under a running api and worker, loses nothing
+ * and charges nothing twice (issue 3). */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -56,4 +57,65 @@ Test(crash, sigkill_during_a_batch_of_500) {
   cr_assert(pt_mongo_task(ids[N - 1], 10, &doc));
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
+}
+
+/* Submits until the api takes it: while the api reconnects to the broker it
+ * answers 503, and a client retries with the same idempotency key. */
+static void submit_retrying(const char *body, const char *key, char id[24]) {
+  for (int i = 0; i < 300; i++) {
+    char *out = NULL;
+    long code = pt_api_submit(&stack, body, key, &out);
+    if (code == 202 || code == 200) {
+      bson_t d;
+      pt_json(out, &d);
+      snprintf(id, 24, "%s", pt_json_str(&d, "task_id"));
+      bson_destroy(&d);
+      free(out);
+      return;
+    }
+    cr_assert(code == 503 || code == -1, "submit answered %ld: %s", code,
+              out ? out : "");
+    free(out);
+    usleep(100 * 1000);
+  }
+  cr_assert_fail("the api never took the task back after the broker closed");
+}
+
+Test(crash, broker_closes_every_connection_midway) {
+  enum { M = 300 };
+  static char ids[M][24], otns[M][64];
+  char prefix[48], cmd[1024];
+  bson_t doc;
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  cr_assert_not_null(src, "PAYTASK_SOURCE_DIR is not set (run through ctest)");
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("BROKER"));
+  pt_stack_start(&stack, 1, "--latency-ms=50");
+  for (int i = 0; i < M; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    char *body = pt_task_body(otns[i], 100 + i, NULL, NULL);
+    submit_retrying(body, otns[i], ids[i]);
+    free(body);
+    if (i == M / 2) {
+      /* Deliveries in flight at the worker lose their channel: they must
+       * come back, be recognised as redelivered, and not be charged
+       * twice; the api and the worker must reconnect by themselves. */
+      snprintf(cmd, sizeof cmd,
+               "%s/scripts/rabbitmqctl close_all_connections --vhost / "
+               "'paytask test: the broker goes away' >/dev/null",
+               src);
+      cr_assert_eq(system(cmd), 0, "rabbitmqctl close_all_connections failed");
+    }
+  }
+  for (int i = 0; i < M; i++) {
+    pt_wait_final(&stack, ids[i], 120, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED",
+                     "task %d (%s) did not succeed", i, ids[i]);
+    bson_destroy(&doc);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1,
+                 "trade %s was not created exactly once", otns[i]);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
+                 "trade %s got a second create after it succeeded", otns[i]);
+  }
+  cr_assert_eq(pt_mongo_count_tasks(ids, M, 60), M,
+               "not every task reached MongoDB");
 }
