@@ -60,6 +60,10 @@ static const cfg_key_t keys[] = {
      "dead queue"},
     {"worker.attempt_timeout_ms", I(worker_attempt_timeout_ms), "10000", 100,
      600000, 0, "longest one channel call may take"},
+    {"worker.concurrency", I(worker_concurrency), "1000", 0, 65535, 0,
+     "tasks one worker works on at once (scripts, channel calls); "
+     "deliveries beyond it, up to amqp.prefetch, wait as received, a few "
+     "hundred bytes each (0: no limit but the prefetch)"},
     {"worker.drain_timeout_ms", I(worker_drain_timeout_ms), "30000", 0,
      3600000, 0,
      "on SIGTERM, how long in-flight attempts may run before they are "

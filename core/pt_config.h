@@ -33,6 +33,7 @@ typedef struct {
   int64_t worker_max_redeliveries;
   int64_t worker_attempt_timeout_ms;
   int64_t worker_drain_timeout_ms;
+  int64_t worker_concurrency;
   char worker_metrics_listen[PT_CFG_STR_MAX];
   /* sync */
   int64_t sync_batch;

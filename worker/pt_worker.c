@@ -49,6 +49,11 @@ typedef struct {
   long finals_total;
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
+  /* worker.concurrency: jobs (deliveries past parsing) at once, and the
+   * deliveries waiting for one of those slots, oldest first */
+  size_t working, waiting;
+  struct waiting *wait_head, *wait_tail;
+  int admitting;
   int draining;
   int exit_code;
 } worker_t;
@@ -76,14 +81,19 @@ typedef struct {
   char *spec_json;
 } job_t;
 
+static void admit_waiting(worker_t *w);
+
 static void job_free(job_t *j) {
-  j->w->inflight--;
+  worker_t *w = j->w;
+  w->inflight--;
+  w->working--;
   pt_task_destroy(&j->task);
   bson_free(j->result_json);
   bson_free(j->error_json);
   bson_free(j->history_json);
   bson_free(j->spec_json);
   free(j);
+  admit_waiting(w);
 }
 
 static void maybe_finish_drain(worker_t *w);
@@ -574,6 +584,8 @@ typedef struct {
 } held_t;
 
 static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d);
+static void admit(worker_t *w, const pt_amqp_delivery_t *d);
+static void drop_waiting(worker_t *w);
 
 static void on_held_closed(uv_handle_t *h) {
   held_t *hd = h->data;
@@ -590,7 +602,7 @@ static void on_held_due(uv_timer_t *t) {
                             .redelivered = hd->redelivered,
                             .body = hd->body,
                             .body_len = hd->len};
-    process_delivery(w, &d);
+    admit(w, &d);
   } /* else the broker redelivers it on the new connection */
   uv_close((uv_handle_t *)t, on_held_closed);
   maybe_finish_drain(w);
@@ -649,11 +661,88 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
   return 1;
 }
 
+/* ---- worker.concurrency ---------------------------------------------------
+ * A delivery beyond the limit waits here as it came (its body and tag, a
+ * few hundred bytes), still unacknowledged, until a job ends: the prefetch
+ * can hold thousands of tasks while only `worker.concurrency` of them hold
+ * a parsed task, Redis scripts and a channel call (a curl handle and its
+ * connection, several KB). A wait from a connection that has since been
+ * lost is dropped when it comes up: the broker redelivers it. */
+typedef struct waiting {
+  struct waiting *next;
+  unsigned gen;
+  int redelivered;
+  uint64_t tag;
+  size_t len;
+  char body[];
+} waiting_t;
+
+static int at_limit(const worker_t *w) {
+  return w->cfg->worker_concurrency > 0 &&
+         w->working >= (size_t)w->cfg->worker_concurrency;
+}
+
+static void admit(worker_t *w, const pt_amqp_delivery_t *d) {
+  if (!at_limit(w) && w->wait_head == NULL) {
+    process_delivery(w, d);
+    return;
+  }
+  waiting_t *q = malloc(sizeof *q + d->body_len + 1);
+  if (q == NULL)
+    return; /* left unacked: redelivered when this connection ends */
+  *q = (waiting_t){NULL, w->gen, d->redelivered, d->delivery_tag,
+                   d->body_len};
+  memcpy(q->body, d->body, d->body_len);
+  q->body[d->body_len] = '\0';
+  if (w->wait_tail != NULL)
+    w->wait_tail->next = q;
+  else
+    w->wait_head = q;
+  w->wait_tail = q;
+  w->waiting++;
+  w->inflight++;
+}
+
+/* Called whenever a job ends; not re-entered from the jobs it starts. */
+static void admit_waiting(worker_t *w) {
+  if (w->admitting)
+    return;
+  w->admitting = 1;
+  while (w->wait_head != NULL && !at_limit(w)) {
+    waiting_t *q = w->wait_head;
+    w->wait_head = q->next;
+    if (w->wait_head == NULL)
+      w->wait_tail = NULL;
+    w->waiting--;
+    w->inflight--;
+    if (q->gen == w->gen && pt_amqp_is_ready(w->amqp)) {
+      pt_amqp_delivery_t d = {.delivery_tag = q->tag,
+                              .redelivered = q->redelivered,
+                              .body = q->body,
+                              .body_len = q->len};
+      process_delivery(w, &d);
+    }
+    free(q);
+  }
+  w->admitting = 0;
+}
+
+static void drop_waiting(worker_t *w) {
+  while (w->wait_head != NULL) {
+    waiting_t *q = w->wait_head;
+    w->wait_head = q->next;
+    w->waiting--;
+    w->inflight--;
+    free(q);
+  }
+  w->wait_tail = NULL;
+}
+
 static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   worker_t *w = arg;
   (void)c;
   if (!forward_early(w, d))
-    process_delivery(w, d);
+    admit(w, d);
 }
 
 static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {
@@ -674,6 +763,7 @@ static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {
     return;
   }
   j->w = w;
+  w->working++;
   j->gen = w->gen;
   j->tag = d->delivery_tag;
   j->redelivered = d->redelivered;
@@ -711,11 +801,12 @@ static void on_heartbeat(uv_timer_t *t) {
     return;
   redisAsyncCommand(ac, NULL, NULL,
                     "HSET pt:worker:%s pid %ld inflight %ld calls %ld "
-                    "finals %ld finals_1m %ld draining %d updated_at %lld",
+                    "finals %ld finals_1m %ld draining %d updated_at %lld "
+                    "waiting %ld",
                     w->consumer, (long)getpid(), (long)w->inflight,
                     w->http ? (long)pt_http_client_inflight(w->http) : 0L,
                     w->finals_total, last_min, w->draining,
-                    (long long)pt_now_ms());
+                    (long long)pt_now_ms(), (long)w->waiting);
   redisAsyncCommand(ac, NULL, NULL, "EXPIRE pt:worker:%s 10", w->consumer);
 }
 
@@ -736,6 +827,10 @@ static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
   }
   pt_metrics_set(w->metrics, "paytask_worker_inflight",
                  "deliveries being worked on", NULL, (double)w->inflight);
+  pt_metrics_set(w->metrics, "paytask_worker_waiting",
+                 "deliveries received and waiting for a slot "
+                 "(worker.concurrency)",
+                 NULL, (double)w->waiting);
   pt_metrics_set(w->metrics, "paytask_worker_channel_calls_inflight",
                  "channel calls in flight", NULL,
                  w->http ? (double)pt_http_client_inflight(w->http) : 0);
@@ -810,6 +905,7 @@ static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
   worker_t *w = arg;
   (void)c;
   w->gen++; /* in-flight deliveries can no longer be acknowledged */
+  drop_waiting(w);
   PT_ERROR("broker_lost", "err=\"%s\" retry_in_ms=1000",
            err ? err->message : pt_strerror(status));
   if (!w->draining)
@@ -833,6 +929,7 @@ static void on_redis_lost(pt_redis_t *r, int status, const char *why,
 }
 
 static void close_all(worker_t *w) {
+  drop_waiting(w);
   uv_close((uv_handle_t *)&w->heartbeat, NULL);
   redisAsyncContext *ac = pt_redis_ctx(w->redis);
   if (ac != NULL)

@@ -146,3 +146,44 @@ Test(operations, quorum_queues_run_the_pipeline) {
   pt_amqp_close_sync(c);
   cr_assert_eq(pt_stack_stop(&stack), 0);
 }
+
+/* worker.concurrency bounds the channel calls one worker makes at once,
+ * while its prefetch holds more deliveries waiting; every task still
+ * completes, and a SIGTERM drains the waiting ones too. */
+Test(operations, concurrency_bounds_calls_while_prefetch_holds_more) {
+  enum { TASKS = 120, K = 8 };
+  static char ids[TASKS][24];
+  char otn[64], prefix[48], url[128], *out = NULL;
+  bson_t doc;
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("CONC"));
+  pt_stack_env(&stack, "PAYTASK_WORKER_CONCURRENCY", "8");
+  pt_stack_env(&stack, "PAYTASK_AMQP_PREFETCH", "100");
+  pt_stack_start(&stack, 1, "--latency-ms=100");
+  for (int i = 0; i < TASKS; i++) {
+    snprintf(otn, sizeof otn, "%s-%d", prefix, i);
+    char *body = pt_task_body(otn, 100 + i, NULL, NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+  }
+  /* Stop the worker while most tasks still wait for a slot: it drains
+   * them (drain_timeout_ms is 30 s by default) before it exits 0. */
+  usleep(300 * 1000);
+  cr_assert_eq(pt_stack_stop_worker(&stack, 0, 60), 0,
+               "the worker did not drain and exit 0");
+  pt_stack_add_worker(&stack);
+  for (int i = 0; i < TASKS; i++) {
+    pt_wait_final(&stack, ids[i], 120, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED",
+                     "task %d did not succeed", i);
+    bson_destroy(&doc);
+  }
+  snprintf(url, sizeof url, "%s/v1/sim/stats", stack.sim_url);
+  cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 200);
+  pt_json(out, &doc);
+  free(out);
+  int64_t most = pt_json_int(&doc, "max_in_flight", -1);
+  bson_destroy(&doc);
+  cr_assert(most >= 1 && most <= K,
+            "the channel saw %lld calls at once; worker.concurrency is %d",
+            (long long)most, K);
+}
