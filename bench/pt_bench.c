@@ -65,6 +65,18 @@ static pid_t spawn(procs_t *p, const char *name, const char *const *args,
     setenv("PAYTASK_CHANNEL_SIM_URL", simurl, 1);
     setenv("PAYTASK_AMQP_PREFETCH", pf, 1);
     setenv("PAYTASK_LOG_LEVEL", "warn", 1);
+    /* Profiling aid: PT_BENCH_WRAP="heaptrack -o FILE" (or "perf record
+     * ...") runs the slow-channel worker under that tool. Its peak RSS is
+     * then the tool's, not the worker's. */
+    const char *wrap = getenv("PT_BENCH_WRAP");
+    if (wrap != NULL && *wrap != '\0' && strcmp(name, "bench-slow-worker") == 0) {
+      char cmd[1024], self[512];
+      ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+      self[len > 0 ? len : 0] = '\0';
+      snprintf(cmd, sizeof cmd, "exec %s %s worker", wrap, self);
+      execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+      _exit(127);
+    }
     execv("/proc/self/exe", (char *const *)args);
     _exit(127);
   }
@@ -416,7 +428,7 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
     static const char *const worker[] = {"paytask", "worker", NULL};
     procs_t *p = b->backlog_procs;
     p->workers[p->nworkers++] =
-        spawn(p, "bench-worker", worker, b->backlog_prefetch);
+        spawn(p, "bench-slow-worker", worker, b->backlog_prefetch);
     b->t0 = now_us();
     if (b->backlog_cpu != NULL) {
       cpu_add(b->backlog_cpu, "worker", p->workers[p->nworkers - 1]);
@@ -564,8 +576,30 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   return b->finished == 1 && b->errors == 0 ? 0 : -1;
 }
 
-/* Waits until MongoDB holds every task of the run; returns when (µs). */
-static int64_t wait_mongo(const char *uri, const bench_t *b) {
+/* Waits until the sync stream is empty: the sync threads delete an entry
+ * only after MongoDB acknowledged its document. Polling Redis is cheap;
+ * polling MongoDB with a count every 50 ms was not (FerretDB scans the
+ * collection for it, and its CPU went into the figures). */
+static void wait_sync_stream(const char *redis_uri) {
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(redis_uri, 2000, &err);
+  if (c == NULL)
+    return;
+  for (int i = 0; i < 60000; i++) {
+    redisReply *r = redisCommand(c, "XLEN %s", PT_STREAM_SYNC);
+    long long len = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    if (len == 0)
+      break;
+    usleep(10 * 1000);
+  }
+  redisFree(c);
+}
+
+/* Checks that MongoDB holds every task of the run, once the sync stream
+ * is empty (at t_stream); returns when they were all there (µs): t_stream
+ * if the first count finds them all, -1 if they never are. */
+static int64_t wait_mongo(const char *uri, int64_t t_stream, const bench_t *b) {
   bson_error_t e;
   mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
   if (u == NULL)
@@ -592,10 +626,10 @@ static int64_t wait_mongo(const char *uri, const bench_t *b) {
     bson_destroy(&cmd);
     bson_destroy(&r);
     if (n >= b->n) {
-      when = now_us();
+      when = i == 0 ? t_stream : now_us(); /* not the count's own time */
       break;
     }
-    usleep(50 * 1000);
+    usleep(100 * 1000);
   }
   mongoc_collection_destroy(col);
   mongoc_client_destroy(cl);
@@ -725,15 +759,17 @@ int pt_bench_main(int argc, char **argv) {
       {"latency-rate", required_argument, 0, 'r'},
       {"slow-tasks", required_argument, 0, 'S'},
       {"slow-prefetch", required_argument, 0, 'P'},
+      {"slow-concurrency", required_argument, 0, 'C'},
       {"prefetch", required_argument, 0, 'p'},
       {"quick", no_argument, 0, 'q'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   long n = 100000, slow_n = 20000;
   int conc = 128, workers = 2, lat_s = 10, slow_prefetch = 2000, prefetch = 500;
+  int slow_conc = -1; /* worker.concurrency in scenario 4; -1: configured */
   double rate = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "n:c:w:s:r:S:P:p:qh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "n:c:w:s:r:S:P:C:p:qh", opts, NULL)) != -1) {
     switch (c) {
     case 'n': n = strtol(optarg, NULL, 10); break;
     case 'c': conc = (int)strtol(optarg, NULL, 10); break;
@@ -742,18 +778,21 @@ int pt_bench_main(int argc, char **argv) {
     case 'r': rate = strtod(optarg, NULL); break;
     case 'S': slow_n = strtol(optarg, NULL, 10); break;
     case 'P': slow_prefetch = (int)strtol(optarg, NULL, 10); break;
+    case 'C': slow_conc = (int)strtol(optarg, NULL, 10); break;
     case 'p': prefetch = (int)strtol(optarg, NULL, 10); break;
     case 'q': n = 500; slow_n = 300; lat_s = 2; conc = 32; break;
     default:
       fprintf(stderr,
               "usage: paytask bench [--tasks N] [--concurrency C] [--workers W]\n"
               "  [--prefetch P] [--latency-seconds S] [--latency-rate R]\n"
-              "  [--slow-tasks N] [--slow-prefetch P] [--quick]\n");
+              "  [--slow-tasks N] [--slow-prefetch P] [--slow-concurrency K]\n"
+              "  [--quick]\n");
       return c == 'h' ? 0 : 2;
     }
   }
   if (n < 1 || slow_n < 1 || conc < 1 || workers < 1 || workers > 8 ||
-      lat_s < 1 || prefetch < 1 || slow_prefetch < 1 || slow_prefetch > 65535) {
+      lat_s < 1 || prefetch < 1 || slow_prefetch < 1 || slow_prefetch > 65535 ||
+      slow_conc < -1 || slow_conc > 65535) {
     fprintf(stderr, "paytask bench: a count is out of range\n");
     return 2;
   }
@@ -796,8 +835,9 @@ int pt_bench_main(int argc, char **argv) {
   cpu_start(&cpu_thr);
   rc |= run_load(&b, &p, n, conc, 0, 0, redis);
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
-  int64_t t_mongo = wait_mongo(mongo, &b);
+  wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
+  int64_t t_mongo = wait_mongo(mongo, now_us(), &b);
   double thr_mongo = t_mongo > 0 ? n * 1e6 / (double)(t_mongo - b.t0) : -1;
   double sync_lag_ms = t_mongo > 0 ? (double)(t_mongo - b.t_last_final) / 1000 : -1;
   long rss_api = peak_rss_kb(p.api), rss_worker = 0;
@@ -827,6 +867,11 @@ int pt_bench_main(int argc, char **argv) {
   /* The worker is started once every task is queued: the figure is one
    * worker process against a channel answering in 200 ms with a queue that
    * is never empty, not the api's submit rate. */
+  if (slow_conc >= 0) {
+    char v[16];
+    snprintf(v, sizeof v, "%d", slow_conc);
+    setenv("PAYTASK_WORKER_CONCURRENCY", v, 1);
+  }
   if (procs_start(&p, 0, 200, slow_prefetch) != 0) {
     procs_stop(&p);
     return 1;
@@ -884,6 +929,7 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_DOUBLE(&j, "slow_ratio", slow / base);
   BSON_APPEND_INT64(&j, "slow_max_in_flight", max_in_flight);
   BSON_APPEND_INT32(&j, "slow_prefetch", slow_prefetch);
+  BSON_APPEND_INT32(&j, "slow_concurrency", slow_conc);
   BSON_APPEND_INT64(&j, "rss_api_kb", rss_api);
   BSON_APPEND_INT64(&j, "rss_worker_kb", rss_worker);
   BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
