@@ -174,20 +174,26 @@ static long sim_stat(const procs_t *p, const char *key) {
   return v;
 }
 
-/* Peak resident set (VmHWM) of a live process, in KiB. */
-static long peak_rss_kb(pid_t pid) {
+/* A "Name: N kB" figure of /proc/PID/status, in KiB, or -1. */
+static long status_kb(pid_t pid, const char *field) {
   char path[64], line[256];
+  size_t flen = strlen(field);
   long kb = -1;
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   FILE *f = fopen(path, "r");
   if (f == NULL)
     return -1;
   while (fgets(line, sizeof line, f))
-    if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+    if (strncmp(line, field, flen) == 0 && line[flen] == ':') {
+      kb = strtol(line + flen + 1, NULL, 10);
       break;
+    }
   fclose(f);
   return kb;
 }
+
+/* Peak resident set (VmHWM) of a live process, in KiB. */
+static long peak_rss_kb(pid_t pid) { return status_kb(pid, "VmHWM"); }
 
 /* ---- where the CPU goes ---------------------------------------------------
  * The machine is shared by paytask's processes, the load generator and the
@@ -888,6 +894,10 @@ int pt_bench_main(int argc, char **argv) {
   free(b.lat);
   long max_in_flight = sim_stat(&p, "max_in_flight");
   long rss_slow = peak_rss_kb(p.workers[0]);
+  /* Of which shared library pages (the same physical pages in every
+   * worker on a host) and the worker's own memory, at the end. */
+  long file_slow = status_kb(p.workers[0], "RssFile");
+  long anon_slow = status_kb(p.workers[0], "RssAnon");
   procs_stop(&p);
 
   printf("\n%-46s %14s %10s\n", "scenario", "figure", "vs broker");
@@ -903,6 +913,8 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 2)", rss_worker / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
+  printf("%-46s %6.1f/%.1fMB\n", "5 ... at its end: shared libraries/own (anon)",
+         file_slow / 1024.0, anon_slow / 1024.0);
   printf("\n");
   cpu_print(&cpu_base, "1 broker baseline, per message", base_n);
   cpu_print(&cpu_thr, "2 throughput, submit to last MongoDB doc, per task", n);
@@ -933,6 +945,8 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_INT64(&j, "rss_api_kb", rss_api);
   BSON_APPEND_INT64(&j, "rss_worker_kb", rss_worker);
   BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
+  BSON_APPEND_INT64(&j, "rss_worker_slow_file_kb", file_slow);
+  BSON_APPEND_INT64(&j, "rss_worker_slow_anon_kb", anon_slow);
   cpu_json(&j, "cpu_baseline", &cpu_base, base_n);
   cpu_json(&j, "cpu_throughput", &cpu_thr, n);
   cpu_json(&j, "cpu_slow", &cpu_slow, slow_n);

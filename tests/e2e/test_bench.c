@@ -30,7 +30,8 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
   const char *keys[] = {"baseline_msgs_per_s", "throughput_tasks_per_s",
                         "throughput_mongo_tasks_per_s", "latency_p99_ms",
                         "unloaded_p50_ms", "slow_tasks_per_s",
-                        "slow_max_in_flight", "rss_worker_kb"};
+                        "slow_max_in_flight", "rss_worker_kb",
+                        "rss_worker_slow_anon_kb"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
     cr_assert(bson_iter_init_find(&it, &d, keys[i]), "missing %s", keys[i]);
     cr_assert_gt(bson_iter_as_double(&it), 0, "%s is not positive", keys[i]);
