@@ -52,7 +52,7 @@ typedef struct {
   /* worker.concurrency: jobs (deliveries past parsing) at once, and the
    * deliveries waiting for one of those slots, oldest first */
   size_t working, waiting;
-  struct waiting *wait_head, *wait_tail;
+  struct kept *wait_head, *wait_tail;
   int admitting;
   int draining;
   int exit_code;
@@ -570,16 +570,47 @@ static void on_forward_confirmed(pt_amqp_t *c, int status, void *arg) {
   free(p);
 }
 
+/* A delivery kept as it came (body and tag), unacknowledged, to be worked
+ * on later: when its due time comes (held) or when a slot frees
+ * (waiting, see worker.concurrency). */
+typedef struct kept {
+  struct kept *next; /* the waiting FIFO */
+  unsigned gen;
+  int redelivered;
+  uint64_t tag;
+  size_t len;
+  char body[];
+} kept_t;
+
+static kept_t *keep(const worker_t *w, const pt_amqp_delivery_t *d) {
+  kept_t *k = malloc(sizeof *k + d->body_len + 1);
+  if (k == NULL)
+    return NULL;
+  *k = (kept_t){NULL, w->gen, d->redelivered, d->delivery_tag, d->body_len};
+  memcpy(k->body, d->body, d->body_len);
+  k->body[d->body_len] = '\0';
+  return k;
+}
+
+/* The kept delivery, if the connection it came on still stands: 1 and *d
+ * filled, or 0 (the broker redelivers it on the new connection). */
+static int kept_delivery(const worker_t *w, const kept_t *k,
+                         pt_amqp_delivery_t *d) {
+  if (k->gen != w->gen || !pt_amqp_is_ready(w->amqp))
+    return 0;
+  *d = (pt_amqp_delivery_t){.delivery_tag = k->tag,
+                            .redelivered = k->redelivered,
+                            .body = k->body,
+                            .body_len = k->len};
+  return 1;
+}
+
 /* The last second before a due time is waited out here, on a timer, with
  * the delivery held (unacknowledged): no delay level is that short, and a
  * close must never run before its trade's window ends. */
 typedef struct {
   worker_t *w;
-  unsigned gen;
-  uint64_t tag;
-  int redelivered;
-  char *body;
-  size_t len;
+  kept_t *k;
   uv_timer_t timer;
 } held_t;
 
@@ -589,21 +620,17 @@ static void drop_waiting(worker_t *w);
 
 static void on_held_closed(uv_handle_t *h) {
   held_t *hd = h->data;
-  free(hd->body);
+  free(hd->k);
   free(hd);
 }
 
 static void on_held_due(uv_timer_t *t) {
   held_t *hd = t->data;
   worker_t *w = hd->w;
+  pt_amqp_delivery_t d;
   w->inflight--;
-  if (hd->gen == w->gen && pt_amqp_is_ready(w->amqp)) {
-    pt_amqp_delivery_t d = {.delivery_tag = hd->tag,
-                            .redelivered = hd->redelivered,
-                            .body = hd->body,
-                            .body_len = hd->len};
+  if (kept_delivery(w, hd->k, &d))
     admit(w, &d);
-  } /* else the broker redelivers it on the new connection */
   uv_close((uv_handle_t *)t, on_held_closed);
   maybe_finish_drain(w);
 }
@@ -611,17 +638,11 @@ static void on_held_due(uv_timer_t *t) {
 static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
                           int64_t wait) {
   held_t *hd = calloc(1, sizeof *hd);
-  if (hd == NULL || (hd->body = malloc(d->body_len + 1)) == NULL) {
+  if (hd == NULL || (hd->k = keep(w, d)) == NULL) {
     free(hd);
     return 0;
   }
-  memcpy(hd->body, d->body, d->body_len);
-  hd->body[d->body_len] = '\0';
-  hd->len = d->body_len;
   hd->w = w;
-  hd->gen = w->gen;
-  hd->tag = d->delivery_tag;
-  hd->redelivered = d->redelivered;
   uv_timer_init(w->loop, &hd->timer);
   hd->timer.data = hd;
   uv_timer_start(&hd->timer, on_held_due, (uint64_t)wait, 0);
@@ -668,15 +689,6 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
  * a parsed task, Redis scripts and a channel call (a curl handle and its
  * connection, several KB). A wait from a connection that has since been
  * lost is dropped when it comes up: the broker redelivers it. */
-typedef struct waiting {
-  struct waiting *next;
-  unsigned gen;
-  int redelivered;
-  uint64_t tag;
-  size_t len;
-  char body[];
-} waiting_t;
-
 static int at_limit(const worker_t *w) {
   return w->cfg->worker_concurrency > 0 &&
          w->working >= (size_t)w->cfg->worker_concurrency;
@@ -687,13 +699,9 @@ static void admit(worker_t *w, const pt_amqp_delivery_t *d) {
     process_delivery(w, d);
     return;
   }
-  waiting_t *q = malloc(sizeof *q + d->body_len + 1);
+  kept_t *q = keep(w, d);
   if (q == NULL)
     return; /* left unacked: redelivered when this connection ends */
-  *q = (waiting_t){NULL, w->gen, d->redelivered, d->delivery_tag,
-                   d->body_len};
-  memcpy(q->body, d->body, d->body_len);
-  q->body[d->body_len] = '\0';
   if (w->wait_tail != NULL)
     w->wait_tail->next = q;
   else
@@ -709,19 +717,15 @@ static void admit_waiting(worker_t *w) {
     return;
   w->admitting = 1;
   while (w->wait_head != NULL && !at_limit(w)) {
-    waiting_t *q = w->wait_head;
+    kept_t *q = w->wait_head;
+    pt_amqp_delivery_t d;
     w->wait_head = q->next;
     if (w->wait_head == NULL)
       w->wait_tail = NULL;
     w->waiting--;
     w->inflight--;
-    if (q->gen == w->gen && pt_amqp_is_ready(w->amqp)) {
-      pt_amqp_delivery_t d = {.delivery_tag = q->tag,
-                              .redelivered = q->redelivered,
-                              .body = q->body,
-                              .body_len = q->len};
+    if (kept_delivery(w, q, &d))
       process_delivery(w, &d);
-    }
     free(q);
   }
   w->admitting = 0;
@@ -729,7 +733,7 @@ static void admit_waiting(worker_t *w) {
 
 static void drop_waiting(worker_t *w) {
   while (w->wait_head != NULL) {
-    waiting_t *q = w->wait_head;
+    kept_t *q = w->wait_head;
     w->wait_head = q->next;
     w->waiting--;
     w->inflight--;
