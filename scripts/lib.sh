@@ -54,3 +54,8 @@ pt_rabbitmq_env() {
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
   export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
+
+# pt_rabbitmqctl ARGS…: rabbitmqctl against the node scripts/services runs.
+pt_rabbitmqctl() {
+  (pt_rabbitmq_env; timeout 60 /usr/lib/rabbitmq/bin/rabbitmqctl -n "$PT_RABBITMQ_NODE" -q "$@")
+}
