@@ -711,19 +711,25 @@ static void admit(worker_t *w, const pt_amqp_delivery_t *d) {
   w->inflight++;
 }
 
+/* Takes the oldest waiting delivery off the FIFO (the caller frees it). */
+static kept_t *wait_pop(worker_t *w) {
+  kept_t *q = w->wait_head;
+  w->wait_head = q->next;
+  if (w->wait_head == NULL)
+    w->wait_tail = NULL;
+  w->waiting--;
+  w->inflight--;
+  return q;
+}
+
 /* Called whenever a job ends; not re-entered from the jobs it starts. */
 static void admit_waiting(worker_t *w) {
   if (w->admitting)
     return;
   w->admitting = 1;
   while (w->wait_head != NULL && !at_limit(w)) {
-    kept_t *q = w->wait_head;
+    kept_t *q = wait_pop(w);
     pt_amqp_delivery_t d;
-    w->wait_head = q->next;
-    if (w->wait_head == NULL)
-      w->wait_tail = NULL;
-    w->waiting--;
-    w->inflight--;
     if (kept_delivery(w, q, &d))
       process_delivery(w, &d);
     free(q);
@@ -732,14 +738,8 @@ static void admit_waiting(worker_t *w) {
 }
 
 static void drop_waiting(worker_t *w) {
-  while (w->wait_head != NULL) {
-    kept_t *q = w->wait_head;
-    w->wait_head = q->next;
-    w->waiting--;
-    w->inflight--;
-    free(q);
-  }
-  w->wait_tail = NULL;
+  while (w->wait_head != NULL)
+    free(wait_pop(w));
 }
 
 static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
