@@ -45,40 +45,13 @@ Test(crash, sigkill_during_a_batch_of_500) {
     bson_destroy(&doc);
   }
   cr_assert_eq(succeeded, N, "every task must succeed");
-  for (int i = 0; i < N; i++) {
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1,
-                 "trade %s was not created exactly once", otns[i]);
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
-                 "trade %s got a second create after it succeeded", otns[i]);
-  }
+  pt_assert_created_once(&stack, otns, N);
   /* Each task exactly once in MongoDB (keyed by task id). */
   cr_assert_eq(pt_mongo_count_tasks(ids, N, 60), N,
                "not every task reached MongoDB");
   cr_assert(pt_mongo_task(ids[N - 1], 10, &doc));
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
-}
-
-/* Submits until the api takes it: while the api reconnects to the broker it
- * answers 503, and a client retries with the same idempotency key. */
-static void submit_retrying(const char *body, const char *key, char id[24]) {
-  for (int i = 0; i < 300; i++) {
-    char *out = NULL;
-    long code = pt_api_submit(&stack, body, key, &out);
-    if (code == 202 || code == 200) {
-      bson_t d;
-      pt_json(out, &d);
-      snprintf(id, 24, "%s", pt_json_str(&d, "task_id"));
-      bson_destroy(&d);
-      free(out);
-      return;
-    }
-    cr_assert(code == 503 || code == -1, "submit answered %ld: %s", code,
-              out ? out : "");
-    free(out);
-    usleep(100 * 1000);
-  }
-  cr_assert_fail("the api never took the task back after the broker closed");
 }
 
 Test(crash, broker_closes_every_connection_midway) {
@@ -93,7 +66,8 @@ Test(crash, broker_closes_every_connection_midway) {
   for (int i = 0; i < M; i++) {
     snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
     char *body = pt_task_body(otns[i], 100 + i, NULL, NULL);
-    submit_retrying(body, otns[i], ids[i]);
+    /* While the api reconnects to the broker it answers 503. */
+    pt_submit_until_taken(&stack, body, otns[i], ids[i]);
     free(body);
     if (i == M / 2) {
       /* Deliveries in flight at the worker lose their channel: they must
@@ -111,11 +85,8 @@ Test(crash, broker_closes_every_connection_midway) {
     cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED",
                      "task %d (%s) did not succeed", i, ids[i]);
     bson_destroy(&doc);
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1,
-                 "trade %s was not created exactly once", otns[i]);
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
-                 "trade %s got a second create after it succeeded", otns[i]);
   }
+  pt_assert_created_once(&stack, otns, M);
   cr_assert_eq(pt_mongo_count_tasks(ids, M, 60), M,
                "not every task reached MongoDB");
 }

@@ -45,11 +45,7 @@ Test(operations, scale_1_4_1_under_load_then_sigterm) {
                      ids[i]);
     bson_destroy(&doc);
   }
-  for (int i = 0; i < N; i++) {
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_ok"), 1);
-    cr_assert_eq(pt_sim_stat(&stack, otns[i], "creates_after_created"), 0,
-                 "trade %s was created twice", otns[i]);
-  }
+  pt_assert_created_once(&stack, otns, N);
   /* The whole pool drains and exits cleanly. */
   cr_assert_eq(pt_stack_stop_worker(&stack, pool, 60), 0,
                "the pool did not exit 0 on SIGTERM");

@@ -346,17 +346,40 @@ char *pt_task_body(const char *out_trade_no, int64_t amount,
   return s;
 }
 
-void pt_submit_ok(pt_stack_t *s, const char *body, char id[24]) {
-  char *out = NULL;
+/* The task_id of a submit's answer (fails the test without one). */
+static void answer_task_id(const char *out, char id[24]) {
   bson_t doc;
-  long st = pt_api_submit(s, body, NULL, &out);
-  cr_assert_eq(st, 202, "submit answered %ld: %s", st, out);
   pt_json(out, &doc);
   const char *tid = pt_json_str(&doc, "task_id");
   cr_assert_not_null(tid);
   snprintf(id, 24, "%s", tid);
   bson_destroy(&doc);
+}
+
+void pt_submit_ok(pt_stack_t *s, const char *body, char id[24]) {
+  char *out = NULL;
+  long st = pt_api_submit(s, body, NULL, &out);
+  cr_assert_eq(st, 202, "submit answered %ld: %s", st, out);
+  answer_task_id(out, id);
   free(out);
+}
+
+void pt_submit_until_taken(pt_stack_t *s, const char *body,
+                           const char *idem_key, char id[24]) {
+  for (int i = 0; i < 300; i++) {
+    char *out = NULL;
+    long st = pt_api_submit(s, body, idem_key, &out);
+    if (st == 202 || st == 200) {
+      answer_task_id(out, id);
+      free(out);
+      return;
+    }
+    cr_assert(st == 503 || st == -1, "submit answered %ld: %s", st,
+              out ? out : "");
+    free(out);
+    usleep(100 * 1000);
+  }
+  cr_assert_fail("the api did not take the task within 30 s");
 }
 
 void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc) {
@@ -392,6 +415,15 @@ int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key) {
   bson_destroy(&doc);
   free(out);
   return v;
+}
+
+void pt_assert_created_once(pt_stack_t *s, char otns[][64], int n) {
+  for (int i = 0; i < n; i++) {
+    cr_assert_eq(pt_sim_stat(s, otns[i], "create_ok"), 1,
+                 "trade %s was not created exactly once", otns[i]);
+    cr_assert_eq(pt_sim_stat(s, otns[i], "creates_after_created"), 0,
+                 "trade %s got a second create after it succeeded", otns[i]);
+  }
 }
 
 /* ---- RabbitMQ, MongoDB, Redis (blocking, for checks) ----------------------- */

@@ -67,11 +67,19 @@ char *pt_task_body(const char *out_trade_no, int64_t amount,
                    const char *params_sim, const char *retry);
 /* Submits a body and returns the task id (fails the test if not 202). */
 void pt_submit_ok(pt_stack_t *s, const char *body, char id[24]);
+/* Submits as a client does while the api is unavailable: retries every
+ * 100 ms, for up to 30 s, with the same idempotency key while it answers
+ * 503 or nothing; fails the test on any other answer. */
+void pt_submit_until_taken(pt_stack_t *s, const char *body,
+                           const char *idem_key, char id[24]);
 /* Waits (?wait, repeated) until the task is final; fills doc. */
 void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc);
 
 /* Sim statistics for one trade ("create_calls", …), or -1 if unknown. */
 int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key);
+/* Fails the test unless the simulator saw exactly one successful create
+ * for each of the n trades, and no create after it. */
+void pt_assert_created_once(pt_stack_t *s, char otns[][64], int n);
 
 /* Messages waiting in a queue (passive declare), or -1. */
 long pt_queue_depth(const char *queue);
