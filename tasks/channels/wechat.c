@@ -732,8 +732,9 @@ static void wechat_notify_ack(int ok, const char *why, pt_chan_ack_t *ack) {
       bson_free(json);
       return;
     }
+    int not_utf8 = json == NULL; /* json is not read once freed */
     bson_free(json);
-    if (json == NULL) /* not UTF-8 */
+    if (not_utf8)
       snprintf(msg, sizeof msg, "refused");
     else
       pt_chan_copy_utf8(msg, strlen(msg) / 2 + 1, msg); /* cut it in half */
