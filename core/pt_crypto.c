@@ -273,6 +273,37 @@ done:
 
 /* ---- AES-GCM ---- */
 
+/* The checks both directions make: the cipher for the key's length, a
+ * 12-byte nonce, associated data that fits an int. */
+static int gcm_check(const void *key, size_t key_len, const void *nonce,
+                     size_t nonce_len, const void *aad, size_t aad_len,
+                     const EVP_CIPHER **cipher, pt_error_t *err) {
+  *cipher = key_len == 32   ? EVP_aes_256_gcm()
+            : key_len == 16 ? EVP_aes_128_gcm()
+                            : NULL;
+  if (key == NULL || *cipher == NULL)
+    return fail(err, PT_EINVAL, "aes-gcm: key must be 16 or 32 bytes");
+  if (nonce == NULL || nonce_len != PT_CRYPTO_GCM_NONCE_LEN)
+    return fail(err, PT_EINVAL, "aes-gcm: nonce must be 12 bytes");
+  if ((aad == NULL && aad_len > 0) || aad_len > (size_t)INT_MAX)
+    return fail(err, PT_EINVAL, "aes-gcm: bad associated data");
+  return 0;
+}
+
+/* Starts ctx for one direction (enc 1: encrypt, 0: decrypt) with the key
+ * and nonce, and feeds it the associated data; 1 on success. */
+static int gcm_begin(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher,
+                     const void *key, const void *nonce, size_t nonce_len,
+                     const void *aad, size_t aad_len, int enc) {
+  int n = 0;
+  return EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, enc) == 1 &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)nonce_len,
+                             NULL) == 1 &&
+         EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, enc) == 1 &&
+         (aad_len == 0 ||
+          EVP_CipherUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1);
+}
+
 int pt_crypto_aes_gcm_decrypt(const void *key, size_t key_len,
                               const void *nonce, size_t nonce_len,
                               const void *aad, size_t aad_len, const void *ct,
@@ -280,34 +311,25 @@ int pt_crypto_aes_gcm_decrypt(const void *key, size_t key_len,
                               size_t *plain_len, pt_error_t *err) {
   *plain = NULL;
   *plain_len = 0;
-  const EVP_CIPHER *cipher = key_len == 32   ? EVP_aes_256_gcm()
-                             : key_len == 16 ? EVP_aes_128_gcm()
-                                             : NULL;
-  if (key == NULL || cipher == NULL)
-    return fail(err, PT_EINVAL, "aes-gcm: key must be 16 or 32 bytes");
-  if (nonce == NULL || nonce_len != PT_CRYPTO_GCM_NONCE_LEN)
-    return fail(err, PT_EINVAL, "aes-gcm: nonce must be 12 bytes");
-  if ((aad == NULL && aad_len > 0) || aad_len > (size_t)INT_MAX)
-    return fail(err, PT_EINVAL, "aes-gcm: bad associated data");
+  const EVP_CIPHER *cipher;
+  int rc = gcm_check(key, key_len, nonce, nonce_len, aad, aad_len, &cipher,
+                     err);
+  if (rc != 0)
+    return rc;
   if (ct == NULL || ct_len < PT_CRYPTO_GCM_TAG_LEN || ct_len > (size_t)INT_MAX)
     return fail(err, PT_EINVAL, "aes-gcm: ciphertext shorter than its tag");
 
   size_t body_len = ct_len - PT_CRYPTO_GCM_TAG_LEN;
   unsigned char tag[PT_CRYPTO_GCM_TAG_LEN];
   memcpy(tag, (const unsigned char *)ct + body_len, sizeof tag);
-  int rc = 0, n = 0, fin = 0;
+  int n = 0, fin = 0;
   unsigned char *buf = malloc(body_len + 1);
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
   if (buf == NULL || ctx == NULL) {
     rc = fail(err, PT_ENOMEM, "aes-gcm: out of memory");
     goto done;
   }
-  if (EVP_DecryptInit_ex(ctx, cipher, NULL, NULL, NULL) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)nonce_len, NULL) !=
-          1 ||
-      EVP_DecryptInit_ex(ctx, NULL, NULL, key, nonce) != 1 ||
-      (aad_len > 0 &&
-       EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) ||
+  if (!gcm_begin(ctx, cipher, key, nonce, nonce_len, aad, aad_len, 0) ||
       EVP_DecryptUpdate(ctx, buf, &n, ct, (int)body_len) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, (int)sizeof tag, tag) !=
           1) {
@@ -529,32 +551,23 @@ int pt_crypto_aes_gcm_encrypt(const void *key, size_t key_len,
                               pt_error_t *err) {
   *ct = NULL;
   *ct_len = 0;
-  const EVP_CIPHER *cipher = key_len == 32   ? EVP_aes_256_gcm()
-                             : key_len == 16 ? EVP_aes_128_gcm()
-                                             : NULL;
-  if (key == NULL || cipher == NULL)
-    return fail(err, PT_EINVAL, "aes-gcm: key must be 16 or 32 bytes");
-  if (nonce == NULL || nonce_len != PT_CRYPTO_GCM_NONCE_LEN)
-    return fail(err, PT_EINVAL, "aes-gcm: nonce must be 12 bytes");
-  if ((aad == NULL && aad_len > 0) || aad_len > (size_t)INT_MAX)
-    return fail(err, PT_EINVAL, "aes-gcm: bad associated data");
+  const EVP_CIPHER *cipher;
+  int rc = gcm_check(key, key_len, nonce, nonce_len, aad, aad_len, &cipher,
+                     err);
+  if (rc != 0)
+    return rc;
   if ((plain == NULL && plain_len > 0) ||
       plain_len > (size_t)INT_MAX - PT_CRYPTO_GCM_TAG_LEN)
     return fail(err, PT_EINVAL, "aes-gcm: bad plaintext");
 
-  int rc = 0, n = 0, fin = 0;
+  int n = 0, fin = 0;
   unsigned char *buf = malloc(plain_len + PT_CRYPTO_GCM_TAG_LEN + 1);
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
   if (buf == NULL || ctx == NULL) {
     rc = fail(err, PT_ENOMEM, "aes-gcm: out of memory");
     goto done;
   }
-  if (EVP_EncryptInit_ex(ctx, cipher, NULL, NULL, NULL) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)nonce_len, NULL) !=
-          1 ||
-      EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1 ||
-      (aad_len > 0 &&
-       EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) ||
+  if (!gcm_begin(ctx, cipher, key, nonce, nonce_len, aad, aad_len, 1) ||
       (plain_len > 0 &&
        EVP_EncryptUpdate(ctx, buf, &n, plain, (int)plain_len) != 1) ||
       EVP_EncryptFinal_ex(ctx, buf + (plain_len > 0 ? n : 0), &fin) != 1 ||
