@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -131,40 +130,11 @@ char *pt_simproc_key_pem(const char *name, size_t *len) {
 long pt_simproc_http(const char *method, const char *url,
                      const char *const *headers, const char *body,
                      size_t body_len, char **out_body, char **out_headers) {
-  CURL *h = curl_easy_init();
-  struct curl_slist *hdrs = NULL;
-  pt_buf_t b = {NULL, 0}, hb = {NULL, 0};
-  long status = -1;
-  cr_assert_not_null(h);
-  hdrs = curl_slist_append(hdrs, "Expect:");
-  for (int i = 0; headers != NULL && headers[i] != NULL; i++)
-    hdrs = curl_slist_append(hdrs, headers[i]);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
-  if (body != NULL) {
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body_len);
-  }
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(h, CURLOPT_HEADERDATA, &hb);
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
-  if (out_body != NULL)
-    *out_body = b.data ? b.data : calloc(1, 1);
-  else
-    free(b.data);
-  if (out_headers != NULL)
-    *out_headers = hb.data ? hb.data : calloc(1, 1);
-  else
-    free(hb.data);
-  return status;
+  static const char *const expect[] = {"Expect:", NULL};
+  const char *all[32];
+  pt_test_headers(all, 32, expect, headers);
+  return pt_test_http(method, url, all, body, body_len, 30, out_body,
+                      out_headers);
 }
 
 const char *pt_simproc_header(const char *block, const char *name, char *buf,

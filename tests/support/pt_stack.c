@@ -4,7 +4,6 @@
 #include <amqp_tcp_socket.h>
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -233,38 +232,14 @@ int pt_stack_stop(pt_stack_t *s) {
 
 long pt_http(const char *method, const char *url, const char *token,
              const char *body, const char *const *headers, char **out) {
-  CURL *h = curl_easy_init();
-  struct curl_slist *hdrs = NULL;
-  pt_buf_t b = {NULL, 0};
   char auth[256];
-  long status = -1;
-  if (token != NULL) {
+  const char *mine[] = {auth, "Content-Type: application/json", NULL};
+  const char *all[32];
+  if (token != NULL)
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-    hdrs = curl_slist_append(hdrs, auth);
-  }
-  hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-  for (int i = 0; headers != NULL && headers[i] != NULL; i++)
-    hdrs = curl_slist_append(hdrs, headers[i]);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
-  if (body != NULL) {
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-  }
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
-  if (out != NULL)
-    *out = b.data ? b.data : calloc(1, 1);
-  else
-    free(b.data);
-  return status;
+  pt_test_headers(all, 32, token != NULL ? mine : mine + 1, headers);
+  return pt_test_http(method, url, all, body, body ? strlen(body) : 0, 60,
+                      out, NULL);
 }
 
 long pt_api_submit(pt_stack_t *s, const char *json, const char *idem_key,

@@ -2,12 +2,15 @@
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <curl/curl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "core/pt_buf.h"
 
 const char *pt_test_uri(const char *var, const char *server) {
   const char *v = getenv(var);
@@ -95,4 +98,56 @@ void pt_test_wait_verdict(uv_loop_t *loop, pt_test_verdict_t *r) {
   while (r->n == 0)
     uv_run(loop, UV_RUN_ONCE);
   cr_assert_eq(r->status, 0, "redis: %s", r->detail);
+}
+
+long pt_test_http(const char *method, const char *url,
+                  const char *const *headers, const char *body,
+                  size_t body_len, long timeout_s, char **out_body,
+                  char **out_headers) {
+  CURL *h = curl_easy_init();
+  struct curl_slist *hdrs = NULL;
+  pt_buf_t b = {NULL, 0}, hb = {NULL, 0};
+  long status = -1;
+  cr_assert_not_null(h);
+  for (int i = 0; headers != NULL && headers[i] != NULL; i++)
+    hdrs = curl_slist_append(hdrs, headers[i]);
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
+  if (body != NULL) {
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body_len);
+  }
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  if (out_headers != NULL) {
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, pt_buf_curl_write);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &hb);
+  }
+  if (curl_easy_perform(h) == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(h);
+  if (out_body != NULL)
+    *out_body = b.data ? b.data : calloc(1, 1);
+  else
+    free(b.data);
+  if (out_headers != NULL)
+    *out_headers = hb.data ? hb.data : calloc(1, 1);
+  return status;
+}
+
+void pt_test_headers(const char **out, size_t max, const char *const *first,
+                     const char *const *more) {
+  size_t n = 0;
+  for (int k = 0; k < 2; k++) {
+    const char *const *list = k == 0 ? first : more;
+    for (int i = 0; list != NULL && list[i] != NULL; i++) {
+      cr_assert_lt(n + 1, max, "too many headers for the test helper");
+      out[n++] = list[i];
+    }
+  }
+  out[n] = NULL;
 }

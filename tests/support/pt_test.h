@@ -31,6 +31,21 @@ int pt_test_free_port(void);
 
 void pt_test_sleep_ms(int ms);
 
+/* One blocking HTTP request (libcurl easy) with the given headers
+ * (NULL-terminated, MAY be NULL) and body_len bytes of body (body NULL:
+ * none). Returns the status, or -1 when nothing answered; *out_body and
+ * *out_headers (each MAY be NULL) get the answer's body and header block,
+ * to free(). */
+long pt_test_http(const char *method, const char *url,
+                  const char *const *headers, const char *body,
+                  size_t body_len, long timeout_s, char **out_body,
+                  char **out_headers);
+
+/* Fills out (room for max entries) with first, then the NULL-terminated
+ * more (MAY be NULL), then NULL; fails the test if they do not fit. */
+void pt_test_headers(const char **out, size_t max, const char *const *first,
+                     const char *const *more);
+
 /* What a pt_store script answered: pass pt_test_on_verdict and a zeroed
  * pt_test_verdict_t to a pt_store call, then pt_test_wait_verdict runs
  * loop until the answer is in and fails the test if Redis failed. */
