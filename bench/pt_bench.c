@@ -1,7 +1,6 @@
 #include "bench/pt_bench.h"
 
 #include <bson/bson.h>
-#include <curl/curl.h>
 #include <getopt.h>
 #include <mongoc/mongoc.h>
 #include <signal.h>
@@ -15,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 
+#include "cli/pt_cli_http.h"
 #include "core/pt_amqp.h"
 #include "core/pt_http_client.h"
 #include "core/pt_id.h"
@@ -84,23 +84,13 @@ static pid_t spawn(procs_t *p, const char *name, const char *const *args,
 }
 
 static long http_get(const char *url, char **out) {
-  CURL *h = curl_easy_init();
-  long code = -1;
-  FILE *mem;
-  size_t len = 0;
-  char *buf = NULL;
-  mem = open_memstream(&buf, &len);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, mem);
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-  curl_easy_cleanup(h);
-  fclose(mem);
+  pt_buf_t b;
+  pt_cli_req_t r = {"GET", url, NULL, NULL, NULL, 5000};
+  long code = pt_cli_http(&r, &b, NULL);
   if (out)
-    *out = buf;
+    *out = b.data;
   else
-    free(buf);
+    free(b.data);
   return code;
 }
 

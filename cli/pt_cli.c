@@ -1,13 +1,13 @@
 #include "cli/pt_cli.h"
 
 #include <bson/bson.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/pt_cli_http.h"
 #include "core/pt_buf.h"
 #include "core/pt_config.h"
 #include "core/pt_task.h"
@@ -49,41 +49,17 @@ static int client_init(client_t *c, const char *api, const char *token) {
  * or -1 when the api could not be reached. */
 static long call(const client_t *c, const char *method, const char *path,
                  const char *body, const char *idem, long timeout_s) {
-  CURL *h = curl_easy_init();
-  struct curl_slist *hdrs = NULL;
-  pt_buf_t out = {NULL, 0};
-  char url[2048], auth[PT_CFG_STR_MAX + 32], key[300];
-  long status = -1;
-  if (h == NULL)
-    return -1;
+  char url[2048];
+  pt_buf_t out;
+  const char *why;
   snprintf(url, sizeof url, "%s%s", c->api, path);
-  snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
-  hdrs = curl_slist_append(hdrs, auth);
-  hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-  if (idem != NULL) {
-    snprintf(key, sizeof key, "Idempotency-Key: %s", idem);
-    hdrs = curl_slist_append(hdrs, key);
-  }
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
-  if (body != NULL)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
-  CURLcode rc = curl_easy_perform(h);
-  if (rc == CURLE_OK) {
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  pt_cli_req_t r = {method, url, c->token, idem, body, timeout_s * 1000};
+  long status = pt_cli_http(&r, &out, &why);
+  if (status >= 0)
     printf("%s\n", out.data ? out.data : "");
-  } else {
-    fprintf(stderr, "paytask: cannot reach the api at %s: %s\n", c->api,
-            curl_easy_strerror(rc));
-  }
+  else
+    fprintf(stderr, "paytask: cannot reach the api at %s: %s\n", c->api, why);
   free(out.data);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
   return status;
 }
 

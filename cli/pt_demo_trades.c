@@ -7,12 +7,12 @@
 #include "cli/pt_demo.h"
 
 #include <bson/bson.h>
-#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/pt_cli_http.h"
 #include "core/pt_buf.h"
 #include "core/pt_id.h"
 
@@ -20,34 +20,15 @@
  * (initialised when the body is a JSON object). */
 static long request(const char *method, const char *url, const char *token,
                     const char *body, bson_t *doc, int *has_doc) {
-  CURL *c = curl_easy_init();
-  pt_buf_t out = {0};
-  struct curl_slist *h =
-      curl_slist_append(NULL, "Content-Type: application/json");
-  char auth[600];
-  long code = -1;
+  pt_buf_t out;
   bson_error_t e;
+  pt_cli_req_t r = {method, url, token, NULL, body, 10000};
+  long code = pt_cli_http(&r, &out, NULL);
   *has_doc = 0;
-  if (token != NULL) {
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-    h = curl_slist_append(h, auth);
-  }
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-  if (body != NULL)
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  if (curl_easy_perform(c) == CURLE_OK)
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
   if (out.len > 0 && doc != NULL &&
       bson_init_from_json(doc, out.data, (ssize_t)out.len, &e))
     *has_doc = 1;
   free(out.data);
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
   return code;
 }
 

@@ -3,7 +3,6 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <bson/bson.h>
-#include <curl/curl.h>
 #include <getopt.h>
 #include <mongoc/mongoc.h>
 #include <stdio.h>
@@ -12,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/pt_cli_http.h"
 #include "core/pt_amqp.h"
 #include "core/pt_buf.h"
 #include "core/pt_config.h"
@@ -189,26 +189,13 @@ static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
 
 static long replay_one(const char *api, const char *token, const char *id,
                        int force, char *newid, size_t len) {
-  CURL *h = curl_easy_init();
-  struct curl_slist *hdrs = NULL;
-  pt_buf_t out = {NULL, 0};
-  char url[PT_CFG_STR_MAX + 96], auth[PT_CFG_STR_MAX + 32];
-  long code = -1;
+  pt_buf_t out;
+  char url[PT_CFG_STR_MAX + 96];
   snprintf(url, sizeof url, "%s/v1/tasks/%s/replay%s", api, id,
            force ? "?force=true" : "");
-  snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-  hdrs = curl_slist_append(hdrs, auth);
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_POST, 1L);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+  pt_cli_req_t r = {"POST", url, token, NULL, "", 30000};
+  long code = pt_cli_http(&r, &out, NULL);
   newid[0] = '\0';
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
   bson_t d;
   bson_error_t e;
   if (out.data && bson_init_from_json(&d, out.data, -1, &e)) {
@@ -216,8 +203,6 @@ static long replay_one(const char *api, const char *token, const char *id,
     bson_destroy(&d);
   }
   free(out.data);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
   return code;
 }
 
