@@ -70,6 +70,9 @@ static pid_t spawn(procs_t *p, const char *name, const char *const *args,
      * then the tool's, not the worker's. */
     const char *wrap = getenv("PT_BENCH_WRAP");
     if (wrap != NULL && *wrap != '\0' && strcmp(name, "bench-slow-worker") == 0) {
+      /* The tool runs the worker as its child (heaptrack does not exec):
+       * a process group of their own lets procs_stop signal both. */
+      setpgid(0, 0);
       char cmd[1024], self[512];
       ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
       self[len > 0 ? len : 0] = '\0';
@@ -139,7 +142,7 @@ static void procs_stop(procs_t *p) {
   all[n++] = p->api;
   all[n++] = p->sim;
   for (int i = 0; i < n; i++)
-    if (all[i] > 0)
+    if (all[i] > 0 && kill(-all[i], SIGTERM) != 0) /* a wrapped worker's group */
       kill(all[i], SIGTERM);
   for (int i = 0; i < n; i++)
     if (all[i] > 0)
