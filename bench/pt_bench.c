@@ -622,6 +622,14 @@ static int64_t wait_mongo(const char *uri, int64_t t_stream, const bench_t *b) {
     if (mongoc_collection_command_simple(col, &cmd, NULL, &r, &e) &&
         bson_iter_init_find(&it, &r, "n"))
       n = bson_iter_as_int64(&it);
+    else if (i == 0)
+      fprintf(stderr, "bench: counting the run's documents failed: %s\n",
+              e.message);
+    if (i == 0 && n >= 0 && n < b->n)
+      fprintf(stderr,
+              "bench: MongoDB held %lld of the %ld documents when the sync "
+              "stream was empty; counting until it holds them all\n",
+              (long long)n, b->n);
     bson_destroy(&cmd);
     bson_destroy(&r);
     if (n >= b->n) {
@@ -836,6 +844,8 @@ int pt_bench_main(int argc, char **argv) {
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
+  fprintf(stderr, "bench: counting the run's documents in MongoDB (FerretDB "
+                  "reads the whole collection for it: slow once it is big)\n");
   int64_t t_mongo = wait_mongo(mongo, now_us(), &b);
   double thr_mongo = t_mongo > 0 ? n * 1e6 / (double)(t_mongo - b.t0) : -1;
   double sync_lag_ms = t_mongo > 0 ? (double)(t_mongo - b.t_last_final) / 1000 : -1;
