@@ -22,6 +22,7 @@
 
 #include "core/pt_amqp.h"
 #include "core/pt_buf.h"
+#include "core/pt_redis.h"
 #include "tests/support/pt_test.h"
 
 #define TOKEN "dev-token-change-me"
@@ -561,17 +562,11 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
 }
 
 int pt_redis_has_task(const char *id) {
-  const char *uri = pt_test_uri("PAYTASK_REDIS_URI", "Redis");
-  int port = 6379, db = 0;
-  char host[64] = "127.0.0.1";
-  /* redis://host:port/db, as scripts/services writes it. */
-  if (sscanf(uri, "redis://%63[^:/]:%d/%d", host, &port, &db) < 2)
-    cr_assert_fail("Redis: cannot read %s", uri);
-  redisContext *c = redisConnect(host, port);
-  cr_assert(c != NULL && c->err == 0, "Redis: cannot connect to %s", uri);
-  redisReply *r = redisCommand(c, "SELECT %d", db);
-  freeReplyObject(r);
-  r = redisCommand(c, "EXISTS pt:task:%s", id);
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(
+      pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
+  cr_assert_not_null(c, "Redis: %s", err.message);
+  redisReply *r = redisCommand(c, "EXISTS pt:task:%s", id);
   int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   freeReplyObject(r);
   redisFree(c);
@@ -581,4 +576,28 @@ int pt_redis_has_task(const char *id) {
 const char *pt_unique(const char *prefix) {
   static char buf[96];
   return pt_test_unique(prefix, buf, sizeof buf);
+}
+
+long pt_worker_heartbeat(pid_t pid, const char *field) {
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(
+      pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
+  cr_assert_not_null(c, "Redis: %s", err.message);
+  long value = -1;
+  redisReply *keys = redisCommand(c, "KEYS pt:worker:*");
+  for (size_t i = 0; keys != NULL && keys->type == REDIS_REPLY_ARRAY &&
+                     i < keys->elements && value < 0;
+       i++) {
+    redisReply *r = redisCommand(c, "HMGET %s pid %s", keys->element[i]->str,
+                                 field);
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING &&
+        atol(r->element[0]->str) == (long)pid &&
+        r->element[1]->type == REDIS_REPLY_STRING)
+      value = atol(r->element[1]->str);
+    freeReplyObject(r);
+  }
+  freeReplyObject(keys);
+  redisFree(c);
+  return value;
 }

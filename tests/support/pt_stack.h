@@ -96,6 +96,9 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
 long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the task's hash is still in Redis. */
 int pt_redis_has_task(const char *id);
+/* A field of the worker's heartbeat (pt:worker:<consumer>, what `paytask
+ * inspect` shows) for the worker process pid, or -1 while it has none. */
+long pt_worker_heartbeat(pid_t pid, const char *field);
 
 /* A string unique to this test process. */
 const char *pt_unique(const char *prefix);
