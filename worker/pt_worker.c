@@ -615,7 +615,7 @@ typedef struct {
 } held_t;
 
 static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d);
-static void admit(worker_t *w, const pt_amqp_delivery_t *d);
+static void admit(worker_t *w, const pt_amqp_delivery_t *d, kept_t **kept);
 static void drop_waiting(worker_t *w);
 
 static void on_held_closed(uv_handle_t *h) {
@@ -630,7 +630,7 @@ static void on_held_due(uv_timer_t *t) {
   pt_amqp_delivery_t d;
   w->inflight--;
   if (kept_delivery(w, hd->k, &d))
-    admit(w, &d);
+    admit(w, &d, &hd->k);
   uv_close((uv_handle_t *)t, on_held_closed);
   maybe_finish_drain(w);
 }
@@ -694,14 +694,19 @@ static int at_limit(const worker_t *w) {
          w->working >= (size_t)w->cfg->worker_concurrency;
 }
 
-static void admit(worker_t *w, const pt_amqp_delivery_t *d) {
+/* Works on d now, or queues it. kept, when not NULL, is d's own copy: a
+ * queued delivery then takes it over (*kept becomes NULL) instead of being
+ * copied again. */
+static void admit(worker_t *w, const pt_amqp_delivery_t *d, kept_t **kept) {
   if (!at_limit(w) && w->wait_head == NULL) {
     process_delivery(w, d);
     return;
   }
-  kept_t *q = keep(w, d);
+  kept_t *q = kept != NULL ? *kept : keep(w, d);
   if (q == NULL)
     return; /* left unacked: redelivered when this connection ends */
+  if (kept != NULL)
+    *kept = NULL;
   if (w->wait_tail != NULL)
     w->wait_tail->next = q;
   else
@@ -746,7 +751,7 @@ static void on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d, void *arg) {
   worker_t *w = arg;
   (void)c;
   if (!forward_early(w, d))
-    admit(w, d);
+    admit(w, d, NULL);
 }
 
 static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {

@@ -475,6 +475,52 @@ Test(trades, wechat_paid_just_before_close, .timeout = 120) {
   paid_just_before_close("wechat");
 }
 
+/* A close waits out the last second of its window held in the worker; when
+ * it falls due while the worker's only slot (worker.concurrency = 1) is in a
+ * slow call, it waits for the slot and then runs, once. */
+Test(trades, close_due_while_at_concurrency_limit_waits_then_runs,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], slow_id[24], otn[64], slow_otn[64];
+  snprintf(otn, sizeof otn, "%s", pt_unique("lim")); /* a static buffer */
+  snprintf(slow_otn, sizeof slow_otn, "%s", pt_unique("slow"));
+  pt_stack_env(&s, "PAYTASK_WORKER_CONCURRENCY", "1");
+  start(&s, "alipay", "60");
+  pay_body(body, sizeof body, "alipay", otn, 800, 0, 5);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  /* The one slot: a call of 8 s, across the close's due time (5 s). */
+  sim_rule(&s, slow_otn, "\"latency_ms\":8000");
+  pay_body(body, sizeof body, "alipay", slow_otn, 801, 0, 600);
+  pt_submit_ok(&s, body, slow_id);
+  long waiting = -1;
+  for (int i = 0; i < 120 && waiting < 1; i++) {
+    usleep(100000);
+    waiting = pt_worker_heartbeat(s.workers[0], "waiting");
+  }
+  /* (Tasks other tests left in the shared queue may wait with it.) */
+  cr_assert_geq(waiting, 1, "the close never waited for the slot");
+  cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 0,
+               "the close ran while the only slot was taken");
+  pt_wait_final(&s, slow_id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  wait_trade(&s, id, "CLOSED", 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
+  const char *settled = pt_json_str(&doc, "trade.settled_at");
+  const char *expire = pt_json_str(&doc, "trade.expire_at");
+  cr_assert(settled != NULL && expire != NULL);
+  cr_assert_geq(strcmp(settled, expire), 0, "closed at %s, before %s",
+                settled, expire);
+  bson_destroy(&doc);
+  cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 1);
+  /* Exit 0 under the sanitizers: the kept delivery was freed once. */
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 Test(trades, notify_retried_until_success, .timeout = 120) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
