@@ -411,6 +411,24 @@ Test(trades, wechat_settled_by_query, .timeout = 120) {
   settled_by_query("wechat");
 }
 
+/* Waits until the task's trade is CLOSED by its close task, and checks
+ * that it was not closed before its window ended: the wait is a chain of
+ * delay levels (for 5 s: 4 s, then the rest held in the worker), each hop
+ * checked against the due time. Both times are RFC 3339 UTC with
+ * milliseconds, so they compare as strings. */
+static void wait_closed_after_window(pt_stack_t *s, const char *id,
+                                     int timeout_s) {
+  bson_t doc;
+  wait_trade(s, id, "CLOSED", timeout_s, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
+  const char *settled = pt_json_str(&doc, "trade.settled_at");
+  const char *expire = pt_json_str(&doc, "trade.expire_at");
+  cr_assert(settled != NULL && expire != NULL);
+  cr_assert_geq(strcmp(settled, expire), 0, "closed at %s, before %s",
+                settled, expire);
+  bson_destroy(&doc);
+}
+
 static void closed_at_expiry(const char *dialect) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
@@ -422,17 +440,7 @@ static void closed_at_expiry(const char *dialect) {
   bson_t doc;
   pt_wait_final(&s, id, 20, &doc);
   bson_destroy(&doc);
-  wait_trade(&s, id, "CLOSED", 40, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
-  /* Not before the window ended: the 5 s wait is a chain of delay levels
-   * (4 s, then the rest), each hop checked against the due time. Both are
-   * RFC 3339 UTC with milliseconds, so they compare as strings. */
-  const char *settled = pt_json_str(&doc, "trade.settled_at");
-  const char *expire = pt_json_str(&doc, "trade.expire_at");
-  cr_assert(settled != NULL && expire != NULL);
-  cr_assert_geq(strcmp(settled, expire), 0, "closed at %s, before %s",
-                settled, expire);
-  bson_destroy(&doc);
+  wait_closed_after_window(&s, id, 40);
   /* Too late now: the buyer cannot pay a closed trade. */
   char path[160];
   snprintf(path, sizeof path, "/v1/sim/trades/%s/pay", otn);
@@ -508,14 +516,7 @@ Test(trades, close_due_while_at_concurrency_limit_waits_then_runs,
   pt_wait_final(&s, slow_id, 20, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
-  wait_trade(&s, id, "CLOSED", 20, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "close");
-  const char *settled = pt_json_str(&doc, "trade.settled_at");
-  const char *expire = pt_json_str(&doc, "trade.expire_at");
-  cr_assert(settled != NULL && expire != NULL);
-  cr_assert_geq(strcmp(settled, expire), 0, "closed at %s, before %s",
-                settled, expire);
-  bson_destroy(&doc);
+  wait_closed_after_window(&s, id, 20);
   cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 1);
   /* Exit 0 under the sanitizers: the kept delivery was freed once. */
   cr_assert_eq(pt_stack_stop(&s), 0);
