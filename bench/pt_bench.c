@@ -358,6 +358,7 @@ struct bench {
   double rate;   /* open loop: tasks per second, 0 = closed loop */
   int64_t t0, t_last_final, t_last_done;
   char min_id[24], max_id[24];
+  char (*ids)[24]; /* every submitted task's id, by submit order */
   int64_t *lat;
   long nlat;
   int64_t *confirm; /* latency mode: submit to 202 (the broker's confirm) */
@@ -424,6 +425,7 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
     memcpy(b->min_id, c->id, sizeof b->min_id);
   if (strcmp(c->id, b->max_id) > 0)
     memcpy(b->max_id, c->id, sizeof b->max_id);
+  memcpy(b->ids[c->idx], c->id, sizeof b->ids[0]);
   b->submitted++;
   if (b->backlog_procs != NULL && b->submitted == b->n) {
     static const char *const worker[] = {"paytask", "worker", NULL};
@@ -546,6 +548,7 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   b->rate = rate;
   b->wait_each = wait_each;
   b->lat = calloc((size_t)n, sizeof *b->lat);
+  b->ids = calloc((size_t)n, sizeof *b->ids);
   b->confirm = wait_each ? calloc((size_t)n, sizeof *b->confirm) : NULL;
   snprintf(b->run, sizeof b->run, "B%lld", (long long)pt_now_ms());
   uv_loop_init(&b->loop);
@@ -646,6 +649,53 @@ static int64_t wait_mongo(const char *uri, int64_t t_stream, const bench_t *b) {
   mongoc_client_destroy(cl);
   mongoc_uri_destroy(u);
   return when;
+}
+
+/* A figure counts final states, whatever they are: checks that every task
+ * of the run SUCCEEDED, from the status in its Redis hash (pipelined, after
+ * the timed window; a synced hash stays evict_grace_s). Returns 0, or -1
+ * and says how many did not and what they were. */
+static int check_succeeded(const char *redis_uri, const bench_t *b) {
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(redis_uri, 5000, &err);
+  if (c == NULL) {
+    fprintf(stderr, "bench: cannot check the tasks' outcome: %s\n",
+            err.message);
+    return -1;
+  }
+  long ok = 0, failed = 0, other = 0, gone = 0;
+  for (long i = 0; i < b->n; i += 1000) {
+    long end = i + 1000 < b->n ? i + 1000 : b->n;
+    for (long k = i; k < end; k++)
+      redisAppendCommand(c, "HGET %s%s status", PT_KEY_TASK, b->ids[k]);
+    for (long k = i; k < end; k++) {
+      redisReply *r = NULL;
+      if (redisGetReply(c, (void **)&r) != REDIS_OK) {
+        fprintf(stderr, "bench: cannot check the tasks' outcome: %s\n",
+                c->errstr);
+        redisFree(c);
+        return -1;
+      }
+      if (r->type != REDIS_REPLY_STRING)
+        gone++;
+      else if (strcmp(r->str, "SUCCEEDED") == 0)
+        ok++;
+      else if (strcmp(r->str, "FAILED") == 0)
+        failed++;
+      else
+        other++;
+      freeReplyObject(r);
+    }
+  }
+  redisFree(c);
+  if (ok == b->n)
+    return 0;
+  fprintf(stderr,
+          "bench: %ld of %ld tasks did not succeed (FAILED %ld, not final "
+          "%ld, no longer in Redis or never submitted %ld); the figures of "
+          "this run do not stand\n",
+          b->n - ok, b->n, failed, other, gone);
+  return -1;
 }
 
 /* ---- 1. broker baseline ------------------------------------------------- */
@@ -848,6 +898,7 @@ int pt_bench_main(int argc, char **argv) {
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
+  rc |= check_succeeded(redis, &b);
   fprintf(stderr, "bench: counting the run's documents in MongoDB (FerretDB "
                   "reads the whole collection for it: slow once it is big)\n");
   int64_t t_mongo = wait_mongo(mongo, now_us(), &b);
@@ -859,6 +910,7 @@ int pt_bench_main(int argc, char **argv) {
     rss_worker = r > rss_worker ? r : rss_worker;
   }
   free(b.lat);
+  free(b.ids);
   free(b.confirm);
 
   fprintf(stderr, "bench: 3/5 latency\n");
@@ -873,11 +925,13 @@ int pt_bench_main(int argc, char **argv) {
   double conf50 = pct_ms(b.confirm, b.nconfirm, 0.50),
          conf99 = pct_ms(b.confirm, b.nconfirm, 0.99);
   free(b.lat);
+  free(b.ids);
   free(b.confirm);
   rc |= run_load(&b, &p, 200, 1, 0, 1, redis);
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double single_p50 = pct_ms(b.lat, b.nlat, 0.50);
   free(b.lat);
+  free(b.ids);
   free(b.confirm);
   procs_stop(&p);
 
@@ -903,8 +957,10 @@ int pt_bench_main(int argc, char **argv) {
   b.backlog_cpu = &cpu_slow;
   rc |= run_load(&b, &p, slow_n, conc, 0, 0, redis);
   cpu_stop(&cpu_slow);
+  rc |= check_succeeded(redis, &b);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   free(b.lat);
+  free(b.ids);
   free(b.confirm);
   long max_in_flight = sim_stat(&p, "max_in_flight");
   long rss_slow = peak_rss_kb(p.workers[0]);
