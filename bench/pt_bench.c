@@ -582,6 +582,16 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   return b->finished == 1 && b->errors == 0 ? 0 : -1;
 }
 
+/* Frees what run_load allocated for its figures, once they are read. */
+static void load_free(bench_t *b) {
+  free(b->lat);
+  free(b->ids);
+  free(b->confirm);
+  b->lat = NULL;
+  b->ids = NULL;
+  b->confirm = NULL;
+}
+
 /* Waits until the sync stream is empty: the sync threads delete an entry
  * only after MongoDB acknowledged its document. Polling Redis is cheap;
  * polling MongoDB with a count every 50 ms was not (FerretDB scans the
@@ -909,9 +919,7 @@ int pt_bench_main(int argc, char **argv) {
     long r = peak_rss_kb(p.workers[i]);
     rss_worker = r > rss_worker ? r : rss_worker;
   }
-  free(b.lat);
-  free(b.ids);
-  free(b.confirm);
+  load_free(&b);
 
   fprintf(stderr, "bench: 3/5 latency\n");
   if (rate <= 0)
@@ -924,15 +932,11 @@ int pt_bench_main(int argc, char **argv) {
   qsort(b.confirm, (size_t)b.nconfirm, sizeof *b.confirm, cmp64);
   double conf50 = pct_ms(b.confirm, b.nconfirm, 0.50),
          conf99 = pct_ms(b.confirm, b.nconfirm, 0.99);
-  free(b.lat);
-  free(b.ids);
-  free(b.confirm);
+  load_free(&b);
   rc |= run_load(&b, &p, 200, 1, 0, 1, redis);
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double single_p50 = pct_ms(b.lat, b.nlat, 0.50);
-  free(b.lat);
-  free(b.ids);
-  free(b.confirm);
+  load_free(&b);
   procs_stop(&p);
 
   fprintf(stderr, "bench: 4/5 slow channel (200 ms), 1 worker, prefetch %d\n",
@@ -959,9 +963,7 @@ int pt_bench_main(int argc, char **argv) {
   cpu_stop(&cpu_slow);
   rc |= check_succeeded(redis, &b);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
-  free(b.lat);
-  free(b.ids);
-  free(b.confirm);
+  load_free(&b);
   long max_in_flight = sim_stat(&p, "max_in_flight");
   long rss_slow = peak_rss_kb(p.workers[0]);
   /* Of which shared library pages (the same physical pages in every
