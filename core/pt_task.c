@@ -32,8 +32,21 @@ void pt_task_init(pt_task_t *t) {
 }
 
 void pt_task_destroy(pt_task_t *t) {
-  if (t != NULL)
-    bson_destroy(&t->params);
+  if (t == NULL)
+    return;
+  bson_destroy(&t->params);
+  bson_free(t->subject);
+  bson_free(t->notify_url);
+  t->subject = t->notify_url = NULL;
+}
+
+int pt_task_set_str(char **field, const char *s) {
+  char *copy = NULL;
+  if (s != NULL && (copy = bson_strdup(s)) == NULL)
+    return PT_ENOMEM;
+  bson_free(*field);
+  *field = copy;
+  return 0;
 }
 
 static int fail(pt_input_error_t *ie, const char *code, const char *fmt, ...)
@@ -114,6 +127,27 @@ static int get_string(bson_iter_t *it, const char *name, char *out, size_t max,
     return fail(ie, "missing_field", "%s must not be empty", name);
   memcpy(out, s, n);
   out[n] = '\0';
+  return 0;
+}
+
+/* get_string into an owned copy of the string's own size. */
+static int get_string_dup(bson_iter_t *it, const char *name, char **out,
+                          size_t max, size_t min, pt_input_error_t *ie) {
+  uint32_t n;
+  if (!BSON_ITER_HOLDS_UTF8(it))
+    return fail(ie, "invalid_type", "%s must be a string", name);
+  bson_iter_utf8(it, &n);
+  if (n > max)
+    return fail(ie, "field_too_long", "%s is longer than %zu bytes", name,
+                max);
+  char *s = bson_malloc((size_t)n + 1);
+  int rc = get_string(it, name, s, max, min, ie);
+  if (rc != 0) {
+    bson_free(s);
+    return rc;
+  }
+  bson_free(*out);
+  *out = s;
   return 0;
 }
 
@@ -243,13 +277,15 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
                     "currency must be three capital letters (ISO 4217)");
       seen |= F_CURRENCY;
     } else if (strcmp(k, "subject") == 0) {
-      if (get_string(&it, "subject", t->subject, PT_SUBJECT_MAX, 1, ie) != 0)
+      if (get_string_dup(&it, "subject", &t->subject, PT_SUBJECT_MAX, 1,
+                         ie) != 0)
         return PT_EINVAL;
       seen |= F_SUBJECT;
     } else if (strcmp(k, "notify_url") == 0) {
       if (BSON_ITER_HOLDS_NULL(&it))
         continue;
-      if (get_string(&it, "notify_url", t->notify_url, PT_URL_MAX, 1, ie) != 0)
+      if (get_string_dup(&it, "notify_url", &t->notify_url, PT_URL_MAX, 1,
+                         ie) != 0)
         return PT_EINVAL;
       if (strncmp(t->notify_url, "http://", 7) != 0 &&
           strncmp(t->notify_url, "https://", 8) != 0)
@@ -373,8 +409,8 @@ void pt_task_append_spec(const pt_task_t *t, bson_t *doc) {
   BSON_APPEND_UTF8(doc, "out_trade_no", t->out_trade_no);
   BSON_APPEND_INT64(doc, "amount", t->amount);
   BSON_APPEND_UTF8(doc, "currency", t->currency);
-  BSON_APPEND_UTF8(doc, "subject", t->subject);
-  if (t->notify_url[0])
+  BSON_APPEND_UTF8(doc, "subject", t->subject ? t->subject : "");
+  if (t->notify_url != NULL)
     BSON_APPEND_UTF8(doc, "notify_url", t->notify_url);
   else
     BSON_APPEND_NULL(doc, "notify_url");

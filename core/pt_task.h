@@ -41,8 +41,11 @@ typedef struct {
   char out_trade_no[PT_OUT_TRADE_NO_MAX + 1];
   int64_t amount; /* minor units */
   char currency[4];
-  char subject[PT_SUBJECT_MAX + 1];
-  char notify_url[PT_URL_MAX + 1]; /* "" when absent */
+  /* Owned (pt_task_destroy frees them) and sized to fit: a worker holds
+   * a task per call in flight, and fixed buffers of the largest sizes
+   * allowed (1.3 KB) were over half of each one's memory. */
+  char *subject;    /* NULL only before a parse */
+  char *notify_url; /* NULL when absent */
   int need_retry;
   int retry_times;
   bson_t params; /* empty document when absent */
@@ -69,7 +72,12 @@ typedef enum {
 } pt_parse_mode_t;
 
 void pt_task_init(pt_task_t *t);
-void pt_task_destroy(pt_task_t *t); /* frees params; t itself is the caller's */
+void pt_task_destroy(pt_task_t *t); /* frees params and the strings; t
+                                      itself is the caller's */
+
+/* Replaces *field (subject, notify_url) with a copy of s (NULL: none);
+ * returns PT_ENOMEM or 0. */
+int pt_task_set_str(char **field, const char *s);
 
 /* Parses and checks JSON text into t (initialised by this call). On failure
  * returns PT_EINVAL and fills *ie; t is then destroyed already. max_amount

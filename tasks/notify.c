@@ -139,7 +139,7 @@ static int notify_do_task(pt_attempt_t *a) {
   const pt_runner_env_t *env = pt_attempt_env(a);
   char parent[21];
   n->attempt = a;
-  if (t->notify_url[0] == '\0' || t->parent_id == 0)
+  if (t->notify_url == NULL || t->parent_id == 0)
     return PT_EINVAL;
   pt_id_format(t->parent_id, parent);
   redisAsyncContext *ac = env->redis ? pt_redis_ctx(env->redis) : NULL;

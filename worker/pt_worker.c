@@ -186,7 +186,8 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
       PT_ERROR("notify_given_up",
                "task_id=%s parent=%s url=\"%s\" attempts=%d note=\"the "
                "merchant was not told; replay the notify task\"",
-               j->task.id_str, j->trade_id, j->task.notify_url,
+               j->task.id_str, j->trade_id,
+               j->task.notify_url ? j->task.notify_url : "",
                j->task.attempt);
       count(j, "paytask_notify_given_up_total",
             "merchant notifications given up after the last retry", NULL);

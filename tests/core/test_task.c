@@ -22,25 +22,32 @@ Test(task, parses_a_good_body_with_defaults) {
   pt_task_destroy(&t);
 }
 
+/* Gives t an id and a creation time, writes it as the broker message of
+ * attempt n and parses that back into u. */
+static void as_message(pt_task_t *t, int attempt, pt_task_t *u) {
+  pt_input_error_t ie;
+  size_t len;
+  t->id = 42;
+  strcpy(t->id_str, "42");
+  t->created_at_ms = 1704067200000;
+  char *msg = pt_task_spec_json(t, attempt, &len);
+  cr_assert_eq(pt_task_parse(msg, len, PT_PARSE_MESSAGE, 0, u, &ie), 0,
+               "%s: %s", ie.message, msg);
+  bson_free(msg);
+}
+
 Test(task, message_round_trip) {
   pt_task_t t, u;
   pt_input_error_t ie;
   const char *b = GOOD ",\"params\":{\"sim\":{\"fail_times\":2}},"
                        "\"retry\":{\"need_retry\":true,\"retry_times\":5}}";
   cr_assert_eq(pt_task_parse(b, strlen(b), PT_PARSE_SUBMIT, 0, &t, &ie), 0);
-  t.id = 42;
-  strcpy(t.id_str, "42");
-  t.created_at_ms = 1704067200000;
-  size_t len;
-  char *msg = pt_task_spec_json(&t, 2, &len);
-  cr_assert_eq(pt_task_parse(msg, len, PT_PARSE_MESSAGE, 0, &u, &ie), 0,
-               "%s: %s", ie.message, msg);
+  as_message(&t, 2, &u);
   cr_assert_eq(u.attempt, 2);
   cr_assert_eq(u.id, 42);
   cr_assert_eq(u.retry_times, 5);
   cr_assert_eq(u.has_params, 1);
   cr_assert_eq(u.created_at_ms, 1704067200000);
-  bson_free(msg);
   pt_task_destroy(&t);
   pt_task_destroy(&u);
 }
@@ -124,20 +131,61 @@ ParameterizedTest(bad_case_t *c, task, bad_bodies) {
   cr_assert_gt(strlen(ie.message), 5);
 }
 
+/* Parses a submit body with this subject and notify_url (NULL: absent). */
+static int parse_with(const char *subject, const char *notify_url,
+                      pt_task_t *t, pt_input_error_t *ie) {
+  static char body[4096];
+  char url[PT_URL_MAX + 32] = "";
+  if (notify_url != NULL)
+    snprintf(url, sizeof url, ",\"notify_url\":\"%s\"", notify_url);
+  snprintf(body, sizeof body,
+           "{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
+           "\"amount\":1,\"currency\":\"CNY\",\"subject\":\"%s\"%s}",
+           subject, url);
+  return pt_task_parse(body, strlen(body), PT_PARSE_SUBMIT, 0, t, ie);
+}
+
 Test(task, long_strings_are_refused) {
-  char body[2048];
   char subj[300];
   pt_task_t t;
   pt_input_error_t ie;
   memset(subj, 'x', 257);
   subj[257] = '\0';
-  snprintf(body, sizeof body,
-           "{\"type\":\"pay\",\"channel\":\"sim\",\"out_trade_no\":\"A\","
-           "\"amount\":1,\"currency\":\"CNY\",\"subject\":\"%s\"}",
-           subj);
-  cr_assert_neq(pt_task_parse(body, strlen(body), PT_PARSE_SUBMIT, 0, &t, &ie),
-                0);
+  cr_assert_neq(parse_with(subj, NULL, &t, &ie), 0);
   cr_assert_str_eq(ie.code, "field_too_long");
+}
+
+/* subject and notify_url are held in buffers of their own size: the
+ * largest allowed survive a round trip through a broker message whole, one
+ * byte more is refused, and an absent notify_url stays absent. */
+Test(task, subject_and_notify_url_round_trip_at_their_limits) {
+  static char subj[PT_SUBJECT_MAX + 2], url[PT_URL_MAX + 2];
+  pt_task_t t, u;
+  pt_input_error_t ie;
+  memset(subj, 's', PT_SUBJECT_MAX);
+  memcpy(url, "https://", 8);
+  memset(url + 8, 'u', PT_URL_MAX - 8);
+  cr_assert_eq(parse_with(subj, url, &t, &ie), 0, "%s", ie.message);
+  as_message(&t, 1, &u);
+  cr_assert_str_eq(u.subject, subj);
+  cr_assert_str_eq(u.notify_url, url);
+  pt_task_destroy(&t);
+  pt_task_destroy(&u);
+
+  url[PT_URL_MAX] = 'u'; /* one byte over */
+  cr_assert_neq(parse_with("s", url, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "field_too_long");
+
+  const char *plain = GOOD "}";
+  cr_assert_eq(pt_task_parse(plain, strlen(plain), PT_PARSE_SUBMIT, 0, &t, &ie),
+               0);
+  cr_assert_null(t.notify_url);
+  cr_assert_str_eq(t.subject, "Course: C in depth");
+  size_t len;
+  char *msg = pt_task_spec_json(&t, 0, &len);
+  cr_assert_not_null(strstr(msg, "\"notify_url\" : null"), "%s", msg);
+  bson_free(msg);
+  pt_task_destroy(&t);
 }
 
 Test(task, statuses) {

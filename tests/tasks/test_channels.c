@@ -143,7 +143,7 @@ static void task(pt_task_t *t, const char *channel, const char *params) {
   snprintf(t->out_trade_no, sizeof t->out_trade_no, OTN);
   t->amount = 1234;
   snprintf(t->currency, sizeof t->currency, "CNY");
-  snprintf(t->subject, sizeof t->subject, "Coffee 咖啡");
+  cr_assert_eq(pt_task_set_str(&t->subject, "Coffee 咖啡"), 0);
   t->created_at_ms = (int64_t)NOW * 1000;
   if (params != NULL) {
     bson_destroy(&t->params);
@@ -368,7 +368,7 @@ Test(channel_table, submit_checks_include_the_channels) {
   cr_assert_str_eq(ie.code, "invalid_currency");
   pt_task_destroy(&t);
   task(&t, "alipay", NULL);
-  snprintf(t.subject, sizeof t.subject, "tea & cake");
+  cr_assert_eq(pt_task_set_str(&t.subject, "tea & cake"), 0);
   cr_assert_eq(pt_registry_check(&t, NULL, &ie), PT_EINVAL);
   cr_assert_str_eq(ie.code, "invalid_subject");
   pt_task_destroy(&t);

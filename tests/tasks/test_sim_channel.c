@@ -12,7 +12,7 @@ static pt_task_t task(void) {
   strcpy(t.out_trade_no, "T-1");
   t.amount = 100;
   strcpy(t.currency, "CNY");
-  strcpy(t.subject, "s");
+  cr_assert_eq(pt_task_set_str(&t.subject, "s"), 0);
   return t;
 }
 
