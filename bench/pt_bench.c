@@ -708,6 +708,31 @@ static int check_succeeded(const char *redis_uri, const bench_t *b) {
   return -1;
 }
 
+/* How many times Redis has forked since it started (INFO stats
+ * total_forks): an AOF rewrite is a fork whose child takes a core for a
+ * second or more, which on this 2-core machine shows in the figures of the
+ * scenario it falls in. -1 if Redis cannot say. */
+static long redis_forks(const char *redis_uri) {
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(redis_uri, 2000, &err);
+  if (c == NULL)
+    return -1;
+  long forks = -1;
+  redisReply *r = redisCommand(c, "INFO stats");
+  if (r != NULL && r->type == REDIS_REPLY_STRING) {
+    const char *f = strstr(r->str, "\ntotal_forks:");
+    if (f != NULL)
+      forks = strtol(f + strlen("\ntotal_forks:"), NULL, 10);
+  }
+  freeReplyObject(r);
+  redisFree(c);
+  return forks;
+}
+
+static long forks_between(long before, long after) {
+  return before < 0 || after < 0 ? -1 : after - before;
+}
+
 /* ---- 1. broker baseline ------------------------------------------------- */
 
 #define BASE_QUEUE "paytask.bench.baseline"
@@ -903,11 +928,13 @@ int pt_bench_main(int argc, char **argv) {
   cpu_add(&cpu_thr, "sim", p.sim);
   for (int i = 0; i < p.nworkers; i++)
     cpu_add(&cpu_thr, "worker", p.workers[i]);
+  long forks0 = redis_forks(redis);
   cpu_start(&cpu_thr);
   rc |= run_load(&b, &p, n, conc, 0, 0, redis);
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
+  long forks_thr = forks_between(forks0, redis_forks(redis));
   rc |= check_succeeded(redis, &b);
   fprintf(stderr, "bench: counting the run's documents in MongoDB (FerretDB "
                   "reads the whole collection for it: slow once it is big)\n");
@@ -925,7 +952,9 @@ int pt_bench_main(int argc, char **argv) {
   if (rate <= 0)
     rate = thr > 0 ? thr / 2 : 100;
   long lat_n = (long)(rate * lat_s);
+  forks0 = redis_forks(redis);
   rc |= run_load(&b, &p, lat_n, 1 << 30, rate, 1, redis);
+  long forks_lat = forks_between(forks0, redis_forks(redis));
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double p50 = pct_ms(b.lat, b.nlat, 0.50), p95 = pct_ms(b.lat, b.nlat, 0.95),
          p99 = pct_ms(b.lat, b.nlat, 0.99), pmax = pct_ms(b.lat, b.nlat, 1.0);
@@ -959,8 +988,10 @@ int pt_bench_main(int argc, char **argv) {
   b.backlog_procs = &p;
   b.backlog_prefetch = slow_prefetch;
   b.backlog_cpu = &cpu_slow;
+  forks0 = redis_forks(redis);
   rc |= run_load(&b, &p, slow_n, conc, 0, 0, redis);
   cpu_stop(&cpu_slow);
+  long forks_slow = forks_between(forks0, redis_forks(redis));
   rc |= check_succeeded(redis, &b);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   load_free(&b);
@@ -989,6 +1020,8 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
   printf("%-46s %6.1f/%.1fMB\n", "5 ... at its end: shared libraries/own (anon)",
          file_slow / 1024.0, anon_slow / 1024.0);
+  printf("%-46s %8ld/%ld/%ld\n", "Redis forks (AOF rewrites) in 2/3/4",
+         forks_thr, forks_lat, forks_slow);
   printf("\n");
   cpu_print(&cpu_base, "1 broker baseline, per message", base_n);
   cpu_print(&cpu_thr, "2 throughput, submit to last MongoDB doc, per task", n);
@@ -1023,6 +1056,12 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_file_kb", file_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_anon_kb", anon_slow);
+  bson_t forks;
+  BSON_APPEND_DOCUMENT_BEGIN(&j, "redis_forks", &forks);
+  BSON_APPEND_INT64(&forks, "throughput", forks_thr);
+  BSON_APPEND_INT64(&forks, "latency", forks_lat);
+  BSON_APPEND_INT64(&forks, "slow", forks_slow);
+  bson_append_document_end(&j, &forks);
   cpu_json(&j, "cpu_baseline", &cpu_base, base_n);
   cpu_json(&j, "cpu_throughput", &cpu_thr, n);
   cpu_json(&j, "cpu_slow", &cpu_slow, slow_n);

@@ -46,5 +46,15 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
                 &it, "cpu_throughput.cpu_ms_per_item.worker", &f),
             "no worker CPU figure");
   cr_assert_gt(bson_iter_as_double(&f), 0, "the worker used no CPU");
+  /* Redis's forks in each scenario were read (-1: they could not be). */
+  const char *forks[] = {"redis_forks.throughput", "redis_forks.latency",
+                         "redis_forks.slow"};
+  for (size_t i = 0; i < sizeof forks / sizeof forks[0]; i++) {
+    cr_assert(bson_iter_init(&it, &d) &&
+                  bson_iter_find_descendant(&it, forks[i], &f),
+              "missing %s", forks[i]);
+    cr_assert_geq(bson_iter_as_int64(&f), 0, "%s: Redis did not say",
+                  forks[i]);
+  }
   bson_destroy(&d);
 }
