@@ -363,6 +363,9 @@ struct bench {
   long nlat;
   int64_t *confirm; /* latency mode: submit to 202 (the broker's confirm) */
   long nconfirm;
+  /* latency mode, by task: wall clock (ms) at the POST, the 202 and the
+   * ?wait answer, to set against the times the task's hash records */
+  int64_t *sent_ms, *accepted_ms, *answered_ms;
   uv_timer_t ticker, watchdog;
   int finished;
   /* backlog mode: start one worker once every task is queued, and time
@@ -391,6 +394,7 @@ static void on_waited(const pt_http_response_t *res, void *arg) {
       strstr(res->body, "\"SUCCEEDED\"") != NULL) {
     b->lat[b->nlat++] = now_us() - c->t_start;
     b->t_last_done = now_us();
+    b->answered_ms[c->idx] = pt_now_ms();
   } else {
     b->errors++;
   }
@@ -441,6 +445,7 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
   if (b->wait_each) {
     char url[160];
     b->confirm[b->nconfirm++] = now_us() - c->t_start;
+    b->accepted_ms[c->idx] = pt_now_ms();
     snprintf(url, sizeof url, "%s/v1/tasks/%s?wait=30", b->p->api_url, c->id);
     static const char *const hdrs[] = {"Authorization: Bearer " TOKEN, NULL};
     pt_http_request_t r = {.method = "GET", .url = url, .headers = hdrs,
@@ -463,6 +468,8 @@ static void submit_one(bench_t *b) {
   c->b = b;
   c->idx = b->issued++;
   c->t_start = now_us();
+  if (b->sent_ms != NULL)
+    b->sent_ms[c->idx] = pt_now_ms();
   snprintf(url, sizeof url, "%s/v1/tasks", b->p->api_url);
   /* A task of the usual size; built once per task, as a client would. */
   bson_t d = BSON_INITIALIZER;
@@ -550,6 +557,9 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   b->lat = calloc((size_t)n, sizeof *b->lat);
   b->ids = calloc((size_t)n, sizeof *b->ids);
   b->confirm = wait_each ? calloc((size_t)n, sizeof *b->confirm) : NULL;
+  b->sent_ms = wait_each ? calloc((size_t)n, sizeof *b->sent_ms) : NULL;
+  b->accepted_ms = wait_each ? calloc((size_t)n, sizeof *b->accepted_ms) : NULL;
+  b->answered_ms = wait_each ? calloc((size_t)n, sizeof *b->answered_ms) : NULL;
   snprintf(b->run, sizeof b->run, "B%lld", (long long)pt_now_ms());
   uv_loop_init(&b->loop);
   b->http = pt_http_client_new(&b->loop, &err);
@@ -587,9 +597,13 @@ static void load_free(bench_t *b) {
   free(b->lat);
   free(b->ids);
   free(b->confirm);
+  free(b->sent_ms);
+  free(b->accepted_ms);
+  free(b->answered_ms);
   b->lat = NULL;
   b->ids = NULL;
   b->confirm = NULL;
+  b->sent_ms = b->accepted_ms = b->answered_ms = NULL;
 }
 
 /* Waits until the sync stream is empty: the sync threads delete an entry
@@ -846,6 +860,68 @@ static double pct_ms(int64_t *v, long n, double p) {
   return (double)v[i] / 1000.0;
 }
 
+/* Where the latency scenario's time went, task by task, from the times
+ * the api and the worker wrote in the task's hash (ms, the same host
+ * clock): POST to the submit script (created_at), to the start script
+ * (started_at: the publish, routing and delivery, the worker's parse), to
+ * the finish script (updated_at: the channel call), and from the later of
+ * the final state and the 202 to the ?wait answer (the pt:final message,
+ * the api's read and reply; or the GET's round trip when the task was
+ * final before its 202). *before_202 counts the tasks that were final
+ * before the api had the broker's confirm for them. */
+enum { ST_SUBMIT, ST_QUEUE, ST_RUN, ST_ANSWER, ST_COUNT };
+static const char *const stage_names[ST_COUNT] = {
+    "to_submit_script", "to_start", "to_final", "to_answer"};
+
+static int latency_stages(const char *redis_uri, const bench_t *b,
+                          double p50[ST_COUNT], double p99[ST_COUNT],
+                          long *before_202) {
+  pt_error_t err;
+  *before_202 = 0;
+  for (int s = 0; s < ST_COUNT; s++)
+    p50[s] = p99[s] = -1;
+  redisContext *c = pt_redis_connect_sync(redis_uri, 5000, &err);
+  if (c == NULL)
+    return -1;
+  int64_t *v[ST_COUNT];
+  long nv = 0;
+  for (int s = 0; s < ST_COUNT; s++)
+    v[s] = calloc((size_t)b->n, sizeof *v[s]);
+  for (long i = 0; i < b->n; i++)
+    redisAppendCommand(c, "HMGET %s%s created_at started_at updated_at",
+                       PT_KEY_TASK, b->ids[i]);
+  for (long i = 0; i < b->n; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)
+      break;
+    int64_t t[3] = {0, 0, 0};
+    for (size_t k = 0; r->type == REDIS_REPLY_ARRAY && k < 3 &&
+                       k < r->elements;
+         k++)
+      if (r->element[k]->type == REDIS_REPLY_STRING)
+        t[k] = strtoll(r->element[k]->str, NULL, 10);
+    freeReplyObject(r);
+    if (t[0] == 0 || t[1] == 0 || t[2] == 0 || b->answered_ms[i] == 0)
+      continue; /* not answered, or not a task of this run */
+    int64_t at[] = {b->sent_ms[i], t[0], t[1], t[2], b->answered_ms[i]};
+    if (t[2] < b->accepted_ms[i]) {
+      (*before_202)++;
+      at[3] = b->accepted_ms[i];
+    }
+    for (int s = 0; s < ST_COUNT; s++)
+      v[s][nv] = (at[s + 1] - at[s]) * 1000; /* µs, as pct_ms reads */
+    nv++;
+  }
+  redisFree(c);
+  for (int s = 0; s < ST_COUNT; s++) {
+    qsort(v[s], (size_t)nv, sizeof *v[s], cmp64);
+    p50[s] = pct_ms(v[s], nv, 0.50);
+    p99[s] = pct_ms(v[s], nv, 0.99);
+    free(v[s]);
+  }
+  return nv > 0 ? 0 : -1;
+}
+
 int pt_bench_main(int argc, char **argv) {
   static const struct option opts[] = {
       {"tasks", required_argument, 0, 'n'},
@@ -961,6 +1037,11 @@ int pt_bench_main(int argc, char **argv) {
   qsort(b.confirm, (size_t)b.nconfirm, sizeof *b.confirm, cmp64);
   double conf50 = pct_ms(b.confirm, b.nconfirm, 0.50),
          conf99 = pct_ms(b.confirm, b.nconfirm, 0.99);
+  double st50[ST_COUNT], st99[ST_COUNT];
+  long before_202 = 0, lat_tasks = b.nlat;
+  if (latency_stages(redis, &b, st50, st99, &before_202) != 0)
+    fprintf(stderr, "bench: could not read the latency scenario's task "
+                    "times from Redis\n");
   load_free(&b);
   rc |= run_load(&b, &p, 200, 1, 0, 1, redis);
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
@@ -1012,6 +1093,15 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %8.1f/%.1f/%.1f/%.1f ms\n", "3 latency p50/p95/p99/max", p50, p95, p99, pmax);
   printf("%-46s %8.1f/%.1f ms\n", "3 ... of which submit to 202 (confirm) p50/p99",
          conf50, conf99);
+  printf("%-46s %12s\n", "3 ... by stage, p50/p99 (ms, from task times):", "");
+  static const char *const stage_labels[ST_COUNT] = {
+      "    POST to submit script (api)", "    to start script (broker, worker)",
+      "    to final state (call, finish script)",
+      "    from final (or 202) to the ?wait answer"};
+  for (int s = 0; s < ST_COUNT; s++)
+    printf("%-46s %8.0f/%.0f ms\n", stage_labels[s], st50[s], st99[s]);
+  printf("%-46s %7ld of %ld\n", "    tasks final before their 202", before_202,
+         lat_tasks);
   printf("%-46s %12.1fms\n", "3 unloaded single task p50", single_p50);
   printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker, full queue", slow, slow / base);
   printf("%-46s %14ld\n", "4 max calls in flight at the channel", max_in_flight);
@@ -1045,6 +1135,17 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_DOUBLE(&j, "latency_submit_p50_ms", conf50);
   BSON_APPEND_DOUBLE(&j, "latency_submit_p99_ms", conf99);
   BSON_APPEND_DOUBLE(&j, "latency_max_ms", pmax);
+  bson_t stages;
+  BSON_APPEND_DOCUMENT_BEGIN(&j, "latency_stages_ms", &stages);
+  for (int s = 0; s < ST_COUNT; s++) {
+    bson_t one;
+    BSON_APPEND_DOCUMENT_BEGIN(&stages, stage_names[s], &one);
+    BSON_APPEND_DOUBLE(&one, "p50", st50[s]);
+    BSON_APPEND_DOUBLE(&one, "p99", st99[s]);
+    bson_append_document_end(&stages, &one);
+  }
+  bson_append_document_end(&j, &stages);
+  BSON_APPEND_INT64(&j, "latency_final_before_202", before_202);
   BSON_APPEND_DOUBLE(&j, "unloaded_p50_ms", single_p50);
   BSON_APPEND_DOUBLE(&j, "slow_tasks_per_s", slow);
   BSON_APPEND_DOUBLE(&j, "slow_ratio", slow / base);
