@@ -266,6 +266,12 @@ void pt_httpd_respond(pt_httpd_req_t *r, int status, const char *content_type,
                             NULL, extra_headers[i + 1],
                             strlen(extra_headers[i + 1]));
     }
+    /* A length of its own: h2o 2.2's h2o_send_inline leaves it unset, and
+     * its chunked filter then closes the connection after any status but
+     * 200, so no client could keep a connection across a submit's 202 or
+     * an error. The statuses that carry no body get no length. */
+    if (status >= 200 && status != 204 && status != 304)
+      req->res.content_length = len;
     h2o_send_inline(req, body, len);
   }
   free(r);

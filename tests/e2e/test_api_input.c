@@ -2,10 +2,12 @@
  * (issue 3). No worker runs, so a published task would stay in the queue. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pt_buf.h"
 #include "tests/support/pt_stack.h"
 
 static pt_stack_t stack;
@@ -164,4 +166,75 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   cr_assert_str_eq(pt_json_str(&doc, "broker"), "unreachable");
   bson_destroy(&doc);
   free(out);
+}
+
+static size_t keep_body(char *p, size_t size, size_t n, void *arg) {
+  pt_buf_t *b = arg;
+  return pt_buf_append(b, p, size * n) == 0 ? size * n : 0;
+}
+
+/* One request on a client's connection: its status, whether it opened a
+ * new connection, and whether the answer said how long its body was. */
+static long on_one_connection(CURL *e, const char *method, const char *url,
+                              const char *body, long *connects,
+                              pt_buf_t *out) {
+  long code = 0;
+  curl_off_t length = -1;
+  out->len = 0;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (strcmp(method, "POST") == 0) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+  } else {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  }
+  cr_assert_eq(curl_easy_perform(e), CURLE_OK, "%s %s", method, url);
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, connects);
+  curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+  cr_assert_eq(length, (curl_off_t)out->len,
+               "%s %s answered %ld without its length", method, url, code);
+  return code;
+}
+
+/* A client keeps one connection across submits, refusals and reads (h2o
+ * 2.2 closed it after every answer but a 200 until the api gave each
+ * answer its length). */
+Test(api_input, one_connection_carries_submits_refusals_and_reads) {
+  char url[128], hdr[128];
+  long connects = -1;
+  pt_buf_t out = {0};
+  pt_stack_start(&stack, 0, NULL);
+  CURL *e = curl_easy_init();
+  struct curl_slist *h = NULL;
+  snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", PT_TEST_TOKEN);
+  h = curl_slist_append(h, hdr);
+  h = curl_slist_append(h, "Content-Type: application/json");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &out);
+  snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
+  char *body = pt_task_body(pt_unique("KEEP"), 100, NULL, NULL);
+
+  cr_assert_eq(on_one_connection(e, "POST", url, body, &connects, &out), 202);
+  cr_assert_eq(connects, 1);
+  bson_t doc;
+  pt_buf_append(&out, "", 1);
+  pt_json(out.data, &doc);
+  char task[128];
+  snprintf(task, sizeof task, "%s/v1/tasks/%s", stack.api_url,
+           pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+
+  cr_assert_eq(on_one_connection(e, "POST", url, "{", &connects, &out), 400);
+  cr_assert_eq(connects, 0, "a refusal closed the connection");
+  cr_assert_eq(on_one_connection(e, "GET", task, NULL, &connects, &out), 200);
+  cr_assert_eq(connects, 0, "the read after it needed a new connection");
+  free(body);
+  body = pt_task_body(pt_unique("KEEP"), 100, NULL, NULL);
+  cr_assert_eq(on_one_connection(e, "POST", url, body, &connects, &out), 202);
+  cr_assert_eq(connects, 0, "a second submit needed a new connection");
+  free(body);
+  free(out.data);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(e);
 }

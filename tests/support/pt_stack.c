@@ -25,7 +25,7 @@
 #include "core/pt_redis.h"
 #include "tests/support/pt_test.h"
 
-#define TOKEN "dev-token-change-me"
+#define TOKEN PT_TEST_TOKEN
 
 void pt_stack_env(pt_stack_t *s, const char *name, const char *value) {
   cr_assert_lt(s->nextra, PT_STACK_MAX_ENV);

@@ -12,6 +12,9 @@
 #define PT_STACK_MAX_WORKERS 8
 #define PT_STACK_MAX_ENV 40
 
+/* The api's development token, which the stack's api accepts. */
+#define PT_TEST_TOKEN "dev-token-change-me"
+
 typedef struct {
   pid_t sim, api, workers[PT_STACK_MAX_WORKERS];
   int nworkers;
