@@ -130,16 +130,14 @@ static int get_string(bson_iter_t *it, const char *name, char *out, size_t max,
   return 0;
 }
 
-/* get_string into an owned copy of the string's own size. */
+/* get_string into an owned copy of the string's own size (the message
+ * bounds it; get_string makes every check). */
 static int get_string_dup(bson_iter_t *it, const char *name, char **out,
                           size_t max, size_t min, pt_input_error_t *ie) {
   uint32_t n;
   if (!BSON_ITER_HOLDS_UTF8(it))
     return fail(ie, "invalid_type", "%s must be a string", name);
   bson_iter_utf8(it, &n);
-  if (n > max)
-    return fail(ie, "field_too_long", "%s is longer than %zu bytes", name,
-                max);
   char *s = bson_malloc((size_t)n + 1);
   int rc = get_string(it, name, s, max, min, ie);
   if (rc != 0) {
