@@ -168,11 +168,6 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   free(out);
 }
 
-static size_t keep_body(char *p, size_t size, size_t n, void *arg) {
-  pt_buf_t *b = arg;
-  return pt_buf_append(b, p, size * n) == 0 ? size * n : 0;
-}
-
 /* One request on a client's connection: its status, whether it opened a
  * new connection, and whether the answer said how long its body was. */
 static long on_one_connection(CURL *e, const char *method, const char *url,
@@ -210,7 +205,7 @@ Test(api_input, one_connection_carries_submits_refusals_and_reads) {
   h = curl_slist_append(h, hdr);
   h = curl_slist_append(h, "Content-Type: application/json");
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &out);
   snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
   char *body = pt_task_body(pt_unique("KEEP"), 100, NULL, NULL);
