@@ -19,6 +19,7 @@ struct pt_httpd {
   pt_httpd_handler_cb handler;
   void *arg;
   conn_t *conns; /* accepted connections, so destroy can end them */
+  long accepted;  /* connections accepted since the start */
   int destroying;
   int listener_closed;
 };
@@ -105,6 +106,7 @@ static void on_accept(uv_stream_t *listener, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  srv->accepted++;
   c->srv = srv;
   c->next = srv->conns;
   if (c->next)
@@ -114,6 +116,8 @@ static void on_accept(uv_stream_t *listener, int status) {
                                             on_conn_closed);
   h2o_accept(&srv->accept_ctx, sock);
 }
+
+long pt_httpd_accepted(const pt_httpd_t *s) { return s->accepted; }
 
 static void on_failed_listener_closed(uv_handle_t *h) { free(h->data); }
 

@@ -30,6 +30,8 @@ typedef struct {
 pt_httpd_t *pt_httpd_new(uv_loop_t *loop, const pt_httpd_opts_t *opts,
                          pt_error_t *err);
 int pt_httpd_port(const pt_httpd_t *s);
+/* Connections accepted since the server started. */
+long pt_httpd_accepted(const pt_httpd_t *s);
 
 /* Request accessors; the strings are not NUL-terminated and live until the
  * request is answered. */

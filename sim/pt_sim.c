@@ -553,6 +553,7 @@ static void handle_stats(sim_t *sim, pt_httpd_req_t *req) {
   BSON_APPEND_INT64(&d, "callbacks_acked", sim->callbacks_acked);
   BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
   BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
+  BSON_APPEND_INT64(&d, "connections", pt_httpd_accepted(sim->httpd));
   pt_sim_answer_json(sim, req, 200, &d, 0);
   bson_destroy(&d);
 }
