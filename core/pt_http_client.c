@@ -21,6 +21,7 @@ struct pt_http_client {
   size_t npool;
   uv_timer_t timer;
   size_t inflight;
+  long connects; /* connections opened since the start */
   xfer_t *head; /* in-flight transfers, for cancellation */
   int destroying;
 };
@@ -70,6 +71,9 @@ static void finish(xfer_t *x, int status, const char *error) {
   res.status = status;
   if (status == 0)
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.http_code);
+  long opened = 0;
+  if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &opened) == CURLE_OK)
+    c->connects += opened;
   res.body = x->body.data ? x->body.data : "";
   res.body_len = x->body.len;
   res.headers = x->headers.data ? x->headers.data : "";
@@ -275,6 +279,13 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
 
 size_t pt_http_client_inflight(const pt_http_client_t *c) {
   return c->inflight;
+}
+
+long pt_http_client_connects(const pt_http_client_t *c) { return c->connects; }
+
+void pt_http_client_keep_connections(pt_http_client_t *c, long n) {
+  if (n > 0)
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, n);
 }
 
 long pt_http_response_header(const pt_http_response_t *res, const char *name,

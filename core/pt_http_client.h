@@ -45,6 +45,18 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
 /* Requests in flight. */
 size_t pt_http_client_inflight(const pt_http_client_t *c);
 
+/* Connections opened since the client started (each a TCP, and for https
+ * a TLS, handshake). */
+long pt_http_client_connects(const pt_http_client_t *c);
+
+/* Keeps connections for reuse until n are open (busy and idle together):
+ * when a connection comes back with more open, the oldest idle one is
+ * closed. An idle one is still closed after libcurl's 118 s. Not called
+ * (or n <= 0): libcurl's default, four times the requests in flight at the
+ * moment a connection comes back, which closes connections after every
+ * lull and opens new ones in the next burst. */
+void pt_http_client_keep_connections(pt_http_client_t *c, long n);
+
 /* Finds a response header's value (case-insensitive name); returns its
  * length and sets *value, or returns -1. */
 long pt_http_response_header(const pt_http_response_t *res, const char *name,

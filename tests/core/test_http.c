@@ -25,6 +25,7 @@ typedef struct {
   int ok, bad, done, expected;
   pt_httpd_req_t *held; /* a request answered only at the end */
   int status_seen;
+  void *phase; /* the burst running (connections_are_kept_across_lulls) */
 } ctx_t;
 
 static void on_later_closed(uv_handle_t *h) { free(h->data); }
@@ -192,4 +193,81 @@ Test(http, response_headers) {
   cr_assert_eq(n, 6);
   cr_assert_eq(strncmp(v, "ABC123", 6), 0);
   cr_assert_eq(pt_http_response_header(&r, "X-Missing", &v), -1);
+}
+
+/* Bursts of calls with lulls between them, as a worker's channel calls
+ * come: a phase issues k calls at once (odd paths: answered from a timer,
+ * so all k are in flight together) and ends when the last answer is in. */
+typedef struct {
+  ctx_t *c;
+  int left, ok;
+} phase_t;
+
+static void on_phase_answer(const pt_http_response_t *res, void *arg) {
+  call_t *k = arg;
+  phase_t *ph = k->c->phase;
+  char want[128];
+  snprintf(want, sizeof want, "/r/%d|body-%d", k->n, k->n);
+  if (res->status == 0 && res->http_code == 200 && strcmp(res->body, want) == 0)
+    ph->ok++;
+  if (--ph->left == 0)
+    uv_stop(k->c->loop);
+  free(k);
+}
+
+static void burst(ctx_t *c, int k) {
+  phase_t ph = {c, k, 0};
+  c->phase = &ph;
+  for (int i = 0; i < k; i++) {
+    char url[96], body[32];
+    call_t *call = malloc(sizeof *call);
+    call->c = c;
+    call->n = 2 * i + 1;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/r/%d", pt_httpd_port(c->srv),
+             call->n);
+    snprintf(body, sizeof body, "body-%d", call->n);
+    pt_http_request_t r = {.method = "POST", .url = url, .body = body,
+                           .body_len = strlen(body), .timeout_ms = 10000};
+    cr_assert_eq(pt_http_request(c->cli, &r, on_phase_answer, call), 0);
+  }
+  pt_test_run_loop(c->loop, 30000, "a burst of HTTP requests");
+  c->phase = NULL;
+  cr_assert_eq(ph.ok, k, "%d of %d calls answered right", ph.ok, k);
+}
+
+/* Runs bursts of the given sizes on a client keeping `keep` connections,
+ * and checks that the server accepted `want` connections, as the client
+ * counted them too. */
+static void run_bursts(long keep, const int *sizes, int n, long want,
+                       const char *why) {
+  uv_loop_t loop;
+  ctx_t c;
+  setup(&c, &loop, 0);
+  pt_http_client_keep_connections(c.cli, keep);
+  for (int i = 0; i < n; i++)
+    burst(&c, sizes[i]);
+  cr_assert_eq(pt_httpd_accepted(c.srv), want, "%s: the server accepted %ld",
+               why, pt_httpd_accepted(c.srv));
+  cr_assert_eq(pt_http_client_connects(c.cli), want, "%s: the client counted %ld",
+               why, pt_http_client_connects(c.cli));
+  pt_http_client_destroy(c.cli);
+  pt_httpd_destroy(c.srv);
+  pt_test_run_loop(&loop, 10000, "closing the client and server");
+  pt_test_close_loop(&loop);
+}
+
+/* libcurl's default keeps four idle connections per call in flight when a
+ * connection comes back, so the tail of a burst closes connections that the
+ * next burst opens again: against a real channel, a TLS handshake each. */
+Test(http, connections_are_kept_across_lulls, .timeout = 60) {
+  const int sizes[] = {8, 1, 8};
+  run_bursts(8, sizes, 3, 8, "three bursts of at most 8 calls");
+}
+
+/* The bound holds: beyond n open connections, returning ones are closed,
+ * so idle connections never hold more memory than n. */
+Test(http, no_more_connections_kept_than_asked, .timeout = 60) {
+  const int sizes[] = {8, 8};
+  run_bursts(4, sizes, 2, 12,
+             "8 connections for the first burst, 4 of them kept for the second");
 }
