@@ -47,6 +47,7 @@ typedef struct {
   long finals_per_s[60];     /* final states per second, last minute */
   int64_t finals_sec;        /* the second finals_per_s[finals_sec % 60] is */
   long finals_total;
+  long connects_seen; /* channel connections already counted in metrics */
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
   /* worker.concurrency: jobs (deliveries past parsing) at once, and the
@@ -844,6 +845,12 @@ static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
   pt_metrics_set(w->metrics, "paytask_worker_channel_calls_inflight",
                  "channel calls in flight", NULL,
                  w->http ? (double)pt_http_client_inflight(w->http) : 0);
+  long opened = w->http ? pt_http_client_connects(w->http) : 0;
+  pt_metrics_inc(w->metrics, "paytask_worker_channel_connections_total",
+                 "connections opened to channels and merchants' notify "
+                 "URLs (each a TCP and, for https, a TLS handshake)",
+                 NULL, (double)(opened - w->connects_seen));
+  w->connects_seen = opened;
   pt_metrics_set(w->metrics, "paytask_worker_broker_up",
                  "1 while the broker connection is ready", NULL,
                  pt_amqp_is_ready(w->amqp));
@@ -1020,6 +1027,12 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
     PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
     return 1;
   }
+  /* As many connections kept as calls can be in flight: a burst after a
+   * lull reuses them instead of paying a TCP (and, to a real channel, a
+   * TLS) handshake for a share of its calls. */
+  pt_http_client_keep_connections(w.http, cfg->worker_concurrency > 0
+                                              ? (long)cfg->worker_concurrency
+                                              : (long)cfg->amqp_prefetch);
   pt_store_load_scripts(pt_redis_ctx(w.redis));
   if (pt_lease_node(cfg, &w.ids, &w.lease, &err) != 0 ||
       pt_channels_init(cfg, &err) != 0) {

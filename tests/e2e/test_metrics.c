@@ -69,6 +69,10 @@ Test(metrics, counters_follow_the_tasks) {
   cr_assert_eq(metric(out, "paytask_attempt_duration_seconds_count{type=\"pay\",channel=\"sim\"}"), 4, "%s", out);
   cr_assert_eq(metric(out, "paytask_submit_to_final_seconds_count{type=\"pay\",channel=\"sim\"}"), 3, "%s", out);
   cr_assert_eq(metric(out, "paytask_worker_broker_up"), 1, "%s", out);
+  /* Four calls one after the other, seconds apart: one connection. */
+  cr_assert(strstr(out, "# TYPE paytask_worker_channel_connections_total counter") != NULL,
+            "%s", out);
+  cr_assert_eq(metric(out, "paytask_worker_channel_connections_total"), 1, "%s", out);
   free(out);
 }
 
