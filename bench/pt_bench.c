@@ -167,6 +167,44 @@ static long sim_stat(const procs_t *p, const char *key) {
   return v;
 }
 
+/* The connections the workers opened to the simulator and the calls they
+ * made on them, since it started (from one /v1/sim/stats read, whose own
+ * connection is not counted: it is accepted after the figures are taken). */
+typedef struct {
+  long connections, calls;
+} chan_conns_t;
+
+static chan_conns_t sim_conns(const procs_t *p) {
+  chan_conns_t c = {-1, -1};
+  char url[128], *body = NULL;
+  bson_t d;
+  bson_error_t e;
+  snprintf(url, sizeof url, "%s/v1/sim/stats", p->sim_url);
+  if (http_get(url, &body) == 200 && body != NULL &&
+      bson_init_from_json(&d, body, -1, &e)) {
+    static const char *const calls[] = {"create_calls", "query_calls",
+                                        "close_calls"};
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, &d, "connections"))
+      c.connections = (long)bson_iter_as_int64(&it);
+    c.calls = 0;
+    for (size_t i = 0; i < sizeof calls / sizeof *calls; i++)
+      if (bson_iter_init_find(&it, &d, calls[i]))
+        c.calls += (long)bson_iter_as_int64(&it);
+    bson_destroy(&d);
+  }
+  free(body);
+  return c;
+}
+
+static void conns_json(bson_t *j, const char *key, chan_conns_t c) {
+  bson_t d;
+  BSON_APPEND_DOCUMENT_BEGIN(j, key, &d);
+  BSON_APPEND_INT64(&d, "connections", c.connections);
+  BSON_APPEND_INT64(&d, "calls", c.calls);
+  bson_append_document_end(j, &d);
+}
+
 /* A "Name: N kB" figure of /proc/PID/status, in KiB, or -1. */
 static long status_kb(pid_t pid, const char *field) {
   char path[64], line[256];
@@ -1010,6 +1048,7 @@ int pt_bench_main(int argc, char **argv) {
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
+  chan_conns_t conns_thr = sim_conns(&p);
   long forks_thr = forks_between(forks0, redis_forks(redis));
   rc |= check_succeeded(redis, &b);
   fprintf(stderr, "bench: counting the run's documents in MongoDB (FerretDB "
@@ -1077,6 +1116,7 @@ int pt_bench_main(int argc, char **argv) {
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   load_free(&b);
   long max_in_flight = sim_stat(&p, "max_in_flight");
+  chan_conns_t conns_slow = sim_conns(&p);
   long rss_slow = peak_rss_kb(p.workers[0]);
   /* Of which shared library pages (the same physical pages in every
    * worker on a host) and the worker's own memory, at the end. */
@@ -1089,6 +1129,8 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %11.0f/s %10.2f\n", "2 throughput to final in Redis", thr, thr / base);
   printf("%-46s %11.0f/s %10.2f\n", "2 throughput to last doc in MongoDB", thr_mongo, thr_mongo / base);
   printf("%-46s %12.0fms\n", "2 sync lag at the end", sync_lag_ms);
+  printf("%-46s %7ld/%ld\n", "2 channel: connections opened/calls made",
+         conns_thr.connections, conns_thr.calls);
   printf("%-46s %11.0f/s\n", "3 latency: open-loop rate", rate);
   printf("%-46s %8.1f/%.1f/%.1f/%.1f ms\n", "3 latency p50/p95/p99/max", p50, p95, p99, pmax);
   printf("%-46s %8.1f/%.1f ms\n", "3 ... of which submit to 202 (confirm) p50/p99",
@@ -1105,6 +1147,8 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %12.1fms\n", "3 unloaded single task p50", single_p50);
   printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker, full queue", slow, slow / base);
   printf("%-46s %14ld\n", "4 max calls in flight at the channel", max_in_flight);
+  printf("%-46s %7ld/%ld\n", "4 channel: connections opened/calls made",
+         conns_slow.connections, conns_slow.calls);
   printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 2)", rss_worker / 1024.0);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
@@ -1157,6 +1201,11 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_file_kb", file_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_anon_kb", anon_slow);
+  bson_t conns;
+  BSON_APPEND_DOCUMENT_BEGIN(&j, "channel_connections", &conns);
+  conns_json(&conns, "throughput", conns_thr);
+  conns_json(&conns, "slow", conns_slow);
+  bson_append_document_end(&j, &conns);
   bson_t forks;
   BSON_APPEND_DOCUMENT_BEGIN(&j, "redis_forks", &forks);
   BSON_APPEND_INT64(&forks, "throughput", forks_thr);

@@ -62,5 +62,16 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
   for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++)
     cr_assert_geq(figure(&d, counted[i]), 0, "%s was not measured",
                   counted[i]);
+  /* The connections the workers opened to the simulator, against the
+   * calls made on them: at least one, and none without a call. */
+  const char *scen[] = {"throughput", "slow"};
+  for (size_t i = 0; i < 2; i++) {
+    char c[64], k[64];
+    snprintf(c, sizeof c, "channel_connections.%s.connections", scen[i]);
+    snprintf(k, sizeof k, "channel_connections.%s.calls", scen[i]);
+    cr_assert_gt(figure(&d, c), 0, "%s was not measured", c);
+    cr_assert_geq(figure(&d, k), figure(&d, c), "%s: fewer calls than connections",
+                  scen[i]);
+  }
   bson_destroy(&d);
 }
