@@ -167,9 +167,9 @@ static long sim_stat(const procs_t *p, const char *key) {
   return v;
 }
 
-/* The connections the workers opened to the simulator and the calls they
- * made on them, since it started (from one /v1/sim/stats read, whose own
- * connection is not counted: it is accepted after the figures are taken). */
+/* The connections the simulator accepted and the channel calls it
+ * answered, since it started (one /v1/sim/stats read, whose own connection
+ * is counted in it: the connection is accepted before the answer). */
 typedef struct {
   long connections, calls;
 } chan_conns_t;
@@ -195,6 +195,19 @@ static chan_conns_t sim_conns(const procs_t *p) {
   }
   free(body);
   return c;
+}
+
+/* What the workers opened and called between two reads: the second
+ * read's own connection is taken off, as are the tool's own requests
+ * before the first (waiting for the simulator, its stats). */
+static chan_conns_t conns_between(chan_conns_t a, chan_conns_t b) {
+  chan_conns_t d = {-1, -1};
+  if (a.connections >= 0 && b.connections > a.connections && a.calls >= 0 &&
+      b.calls >= 0) {
+    d.connections = b.connections - a.connections - 1;
+    d.calls = b.calls - a.calls;
+  }
+  return d;
 }
 
 static void conns_json(bson_t *j, const char *key, chan_conns_t c) {
@@ -1042,13 +1055,14 @@ int pt_bench_main(int argc, char **argv) {
   cpu_add(&cpu_thr, "sim", p.sim);
   for (int i = 0; i < p.nworkers; i++)
     cpu_add(&cpu_thr, "worker", p.workers[i]);
+  chan_conns_t conns0 = sim_conns(&p);
   long forks0 = redis_forks(redis);
   cpu_start(&cpu_thr);
   rc |= run_load(&b, &p, n, conc, 0, 0, redis);
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
-  chan_conns_t conns_thr = sim_conns(&p);
+  chan_conns_t conns_thr = conns_between(conns0, sim_conns(&p));
   long forks_thr = forks_between(forks0, redis_forks(redis));
   rc |= check_succeeded(redis, &b);
   fprintf(stderr, "bench: counting the run's documents in MongoDB (FerretDB "
@@ -1103,6 +1117,7 @@ int pt_bench_main(int argc, char **argv) {
     return 1;
   }
   memset(&b, 0, sizeof b);
+  conns0 = sim_conns(&p);
   cpu_init(&cpu_slow);
   cpu_add(&cpu_slow, "sim", p.sim);
   b.backlog_procs = &p;
@@ -1115,8 +1130,8 @@ int pt_bench_main(int argc, char **argv) {
   rc |= check_succeeded(redis, &b);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   load_free(&b);
+  chan_conns_t conns_slow = conns_between(conns0, sim_conns(&p));
   long max_in_flight = sim_stat(&p, "max_in_flight");
-  chan_conns_t conns_slow = sim_conns(&p);
   long rss_slow = peak_rss_kb(p.workers[0]);
   /* Of which shared library pages (the same physical pages in every
    * worker on a host) and the worker's own memory, at the end. */
