@@ -17,7 +17,7 @@ static double figure(const bson_t *d, const char *path) {
 }
 
 Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
-  char cmd[1024], line[8192], json[8192] = "";
+  char cmd[1024], line[8192], json[8192] = "", said[4096] = "";
   const char *bin = getenv("PAYTASK_BIN");
   const char *logs = getenv("PT_TEST_LOGDIR");
   cr_assert_not_null(bin);
@@ -26,11 +26,14 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
            logs ? logs : "/tmp", bin);
   FILE *p = popen(cmd, "r");
   cr_assert_not_null(p);
-  while (fgets(line, sizeof line, p) != NULL)
+  while (fgets(line, sizeof line, p) != NULL) {
     if (line[0] == '{')
       snprintf(json, sizeof json, "%s", line);
+    else if (strncmp(line, "bench: ", 7) == 0 && strlen(said) + strlen(line) < sizeof said)
+      strcat(said, line); /* the tool's progress and its reasons to fail */
+  }
   int rc = pclose(p);
-  cr_assert_eq(rc, 0, "paytask bench failed");
+  cr_assert_eq(rc, 0, "paytask bench failed:\n%s", said);
   bson_t d;
   pt_json(json, &d);
   bson_iter_t it;
