@@ -149,21 +149,27 @@ static void procs_stop(procs_t *p) {
       waitpid(all[i], NULL, 0);
 }
 
+/* The simulator's /v1/sim/stats into *d (bson_destroy it): 0, or -1. */
+static int sim_stats(const procs_t *p, bson_t *d) {
+  char url[128], *body = NULL;
+  bson_error_t e;
+  snprintf(url, sizeof url, "%s/v1/sim/stats", p->sim_url);
+  int ok = http_get(url, &body) == 200 && body != NULL &&
+           bson_init_from_json(d, body, -1, &e);
+  free(body);
+  return ok ? 0 : -1;
+}
+
 /* A figure from the simulator's /v1/sim/stats, or -1. */
 static long sim_stat(const procs_t *p, const char *key) {
-  char url[128], *body = NULL;
   long v = -1;
   bson_t d;
-  bson_error_t e;
   bson_iter_t it;
-  snprintf(url, sizeof url, "%s/v1/sim/stats", p->sim_url);
-  if (http_get(url, &body) == 200 && body != NULL &&
-      bson_init_from_json(&d, body, -1, &e)) {
+  if (sim_stats(p, &d) == 0) {
     if (bson_iter_init_find(&it, &d, key))
       v = (long)bson_iter_as_int64(&it);
     bson_destroy(&d);
   }
-  free(body);
   return v;
 }
 
@@ -176,12 +182,8 @@ typedef struct {
 
 static chan_conns_t sim_conns(const procs_t *p) {
   chan_conns_t c = {-1, -1};
-  char url[128], *body = NULL;
   bson_t d;
-  bson_error_t e;
-  snprintf(url, sizeof url, "%s/v1/sim/stats", p->sim_url);
-  if (http_get(url, &body) == 200 && body != NULL &&
-      bson_init_from_json(&d, body, -1, &e)) {
+  if (sim_stats(p, &d) == 0) {
     static const char *const calls[] = {"create_calls", "query_calls",
                                         "close_calls"};
     bson_iter_t it;
@@ -193,7 +195,6 @@ static chan_conns_t sim_conns(const procs_t *p) {
         c.calls += (long)bson_iter_as_int64(&it);
     bson_destroy(&d);
   }
-  free(body);
   return c;
 }
 
