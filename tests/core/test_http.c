@@ -74,12 +74,30 @@ static void finish_if_done(ctx_t *c) {
   }
 }
 
+/* 1 if res is the server's answer to POST /r/n with body-n. */
+static int answered_right(const pt_http_response_t *res, int n) {
+  char want[128];
+  snprintf(want, sizeof want, "/r/%d|body-%d", n, n);
+  return res->status == 0 && res->http_code == 200 && strcmp(res->body, want) == 0;
+}
+
+/* POSTs body-n to /r/n (even n answered at once, odd from a timer); cb
+ * gets a call_t to free. */
+static void post_numbered(ctx_t *c, int n, long timeout_ms, pt_http_done_cb cb) {
+  char url[96], body[32];
+  call_t *k = malloc(sizeof *k);
+  k->c = c;
+  k->n = n;
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/r/%d", pt_httpd_port(c->srv), n);
+  snprintf(body, sizeof body, "body-%d", n);
+  pt_http_request_t r = {.method = "POST", .url = url, .body = body,
+                         .body_len = strlen(body), .timeout_ms = timeout_ms};
+  cr_assert_eq(pt_http_request(c->cli, &r, cb, k), 0);
+}
+
 static void on_answer(const pt_http_response_t *res, void *arg) {
   call_t *k = arg;
-  char want[128];
-  snprintf(want, sizeof want, "/r/%d|body-%d", k->n, k->n);
-  if (res->status == 0 && res->http_code == 200 &&
-      strcmp(res->body, want) == 0)
+  if (answered_right(res, k->n))
     k->c->ok++;
   else
     k->c->bad++;
@@ -115,18 +133,8 @@ Test(http, thousand_concurrent_requests, .timeout = 120) {
   ctx_t c;
   setup(&c, &loop, 0);
   c.expected = N;
-  for (int i = 0; i < N; i++) {
-    char url[96], body[32];
-    call_t *k = malloc(sizeof *k);
-    k->c = &c;
-    k->n = i;
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/r/%d", pt_httpd_port(c.srv),
-             i);
-    snprintf(body, sizeof body, "body-%d", i);
-    pt_http_request_t r = {.method = "POST", .url = url, .body = body,
-                           .body_len = strlen(body), .timeout_ms = 60000};
-    cr_assert_eq(pt_http_request(c.cli, &r, on_answer, k), 0);
-  }
+  for (int i = 0; i < N; i++)
+    post_numbered(&c, i, 60000, on_answer);
   cr_assert_eq(pt_http_client_inflight(c.cli), N, "all in flight at once");
   pt_test_run_loop(&loop, 100000, "1,000 HTTP requests");
   cr_assert_eq(c.ok, N, "%d ok, %d bad", c.ok, c.bad);
@@ -206,9 +214,7 @@ typedef struct {
 static void on_phase_answer(const pt_http_response_t *res, void *arg) {
   call_t *k = arg;
   phase_t *ph = k->c->phase;
-  char want[128];
-  snprintf(want, sizeof want, "/r/%d|body-%d", k->n, k->n);
-  if (res->status == 0 && res->http_code == 200 && strcmp(res->body, want) == 0)
+  if (answered_right(res, k->n))
     ph->ok++;
   if (--ph->left == 0)
     uv_stop(k->c->loop);
@@ -218,18 +224,8 @@ static void on_phase_answer(const pt_http_response_t *res, void *arg) {
 static void burst(ctx_t *c, int k) {
   phase_t ph = {c, k, 0};
   c->phase = &ph;
-  for (int i = 0; i < k; i++) {
-    char url[96], body[32];
-    call_t *call = malloc(sizeof *call);
-    call->c = c;
-    call->n = 2 * i + 1;
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/r/%d", pt_httpd_port(c->srv),
-             call->n);
-    snprintf(body, sizeof body, "body-%d", call->n);
-    pt_http_request_t r = {.method = "POST", .url = url, .body = body,
-                           .body_len = strlen(body), .timeout_ms = 10000};
-    cr_assert_eq(pt_http_request(c->cli, &r, on_phase_answer, call), 0);
-  }
+  for (int i = 0; i < k; i++)
+    post_numbered(c, 2 * i + 1, 10000, on_phase_answer);
   pt_test_run_loop(c->loop, 30000, "a burst of HTTP requests");
   c->phase = NULL;
   cr_assert_eq(ph.ok, k, "%d of %d calls answered right", ph.ok, k);
