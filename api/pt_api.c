@@ -59,10 +59,13 @@ typedef struct op {
   int has_task;
   char idem_key[256];
   int has_idem;
-  /* get */
+  /* get, and submit with ?wait */
   int wait_s;
   int answered;
   int status_ok; /* HTTP status of a successful answer (200) */
+  /* A submit with ?wait answers 202, not status_ok, when the task is not
+   * final yet. */
+  int pending_202;
   bson_t mongo_doc;
   int mongo_found;
   /* When set, a task read (Redis, then MongoDB) goes here instead of to
@@ -74,7 +77,7 @@ typedef struct op {
   pt_chan_notify_t note;
 } op_t;
 
-/* Waiters of one task id: GETs holding with ?wait. */
+/* Waiters of one task id: GETs and submits holding with ?wait. */
 typedef struct wait_entry {
   op_t *op;
   uv_timer_t timer;
@@ -254,11 +257,35 @@ static void reply_task(op_t *op, const bson_t *doc) {
   op_free(op);
 }
 
+/* The 202 of an accepted task: what the api knows of it without a read. */
+static void reply_accepted(op_t *op) {
+  bson_t doc = BSON_INITIALIZER;
+  pt_store_doc_pending(&op->task, &doc);
+  pt_reply_doc(op->req, 202, &doc);
+  bson_destroy(&doc);
+  op_free(op);
+}
+
 static void on_task_hash(redisReply *reply, void *arg) {
   op_t *op = arg;
   bson_t doc = BSON_INITIALIZER;
   int final = 0;
   pt_error_t err;
+  if (op->pending_202 &&
+      (reply == NULL || pt_store_doc_from_hash(reply, &doc, &final, &err))) {
+    /* A submit with ?wait whose read failed: the task was accepted all
+     * the same, and the client must not take an error for a refusal. */
+    bson_destroy(&doc);
+    reply_accepted(op);
+    return;
+  }
+  if (op->pending_202) {
+    if (!final)
+      op->status_ok = 202;
+    reply_task(op, &doc);
+    bson_destroy(&doc);
+    return;
+  }
   if (reply == NULL) {
     bson_destroy(&doc);
     op_error(op, 503, "store_unavailable",
@@ -288,7 +315,11 @@ static void on_task_hash(redisReply *reply, void *arg) {
 
 static void read_task(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
-  if (ac == NULL || pt_store_get(ac, op->id, on_task_hash, op) != 0)
+  if (ac != NULL && pt_store_get(ac, op->id, on_task_hash, op) == 0)
+    return;
+  if (op->pending_202)
+    reply_accepted(op);
+  else
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
 }
 
@@ -328,7 +359,7 @@ static void on_wait_timeout(uv_timer_t *t) {
   waiter_remove(we->op->api, we);
 }
 
-/* Wakes every GET waiting for id. */
+/* Wakes every request waiting for id. */
 static void wake_waiters(api_t *api, const char *id) {
   waiter_t *w;
   HASH_FIND_STR(api->waiters, id, w);
@@ -444,16 +475,22 @@ static int parse_wait(const char *q, size_t qlen, int max, int *out) {
   return 0;
 }
 
-static void handle_get(op_t *op) {
+/* Reads ?wait into op->wait_s; answers 400 and returns -1 if it is bad. */
+static int wait_param(op_t *op) {
   size_t qlen;
   const char *q = pt_httpd_query(op->req, &qlen);
   char msg[96];
-  if (parse_wait(q, qlen, (int)op->api->cfg->api_max_wait, &op->wait_s) != 0) {
-    snprintf(msg, sizeof msg, "wait must be a whole number of seconds, 0 to %d",
-             (int)op->api->cfg->api_max_wait);
-    op_error(op, 400, "invalid_wait", msg);
+  if (parse_wait(q, qlen, (int)op->api->cfg->api_max_wait, &op->wait_s) == 0)
+    return 0;
+  snprintf(msg, sizeof msg, "wait must be a whole number of seconds, 0 to %d",
+           (int)op->api->cfg->api_max_wait);
+  op_error(op, 400, "invalid_wait", msg);
+  return -1;
+}
+
+static void handle_get(op_t *op) {
+  if (wait_param(op) != 0)
     return;
-  }
   if (op->wait_s > 0 && !op->api->stopping)
     start_wait(op);
   else
@@ -520,18 +557,21 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
     abandon(op);
     return;
   }
-  bson_t doc = BSON_INITIALIZER;
-  pt_store_doc_pending(&op->task, &doc);
   PT_DEBUG("task_submitted", "task_id=%s type=%s channel=%s", op->id,
            op->task.type, op->task.channel);
-  pt_reply_doc(op->req, 202, &doc);
-  bson_destroy(&doc);
   char labels[64];
   snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"", op->task.type,
            op->task.channel);
   pt_metrics_inc(op->api->metrics, "paytask_tasks_submitted_total",
                  "tasks accepted (202 after the broker confirmed)", labels, 1);
-  op_free(op);
+  if (op->wait_s > 0 && !op->api->stopping) {
+    /* Accepted; the answer waits for the final state (200) or the end of
+     * the wait (202 with the state then). */
+    op->pending_202 = 1;
+    start_wait(op);
+    return;
+  }
+  reply_accepted(op);
 }
 
 static void on_submitted(int status, pt_verdict_t v, const char *detail,
@@ -559,7 +599,10 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
       return;
     }
     snprintf(op->id, sizeof op->id, "%s", colon + 1);
-    read_task(op);
+    if (op->wait_s > 0 && !op->api->stopping)
+      start_wait(op);
+    else
+      read_task(op);
     return;
   }
   if (v != PT_V_OK) {
@@ -596,6 +639,8 @@ static void handle_submit(op_t *op) {
   const char *body = pt_httpd_body(op->req, &blen);
   const char *key = pt_httpd_header(op->req, "idempotency-key", &klen);
 
+  if (wait_param(op) != 0)
+    return;
   if (key != NULL) {
     if (!idem_key_ok(key, klen)) {
       op_error(op, 400, "invalid_idempotency_key",

@@ -86,7 +86,9 @@ static void submit_usage(void) {
           "fields: --type pay --channel sim --out-trade-no NO --amount FEN\n"
           "        --currency CNY --subject TEXT [--notify-url URL]\n"
           "        [--retry-times N] [--no-retry] [--params JSON]\n"
-          "options: --idempotency-key KEY --api URL --token TOKEN\n");
+          "options: --idempotency-key KEY --wait SECONDS (answer once the\n"
+          "         task is final, or with its state after SECONDS)\n"
+          "         --api URL --token TOKEN\n");
 }
 
 int pt_cli_submit(int argc, char **argv) {
@@ -105,13 +107,14 @@ int pt_cli_submit(int argc, char **argv) {
       {"idempotency-key", required_argument, 0, 'k'},
       {"api", required_argument, 0, 'A'},
       {"token", required_argument, 0, 'T'},
+      {"wait", required_argument, 0, 'w'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *file = NULL, *type = "pay", *channel = "sim", *otn = NULL,
              *currency = "CNY", *subject = NULL, *notify = NULL,
              *params = NULL, *idem = NULL, *api = NULL, *token = NULL;
   long long amount = 0;
-  long retry_times = -1;
+  long retry_times = -1, wait = 0;
   int no_retry = 0, c;
   char *end;
   while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
@@ -144,6 +147,13 @@ int pt_cli_submit(int argc, char **argv) {
     case 'k': idem = optarg; break;
     case 'A': api = optarg; break;
     case 'T': token = optarg; break;
+    case 'w':
+      wait = strtol(optarg, &end, 10);
+      if (*end != '\0' || optarg[0] == '\0' || wait < 0 || wait > 300) {
+        fprintf(stderr, "paytask submit: --wait takes seconds\n");
+        return 2;
+      }
+      break;
     default:
       submit_usage();
       return c == 'h' ? 0 : 2;
@@ -192,7 +202,10 @@ int pt_cli_submit(int argc, char **argv) {
     body = bson_as_relaxed_extended_json(&d, NULL);
     bson_destroy(&d);
   }
-  long status = call(&cl, "POST", "/v1/tasks", body, idem, 30);
+  char path[32];
+  snprintf(path, sizeof path, "/v1/tasks?wait=%ld", wait);
+  long status = call(&cl, "POST", wait > 0 ? path : "/v1/tasks", body, idem,
+                     wait + 30);
   free(body);
   return status >= 200 && status < 300 ? 0 : 1;
 }

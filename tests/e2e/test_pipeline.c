@@ -259,3 +259,98 @@ Test(pipeline, wait_holds_until_final_and_unknown_id_is_404) {
   free(out);
   cr_assert_eq(pt_api_get(&stack, "not-a-number", 0, NULL), 404);
 }
+
+/* POST /v1/tasks?wait=N: one request from submit to the final state (200),
+ * or 202 with the state at the end of the wait; a bad wait changes
+ * nothing. */
+Test(pipeline, submit_with_wait_answers_final_or_accepted) {
+  char *out = NULL, key[96];
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_WORKER_ATTEMPT_TIMEOUT_MS", "3000");
+  pt_stack_start(&stack, 1, NULL);
+
+  /* Final within the wait: 200 with the final task. */
+  const char *otn = pt_unique("SUBWAIT");
+  char *body = pt_task_body(otn, 700, "{\"latency_ms\": 500}", NULL);
+  cr_assert_eq(pt_api_submit_query(&stack, body, NULL, "wait=20", &out), 200,
+               "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED", "%s", out);
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
+  cr_assert_not_null(pt_json_str(&doc, "result.qr_code"));
+  char id[24];
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  free(body);
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  cr_assert_eq(pt_api_get(&stack, id, 0, &out), 200);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  free(out);
+
+  /* Not final when the wait ends: 202 with the state then, and the task
+   * goes on (here to FAILED at the attempt timeout). */
+  body = pt_task_body(pt_unique("SUBHANG"), 100, "{\"timeout\": true}",
+                      "{\"need_retry\": false}");
+  cr_assert_eq(pt_api_submit_query(&stack, body, NULL, "wait=1", &out), 202,
+               "%s", out);
+  pt_json(out, &doc);
+  const char *st = pt_json_str(&doc, "status");
+  cr_assert(strcmp(st, "PENDING") == 0 || strcmp(st, "RUNNING") == 0, "%s", st);
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  bson_destroy(&doc);
+
+  /* A bad wait is refused before anything is recorded: the key it carried
+   * is still free for another body. */
+  snprintf(key, sizeof key, "%s", pt_unique("subwait"));
+  body = pt_task_body(pt_unique("SUBBAD"), 100, NULL, NULL);
+  static const char *const bad[] = {"wait=abc", "wait=31", "wait"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    cr_assert_eq(pt_api_submit_query(&stack, body, key, bad[i], &out), 400,
+                 "%s: %s", bad[i], out);
+    pt_json(out, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "error.code"), "invalid_wait");
+    bson_destroy(&doc);
+    free(out);
+  }
+  free(body);
+  body = pt_task_body(pt_unique("SUBGOOD"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit_query(&stack, body, key, "wait=20", &out), 200,
+               "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED", "%s", out);
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  /* The same key and body again, waiting: the original task, final. */
+  cr_assert_eq(pt_api_submit_query(&stack, body, key, "wait=5", &out), 200,
+               "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  free(out);
+  free(body);
+
+  /* The CLI: paytask submit --wait prints the final task. */
+  char cmd[512], line[4096];
+  int succeeded = 0;
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null %s submit --api %s --token %s "
+           "--out-trade-no %s --amount 100 --subject cli --wait 20 2>&1",
+           getenv("PAYTASK_BIN"), stack.api_url, PT_TEST_TOKEN,
+           pt_unique("SUBCLI"));
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  while (fgets(line, sizeof line, p) != NULL)
+    succeeded += strstr(line, "\"SUCCEEDED\"") != NULL;
+  cr_assert_eq(pclose(p), 0, "paytask submit --wait failed");
+  cr_assert_eq(succeeded, 1, "paytask submit --wait did not print the final task");
+}

@@ -245,9 +245,15 @@ long pt_http(const char *method, const char *url, const char *token,
 
 long pt_api_submit(pt_stack_t *s, const char *json, const char *idem_key,
                    char **out) {
-  char url[128], hdr[300];
+  return pt_api_submit_query(s, json, idem_key, NULL, out);
+}
+
+long pt_api_submit_query(pt_stack_t *s, const char *json, const char *idem_key,
+                         const char *query, char **out) {
+  char url[160], hdr[300];
   const char *headers[] = {hdr, NULL};
-  snprintf(url, sizeof url, "%s/v1/tasks", s->api_url);
+  snprintf(url, sizeof url, "%s/v1/tasks%s%s", s->api_url, query ? "?" : "",
+           query ? query : "");
   if (idem_key != NULL)
     snprintf(hdr, sizeof hdr, "Idempotency-Key: %s", idem_key);
   return pt_http("POST", url, TOKEN, json, idem_key ? headers : NULL, out);

@@ -55,6 +55,9 @@ long pt_http(const char *method, const char *url, const char *token,
 long pt_api_submit(pt_stack_t *s, const char *json, const char *idem_key,
                    char **out);
 long pt_api_get(pt_stack_t *s, const char *id, int wait_s, char **out);
+/* A submit with a query string ("wait=5"; NULL for none). */
+long pt_api_submit_query(pt_stack_t *s, const char *json, const char *idem_key,
+                         const char *query, char **out);
 
 /* Reads a JSON body into doc (fails the test if it is not an object). */
 void pt_json(const char *text, bson_t *doc);
