@@ -1364,6 +1364,17 @@ int pt_api_run(const pt_config_t *cfg) {
   if (api.amqp == NULL || api.redis == NULL || api.sub == NULL ||
       api.mongo == NULL || api.httpd == NULL) {
     PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
+    /* Nothing was started: close what was opened, and exit. */
+    uv_close((uv_handle_t *)&api.redis_retry, NULL);
+    pt_amqp_destroy(api.amqp);
+    pt_redis_destroy(api.sub);
+    pt_redis_destroy(api.redis);
+    uv_run(api.loop, UV_RUN_DEFAULT);
+    pt_mongo_destroy(api.mongo);
+    pt_metrics_destroy(api.metrics);
+    pt_channels_cleanup();
+    uv_loop_close(api.loop);
+    free(api.loop);
     return 1;
   }
   uv_timer_init(api.loop, &api.lease_timer);

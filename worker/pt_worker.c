@@ -1004,6 +1004,22 @@ static void on_signal(uv_signal_t *s, int signum) {
   maybe_finish_drain(w);
 }
 
+/* A start that failed: closes what was opened (nothing runs yet) and
+ * returns 1. */
+static int start_failed(worker_t *w, const char *event, const pt_error_t *err) {
+  PT_ERROR(event, "err=\"%s\"", err->message);
+  pt_amqp_destroy(w->amqp);
+  pt_redis_destroy(w->redis);
+  pt_http_client_destroy(w->http);
+  pt_httpd_destroy(w->metrics_httpd);
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  pt_channels_cleanup();
+  pt_metrics_destroy(w->metrics);
+  uv_loop_close(w->loop);
+  free(w->loop);
+  return 1;
+}
+
 int pt_worker_run(const pt_config_t *cfg, int index) {
   worker_t w;
   pt_error_t err;
@@ -1023,10 +1039,8 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   w.amqp = pt_amqp_new(w.loop, &ao);
   w.redis = pt_redis_connect(w.loop, cfg->redis_uri, on_redis_lost, &w, &err);
   w.http = pt_http_client_new(w.loop, &err);
-  if (w.amqp == NULL || w.redis == NULL || w.http == NULL) {
-    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
-    return 1;
-  }
+  if (w.amqp == NULL || w.redis == NULL || w.http == NULL)
+    return start_failed(&w, "worker_start_failed", &err);
   /* As many connections kept as calls can be in flight: a burst after a
    * lull reuses them instead of paying a TCP (and, to a real channel, a
    * TLS) handshake for a share of its calls. */
@@ -1035,24 +1049,18 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
                                               : (long)cfg->amqp_prefetch);
   pt_store_load_scripts(pt_redis_ctx(w.redis));
   if (pt_lease_node(cfg, &w.ids, &w.lease, &err) != 0 ||
-      pt_channels_init(cfg, &err) != 0) {
-    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
-    return 1;
-  }
+      pt_channels_init(cfg, &err) != 0)
+    return start_failed(&w, "worker_start_failed", &err);
   const char *fault = getenv("PAYTASK_FAULT");
   w.fault_exit_after_final =
       fault != NULL && strcmp(fault, "exit_after_final") == 0;
   w.env = (pt_runner_env_t){w.loop, w.http, cfg, w.redis};
   w.metrics = pt_metrics_new();
-  if (start_metrics(&w, index, &err) != 0) {
-    PT_ERROR("worker_start_failed", "err=\"%s\"", err.message);
-    return 1;
-  }
+  if (start_metrics(&w, index, &err) != 0)
+    return start_failed(&w, "worker_start_failed", &err);
   w.sync = pt_sync_start(cfg, consumer, &err);
-  if (w.sync == NULL) {
-    PT_ERROR("sync_start_failed", "err=\"%s\"", err.message);
-    return 1;
-  }
+  if (w.sync == NULL)
+    return start_failed(&w, "sync_start_failed", &err);
   uv_signal_init(w.loop, &w.sigterm);
   uv_signal_init(w.loop, &w.sigint);
   w.sigterm.data = w.sigint.data = &w;

@@ -1,11 +1,15 @@
 /* Every bad input gets its status and error code, and nothing is published
  * (issue 3). No worker runs, so a published task would stay in the queue. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/pt_buf.h"
 #include "tests/support/pt_stack.h"
@@ -232,4 +236,39 @@ Test(api_input, one_connection_carries_submits_refusals_and_reads) {
   free(out.data);
   curl_slist_free_all(h);
   curl_easy_cleanup(e);
+}
+
+/* An api or a worker that cannot listen says why and exits 1, having
+ * closed what it opened (under the sanitizers a leak would show here). */
+Test(api_input, busy_port_is_refused_at_start) {
+  static const char *const cmds[][2] = {
+      {"api", "PAYTASK_API_LISTEN"},
+      {"worker", "PAYTASK_WORKER_METRICS_LISTEN"}};
+  char cmd[512], line[1024];
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+            listen(fd, 1) == 0 &&
+            getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+    int said = 0, leaked = 0;
+    snprintf(cmd, sizeof cmd,
+             "PAYTASK_CONFIG=/dev/null %s=127.0.0.1:%d timeout 30 %s %s 2>&1",
+             cmds[i][1], ntohs(a.sin_port), getenv("PAYTASK_BIN"), cmds[i][0]);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    while (fgets(line, sizeof line, p) != NULL) {
+      said += strstr(line, "_start_failed") != NULL &&
+              strstr(line, "address already in use") != NULL;
+      leaked += strstr(line, "LeakSanitizer") != NULL;
+    }
+    int st = pclose(p);
+    cr_assert_eq(said, 1, "%s did not say why it could not start", cmds[i][0]);
+    cr_assert_eq(leaked, 0, "%s leaked on its way out", cmds[i][0]);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: exit status %d",
+              cmds[i][0], st);
+  }
+  close(fd);
 }
