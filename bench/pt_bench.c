@@ -17,6 +17,7 @@
 #include "cli/pt_cli_http.h"
 #include "core/pt_amqp.h"
 #include "core/pt_http_client.h"
+#include "core/pt_httpd.h"
 #include "core/pt_id.h"
 #include "core/pt_redis.h"
 #include "core/pt_store.h"
@@ -34,17 +35,6 @@ typedef struct {
   char api_url[64], sim_url[64];
   char logdir[256];
 } procs_t;
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  socklen_t len = sizeof a;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, (struct sockaddr *)&a, sizeof a);
-  getsockname(fd, (struct sockaddr *)&a, &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 static pid_t spawn(procs_t *p, const char *name, const char *const *args,
                    int prefetch) {
@@ -112,8 +102,12 @@ static int procs_start(procs_t *p, int nworkers, int sim_latency,
   memset(p, 0, sizeof *p);
   snprintf(p->logdir, sizeof p->logdir, "%s",
            getenv("PT_BENCH_LOGDIR") ? getenv("PT_BENCH_LOGDIR") : "/tmp");
-  p->api_port = free_port();
-  p->sim_port = free_port();
+  p->api_port = pt_httpd_free_port();
+  p->sim_port = pt_httpd_free_port();
+  if (p->api_port < 0 || p->sim_port < 0) {
+    fprintf(stderr, "bench: no free loopback port below the ephemeral range\n");
+    return -1;
+  }
   snprintf(p->api_url, sizeof p->api_url, "http://127.0.0.1:%d", p->api_port);
   snprintf(p->sim_url, sizeof p->sim_url, "http://127.0.0.1:%d", p->sim_port);
   snprintf(lat, sizeof lat, "--latency-ms=%d", sim_latency);

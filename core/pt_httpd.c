@@ -1,11 +1,16 @@
 #include "core/pt_httpd.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <h2o.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 typedef struct conn conn_t;
 
@@ -300,4 +305,40 @@ void pt_httpd_destroy(pt_httpd_t *s) {
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
       shutdown(fd, SHUT_RDWR);
   }
+}
+
+int pt_httpd_free_port(void) {
+  static int given[256], ngiven;
+  static unsigned seed;
+  int low = 32768, high = 60999;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f != NULL) {
+    if (fscanf(f, "%d %d", &low, &high) != 2)
+      low = 32768;
+    fclose(f);
+  }
+  int lo = 10000, hi = low - 1;
+  if (hi - lo < 1000)
+    return -1;
+  if (seed == 0)
+    seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+  for (int tries = 0; tries < 1000; tries++) {
+    int port = lo + (int)(rand_r(&seed) % (unsigned)(hi - lo + 1)), dup = 0;
+    for (int i = 0; i < ngiven; i++)
+      dup |= given[i] == port;
+    int fd = dup ? -1 : socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+      continue;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    if (!ok)
+      continue;
+    if (ngiven < (int)(sizeof given / sizeof given[0]))
+      given[ngiven++] = port;
+    return port;
+  }
+  return -1;
 }

@@ -42,6 +42,13 @@ const char *pt_httpd_body(const pt_httpd_req_t *r, size_t *len);
 /* Header value by case-insensitive name, or NULL. */
 const char *pt_httpd_header(const pt_httpd_req_t *r, const char *name,
                             size_t *len);
+/* A free loopback TCP port for a server started next (tests, the bench),
+ * or -1. It lies below the kernel's ephemeral range: a port from bind(0)
+ * comes from that range, where the source port of any outgoing connection
+ * may take it before the server binds it. Never the same port twice in one
+ * process. */
+int pt_httpd_free_port(void);
+
 /* 1 if the client is still connected (the request can still be answered). */
 int pt_httpd_alive(const pt_httpd_req_t *r);
 

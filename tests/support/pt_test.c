@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/pt_buf.h"
+#include "core/pt_httpd.h"
 
 const char *pt_test_uri(const char *var, const char *server) {
   const char *v = getenv(var);
@@ -69,15 +70,9 @@ const char *pt_test_unique(const char *prefix, char *buf, size_t len) {
 }
 
 int pt_test_free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  socklen_t len = sizeof a;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  cr_assert(fd >= 0);
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  getsockname(fd, (struct sockaddr *)&a, &len);
-  close(fd);
-  return ntohs(a.sin_port);
+  int port = pt_httpd_free_port();
+  cr_assert_gt(port, 0, "no free loopback port below the ephemeral range");
+  return port;
 }
 
 void pt_test_sleep_ms(int ms) {
