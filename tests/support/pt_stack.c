@@ -194,24 +194,53 @@ void pt_stack_signal_worker(pt_stack_t *s, int i, int sig) {
   }
 }
 
+/* 1 once pid has a handler for SIGTERM (paytask installs it when its
+ * start is done), 0 while it has not, -1 if it cannot be read. */
+static int catches_sigterm(pid_t pid) {
+  char path[64], line[128];
+  unsigned long long mask;
+  int found = -1;
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "SigCgt: %llx", &mask) == 1) {
+      found = (mask >> (SIGTERM - 1)) & 1;
+      break;
+    }
+  fclose(f);
+  return found;
+}
+
 static int stop_pid(pid_t pid, const char *name) {
   int status = 0;
+  pid_t r = 0;
   if (pid <= 0)
     return 0;
-  kill(pid, SIGTERM);
-  for (int waited = 0; waited < 20000; waited += 50) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) {
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return 0;
-      fprintf(stderr, "%s exited with status %d\n", name, status);
-      return 1;
-    }
-    pt_test_sleep_ms(50);
+  /* A test may end while a process is still starting: a SIGTERM then
+   * would kill it before it can stop cleanly, and leave what it holds to
+   * the next test. Wait (10 s at most) until it handles the signal. */
+  for (int waited = 0; waited < 10000 && catches_sigterm(pid) == 0 &&
+                       (r = waitpid(pid, &status, WNOHANG)) == 0;
+       waited += 10)
+    pt_test_sleep_ms(10);
+  if (r != pid) {
+    kill(pid, SIGTERM);
+    for (int waited = 0; waited < 20000 &&
+                         (r = waitpid(pid, &status, WNOHANG)) == 0;
+         waited += 50)
+      pt_test_sleep_ms(50);
   }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  fprintf(stderr, "%s did not stop on SIGTERM within 20 s\n", name);
+  if (r != pid) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fprintf(stderr, "%s did not stop on SIGTERM within 20 s\n", name);
+    return 1;
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return 0;
+  fprintf(stderr, "%s exited with status %d\n", name, status);
   return 1;
 }
 
