@@ -400,7 +400,9 @@ struct bench {
   char run[48];
   long n, issued, submitted, finals, errors;
   int conc, inflight;
-  int wait_each; /* latency: GET ?wait after each submit */
+  /* latency: WAIT_GET, a GET ?wait after each submit's 202; WAIT_POST,
+   * the submit itself waits (POST /v1/tasks?wait=30, answered 200) */
+  int wait_each;
   double rate;   /* open loop: tasks per second, 0 = closed loop */
   int64_t t0, t_last_final, t_last_done;
   char min_id[24], max_id[24];
@@ -421,6 +423,8 @@ struct bench {
   cpu_probe_t *backlog_cpu; /* measured from the worker's start */
 };
 
+enum { WAIT_NONE, WAIT_GET, WAIT_POST };
+
 static void maybe_done(bench_t *b) {
   int done = b->wait_each ? b->nlat + b->errors >= b->n
                           : b->finals >= b->n && b->submitted + b->errors >= b->n;
@@ -432,18 +436,25 @@ static void maybe_done(bench_t *b) {
 
 static void issue(bench_t *b);
 
-static void on_waited(const pt_http_response_t *res, void *arg) {
-  call_t *c = arg;
-  bench_t *b = c->b;
-  b->inflight--;
+/* A ?wait answer: the task must be final and SUCCEEDED. */
+static void record_answer(bench_t *b, call_t *c, const pt_http_response_t *res) {
   if (res->status == 0 && res->http_code == 200 &&
       strstr(res->body, "\"SUCCEEDED\"") != NULL) {
     b->lat[b->nlat++] = now_us() - c->t_start;
     b->t_last_done = now_us();
     b->answered_ms[c->idx] = pt_now_ms();
   } else {
-    b->errors++;
+    if (b->errors++ < 3)
+      fprintf(stderr, "bench: ?wait answered %ld: %s\n", res->http_code,
+              res->status ? res->error : res->body);
   }
+}
+
+static void on_waited(const pt_http_response_t *res, void *arg) {
+  call_t *c = arg;
+  bench_t *b = c->b;
+  b->inflight--;
+  record_answer(b, c, res);
   free(c);
   issue(b);
   maybe_done(b);
@@ -455,7 +466,8 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
   bson_t d;
   bson_error_t e;
   bson_iter_t it;
-  if (res->status != 0 || res->http_code != 202 ||
+  long expect = b->wait_each == WAIT_POST ? 200 : 202;
+  if (res->status != 0 || res->http_code != expect ||
       !bson_init_from_json(&d, res->body, (ssize_t)res->body_len, &e)) {
     if (b->errors++ < 3)
       fprintf(stderr, "bench: submit answered %ld: %s\n", res->http_code,
@@ -488,7 +500,9 @@ static void on_submitted(const pt_http_response_t *res, void *arg) {
       cpu_start(b->backlog_cpu);
     }
   }
-  if (b->wait_each) {
+  if (b->wait_each == WAIT_POST)
+    record_answer(b, c, res);
+  if (b->wait_each == WAIT_GET) {
     char url[160];
     b->confirm[b->nconfirm++] = now_us() - c->t_start;
     b->accepted_ms[c->idx] = pt_now_ms();
@@ -516,7 +530,8 @@ static void submit_one(bench_t *b) {
   c->t_start = now_us();
   if (b->sent_ms != NULL)
     b->sent_ms[c->idx] = pt_now_ms();
-  snprintf(url, sizeof url, "%s/v1/tasks", b->p->api_url);
+  snprintf(url, sizeof url, "%s/v1/tasks%s", b->p->api_url,
+           b->wait_each == WAIT_POST ? "?wait=30" : "");
   /* A task of the usual size; built once per task, as a client would. */
   bson_t d = BSON_INITIALIZER;
   char otn[80];
@@ -919,6 +934,21 @@ enum { ST_SUBMIT, ST_QUEUE, ST_RUN, ST_ANSWER, ST_COUNT };
 static const char *const stage_names[ST_COUNT] = {
     "to_submit_script", "to_start", "to_final", "to_answer"};
 
+/* The stages' p50 and p99 as a document under key. */
+static void append_stages(bson_t *parent, const char *key,
+                          const double p50[ST_COUNT],
+                          const double p99[ST_COUNT]) {
+  bson_t stages, one;
+  BSON_APPEND_DOCUMENT_BEGIN(parent, key, &stages);
+  for (int s = 0; s < ST_COUNT; s++) {
+    BSON_APPEND_DOCUMENT_BEGIN(&stages, stage_names[s], &one);
+    BSON_APPEND_DOUBLE(&one, "p50", p50[s]);
+    BSON_APPEND_DOUBLE(&one, "p99", p99[s]);
+    bson_append_document_end(&stages, &one);
+  }
+  bson_append_document_end(parent, &stages);
+}
+
 static int latency_stages(const char *redis_uri, const bench_t *b,
                           double p50[ST_COUNT], double p99[ST_COUNT],
                           long *before_202) {
@@ -1077,7 +1107,7 @@ int pt_bench_main(int argc, char **argv) {
     rate = thr > 0 ? thr / 2 : 100;
   long lat_n = (long)(rate * lat_s);
   forks0 = redis_forks(redis);
-  rc |= run_load(&b, &p, lat_n, 1 << 30, rate, 1, redis);
+  rc |= run_load(&b, &p, lat_n, 1 << 30, rate, WAIT_GET, redis);
   long forks_lat = forks_between(forks0, redis_forks(redis));
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double p50 = pct_ms(b.lat, b.nlat, 0.50), p95 = pct_ms(b.lat, b.nlat, 0.95),
@@ -1091,9 +1121,27 @@ int pt_bench_main(int argc, char **argv) {
     fprintf(stderr, "bench: could not read the latency scenario's task "
                     "times from Redis\n");
   load_free(&b);
-  rc |= run_load(&b, &p, 200, 1, 0, 1, redis);
+  /* The same load again, each submit waiting for its own final state: one
+   * request per task instead of two. */
+  double one_pct[4], one_st50[ST_COUNT], one_st99[ST_COUNT];
+  long one_before;
+  rc |= run_load(&b, &p, lat_n, 1 << 30, rate, WAIT_POST, redis);
+  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
+  one_pct[0] = pct_ms(b.lat, b.nlat, 0.50);
+  one_pct[1] = pct_ms(b.lat, b.nlat, 0.95);
+  one_pct[2] = pct_ms(b.lat, b.nlat, 0.99);
+  one_pct[3] = pct_ms(b.lat, b.nlat, 1.0);
+  if (latency_stages(redis, &b, one_st50, one_st99, &one_before) != 0)
+    fprintf(stderr, "bench: could not read the latency scenario's task "
+                    "times from Redis\n");
+  load_free(&b);
+  rc |= run_load(&b, &p, 200, 1, 0, WAIT_GET, redis);
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double single_p50 = pct_ms(b.lat, b.nlat, 0.50);
+  load_free(&b);
+  rc |= run_load(&b, &p, 200, 1, 0, WAIT_POST, redis);
+  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
+  double single_one_p50 = pct_ms(b.lat, b.nlat, 0.50);
   load_free(&b);
   procs_stop(&p);
 
@@ -1154,7 +1202,13 @@ int pt_bench_main(int argc, char **argv) {
     printf("%-46s %8.0f/%.0f ms\n", stage_labels[s], st50[s], st99[s]);
   printf("%-46s %7ld of %ld\n", "    tasks final before their 202", before_202,
          lat_tasks);
+  printf("%-46s %8.1f/%.1f/%.1f/%.1f ms\n",
+         "3 one request (POST ?wait) p50/p95/p99/max", one_pct[0],
+         one_pct[1], one_pct[2], one_pct[3]);
+  printf("%-46s %8.0f/%.0f ms\n", "    ... from final to the answer p50/p99",
+         one_st50[ST_ANSWER], one_st99[ST_ANSWER]);
   printf("%-46s %12.1fms\n", "3 unloaded single task p50", single_p50);
+  printf("%-46s %12.1fms\n", "3 ... one request (POST ?wait)", single_one_p50);
   printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker, full queue", slow, slow / base);
   printf("%-46s %14ld\n", "4 max calls in flight at the channel", max_in_flight);
   printf("%-46s %7ld/%ld\n", "4 channel: connections opened/calls made",
@@ -1189,17 +1243,18 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_DOUBLE(&j, "latency_submit_p50_ms", conf50);
   BSON_APPEND_DOUBLE(&j, "latency_submit_p99_ms", conf99);
   BSON_APPEND_DOUBLE(&j, "latency_max_ms", pmax);
-  bson_t stages;
-  BSON_APPEND_DOCUMENT_BEGIN(&j, "latency_stages_ms", &stages);
-  for (int s = 0; s < ST_COUNT; s++) {
-    bson_t one;
-    BSON_APPEND_DOCUMENT_BEGIN(&stages, stage_names[s], &one);
-    BSON_APPEND_DOUBLE(&one, "p50", st50[s]);
-    BSON_APPEND_DOUBLE(&one, "p99", st99[s]);
-    bson_append_document_end(&stages, &one);
-  }
-  bson_append_document_end(&j, &stages);
+  append_stages(&j, "latency_stages_ms", st50, st99);
   BSON_APPEND_INT64(&j, "latency_final_before_202", before_202);
+  /* The same scenario with one request per task (POST /v1/tasks?wait). */
+  bson_t one_doc;
+  BSON_APPEND_DOCUMENT_BEGIN(&j, "latency_one_request", &one_doc);
+  static const char *const pct_names[] = {"p50_ms", "p95_ms", "p99_ms",
+                                          "max_ms"};
+  for (int k = 0; k < 4; k++)
+    BSON_APPEND_DOUBLE(&one_doc, pct_names[k], one_pct[k]);
+  append_stages(&one_doc, "stages_ms", one_st50, one_st99);
+  BSON_APPEND_DOUBLE(&one_doc, "unloaded_p50_ms", single_one_p50);
+  bson_append_document_end(&j, &one_doc);
   BSON_APPEND_DOUBLE(&j, "unloaded_p50_ms", single_p50);
   BSON_APPEND_DOUBLE(&j, "slow_tasks_per_s", slow);
   BSON_APPEND_DOUBLE(&j, "slow_ratio", slow / base);

@@ -47,6 +47,12 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
     cr_assert(bson_iter_init_find(&it, &d, keys[i]), "missing %s", keys[i]);
     cr_assert_gt(bson_iter_as_double(&it), 0, "%s is not positive", keys[i]);
   }
+  /* The latency scenario again with one request per task (POST ?wait). */
+  const char *one[] = {"latency_one_request.p50_ms",
+                       "latency_one_request.p99_ms",
+                       "latency_one_request.unloaded_p50_ms"};
+  for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
+    cr_assert_gt(figure(&d, one[i]), 0, "%s is not positive", one[i]);
   /* Where the CPU went: the machine was busy and the worker did the work. */
   cr_assert_gt(figure(&d, "cpu_throughput.busy_cores"), 0, "no core was busy");
   cr_assert_gt(figure(&d, "cpu_throughput.cpu_ms_per_item.worker"), 0,
@@ -59,6 +65,7 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
                            "latency_stages_ms.to_final.p99",
                            "latency_stages_ms.to_answer.p99",
                            "latency_final_before_202",
+                           "latency_one_request.stages_ms.to_answer.p99",
                            "redis_forks.throughput",
                            "redis_forks.latency",
                            "redis_forks.slow"};
