@@ -68,6 +68,7 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
                            "latency_one_request.stages_ms.to_answer.p99",
                            "redis_forks.throughput",
                            "redis_forks.latency",
+                           "redis_forks.latency_one_request",
                            "redis_forks.slow"};
   for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++)
     cr_assert_geq(figure(&d, counted[i]), 0, "%s was not measured",
