@@ -415,6 +415,12 @@ struct bench {
    * ?wait answer, to set against the times the task's hash records */
   int64_t *sent_ms, *accepted_ms, *answered_ms;
   uv_timer_t ticker, watchdog;
+  /* latency mode: every process's CPU ticks every WINDOW_MS */
+  uv_timer_t sampler;
+  cpu_probe_t *probe; /* the processes sampled; NULL: no sampling */
+  long long (*samples)[CPU_MAX + 1]; /* per window: ticks, machine busy last */
+  int64_t sample0_ms;
+  int nsamples;
   int finished;
   /* backlog mode: start one worker once every task is queued, and time
    * from then (the worker alone against a queue that is never empty) */
@@ -572,6 +578,19 @@ static void issue(bench_t *b) {
 
 static void on_tick(uv_timer_t *t) { issue(t->data); }
 
+#define WINDOW_MS 250
+#define MAX_WINDOWS 4096
+
+static void on_sample(uv_timer_t *t) {
+  bench_t *b = t->data;
+  if (b->nsamples >= MAX_WINDOWS)
+    return;
+  long long *row = b->samples[b->nsamples++], total = 0;
+  for (int i = 0; i < b->probe->n; i++)
+    row[i] = proc_ticks(b->probe->p[i].pid);
+  machine_ticks(&row[CPU_MAX], &total);
+}
+
 static void on_final(redisAsyncContext *ac, void *r, void *arg) {
   bench_t *b = arg;
   redisReply *reply = r;
@@ -605,8 +624,9 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   pt_error_t err;
   procs_t *backlog = b->backlog_procs;
   int backlog_prefetch = b->backlog_prefetch;
-  cpu_probe_t *backlog_cpu = b->backlog_cpu;
+  cpu_probe_t *backlog_cpu = b->backlog_cpu, *probe = b->probe;
   memset(b, 0, sizeof *b);
+  b->probe = probe;
   b->backlog_procs = backlog;
   b->backlog_prefetch = backlog_prefetch;
   b->backlog_cpu = backlog_cpu;
@@ -642,6 +662,14 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   uv_timer_start(&b->watchdog, on_watchdog, 600000, 0);
   if (rate > 0)
     uv_timer_start(&b->ticker, on_tick, 1, 1);
+  uv_timer_init(&b->loop, &b->sampler);
+  b->sampler.data = b;
+  if (b->probe != NULL && wait_each) {
+    b->samples = calloc(MAX_WINDOWS, sizeof *b->samples);
+    b->sample0_ms = pt_now_ms();
+    on_sample(&b->sampler);
+    uv_timer_start(&b->sampler, on_sample, WINDOW_MS, WINDOW_MS);
+  }
   b->t0 = now_us();
   issue(b);
   uv_run(&b->loop, UV_RUN_DEFAULT);
@@ -661,6 +689,9 @@ static void load_free(bench_t *b) {
   free(b->sent_ms);
   free(b->accepted_ms);
   free(b->answered_ms);
+  free(b->samples);
+  b->samples = NULL;
+  b->nsamples = 0;
   b->lat = NULL;
   b->ids = NULL;
   b->confirm = NULL;
@@ -934,6 +965,125 @@ enum { ST_SUBMIT, ST_QUEUE, ST_RUN, ST_ANSWER, ST_COUNT };
 static const char *const stage_names[ST_COUNT] = {
     "to_submit_script", "to_start", "to_final", "to_answer"};
 
+/* Where the slowest 1% of a latency run sat in time, and what the
+ * processes were doing then: were they spread over the run (queueing) or
+ * bunched in a few windows (a stall), and whose CPU rose in the window
+ * that held most of them in flight. */
+typedef struct {
+  long slow;            /* tasks at or above the p99 */
+  int windows, of;      /* windows they were sent in, of the run's */
+  long worst_in_flight; /* of them in flight in the worst window */
+  double busy_worst, busy_avg; /* cores */
+  double cpu_worst[CPU_NAMES], cpu_avg[CPU_NAMES]; /* % of one core, -1 */
+} tail_t;
+
+
+static int tail_window(const bench_t *b, int64_t ms) {
+  int64_t w = (ms - b->sample0_ms) / WINDOW_MS;
+  return w < 0 ? 0 : w > b->nsamples - 2 ? b->nsamples - 2 : (int)w;
+}
+
+/* CPU % of one core of every process named name, samples k0 to k1. */
+static double tail_cpu(const bench_t *b, const char *name, int k0, int k1) {
+  double hz = (double)sysconf(_SC_CLK_TCK), ticks = 0;
+  int found = 0;
+  for (int i = 0; i < b->probe->n; i++)
+    if (strcmp(b->probe->p[i].name, name) == 0 && b->samples[k0][i] >= 0 &&
+        b->samples[k1][i] >= 0) {
+      ticks += (double)(b->samples[k1][i] - b->samples[k0][i]);
+      found = 1;
+    }
+  return found ? 100 * ticks / hz / ((k1 - k0) * WINDOW_MS / 1000.0) : -1;
+}
+
+static double tail_busy(const bench_t *b, int k0, int k1) {
+  double hz = (double)sysconf(_SC_CLK_TCK);
+  return (double)(b->samples[k1][CPU_MAX] - b->samples[k0][CPU_MAX]) / hz /
+         ((k1 - k0) * WINDOW_MS / 1000.0);
+}
+
+static int tail_of(const bench_t *b, tail_t *t) {
+  memset(t, 0, sizeof *t);
+  if (b->samples == NULL || b->nsamples < 3)
+    return -1;
+  int64_t *lat = calloc((size_t)b->n, sizeof *lat), *sorted;
+  long m = 0;
+  for (long i = 0; i < b->n; i++)
+    if (b->answered_ms[i] > 0)
+      lat[m++] = b->answered_ms[i] - b->sent_ms[i];
+  sorted = calloc((size_t)(m > 0 ? m : 1), sizeof *sorted);
+  memcpy(sorted, lat, (size_t)m * sizeof *lat);
+  qsort(sorted, (size_t)m, sizeof *sorted, cmp64);
+  int64_t p99 = m > 0 ? sorted[(long)((double)(m - 1) * 0.99)] : 0;
+  free(sorted);
+  int nw = b->nsamples - 1;
+  long *sent = calloc((size_t)nw, sizeof *sent),
+       *flying = calloc((size_t)nw, sizeof *flying);
+  for (long i = 0, j = 0; i < b->n; i++) {
+    if (b->answered_ms[i] <= 0)
+      continue;
+    if (lat[j++] < p99 || m == 0)
+      continue;
+    t->slow++;
+    int w0 = tail_window(b, b->sent_ms[i]), w1 = tail_window(b, b->answered_ms[i]);
+    sent[w0]++;
+    for (int k = w0; k <= w1; k++)
+      flying[k]++;
+  }
+  int worst = 0;
+  for (int k = 0; k < nw; k++) {
+    t->windows += sent[k] > 0;
+    if (flying[k] > flying[worst])
+      worst = k;
+  }
+  t->of = nw;
+  t->worst_in_flight = flying[worst];
+  t->busy_worst = tail_busy(b, worst, worst + 1);
+  t->busy_avg = tail_busy(b, 0, nw);
+  for (size_t i = 0; i < CPU_NAMES; i++) {
+    t->cpu_worst[i] = tail_cpu(b, cpu_names[i], worst, worst + 1);
+    t->cpu_avg[i] = tail_cpu(b, cpu_names[i], 0, nw);
+  }
+  free(sent);
+  free(flying);
+  free(lat);
+  return 0;
+}
+
+static void tail_print(const tail_t *t) {
+  printf("%-46s %5ld in %d/%d\n", "    slowest 1%: tasks, in windows (250 ms)",
+         t->slow, t->windows, t->of);
+  printf("    window with most in flight (%ld): %.2f cores busy (run %.2f); "
+         "CPU %% of one core, there (run):\n     ",
+         t->worst_in_flight, t->busy_worst, t->busy_avg);
+  for (size_t i = 0; i < CPU_NAMES; i++)
+    if (t->cpu_worst[i] >= 0)
+      printf(" %s %.0f (%.0f)", cpu_names[i], t->cpu_worst[i], t->cpu_avg[i]);
+  printf("\n");
+}
+
+static void tail_json(bson_t *parent, const char *key, const tail_t *t) {
+  bson_t d, w, a;
+  BSON_APPEND_DOCUMENT_BEGIN(parent, key, &d);
+  BSON_APPEND_INT64(&d, "slow_tasks", t->slow);
+  BSON_APPEND_INT32(&d, "windows", t->windows);
+  BSON_APPEND_INT32(&d, "of_windows", t->of);
+  BSON_APPEND_INT64(&d, "worst_in_flight", t->worst_in_flight);
+  BSON_APPEND_DOUBLE(&d, "busy_cores_worst", t->busy_worst);
+  BSON_APPEND_DOUBLE(&d, "busy_cores_run", t->busy_avg);
+  BSON_APPEND_DOCUMENT_BEGIN(&d, "cpu_pct_worst", &w);
+  for (size_t i = 0; i < CPU_NAMES; i++)
+    if (t->cpu_worst[i] >= 0)
+      BSON_APPEND_DOUBLE(&w, cpu_names[i], t->cpu_worst[i]);
+  bson_append_document_end(&d, &w);
+  BSON_APPEND_DOCUMENT_BEGIN(&d, "cpu_pct_run", &a);
+  for (size_t i = 0; i < CPU_NAMES; i++)
+    if (t->cpu_avg[i] >= 0)
+      BSON_APPEND_DOUBLE(&a, cpu_names[i], t->cpu_avg[i]);
+  bson_append_document_end(&d, &a);
+  bson_append_document_end(parent, &d);
+}
+
 /* The stages' p50 and p99 as a document under key. */
 static void append_stages(bson_t *parent, const char *key,
                           const double p50[ST_COUNT],
@@ -1107,7 +1257,10 @@ int pt_bench_main(int argc, char **argv) {
     rate = thr > 0 ? thr / 2 : 100;
   long lat_n = (long)(rate * lat_s);
   forks0 = redis_forks(redis);
+  tail_t tail_two, tail_one;
+  b.probe = &cpu_thr; /* the same processes as scenario 2 */
   rc |= run_load(&b, &p, lat_n, 1 << 30, rate, WAIT_GET, redis);
+  int tails_ok = tail_of(&b, &tail_two) == 0;
   long forks_lat = forks_between(forks0, redis_forks(redis));
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   double p50 = pct_ms(b.lat, b.nlat, 0.50), p95 = pct_ms(b.lat, b.nlat, 0.95),
@@ -1128,6 +1281,8 @@ int pt_bench_main(int argc, char **argv) {
   forks0 = redis_forks(redis);
   rc |= run_load(&b, &p, lat_n, 1 << 30, rate, WAIT_POST, redis);
   long forks_one = forks_between(forks0, redis_forks(redis));
+  tails_ok &= tail_of(&b, &tail_one) == 0;
+  b.probe = NULL;
   qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
   one_pct[0] = pct_ms(b.lat, b.nlat, 0.50);
   one_pct[1] = pct_ms(b.lat, b.nlat, 0.95);
@@ -1204,11 +1359,15 @@ int pt_bench_main(int argc, char **argv) {
     printf("%-46s %8.0f/%.0f ms\n", stage_labels[s], st50[s], st99[s]);
   printf("%-46s %7ld of %ld\n", "    tasks final before their 202", before_202,
          lat_tasks);
+  if (tails_ok)
+    tail_print(&tail_two);
   printf("%-46s %8.1f/%.1f/%.1f/%.1f ms\n",
          "3 one request (POST ?wait) p50/p95/p99/max", one_pct[0],
          one_pct[1], one_pct[2], one_pct[3]);
   printf("%-46s %8.0f/%.0f ms\n", "    ... from final to the answer p50/p99",
          one_st50[ST_ANSWER], one_st99[ST_ANSWER]);
+  if (tails_ok)
+    tail_print(&tail_one);
   printf("%-46s %12.1fms\n", "3 unloaded single task p50", single_p50);
   printf("%-46s %12.1fms\n", "3 ... one request (POST ?wait)", single_one_p50);
   printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker, full queue", slow, slow / base);
@@ -1248,6 +1407,8 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_DOUBLE(&j, "latency_max_ms", pmax);
   append_stages(&j, "latency_stages_ms", st50, st99);
   BSON_APPEND_INT64(&j, "latency_final_before_202", before_202);
+  if (tails_ok)
+    tail_json(&j, "latency_tail", &tail_two);
   /* The same scenario with one request per task (POST /v1/tasks?wait). */
   bson_t one_doc;
   BSON_APPEND_DOCUMENT_BEGIN(&j, "latency_one_request", &one_doc);
@@ -1256,6 +1417,8 @@ int pt_bench_main(int argc, char **argv) {
   for (int k = 0; k < 4; k++)
     BSON_APPEND_DOUBLE(&one_doc, pct_names[k], one_pct[k]);
   append_stages(&one_doc, "stages_ms", one_st50, one_st99);
+  if (tails_ok)
+    tail_json(&one_doc, "tail", &tail_one);
   BSON_APPEND_DOUBLE(&one_doc, "unloaded_p50_ms", single_one_p50);
   bson_append_document_end(&j, &one_doc);
   BSON_APPEND_DOUBLE(&j, "unloaded_p50_ms", single_p50);

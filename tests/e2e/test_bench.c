@@ -53,6 +53,20 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
                        "latency_one_request.unloaded_p50_ms"};
   for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
     cr_assert_gt(figure(&d, one[i]), 0, "%s is not positive", one[i]);
+  /* Where each half's slowest 1% sat in time, and the CPU then. */
+  const char *tails[] = {"latency_tail", "latency_one_request.tail"};
+  for (size_t i = 0; i < 2; i++) {
+    char k[96];
+    snprintf(k, sizeof k, "%s.slow_tasks", tails[i]);
+    cr_assert_gt(figure(&d, k), 0, "%s: no slow task found", tails[i]);
+    snprintf(k, sizeof k, "%s.windows", tails[i]);
+    double w = figure(&d, k);
+    snprintf(k, sizeof k, "%s.of_windows", tails[i]);
+    cr_assert(w > 0 && w <= figure(&d, k), "%s: windows out of range", tails[i]);
+    snprintf(k, sizeof k, "%s.cpu_pct_run.worker", tails[i]);
+    cr_assert_gt(figure(&d, k), 0, "%s: the worker's CPU was not sampled",
+                 tails[i]);
+  }
   /* Where the CPU went: the machine was busy and the worker did the work. */
   cr_assert_gt(figure(&d, "cpu_throughput.busy_cores"), 0, "no core was busy");
   cr_assert_gt(figure(&d, "cpu_throughput.cpu_ms_per_item.worker"), 0,
