@@ -237,8 +237,9 @@ static long peak_rss_kb(pid_t pid) { return status_kb(pid, "VmHWM"); }
 /* ---- where the CPU goes ---------------------------------------------------
  * The machine is shared by paytask's processes, the load generator and the
  * three servers; each scenario reports the CPU time each of them used
- * (from /proc/PID/stat, children reaped included, so a Redis rewrite fork
- * counts) and how many of the machine's cores were busy (from /proc/stat).
+ * (from /proc/PID/stat, children included, running or reaped, so a Redis
+ * rewrite fork counts) and how many of the machine's cores were busy (from
+ * /proc/stat).
  * The servers' PIDs come from PT_BENCH_SERVERS ("name=pid ..."), which
  * scripts/bench fills from scripts/services' PID files. */
 
@@ -247,6 +248,7 @@ static long peak_rss_kb(pid_t pid) { return status_kb(pid, "VmHWM"); }
 typedef struct {
   char name[16];
   pid_t pid;
+  int children; /* count its running children too (the servers) */
   long long t0, used; /* clock ticks */
 } cpu_proc_t;
 
@@ -256,6 +258,28 @@ typedef struct {
   long long busy0, total0;
   double busy_cores, seconds;
 } cpu_probe_t;
+
+static long long proc_ticks(pid_t pid);
+
+/* The CPU ticks of pid's children still running (a Redis rewrite in
+ * progress): /proc/PID/stat counts a child only once it was reaped. For
+ * the servers only: the bench's own children are paytask's processes,
+ * counted on their own. */
+static long long live_children_ticks(pid_t pid) {
+  char path[64];
+  long long sum = 0;
+  int child;
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  while (fscanf(f, "%d", &child) == 1) {
+    long long t = proc_ticks((pid_t)child);
+    sum += t > 0 ? t : 0;
+  }
+  fclose(f);
+  return sum;
+}
 
 static long long proc_ticks(pid_t pid) {
   char path[64], buf[1024];
@@ -276,7 +300,10 @@ static long long proc_ticks(pid_t pid) {
   return ut + st + cut + cst;
 }
 
-static int machine_ticks(long long *busy, long long *total) {
+/* Busy (everything but idle and iowait, so the hypervisor's steal too)
+ * and total ticks of all cores; *steal (MAY be NULL) gets the steal. */
+static int machine_ticks_steal(long long *busy, long long *total,
+                               long long *steal) {
   long long v[10] = {0};
   FILE *f = fopen("/proc/stat", "r");
   if (f == NULL)
@@ -290,7 +317,18 @@ static int machine_ticks(long long *busy, long long *total) {
   /* guest time is already inside user and nice */
   *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
   *busy = *total - v[3] - v[4];
+  if (steal != NULL)
+    *steal = v[7];
   return 0;
+}
+
+static int machine_ticks(long long *busy, long long *total) {
+  return machine_ticks_steal(busy, total, NULL);
+}
+
+static long long cpu_proc_ticks(const cpu_proc_t *p) {
+  long long t = proc_ticks(p->pid);
+  return t >= 0 && p->children ? t + live_children_ticks(p->pid) : t;
 }
 
 static void cpu_add(cpu_probe_t *c, const char *name, pid_t pid) {
@@ -310,14 +348,17 @@ static void cpu_init(cpu_probe_t *c) {
     int pid, used;
     if (sscanf(s, " %15[a-z]=%d%n", name, &pid, &used) != 2)
       break;
+    int before = c->n;
     cpu_add(c, name, (pid_t)pid);
+    if (c->n > before)
+      c->p[before].children = 1;
     s += used;
   }
 }
 
 static void cpu_start(cpu_probe_t *c) {
   for (int i = 0; i < c->n; i++)
-    c->p[i].t0 = proc_ticks(c->p[i].pid);
+    c->p[i].t0 = cpu_proc_ticks(&c->p[i]);
   machine_ticks(&c->busy0, &c->total0);
   c->seconds = (double)now_us() / 1e6;
 }
@@ -325,7 +366,7 @@ static void cpu_start(cpu_probe_t *c) {
 static void cpu_stop(cpu_probe_t *c) {
   long long busy = 0, total = 0;
   for (int i = 0; i < c->n; i++) {
-    long long t = proc_ticks(c->p[i].pid);
+    long long t = cpu_proc_ticks(&c->p[i]);
     c->p[i].used = t >= 0 && c->p[i].t0 >= 0 ? t - c->p[i].t0 : -1;
   }
   c->seconds = (double)now_us() / 1e6 - c->seconds;
@@ -418,8 +459,9 @@ struct bench {
   /* latency mode: every process's CPU ticks every WINDOW_MS */
   uv_timer_t sampler;
   cpu_probe_t *probe; /* the processes sampled; NULL: no sampling */
-  long long (*samples)[CPU_MAX + 1]; /* per window: ticks, machine busy last */
-  int64_t sample0_ms;
+  /* per sample: each process's ticks, then the machine's busy and steal
+   * ticks, then the time (ms) it was taken */
+  long long (*samples)[CPU_MAX + 3];
   int nsamples;
   int finished;
   /* backlog mode: start one worker once every task is queued, and time
@@ -587,8 +629,9 @@ static void on_sample(uv_timer_t *t) {
     return;
   long long *row = b->samples[b->nsamples++], total = 0;
   for (int i = 0; i < b->probe->n; i++)
-    row[i] = proc_ticks(b->probe->p[i].pid);
-  machine_ticks(&row[CPU_MAX], &total);
+    row[i] = cpu_proc_ticks(&b->probe->p[i]);
+  machine_ticks_steal(&row[CPU_MAX], &total, &row[CPU_MAX + 1]);
+  row[CPU_MAX + 2] = pt_now_ms();
 }
 
 static void on_final(redisAsyncContext *ac, void *r, void *arg) {
@@ -666,7 +709,6 @@ static int run_load(bench_t *b, const procs_t *p, long n, int conc,
   b->sampler.data = b;
   if (b->probe != NULL && wait_each) {
     b->samples = calloc(MAX_WINDOWS, sizeof *b->samples);
-    b->sample0_ms = pt_now_ms();
     on_sample(&b->sampler);
     uv_timer_start(&b->sampler, on_sample, WINDOW_MS, WINDOW_MS);
   }
@@ -973,14 +1015,24 @@ typedef struct {
   long slow;            /* tasks at or above the p99 */
   int windows, of;      /* windows they were sent in, of the run's */
   long worst_in_flight; /* of them in flight in the worst window */
-  double busy_worst, busy_avg; /* cores */
+  double worst_ms;      /* how long that window was */
+  double late_ms;       /* the tool's loop: its sampler's worst lateness */
+  double busy_worst, busy_avg, steal_worst, steal_avg; /* cores */
   double cpu_worst[CPU_NAMES], cpu_avg[CPU_NAMES]; /* % of one core, -1 */
 } tail_t;
 
 
+/* The window (between samples k and k + 1) that holds time ms. */
 static int tail_window(const bench_t *b, int64_t ms) {
-  int64_t w = (ms - b->sample0_ms) / WINDOW_MS;
-  return w < 0 ? 0 : w > b->nsamples - 2 ? b->nsamples - 2 : (int)w;
+  int k = 0;
+  while (k < b->nsamples - 2 && b->samples[k + 1][CPU_MAX + 2] <= ms)
+    k++;
+  return k;
+}
+
+static double tail_seconds(const bench_t *b, int k0, int k1) {
+  double s = (double)(b->samples[k1][CPU_MAX + 2] - b->samples[k0][CPU_MAX + 2]) / 1000;
+  return s > 0 ? s : (double)WINDOW_MS / 1000;
 }
 
 /* CPU % of one core of every process named name, samples k0 to k1. */
@@ -993,13 +1045,14 @@ static double tail_cpu(const bench_t *b, const char *name, int k0, int k1) {
       ticks += (double)(b->samples[k1][i] - b->samples[k0][i]);
       found = 1;
     }
-  return found ? 100 * ticks / hz / ((k1 - k0) * WINDOW_MS / 1000.0) : -1;
+  return found ? 100 * ticks / hz / tail_seconds(b, k0, k1) : -1;
 }
 
-static double tail_busy(const bench_t *b, int k0, int k1) {
+/* Cores busy (col CPU_MAX) or stolen by the hypervisor (CPU_MAX + 1). */
+static double tail_cores(const bench_t *b, int col, int k0, int k1) {
   double hz = (double)sysconf(_SC_CLK_TCK);
-  return (double)(b->samples[k1][CPU_MAX] - b->samples[k0][CPU_MAX]) / hz /
-         ((k1 - k0) * WINDOW_MS / 1000.0);
+  return (double)(b->samples[k1][col] - b->samples[k0][col]) / hz /
+         tail_seconds(b, k0, k1);
 }
 
 static int tail_of(const bench_t *b, tail_t *t) {
@@ -1035,11 +1088,16 @@ static int tail_of(const bench_t *b, tail_t *t) {
     t->windows += sent[k] > 0;
     if (flying[k] > flying[worst])
       worst = k;
+    double late = tail_seconds(b, k, k + 1) * 1000 - WINDOW_MS;
+    t->late_ms = late > t->late_ms ? late : t->late_ms;
   }
+  t->worst_ms = tail_seconds(b, worst, worst + 1) * 1000;
   t->of = nw;
   t->worst_in_flight = flying[worst];
-  t->busy_worst = tail_busy(b, worst, worst + 1);
-  t->busy_avg = tail_busy(b, 0, nw);
+  t->busy_worst = tail_cores(b, CPU_MAX, worst, worst + 1);
+  t->busy_avg = tail_cores(b, CPU_MAX, 0, nw);
+  t->steal_worst = tail_cores(b, CPU_MAX + 1, worst, worst + 1);
+  t->steal_avg = tail_cores(b, CPU_MAX + 1, 0, nw);
   for (size_t i = 0; i < CPU_NAMES; i++) {
     t->cpu_worst[i] = tail_cpu(b, cpu_names[i], worst, worst + 1);
     t->cpu_avg[i] = tail_cpu(b, cpu_names[i], 0, nw);
@@ -1053,9 +1111,13 @@ static int tail_of(const bench_t *b, tail_t *t) {
 static void tail_print(const tail_t *t) {
   printf("%-46s %5ld in %d/%d\n", "    slowest 1%: tasks, in windows (250 ms)",
          t->slow, t->windows, t->of);
-  printf("    window with most in flight (%ld): %.2f cores busy (run %.2f); "
-         "CPU %% of one core, there (run):\n     ",
-         t->worst_in_flight, t->busy_worst, t->busy_avg);
+  printf("    the tool's own loop late by up to %.0f ms (a stall of the load "
+         "generator)\n", t->late_ms);
+  printf("    window with most in flight (%ld, %.0f ms long): %.2f cores busy "
+         "(run %.2f),\n    of it stolen %.2f (%.2f); CPU %% of one core, "
+         "there (run):",
+         t->worst_in_flight, t->worst_ms, t->busy_worst, t->busy_avg,
+         t->steal_worst, t->steal_avg);
   for (size_t i = 0; i < CPU_NAMES; i++)
     if (t->cpu_worst[i] >= 0)
       printf(" %s %.0f (%.0f)", cpu_names[i], t->cpu_worst[i], t->cpu_avg[i]);
@@ -1069,8 +1131,12 @@ static void tail_json(bson_t *parent, const char *key, const tail_t *t) {
   BSON_APPEND_INT32(&d, "windows", t->windows);
   BSON_APPEND_INT32(&d, "of_windows", t->of);
   BSON_APPEND_INT64(&d, "worst_in_flight", t->worst_in_flight);
+  BSON_APPEND_DOUBLE(&d, "worst_window_ms", t->worst_ms);
+  BSON_APPEND_DOUBLE(&d, "tool_late_ms", t->late_ms);
   BSON_APPEND_DOUBLE(&d, "busy_cores_worst", t->busy_worst);
   BSON_APPEND_DOUBLE(&d, "busy_cores_run", t->busy_avg);
+  BSON_APPEND_DOUBLE(&d, "steal_cores_worst", t->steal_worst);
+  BSON_APPEND_DOUBLE(&d, "steal_cores_run", t->steal_avg);
   BSON_APPEND_DOCUMENT_BEGIN(&d, "cpu_pct_worst", &w);
   for (size_t i = 0; i < CPU_NAMES; i++)
     if (t->cpu_worst[i] >= 0)

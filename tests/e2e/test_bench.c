@@ -63,6 +63,8 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
     double w = figure(&d, k);
     snprintf(k, sizeof k, "%s.of_windows", tails[i]);
     cr_assert(w > 0 && w <= figure(&d, k), "%s: windows out of range", tails[i]);
+    snprintf(k, sizeof k, "%s.worst_window_ms", tails[i]);
+    cr_assert_gt(figure(&d, k), 0, "%s: no window measured", tails[i]);
     snprintf(k, sizeof k, "%s.cpu_pct_run.worker", tails[i]);
     cr_assert_gt(figure(&d, k), 0, "%s: the worker's CPU was not sampled",
                  tails[i]);
