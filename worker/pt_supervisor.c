@@ -31,8 +31,13 @@ static int ncrash;
 static pid_t start_worker(const pt_config_t *cfg, sigset_t *old, int index) {
   pid_t pid = fork();
   if (pid == 0) {
-    /* The child starts from a clean signal state and runs one worker. */
-    sigprocmask(SIG_SETMASK, old, NULL);
+    /* The child starts from a clean signal state and runs one worker;
+     * SIGTERM and SIGINT stay blocked until the worker handles them (a
+     * scale-down may come at once). */
+    sigset_t mask = *old;
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     signal(SIGTTIN, SIG_IGN); /* default would stop the process */
     signal(SIGTTOU, SIG_IGN);
     _exit(pt_worker_run(cfg, index));

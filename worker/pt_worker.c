@@ -1,6 +1,7 @@
 #include "worker/pt_worker.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1026,6 +1027,14 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   char consumer[96], host[64] = "host";
   memset(&w, 0, sizeof w);
   w.cfg = cfg;
+  /* A SIGTERM or SIGINT that comes while the worker starts waits until its
+   * handlers are in place, and then drains it like any other: it does not
+   * kill a worker half started. */
+  sigset_t stops;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGINT);
+  sigprocmask(SIG_BLOCK, &stops, NULL);
   w.loop = malloc(sizeof *w.loop);
   uv_loop_init(w.loop);
   gethostname(host, sizeof host - 1);
@@ -1066,6 +1075,7 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   w.sigterm.data = w.sigint.data = &w;
   uv_signal_start(&w.sigterm, on_signal, SIGTERM);
   uv_signal_start(&w.sigint, on_signal, SIGINT);
+  sigprocmask(SIG_UNBLOCK, &stops, NULL);
   uv_timer_init(w.loop, &w.retry_timer);
   w.retry_timer.data = &w;
   uv_timer_init(w.loop, &w.drain_timer);

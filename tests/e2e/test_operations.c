@@ -10,6 +10,7 @@
 
 #include "core/pt_amqp.h"
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 static pt_stack_t stack;
 
@@ -182,4 +183,42 @@ Test(operations, concurrency_bounds_calls_while_prefetch_holds_more) {
   cr_assert(most >= 1 && most <= K,
             "the channel saw %lld calls at once; worker.concurrency is %d",
             (long long)most, K);
+}
+
+/* A scale-down that comes while the newest worker is still starting (an
+ * operator's SIGTTIN and SIGTTOU back to back): that worker drains and
+ * exits 0 like any other, instead of dying of the SIGTERM. */
+Test(operations, scale_down_while_starting_drains_cleanly) {
+  char id[24], logcmd[512];
+  bson_t doc;
+  pt_stack_start(&stack, 0, NULL);
+  int pool = pt_stack_add_pool(&stack, 1);
+  char *body = pt_task_body(pt_unique("START"), 100, NULL, NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 60, &doc); /* the first worker runs */
+  bson_destroy(&doc);
+  for (int round = 0; round < 3; round++) {
+    /* Both pending at once: the supervisor starts a second worker, then
+     * stops the newest, which has only just been forked. */
+    pt_stack_signal_worker(&stack, pool, SIGTTIN);
+    pt_stack_signal_worker(&stack, pool, SIGTTOU);
+    pt_test_sleep_ms(2500);
+  }
+  snprintf(logcmd, sizeof logcmd,
+           "test \"$(grep -c 'event=worker_exited .*status=0 signal=0 "
+           "expected=1' %s/worker0.log)\" -eq 3",
+           stack.logdir);
+  cr_assert_eq(system(logcmd), 0,
+               "a worker stopped while starting did not drain and exit 0 "
+               "(log: %s/worker0.log)", stack.logdir);
+  /* The pool still works, and stops cleanly. */
+  body = pt_task_body(pt_unique("AFTER"), 100, NULL, NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 60, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  cr_assert_eq(pt_stack_stop_worker(&stack, pool, 60), 0,
+               "the pool did not exit 0 on SIGTERM");
 }

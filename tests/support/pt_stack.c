@@ -194,8 +194,9 @@ void pt_stack_signal_worker(pt_stack_t *s, int i, int sig) {
   }
 }
 
-/* 1 once pid has a handler for SIGTERM (paytask installs it when its
- * start is done), 0 while it has not, -1 if it cannot be read. */
+/* 1 once pid handles SIGTERM: it has a handler, or blocks it to take it
+ * later (a worker while it starts, the pool's supervisor); 0 while it
+ * does neither (a process before its main), -1 if it cannot be read. */
 static int catches_sigterm(pid_t pid) {
   char path[64], line[128];
   unsigned long long mask;
@@ -205,9 +206,9 @@ static int catches_sigterm(pid_t pid) {
   if (f == NULL)
     return -1;
   while (fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "SigCgt: %llx", &mask) == 1) {
-      found = (mask >> (SIGTERM - 1)) & 1;
-      break;
+    if (sscanf(line, "SigBlk: %llx", &mask) == 1 ||
+        sscanf(line, "SigCgt: %llx", &mask) == 1) {
+      found = found == 1 || ((mask >> (SIGTERM - 1)) & 1);
     }
   fclose(f);
   return found;
