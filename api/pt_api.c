@@ -563,7 +563,7 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
   snprintf(labels, sizeof labels, "type=\"%s\",channel=\"%s\"", op->task.type,
            op->task.channel);
   pt_metrics_inc(op->api->metrics, "paytask_tasks_submitted_total",
-                 "tasks accepted (202 after the broker confirmed)", labels, 1);
+                 "tasks accepted (the broker confirmed them)", labels, 1);
   if (op->wait_s > 0 && !op->api->stopping) {
     /* Accepted; the answer waits for the final state (200) or the end of
      * the wait (202 with the state then). */
