@@ -271,15 +271,14 @@ static void on_task_hash(redisReply *reply, void *arg) {
   bson_t doc = BSON_INITIALIZER;
   int final = 0;
   pt_error_t err;
-  if (op->pending_202 &&
-      (reply == NULL || pt_store_doc_from_hash(reply, &doc, &final, &err))) {
-    /* A submit with ?wait whose read failed: the task was accepted all
-     * the same, and the client must not take an error for a refusal. */
-    bson_destroy(&doc);
-    reply_accepted(op);
-    return;
-  }
   if (op->pending_202) {
+    if (reply == NULL || pt_store_doc_from_hash(reply, &doc, &final, &err)) {
+      /* A submit with ?wait whose read failed: the task was accepted all
+       * the same, and the client must not take an error for a refusal. */
+      bson_destroy(&doc);
+      reply_accepted(op);
+      return;
+    }
     if (!final)
       op->status_ok = 202;
     reply_task(op, &doc);
@@ -445,6 +444,15 @@ static void start_wait(op_t *op) {
   }
 }
 
+/* Answers with the task: once it is final if the request asked to wait
+ * (and the api is not stopping), at once otherwise. */
+static void read_task_maybe_waiting(op_t *op) {
+  if (op->wait_s > 0 && !op->api->stopping)
+    start_wait(op);
+  else
+    read_task(op);
+}
+
 /* ---- handlers ------------------------------------------------------------ */
 
 static int parse_wait(const char *q, size_t qlen, int max, int *out) {
@@ -489,12 +497,8 @@ static int wait_param(op_t *op) {
 }
 
 static void handle_get(op_t *op) {
-  if (wait_param(op) != 0)
-    return;
-  if (op->wait_s > 0 && !op->api->stopping)
-    start_wait(op);
-  else
-    read_task(op);
+  if (wait_param(op) == 0)
+    read_task_maybe_waiting(op);
 }
 
 /* cancel */
@@ -599,10 +603,7 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
       return;
     }
     snprintf(op->id, sizeof op->id, "%s", colon + 1);
-    if (op->wait_s > 0 && !op->api->stopping)
-      start_wait(op);
-    else
-      read_task(op);
+    read_task_maybe_waiting(op);
     return;
   }
   if (v != PT_V_OK) {
