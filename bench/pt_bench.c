@@ -994,6 +994,14 @@ static double pct_ms(int64_t *v, long n, double p) {
   return (double)v[i] / 1000.0;
 }
 
+/* A latency run's p50, p95, p99 and max (ms); sorts b->lat. */
+static void lat_pcts(bench_t *b, double out[4]) {
+  static const double ps[4] = {0.50, 0.95, 0.99, 1.0};
+  qsort(b->lat, (size_t)b->nlat, sizeof *b->lat, cmp64);
+  for (int k = 0; k < 4; k++)
+    out[k] = pct_ms(b->lat, b->nlat, ps[k]);
+}
+
 /* Where the latency scenario's time went, task by task, from the times
  * the api and the worker wrote in the task's hash (ms, the same host
  * clock): POST to the submit script (created_at), to the start script
@@ -1020,7 +1028,6 @@ typedef struct {
   double busy_worst, busy_avg, steal_worst, steal_avg; /* cores */
   double cpu_worst[CPU_NAMES], cpu_avg[CPU_NAMES]; /* % of one core, -1 */
 } tail_t;
-
 
 /* The window (between samples k and k + 1) that holds time ms. */
 static int tail_window(const bench_t *b, int64_t ms) {
@@ -1299,7 +1306,7 @@ int pt_bench_main(int argc, char **argv) {
   chan_conns_t conns0 = sim_conns(&p);
   long forks0 = redis_forks(redis);
   cpu_start(&cpu_thr);
-  rc |= run_load(&b, &p, n, conc, 0, 0, redis);
+  rc |= run_load(&b, &p, n, conc, 0, WAIT_NONE, redis);
   double thr = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   wait_sync_stream(redis);
   cpu_stop(&cpu_thr); /* submit to last document in MongoDB */
@@ -1328,9 +1335,10 @@ int pt_bench_main(int argc, char **argv) {
   rc |= run_load(&b, &p, lat_n, 1 << 30, rate, WAIT_GET, redis);
   int tails_ok = tail_of(&b, &tail_two) == 0;
   long forks_lat = forks_between(forks0, redis_forks(redis));
-  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
-  double p50 = pct_ms(b.lat, b.nlat, 0.50), p95 = pct_ms(b.lat, b.nlat, 0.95),
-         p99 = pct_ms(b.lat, b.nlat, 0.99), pmax = pct_ms(b.lat, b.nlat, 1.0);
+  double two_pct[4];
+  lat_pcts(&b, two_pct);
+  double p50 = two_pct[0], p95 = two_pct[1], p99 = two_pct[2],
+         pmax = two_pct[3];
   qsort(b.confirm, (size_t)b.nconfirm, sizeof *b.confirm, cmp64);
   double conf50 = pct_ms(b.confirm, b.nconfirm, 0.50),
          conf99 = pct_ms(b.confirm, b.nconfirm, 0.99);
@@ -1349,11 +1357,7 @@ int pt_bench_main(int argc, char **argv) {
   long forks_one = forks_between(forks0, redis_forks(redis));
   tails_ok &= tail_of(&b, &tail_one) == 0;
   b.probe = NULL;
-  qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, cmp64);
-  one_pct[0] = pct_ms(b.lat, b.nlat, 0.50);
-  one_pct[1] = pct_ms(b.lat, b.nlat, 0.95);
-  one_pct[2] = pct_ms(b.lat, b.nlat, 0.99);
-  one_pct[3] = pct_ms(b.lat, b.nlat, 1.0);
+  lat_pcts(&b, one_pct);
   if (latency_stages(redis, &b, one_st50, one_st99, &one_before) != 0)
     fprintf(stderr, "bench: could not read the latency scenario's task "
                     "times from Redis\n");
@@ -1390,7 +1394,7 @@ int pt_bench_main(int argc, char **argv) {
   b.backlog_prefetch = slow_prefetch;
   b.backlog_cpu = &cpu_slow;
   forks0 = redis_forks(redis);
-  rc |= run_load(&b, &p, slow_n, conc, 0, 0, redis);
+  rc |= run_load(&b, &p, slow_n, conc, 0, WAIT_NONE, redis);
   cpu_stop(&cpu_slow);
   long forks_slow = forks_between(forks0, redis_forks(redis));
   rc |= check_succeeded(redis, &b);
