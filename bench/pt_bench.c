@@ -1318,10 +1318,17 @@ int pt_bench_main(int argc, char **argv) {
   int64_t t_mongo = wait_mongo(mongo, now_us(), &b);
   double thr_mongo = t_mongo > 0 ? n * 1e6 / (double)(t_mongo - b.t0) : -1;
   double sync_lag_ms = t_mongo > 0 ? (double)(t_mongo - b.t_last_final) / 1000 : -1;
-  long rss_api = peak_rss_kb(p.api), rss_worker = 0;
-  for (int i = 0; i < p.nworkers; i++) {
-    long r = peak_rss_kb(p.workers[i]);
-    rss_worker = r > rss_worker ? r : rss_worker;
+  /* Every worker's peak (the issue asks for each process), and the
+   * largest of them for the one-figure summary. */
+  long rss_api = peak_rss_kb(p.api), rss_worker = 0, rss_workers[8];
+  int nrss = p.nworkers;
+  char rss_each[128] = "";
+  for (int i = 0; i < nrss; i++) {
+    rss_workers[i] = peak_rss_kb(p.workers[i]);
+    rss_worker = rss_workers[i] > rss_worker ? rss_workers[i] : rss_worker;
+    size_t at = strlen(rss_each);
+    snprintf(rss_each + at, sizeof rss_each - at, "%s%.1f", i ? "/" : "",
+             rss_workers[i] / 1024.0);
   }
   load_free(&b);
 
@@ -1445,7 +1452,7 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %7ld/%ld\n", "4 channel: connections opened/calls made",
          conns_slow.connections, conns_slow.calls);
   printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
-  printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 2)", rss_worker / 1024.0);
+  printf("%-46s %12sMB\n", "5 peak RSS each worker (scenario 2)", rss_each);
   printf("%-46s %11.1fMB\n", "5 peak RSS worker (scenario 4)", rss_slow / 1024.0);
   printf("%-46s %6.1f/%.1fMB\n", "5 ... at its end: shared libraries/own (anon)",
          file_slow / 1024.0, anon_slow / 1024.0);
@@ -1499,6 +1506,15 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_INT32(&j, "slow_concurrency", slow_conc);
   BSON_APPEND_INT64(&j, "rss_api_kb", rss_api);
   BSON_APPEND_INT64(&j, "rss_worker_kb", rss_worker);
+  bson_t arr;
+  BSON_APPEND_ARRAY_BEGIN(&j, "rss_workers_kb", &arr);
+  for (int i = 0; i < nrss; i++) {
+    char k[16];
+    const char *key;
+    bson_uint32_to_string((uint32_t)i, &key, k, sizeof k);
+    BSON_APPEND_INT64(&arr, key, rss_workers[i]);
+  }
+  bson_append_array_end(&j, &arr);
   BSON_APPEND_INT64(&j, "rss_worker_slow_kb", rss_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_file_kb", file_slow);
   BSON_APPEND_INT64(&j, "rss_worker_slow_anon_kb", anon_slow);

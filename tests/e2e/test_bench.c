@@ -47,6 +47,21 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
     cr_assert(bson_iter_init_find(&it, &d, keys[i]), "missing %s", keys[i]);
     cr_assert_gt(bson_iter_as_double(&it), 0, "%s is not positive", keys[i]);
   }
+  /* Scenario 5 gives every worker's peak, and the summary is the largest. */
+  bson_iter_t each;
+  double largest = 0;
+  int nw = 0;
+  cr_assert(bson_iter_init_find(&it, &d, "rss_workers_kb") &&
+                BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &each),
+            "missing rss_workers_kb");
+  while (bson_iter_next(&each)) {
+    double kb = bson_iter_as_double(&each);
+    cr_assert_gt(kb, 0, "worker %d's peak RSS is not positive", nw);
+    largest = kb > largest ? kb : largest;
+    nw++;
+  }
+  cr_assert_eq(nw, (int)figure(&d, "workers"), "one peak per worker");
+  cr_assert_eq(largest, figure(&d, "rss_worker_kb"));
   /* The latency scenario again with one request per task (POST ?wait). */
   const char *one[] = {"latency_one_request.p50_ms",
                        "latency_one_request.p99_ms",
