@@ -19,14 +19,6 @@ static void fini(void) { pt_stack_stop(&stack); }
 
 TestSuite(metrics, .fini = fini, .timeout = 120);
 
-/* The value of one series line, or -1 when absent. */
-static double metric(const char *text, const char *series) {
-  size_t n = strlen(series);
-  for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : p)
-    if (strncmp(p, series, n) == 0 && p[n] == ' ')
-      return strtod(p + n + 1, NULL);
-  return -1;
-}
 
 Test(metrics, counters_follow_the_tasks) {
   char id[24], url[128], addr[64], *out = NULL;
@@ -51,33 +43,33 @@ Test(metrics, counters_follow_the_tasks) {
   cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 200);
   cr_assert(strstr(out, "# TYPE paytask_tasks_submitted_total counter") != NULL,
             "%s", out);
-  cr_assert_eq(metric(out, "paytask_tasks_submitted_total{type=\"pay\",channel=\"sim\"}"), 3,
+  cr_assert_eq(pt_test_metric(out, "paytask_tasks_submitted_total{type=\"pay\",channel=\"sim\"}"), 3,
                "%s", out);
-  cr_assert_geq(metric(out, "paytask_sync_backlog"), 0, "%s", out);
-  cr_assert_geq(metric(out, "paytask_sync_lag_seconds"), 0, "%s", out);
-  cr_assert_geq(metric(out, "paytask_outbox_backlog"), 0, "%s", out);
+  cr_assert_geq(pt_test_metric(out, "paytask_sync_backlog"), 0, "%s", out);
+  cr_assert_geq(pt_test_metric(out, "paytask_sync_lag_seconds"), 0, "%s", out);
+  cr_assert_geq(pt_test_metric(out, "paytask_outbox_backlog"), 0, "%s", out);
   /* Broker queue depths, read by the api every 5 s. */
-  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.tasks\"}"), 0,
+  cr_assert_geq(pt_test_metric(out, "paytask_queue_messages{queue=\"paytask.tasks\"}"), 0,
                 "%s", out);
-  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.dead\"}"), 0,
+  cr_assert_geq(pt_test_metric(out, "paytask_queue_messages{queue=\"paytask.dead\"}"), 0,
                 "%s", out);
-  cr_assert_geq(metric(out, "paytask_queue_messages{queue=\"paytask.delay.3600s\"}"),
+  cr_assert_geq(pt_test_metric(out, "paytask_queue_messages{queue=\"paytask.delay.3600s\"}"),
                 0, "%s", out);
   free(out);
   usleep(300 * 1000); /* the last ack lands after the final state */
   snprintf(url, sizeof url, "http://%s/metrics", addr);
   cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 200, "worker metrics");
-  cr_assert_eq(metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"SUCCEEDED\"}"), 2, "%s", out);
-  cr_assert_eq(metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"FAILED\"}"), 1, "%s", out);
-  cr_assert_eq(metric(out, "paytask_tasks_retried_total{type=\"pay\",channel=\"sim\"}"), 1, "%s", out);
-  cr_assert_eq(metric(out, "paytask_channel_errors_total{channel=\"sim\",code=\"DECLINED\"}"), 1, "%s", out);
-  cr_assert_eq(metric(out, "paytask_attempt_duration_seconds_count{type=\"pay\",channel=\"sim\"}"), 4, "%s", out);
-  cr_assert_eq(metric(out, "paytask_submit_to_final_seconds_count{type=\"pay\",channel=\"sim\"}"), 3, "%s", out);
-  cr_assert_eq(metric(out, "paytask_worker_broker_up"), 1, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"SUCCEEDED\"}"), 2, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_tasks_final_total{type=\"pay\",channel=\"sim\",status=\"FAILED\"}"), 1, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_tasks_retried_total{type=\"pay\",channel=\"sim\"}"), 1, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_channel_errors_total{channel=\"sim\",code=\"DECLINED\"}"), 1, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_attempt_duration_seconds_count{type=\"pay\",channel=\"sim\"}"), 4, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_submit_to_final_seconds_count{type=\"pay\",channel=\"sim\"}"), 3, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_worker_broker_up"), 1, "%s", out);
   /* Four calls one after the other, seconds apart: one connection. */
   cr_assert(strstr(out, "# TYPE paytask_worker_channel_connections_total counter") != NULL,
             "%s", out);
-  cr_assert_eq(metric(out, "paytask_worker_channel_connections_total"), 1, "%s", out);
+  cr_assert_eq(pt_test_metric(out, "paytask_worker_channel_connections_total"), 1, "%s", out);
   free(out);
 }
 

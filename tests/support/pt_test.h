@@ -31,6 +31,10 @@ int pt_test_free_port(void);
 
 void pt_test_sleep_ms(int ms);
 
+/* The value of one series line ("name{labels}") of a Prometheus text
+ * page, or -1 when absent. */
+double pt_test_metric(const char *text, const char *series);
+
 /* One blocking HTTP request (libcurl easy) with the given headers
  * (NULL-terminated, MAY be NULL) and body_len bytes of body (body NULL:
  * none). Returns the status, or -1 when nothing answered; *out_body and
