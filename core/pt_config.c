@@ -73,6 +73,9 @@ static const cfg_key_t keys[] = {
      "worker i of a pool uses port + i"},
     {"sync.batch", I(sync_batch), "500", 1, 10000, 0,
      "final states written to MongoDB per bulk write"},
+    {"sync.linger_ms", I(sync_linger_ms), "100", 0, 1000, 0,
+     "after a batch smaller than sync.batch, wait this long before reading "
+     "the next (bigger bulk writes, later documents)"},
     {"sync.evict_grace_s", I(sync_evict_grace_s), "60", 0, 86400, 0,
      "seconds a synced task stays in Redis before it is evicted"},
     {"sync.claim_idle_ms", I(sync_claim_idle_ms), "30000", 1000, 3600000, 0,

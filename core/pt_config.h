@@ -37,6 +37,7 @@ typedef struct {
   char worker_metrics_listen[PT_CFG_STR_MAX];
   /* sync */
   int64_t sync_batch;
+  int64_t sync_linger_ms;
   int64_t sync_evict_grace_s;
   int64_t sync_claim_idle_ms;
   char api_public_url[PT_CFG_STR_MAX];

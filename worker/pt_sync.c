@@ -18,6 +18,7 @@ struct pt_sync {
   pthread_t thread;
   atomic_int stop;
   atomic_long written;
+  atomic_long bulk_writes;
   const pt_config_t *cfg;
   char consumer[96];
   redisContext *redis;
@@ -146,6 +147,7 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   if (ops > 0) {
     ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0 ||
          only_duplicates(&reply);
+    atomic_fetch_add(&s->bulk_writes, 1);
     if (!ok)
       PT_ERROR("sync_write_failed", "batch=%zu err=\"%s\"", ops, e.message);
     bson_destroy(&reply);
@@ -332,6 +334,13 @@ static void *sync_main(void *arg) {
     }
     if (stopping && n == 0)
       break; /* drained */
+    /* A short batch: let the stream fill a little before the next read, so
+     * that each bulk write carries more documents. */
+    for (int64_t slept = 0; n > 0 && (size_t)n < max && !stopping &&
+                            slept < s->cfg->sync_linger_ms &&
+                            !atomic_load(&s->stop);
+         slept += 10)
+      sleep_ms(10);
   }
   free(items);
   return NULL;
@@ -381,3 +390,7 @@ void pt_sync_stop(pt_sync_t *s) {
 }
 
 long pt_sync_written(const pt_sync_t *s) { return atomic_load(&s->written); }
+
+long pt_sync_bulk_writes(const pt_sync_t *s) {
+  return atomic_load(&s->bulk_writes);
+}

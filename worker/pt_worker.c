@@ -49,6 +49,7 @@ typedef struct {
   int64_t finals_sec;        /* the second finals_per_s[finals_sec % 60] is */
   long finals_total;
   long connects_seen; /* channel connections already counted in metrics */
+  long bulk_writes_seen; /* MongoDB bulk writes already counted */
   unsigned gen;           /* AMQP connection generation */
   size_t inflight;
   /* worker.concurrency: jobs (deliveries past parsing) at once, and the
@@ -858,6 +859,12 @@ static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
   pt_metrics_set(w->metrics, "paytask_sync_written",
                  "final states this worker's sync thread wrote to MongoDB",
                  NULL, (double)pt_sync_written(w->sync));
+  long bulk = pt_sync_bulk_writes(w->sync);
+  pt_metrics_inc(w->metrics, "paytask_sync_bulk_writes_total",
+                 "bulk writes this worker's sync thread sent to MongoDB "
+                 "(documents per write: see sync.linger_ms)",
+                 NULL, (double)(bulk - w->bulk_writes_seen));
+  w->bulk_writes_seen = bulk;
   char *text = pt_metrics_render(w->metrics, &len);
   pt_httpd_respond(req, 200, "text/plain; version=0.0.4", text ? text : "",
                    text ? len : 0, NULL);
