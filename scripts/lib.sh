@@ -51,7 +51,7 @@ pt_rabbitmq_env() {
   export RABBITMQ_CONFIG_FILE=$PT_RUN/rabbitmq/rabbitmq
   export RABBITMQ_PID_FILE=$PT_RUN/rabbitmq/beam.pid
   # The Erlang distribution listens on loopback only, like everything else.
-  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} ${PT_RABBITMQ_ERL_ARGS:-}"
   export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
