@@ -89,7 +89,6 @@ static void free_strings(char **v) {
 
 static void on_later_closed(uv_handle_t *h) {
   later_t *l = h->data;
-  l->sim->in_flight--;
   if (l->prev != NULL)
     l->prev->next = l->next;
   else
@@ -102,8 +101,13 @@ static void on_later_closed(uv_handle_t *h) {
   free(l);
 }
 
+/* An answer leaves the count in flight as it is sent, not when its timer's
+ * close callback runs: a worker that has its answer may send its next
+ * call within the same loop turn, and that call must not be counted
+ * alongside the one it follows. */
 static void on_later(uv_timer_t *t) {
   later_t *l = t->data;
+  l->sim->in_flight--;
   pt_httpd_respond(l->req, l->status, l->ctype, l->body, l->len,
                    (const char *const *)l->headers);
   uv_close((uv_handle_t *)t, on_later_closed);
@@ -750,6 +754,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     if (uv_is_closing((uv_handle_t *)&l->timer))
       continue;
     uv_timer_stop(&l->timer);
+    sim->in_flight--;
     pt_httpd_respond(l->req, 503, "application/json", "{}", 2, NULL);
     uv_close((uv_handle_t *)&l->timer, on_later_closed);
   }
