@@ -444,10 +444,16 @@ static void start_wait(op_t *op) {
   }
 }
 
-/* Answers with the task: once it is final if the request asked to wait
- * (and the api is not stopping), at once otherwise. */
+/* 1 if the request asked to wait for the final state and the api is not
+ * stopping (then it answers at once). */
+static int will_wait(const op_t *op) {
+  return op->wait_s > 0 && !op->api->stopping;
+}
+
+/* Answers with the task: once it is final if the request waits, at once
+ * otherwise. */
 static void read_task_maybe_waiting(op_t *op) {
-  if (op->wait_s > 0 && !op->api->stopping)
+  if (will_wait(op))
     start_wait(op);
   else
     read_task(op);
@@ -568,7 +574,7 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
            op->task.channel);
   pt_metrics_inc(op->api->metrics, "paytask_tasks_submitted_total",
                  "tasks accepted (the broker confirmed them)", labels, 1);
-  if (op->wait_s > 0 && !op->api->stopping) {
+  if (will_wait(op)) {
     /* Accepted; the answer waits for the final state (200) or the end of
      * the wait (202 with the state then). */
     op->pending_202 = 1;
