@@ -147,8 +147,9 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   if (ops > 0) {
     ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0 ||
          only_duplicates(&reply);
-    atomic_fetch_add(&s->bulk_writes, 1);
-    if (!ok)
+    if (ok) /* a write retried while MongoDB is down counts once */
+      atomic_fetch_add(&s->bulk_writes, 1);
+    else
       PT_ERROR("sync_write_failed", "batch=%zu err=\"%s\"", ops, e.message);
     bson_destroy(&reply);
   }
@@ -336,7 +337,7 @@ static void *sync_main(void *arg) {
       break; /* drained */
     /* A short batch: let the stream fill a little before the next read, so
      * that each bulk write carries more documents. */
-    for (int64_t slept = 0; n > 0 && (size_t)n < max && !stopping &&
+    for (int64_t slept = 0; n > 0 && (size_t)n < max &&
                             slept < s->cfg->sync_linger_ms &&
                             !atomic_load(&s->stop);
          slept += 10)

@@ -29,7 +29,7 @@ void pt_sync_stop(pt_sync_t *s);
 /* Entries written to MongoDB so far (for logs and tests). */
 long pt_sync_written(const pt_sync_t *s);
 
-/* Bulk writes sent to MongoDB so far (for metrics). */
+/* Bulk writes MongoDB accepted so far (for metrics). */
 long pt_sync_bulk_writes(const pt_sync_t *s);
 
 #endif

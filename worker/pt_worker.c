@@ -861,7 +861,7 @@ static void on_metrics_request(pt_httpd_req_t *req, void *arg) {
                  NULL, (double)pt_sync_written(w->sync));
   long bulk = pt_sync_bulk_writes(w->sync);
   pt_metrics_inc(w->metrics, "paytask_sync_bulk_writes_total",
-                 "bulk writes this worker's sync thread sent to MongoDB "
+                 "bulk writes of this worker's sync thread that MongoDB accepted "
                  "(documents per write: see sync.linger_ms)",
                  NULL, (double)(bulk - w->bulk_writes_seen));
   w->bulk_writes_seen = bulk;
