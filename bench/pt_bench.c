@@ -167,15 +167,17 @@ static long sim_stat(const procs_t *p, const char *key) {
   return v;
 }
 
-/* The connections the simulator accepted and the channel calls it
- * answered, since it started (one /v1/sim/stats read, whose own connection
+/* The connections the simulator accepted, the channel calls it answered
+ * and its calls in flight integrated over time, since it started (one
+ * /v1/sim/stats read, whose own connection
  * is counted in it: the connection is accepted before the answer). */
 typedef struct {
   long connections, calls;
+  long area_us; /* calls in flight integrated over time (calls × µs) */
 } chan_conns_t;
 
 static chan_conns_t sim_conns(const procs_t *p) {
-  chan_conns_t c = {-1, -1};
+  chan_conns_t c = {-1, -1, -1};
   bson_t d;
   if (sim_stats(p, &d) == 0) {
     static const char *const calls[] = {"create_calls", "query_calls",
@@ -183,6 +185,8 @@ static chan_conns_t sim_conns(const procs_t *p) {
     bson_iter_t it;
     if (bson_iter_init_find(&it, &d, "connections"))
       c.connections = (long)bson_iter_as_int64(&it);
+    if (bson_iter_init_find(&it, &d, "in_flight_area_us"))
+      c.area_us = (long)bson_iter_as_int64(&it);
     c.calls = 0;
     for (size_t i = 0; i < sizeof calls / sizeof *calls; i++)
       if (bson_iter_init_find(&it, &d, calls[i]))
@@ -196,7 +200,7 @@ static chan_conns_t sim_conns(const procs_t *p) {
  * read's own connection is taken off, as are the tool's own requests
  * before the first (waiting for the simulator, its stats). */
 static chan_conns_t conns_between(chan_conns_t a, chan_conns_t b) {
-  chan_conns_t d = {-1, -1};
+  chan_conns_t d = {-1, -1, -1};
   if (a.connections >= 0 && b.connections > a.connections && a.calls >= 0 &&
       b.calls >= 0) {
     d.connections = b.connections - a.connections - 1;
@@ -1408,8 +1412,22 @@ int pt_bench_main(int argc, char **argv) {
   rc |= check_succeeded(redis, &b);
   double slow = b.finals * 1e6 / (double)(b.t_last_final - b.t0);
   load_free(&b);
-  chan_conns_t conns_slow = conns_between(conns0, sim_conns(&p));
+  chan_conns_t conns1 = sim_conns(&p);
+  chan_conns_t conns_slow = conns_between(conns0, conns1);
   long max_in_flight = sim_stat(&p, "max_in_flight");
+  /* Little's law over the run (the queue never empties, so every slot of
+   * the worker stays taken): the mean number of calls at the channel, and
+   * per task how long a slot was held against how long its call was at
+   * the channel. No call is in flight before the worker starts or after
+   * the last final, so the simulator's integral covers the run alone. */
+  double run_us = (double)(b.t_last_final - b.t0);
+  double mean_in_flight =
+      conns0.area_us >= 0 && conns1.area_us >= conns0.area_us && run_us > 0
+          ? (double)(conns1.area_us - conns0.area_us) / run_us
+          : -1;
+  double slot_ms = slow > 0 ? max_in_flight * 1000.0 / slow : -1;
+  double at_channel_ms =
+      slow > 0 && mean_in_flight >= 0 ? mean_in_flight * 1000.0 / slow : -1;
   long rss_slow = peak_rss_kb(p.workers[0]);
   /* Of which shared library pages (the same physical pages in every
    * worker on a host) and the worker's own memory, at the end. */
@@ -1450,6 +1468,10 @@ int pt_bench_main(int argc, char **argv) {
   printf("%-46s %12.1fms\n", "3 ... one request (POST ?wait)", single_one_p50);
   printf("%-46s %11.0f/s %10.2f\n", "4 slow channel (200 ms), 1 worker, full queue", slow, slow / base);
   printf("%-46s %14ld\n", "4 max calls in flight at the channel", max_in_flight);
+  printf("%-46s %9.0f/%ld\n", "4 calls at the channel, mean/max",
+         mean_in_flight, max_in_flight);
+  printf("%-46s %6.0f/%.0f ms\n", "4 per task: slot held/call at the channel",
+         slot_ms, at_channel_ms);
   printf("%-46s %7ld/%ld\n", "4 channel: connections opened/calls made",
          conns_slow.connections, conns_slow.calls);
   printf("%-46s %11.1fMB\n", "5 peak RSS api (scenario 2)", rss_api / 1024.0);
@@ -1503,6 +1525,9 @@ int pt_bench_main(int argc, char **argv) {
   BSON_APPEND_DOUBLE(&j, "slow_tasks_per_s", slow);
   BSON_APPEND_DOUBLE(&j, "slow_ratio", slow / base);
   BSON_APPEND_INT64(&j, "slow_max_in_flight", max_in_flight);
+  BSON_APPEND_DOUBLE(&j, "slow_mean_in_flight", mean_in_flight);
+  BSON_APPEND_DOUBLE(&j, "slow_slot_ms", slot_ms);
+  BSON_APPEND_DOUBLE(&j, "slow_at_channel_ms", at_channel_ms);
   BSON_APPEND_INT32(&j, "slow_prefetch", slow_prefetch);
   BSON_APPEND_INT32(&j, "slow_concurrency", slow_conc);
   BSON_APPEND_INT64(&j, "rss_api_kb", rss_api);

@@ -60,6 +60,9 @@ typedef struct sim {
   long create_calls, creates_after_created, query_calls, close_calls;
   long callbacks_sent, callbacks_acked, paid;
   long in_flight, max_in_flight; /* answers being delayed right now */
+  /* in_flight integrated over time (calls × µs) up to in_flight_since, so
+   * that a reader can take the mean number in flight over any window */
+  uint64_t in_flight_area_us, in_flight_since_us;
   uv_signal_t sigterm, sigint;
   unsigned rng;
   struct later *laters;
@@ -101,13 +104,26 @@ static void on_later_closed(uv_handle_t *h) {
   free(l);
 }
 
+/* Moves the count of answers in flight by delta, integrating the count
+ * it leaves over the time it held. */
+static void in_flight_move(sim_t *sim, long delta) {
+  uint64_t now = uv_hrtime() / 1000;
+  if (sim->in_flight_since_us != 0)
+    sim->in_flight_area_us +=
+        (uint64_t)sim->in_flight * (now - sim->in_flight_since_us);
+  sim->in_flight_since_us = now;
+  sim->in_flight += delta;
+  if (sim->in_flight > sim->max_in_flight)
+    sim->max_in_flight = sim->in_flight;
+}
+
 /* An answer leaves the count in flight as it is sent, not when its timer's
  * close callback runs: a worker that has its answer may send its next
  * call within the same loop turn, and that call must not be counted
  * alongside the one it follows. */
 static void on_later(uv_timer_t *t) {
   later_t *l = t->data;
-  l->sim->in_flight--;
+  in_flight_move(l->sim, -1);
   pt_httpd_respond(l->req, l->status, l->ctype, l->body, l->len,
                    (const char *const *)l->headers);
   uv_close((uv_handle_t *)t, on_later_closed);
@@ -155,8 +171,7 @@ void pt_sim_respond(pt_sim_t *sim, pt_httpd_req_t *req, int status,
   l->req = req;
   l->status = status;
   l->len = len;
-  if (++sim->in_flight > sim->max_in_flight)
-    sim->max_in_flight = sim->in_flight;
+  in_flight_move(sim, +1);
   l->next = sim->laters;
   if (l->next != NULL)
     l->next->prev = l;
@@ -557,6 +572,8 @@ static void handle_stats(sim_t *sim, pt_httpd_req_t *req) {
   BSON_APPEND_INT64(&d, "callbacks_acked", sim->callbacks_acked);
   BSON_APPEND_INT64(&d, "in_flight", sim->in_flight);
   BSON_APPEND_INT64(&d, "max_in_flight", sim->max_in_flight);
+  in_flight_move(sim, 0);
+  BSON_APPEND_INT64(&d, "in_flight_area_us", (int64_t)sim->in_flight_area_us);
   BSON_APPEND_INT64(&d, "connections", pt_httpd_accepted(sim->httpd));
   pt_sim_answer_json(sim, req, 200, &d, 0);
   bson_destroy(&d);
@@ -754,7 +771,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     if (uv_is_closing((uv_handle_t *)&l->timer))
       continue;
     uv_timer_stop(&l->timer);
-    sim->in_flight--;
+    in_flight_move(sim, -1);
     pt_httpd_respond(l->req, 503, "application/json", "{}", 2, NULL);
     uv_close((uv_handle_t *)&l->timer, on_later_closed);
   }

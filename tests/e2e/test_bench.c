@@ -62,6 +62,16 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
   }
   cr_assert_eq(nw, (int)figure(&d, "workers"), "one peak per worker");
   cr_assert_eq(largest, figure(&d, "rss_worker_kb"));
+  /* Scenario 4 by Little's law: the mean number of calls at the channel
+   * is at most the most at once, and each call spent about the
+   * simulator's 200 ms there (the mean from its integral over the run). */
+  double mean = figure(&d, "slow_mean_in_flight");
+  cr_assert(mean > 0 && mean <= figure(&d, "slow_max_in_flight"),
+            "mean calls in flight %.1f out of range", mean);
+  double at = figure(&d, "slow_at_channel_ms");
+  cr_assert(at >= 190 && at < 1000,
+            "a call spent %.1f ms at a channel that answers in 200 ms", at);
+  cr_assert_geq(figure(&d, "slow_slot_ms"), at);
   /* The latency scenario again with one request per task (POST ?wait). */
   const char *one[] = {"latency_one_request.p50_ms",
                        "latency_one_request.p99_ms",
