@@ -44,7 +44,8 @@ static const char cancel_lua[] =
 /* Decides what a delivered attempt n does. A hash that is missing while no
  * tombstone exists means Redis lost it: the spec from the message rebuilds
  * it, since running a task twice is safe (out_trade_no) and losing one is
- * not. */
+ * not. The caller sends the spec only when asked ('nospec', nothing
+ * written), so that the usual start carries none. */
 static const char start_lua[] =
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip:final', ''} "
     "end\n"
@@ -52,6 +53,7 @@ static const char start_lua[] =
     "local st, a = h[1], tonumber(h[2] or '0')\n"
     "local n = tonumber(ARGV[1])\n"
     "if not st then\n"
+    "  if ARGV[5] == '' then return {'nospec', ''} end\n"
     "  redis.call('HSET', KEYS[1], 'spec', ARGV[5], 'created_at', ARGV[3])\n"
     "  st = 'PENDING'; a = n - 1\n"
     "end\n"
@@ -246,6 +248,7 @@ static const struct {
                 {"skip:done", PT_V_SKIP_DONE},
                 {"skip:dup", PT_V_SKIP_DUP},
                 {"dead", PT_V_DEAD},
+                {"nospec", PT_V_NOSPEC},
                 {"stale", PT_V_STALE},
                 {"notfound", PT_V_NOTFOUND},
                 {"conflict", PT_V_CONFLICT},
@@ -379,9 +382,10 @@ int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
   snprintf(n, sizeof n, "%d", attempt);
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   snprintf(mc, sizeof mc, "%d", max_crashes);
-  const char *argv[] = {k1, k2, n, redelivered ? "1" : "0", now, mc, spec};
+  const char *argv[] = {k1, k2, n, redelivered ? "1" : "0", now, mc,
+                        spec != NULL ? spec : ""};
   size_t lens[] = {strlen(k1), strlen(k2), strlen(n), 1, strlen(now),
-                   strlen(mc), spec_len};
+                   strlen(mc), spec != NULL ? spec_len : 0};
   return evalsha(ac, S_START, 2, 7, argv, lens, cb, arg);
 }
 

@@ -51,6 +51,7 @@ typedef enum {
   PT_V_SKIP_DONE,  /* start: this attempt already finished */
   PT_V_SKIP_DUP,   /* start: another delivery is running this attempt */
   PT_V_DEAD,       /* start: redelivered too often after crashes */
+  PT_V_NOSPEC,     /* start: the hash is lost; start again with the spec */
   PT_V_STALE,      /* finish: the task moved on without us */
   PT_V_NOTFOUND,   /* cancel */
   PT_V_CONFLICT,   /* cancel: not cancellable (detail holds the status) */
@@ -70,6 +71,10 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
                      const char *idem_key, int64_t now_ms, pt_store_cb cb,
                      void *arg);
+/* Decides what delivered attempt `attempt` does (PT_V_RUN, PT_V_RESUME,
+ * PT_V_SKIP_*, PT_V_DEAD). spec MAY be NULL: if Redis lost the task's hash,
+ * the answer is then PT_V_NOSPEC and nothing is written; start again with
+ * the spec from the message, which rebuilds the hash. */
 int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
                    int redelivered, int64_t now_ms, int max_crashes,
                    const char *spec, size_t spec_len, pt_store_cb cb,

@@ -82,6 +82,7 @@ typedef struct {
   char trade_id[21], trade_state[16], trade_no[65];
   char ids[3][21]; /* query, close, notify task ids */
   char *spec_json;
+  int spec_sent; /* the start script was given the spec (see start_job) */
 } job_t;
 
 static void admit_waiting(worker_t *w);
@@ -470,6 +471,32 @@ static void on_trade_status(redisAsyncContext *ac, void *reply, void *arg) {
 }
 
 static void on_started(int status, pt_verdict_t v, const char *detail,
+                       void *arg);
+
+/* Runs the start script for the job's attempt. The spec goes along only
+ * when the script asked for it (Redis lost the hash): writing it as JSON
+ * for every delivery would cost the worker more than anything else it
+ * does to start a task. */
+static void start_job(job_t *j, int with_spec) {
+  worker_t *w = j->w;
+  size_t len = 0;
+  char *spec = with_spec ? pt_task_spec_json(&j->task, 0, &len) : NULL;
+  j->spec_sent = with_spec;
+  redisAsyncContext *ac = pt_redis_ctx(w->redis);
+  int rc = ac == NULL ? PT_EREDIS
+                      : pt_store_start(ac, j->task.id_str, j->task.attempt,
+                                       j->redelivered, pt_now_ms(),
+                                       (int)w->cfg->worker_max_redeliveries,
+                                       spec, len, on_started, j);
+  bson_free(spec);
+  if (rc != 0) {
+    PT_ERROR("state_read_failed", "task_id=%s err=\"redis unavailable\"",
+             j->task.id_str);
+    job_requeue_later(j);
+  }
+}
+
+static void on_started(int status, pt_verdict_t v, const char *detail,
                        void *arg) {
   job_t *j = arg;
   worker_t *w = j->w;
@@ -481,6 +508,18 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
     return;
   }
   switch (v) {
+  case PT_V_NOSPEC:
+    if (j->spec_sent) { /* cannot happen: the script writes a given spec */
+      PT_ERROR("state_read_failed", "task_id=%s err=\"start asked for the "
+               "spec twice\"", j->task.id_str);
+      job_requeue_later(j);
+      return;
+    }
+    PT_WARN("task_hash_rebuilt", "task_id=%s attempt=%d note=\"Redis had no "
+            "record of the task and no tombstone; rebuilt from the message\"",
+            j->task.id_str, j->task.attempt);
+    start_job(j, 1);
+    return;
   case PT_V_RUN:
   case PT_V_RESUME:
     if (w->interrupting || w->env.http == NULL) {
@@ -782,20 +821,7 @@ static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {
   j->redelivered = d->redelivered;
   j->runner = pt_runner_find(j->task.type);
   w->inflight++;
-  size_t len;
-  char *spec = pt_task_spec_json(&j->task, 0, &len);
-  redisAsyncContext *ac = pt_redis_ctx(w->redis);
-  int rc = ac == NULL ? PT_EREDIS
-                      : pt_store_start(ac, j->task.id_str, j->task.attempt,
-                                       j->redelivered, pt_now_ms(),
-                                       (int)w->cfg->worker_max_redeliveries,
-                                       spec, len, on_started, j);
-  bson_free(spec);
-  if (rc != 0) {
-    PT_ERROR("state_read_failed", "task_id=%s err=\"redis unavailable\"",
-             j->task.id_str);
-    job_requeue_later(j);
-  }
+  start_job(j, 0);
 }
 
 /* ---- heartbeat ------------------------------------------------------------ */

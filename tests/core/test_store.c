@@ -9,6 +9,7 @@
 #include "core/pt_id.h"
 #include "core/pt_redis.h"
 #include "core/pt_store.h"
+#include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
 static uv_loop_t loop;
@@ -38,14 +39,19 @@ static void teardown(void) {
 TestSuite(store, .init = setup, .fini = teardown, .timeout = 30);
 
 
-static pt_verdict_t start(int attempt, int redelivered) {
+static pt_verdict_t start_spec(int attempt, int redelivered,
+                               const char *spec) {
   pt_test_verdict_t r = {0};
-  const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), id, attempt, redelivered,
-                              pt_now_ms(), 2, spec, strlen(spec), pt_test_on_verdict, &r),
+                              pt_now_ms(), 2, spec, spec ? strlen(spec) : 0,
+                              pt_test_on_verdict, &r),
                0);
   pt_test_wait_verdict(&loop, &r);
   return r.v;
+}
+
+static pt_verdict_t start(int attempt, int redelivered) {
+  return start_spec(attempt, redelivered, "{\"task_id\":\"1\"}");
 }
 
 static pt_verdict_t finish(int attempt, const char *status) {
@@ -112,7 +118,11 @@ Test(store, cancel_only_before_running) {
 }
 
 Test(store, a_lost_hash_is_rebuilt_from_the_message) {
-  /* No submit: as if Redis lost the hash (and no tombstone exists). */
+  /* No submit: as if Redis lost the hash (and no tombstone exists). A
+   * start without the spec asks for it and writes nothing; with it, the
+   * hash is rebuilt and the attempt runs. */
+  cr_assert_eq(start_spec(2, 0, NULL), PT_V_NOSPEC);
+  cr_assert(!pt_redis_has_task(id), "a start without a spec wrote the hash");
   cr_assert_eq(start(2, 0), PT_V_RUN);
   cr_assert_eq(finish(2, "SUCCEEDED"), PT_V_OK);
 }

@@ -9,7 +9,10 @@
 #include <unistd.h>
 
 #include "core/pt_id.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 static pt_stack_t stack;
 
@@ -174,6 +177,39 @@ Test(pipeline, cancel_before_start) {
            "123456789");
   cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, NULL),
                404);
+}
+
+/* Redis lost a queued task's hash (no tombstone either): the worker asks
+ * the start script without the spec, is told the hash is gone, and starts
+ * again with the spec from the message, so the task still runs once and
+ * its record is whole. */
+Test(pipeline, a_task_whose_hash_redis_lost_still_runs) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("LOST");
+  pt_stack_start(&stack, 0, NULL); /* no worker yet: the task waits */
+  char *body = pt_task_body(otn, 4321, NULL, NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_error_t err;
+  redisContext *c = pt_redis_connect_sync(
+      pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
+  cr_assert_not_null(c, "Redis: %s", err.message);
+  freeReplyObject(redisCommand(c, "DEL %s%s", PT_KEY_TASK, id));
+  redisFree(c);
+  cr_assert(!pt_redis_has_task(id));
+
+  pt_stack_add_worker(&stack);
+  /* Until the worker has rebuilt it, the api knows no such task. */
+  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
+    pt_test_sleep_ms(100);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(&doc, "out_trade_no"), otn);
+  cr_assert_eq(pt_json_int(&doc, "amount", -1), 4321);
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  bson_destroy(&doc);
 }
 
 Test(pipeline, idempotency_key) {
