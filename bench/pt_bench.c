@@ -1,6 +1,7 @@
 #include "bench/pt_bench.h"
 
 #include <bson/bson.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <mongoc/mongoc.h>
 #include <signal.h>
@@ -242,8 +243,9 @@ static long peak_rss_kb(pid_t pid) { return status_kb(pid, "VmHWM"); }
  * The machine is shared by paytask's processes, the load generator and the
  * three servers; each scenario reports the CPU time each of them used
  * (from /proc/PID/stat, children included, running or reaped, so a Redis
- * rewrite fork counts) and how many of the machine's cores were busy (from
- * /proc/stat).
+ * rewrite fork counts), how long its threads waited for a CPU while ready
+ * to run (/proc/PID/task/TID/schedstat; not its children) and how many of
+ * the machine's cores were busy (from /proc/stat).
  * The servers' PIDs come from PT_BENCH_SERVERS ("name=pid ..."), which
  * scripts/bench fills from scripts/services' PID files. */
 
@@ -254,6 +256,7 @@ typedef struct {
   pid_t pid;
   int children; /* count its running children too (the servers) */
   long long t0, used; /* clock ticks */
+  long long w0, waited; /* ns its threads spent runnable, waiting for a CPU */
 } cpu_proc_t;
 
 typedef struct {
@@ -335,6 +338,35 @@ static long long cpu_proc_ticks(const cpu_proc_t *p) {
   return t >= 0 && p->children ? t + live_children_ticks(p->pid) : t;
 }
 
+/* Nanoseconds the process's threads spent on a run queue, ready to run
+ * but waiting for a CPU (the second field of each thread's schedstat);
+ * -1 if the kernel does not say. Children are not counted. */
+static long long proc_wait_ns(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(path);
+  if (d == NULL)
+    return -1;
+  long long sum = 0;
+  int found = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    char f[96];
+    unsigned long long run, wait;
+    snprintf(f, sizeof f, "/proc/%d/task/%.20s/schedstat", (int)pid, e->d_name);
+    FILE *fp = fopen(f, "r");
+    if (fp == NULL)
+      continue; /* the thread ended meanwhile */
+    if (fscanf(fp, "%llu %llu", &run, &wait) == 2)
+      sum += (long long)wait, found = 1;
+    fclose(fp);
+  }
+  closedir(d);
+  return found ? sum : -1;
+}
+
 static void cpu_add(cpu_probe_t *c, const char *name, pid_t pid) {
   if (c->n < CPU_MAX && pid > 0) {
     snprintf(c->p[c->n].name, sizeof c->p[c->n].name, "%s", name);
@@ -361,8 +393,10 @@ static void cpu_init(cpu_probe_t *c) {
 }
 
 static void cpu_start(cpu_probe_t *c) {
-  for (int i = 0; i < c->n; i++)
+  for (int i = 0; i < c->n; i++) {
     c->p[i].t0 = cpu_proc_ticks(&c->p[i]);
+    c->p[i].w0 = proc_wait_ns(c->p[i].pid);
+  }
   machine_ticks(&c->busy0, &c->total0);
   c->seconds = (double)now_us() / 1e6;
 }
@@ -372,6 +406,8 @@ static void cpu_stop(cpu_probe_t *c) {
   for (int i = 0; i < c->n; i++) {
     long long t = cpu_proc_ticks(&c->p[i]);
     c->p[i].used = t >= 0 && c->p[i].t0 >= 0 ? t - c->p[i].t0 : -1;
+    long long w = proc_wait_ns(c->p[i].pid);
+    c->p[i].waited = w >= 0 && c->p[i].w0 >= 0 ? w - c->p[i].w0 : -1;
   }
   c->seconds = (double)now_us() / 1e6 - c->seconds;
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -387,6 +423,16 @@ static double cpu_seconds(const cpu_probe_t *c, const char *name) {
   for (int i = 0; i < c->n; i++)
     if (strcmp(c->p[i].name, name) == 0 && c->p[i].used >= 0)
       s += (double)c->p[i].used / hz, found = 1;
+  return found ? s : -1;
+}
+
+/* Seconds their threads waited for a CPU, summed the same way. */
+static double wait_seconds(const cpu_probe_t *c, const char *name) {
+  double s = 0;
+  int found = 0;
+  for (int i = 0; i < c->n; i++)
+    if (strcmp(c->p[i].name, name) == 0 && c->p[i].waited >= 0)
+      s += (double)c->p[i].waited / 1e9, found = 1;
   return found ? s : -1;
 }
 
@@ -406,6 +452,13 @@ static void cpu_print(const cpu_probe_t *c, const char *label, long units) {
       printf(" %s %.0f%% (%.3f)", cpu_names[i], 100 * s / c->seconds,
              units > 0 ? 1000 * s / (double)units : 0);
   }
+  printf("\n    waiting for a CPU (ready to run, on a run queue), %% of the "
+         "time:\n   ");
+  for (size_t i = 0; i < CPU_NAMES; i++) {
+    double s = wait_seconds(c, cpu_names[i]);
+    if (s >= 0)
+      printf(" %s %.0f%%", cpu_names[i], 100 * s / c->seconds);
+  }
   printf("\n");
 }
 
@@ -420,6 +473,13 @@ static void cpu_json(bson_t *parent, const char *key, const cpu_probe_t *c,
     double s = cpu_seconds(c, cpu_names[i]);
     if (s >= 0 && units > 0)
       BSON_APPEND_DOUBLE(&ms, cpu_names[i], 1000 * s / (double)units);
+  }
+  bson_append_document_end(&d, &ms);
+  BSON_APPEND_DOCUMENT_BEGIN(&d, "wait_pct", &ms);
+  for (size_t i = 0; i < CPU_NAMES; i++) {
+    double s = wait_seconds(c, cpu_names[i]);
+    if (s >= 0 && c->seconds > 0)
+      BSON_APPEND_DOUBLE(&ms, cpu_names[i], 100 * s / c->seconds);
   }
   bson_append_document_end(&d, &ms);
   bson_append_document_end(parent, &d);

@@ -98,6 +98,12 @@ Test(bench, quick_run_reports_every_scenario, .timeout = 300) {
   cr_assert_gt(figure(&d, "cpu_throughput.busy_cores"), 0, "no core was busy");
   cr_assert_gt(figure(&d, "cpu_throughput.cpu_ms_per_item.worker"), 0,
                "the worker used no CPU");
+  /* and how long each process waited for a CPU (a share of the time) */
+  const char *waited[] = {"cpu_throughput.wait_pct.worker",
+                          "cpu_throughput.wait_pct.api",
+                          "cpu_slow.wait_pct.worker"};
+  for (size_t i = 0; i < sizeof waited / sizeof waited[0]; i++)
+    cr_assert_geq(figure(&d, waited[i]), 0, "%s was not measured", waited[i]);
   /* The latency scenario's stages were read from the tasks' hashes (-1: no
    * task could be timed), and Redis's forks in each scenario (-1: Redis did
    * not say). */
