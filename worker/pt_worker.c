@@ -474,9 +474,9 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
                        void *arg);
 
 /* Runs the start script for the job's attempt. The spec goes along only
- * when the script asked for it (Redis lost the hash): writing it as JSON
- * for every delivery would cost the worker more than anything else it
- * does to start a task. */
+ * when the script asked for it (Redis lost the hash): written as JSON for
+ * every delivery, it was the largest single cost of starting a task (6%
+ * of the slow-channel worker's CPU, docs/BENCHMARKS.md). */
 static void start_job(job_t *j, int with_spec) {
   worker_t *w = j->w;
   size_t len = 0;
