@@ -9,8 +9,6 @@
 #include <unistd.h>
 
 #include "core/pt_id.h"
-#include "core/pt_redis.h"
-#include "core/pt_store.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -191,12 +189,7 @@ Test(pipeline, a_task_whose_hash_redis_lost_still_runs) {
   char *body = pt_task_body(otn, 4321, NULL, NULL);
   pt_submit_ok(&stack, body, id);
   free(body);
-  pt_error_t err;
-  redisContext *c = pt_redis_connect_sync(
-      pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
-  cr_assert_not_null(c, "Redis: %s", err.message);
-  freeReplyObject(redisCommand(c, "DEL %s%s", PT_KEY_TASK, id));
-  redisFree(c);
+  pt_redis_lose_task(id);
   cr_assert(!pt_redis_has_task(id));
 
   pt_stack_add_worker(&stack);

@@ -597,11 +597,17 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
   return count;
 }
 
-int pt_redis_has_task(const char *id) {
+/* A blocking connection to the test Redis (fails the test if none). */
+static redisContext *test_redis(void) {
   pt_error_t err;
   redisContext *c = pt_redis_connect_sync(
       pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
   cr_assert_not_null(c, "Redis: %s", err.message);
+  return c;
+}
+
+int pt_redis_has_task(const char *id) {
+  redisContext *c = test_redis();
   redisReply *r = redisCommand(c, "EXISTS pt:task:%s", id);
   int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   freeReplyObject(r);
@@ -614,11 +620,14 @@ const char *pt_unique(const char *prefix) {
   return pt_test_unique(prefix, buf, sizeof buf);
 }
 
+void pt_redis_lose_task(const char *id) {
+  redisContext *c = test_redis();
+  freeReplyObject(redisCommand(c, "DEL pt:task:%s", id));
+  redisFree(c);
+}
+
 long pt_worker_heartbeat(pid_t pid, const char *field) {
-  pt_error_t err;
-  redisContext *c = pt_redis_connect_sync(
-      pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
-  cr_assert_not_null(c, "Redis: %s", err.message);
+  redisContext *c = test_redis();
   long value = -1;
   redisReply *keys = redisCommand(c, "KEYS pt:worker:*");
   for (size_t i = 0; keys != NULL && keys->type == REDIS_REPLY_ARRAY &&

@@ -102,6 +102,8 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
 long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the task's hash is still in Redis. */
 int pt_redis_has_task(const char *id);
+/* Deletes the task's hash, as if Redis had lost it. */
+void pt_redis_lose_task(const char *id);
 /* A field of the worker's heartbeat (pt:worker:<consumer>, what `paytask
  * inspect` shows) for the worker process pid, or -1 while it has none. */
 long pt_worker_heartbeat(pid_t pid, const char *field);
