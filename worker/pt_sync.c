@@ -66,7 +66,14 @@ typedef struct {
   char id[24];
   bson_t doc;
   int has_doc;
+  int refused; /* the driver refused the document: never acked nor evicted */
 } item_t;
+
+static void free_docs(item_t *items, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (items[i].has_doc)
+      bson_destroy(&items[i].doc);
+}
 
 /* Reads the task hashes of a batch (pipelined) and builds the documents. */
 static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
@@ -74,8 +81,10 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
     redisAppendCommand(s->redis, "HGETALL %s%s", PT_KEY_TASK, items[i].id);
   for (size_t i = 0; i < n; i++) {
     redisReply *r = NULL;
-    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK || r == NULL)
+    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK || r == NULL) {
+      free_docs(items, i);
       return -1;
+    }
     int final = 0;
     pt_error_t err;
     bson_init(&items[i].doc);
@@ -137,11 +146,17 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (!items[i].has_doc)
       continue;
-    if (!mongoc_bulk_operation_insert_with_opts(bulk, &items[i].doc, NULL, &e))
-      PT_ERROR("sync_bad_document", "task_id=%s err=\"%s\"", items[i].id,
-               e.message);
-    else
+    if (!mongoc_bulk_operation_insert_with_opts(bulk, &items[i].doc, NULL,
+                                                &e)) {
+      /* Its entry stays pending and its hash in Redis, where the task can
+       * still be read; it comes back with every claim, logged each time,
+       * until the document is repaired or written by hand. */
+      items[i].refused = 1;
+      PT_ERROR("sync_bad_document", "task_id=%s err=\"%s\" kept_in_redis=1",
+               items[i].id, e.message);
+    } else {
       ops++;
+    }
   }
   int ok = 1;
   if (ops > 0) {
@@ -171,16 +186,20 @@ static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
   av[0] = "XACK";
   av[1] = PT_STREAM_SYNC;
   av[2] = SYNC_GROUP;
+  size_t nack = 0;
   for (size_t i = 0; i < n; i++)
-    av[3 + i] = items[i].entry;
-  redisAppendCommandArgv(s->redis, (int)n + 3, av, NULL);
-  av[1] = "XDEL";
-  av[2] = PT_STREAM_SYNC;
-  redisAppendCommandArgv(s->redis, (int)n + 2, av + 1, NULL);
+    if (!items[i].refused)
+      av[3 + nack++] = items[i].entry;
+  if (nack > 0) {
+    redisAppendCommandArgv(s->redis, (int)nack + 3, av, NULL);
+    av[1] = "XDEL";
+    av[2] = PT_STREAM_SYNC;
+    redisAppendCommandArgv(s->redis, (int)nack + 2, av + 1, NULL);
+    cmds += 2;
+  }
   free(av);
-  cmds += 2;
   for (size_t i = 0; i < n; i++) {
-    if (items[i].has_doc) {
+    if (items[i].has_doc && !items[i].refused) {
       redisAppendCommand(s->redis, "HSET %s%s synced 1", PT_KEY_TASK,
                          items[i].id);
       redisAppendCommand(s->redis, "EXPIRE %s%s %lld", PT_KEY_TASK,
@@ -223,9 +242,13 @@ static size_t collect(const redisReply *list, item_t *items, size_t max) {
   return n;
 }
 
+/* process() when asked to stop before MongoDB took the batch: its entries
+ * stay pending, and the thread ends without reading more. */
+#define SYNC_STOPPED_UNWRITTEN (-2)
+
 /* Processes one batch until it is written (retrying while MongoDB is
- * down, unless asked to stop). Returns the batch size, or -1 on a Redis
- * failure. */
+ * down, unless asked to stop). Returns the batch size, -1 on a Redis
+ * failure, or SYNC_STOPPED_UNWRITTEN. */
 static long process(pt_sync_t *s, item_t *items, size_t n) {
   if (n == 0)
     return 0;
@@ -242,17 +265,18 @@ static long process(pt_sync_t *s, item_t *items, size_t n) {
     backoff = backoff < 5000 ? backoff * 2 : 5000;
   }
   if (ack_batch(s, items, n) != 0) {
-    for (size_t i = 0; i < n; i++)
-      if (items[i].has_doc)
-        bson_destroy(&items[i].doc);
+    free_docs(items, n);
     return -1;
   }
-  atomic_fetch_add(&s->written, (long)n);
-out_unacked:
+  long written = 0;
   for (size_t i = 0; i < n; i++)
-    if (items[i].has_doc)
-      bson_destroy(&items[i].doc);
+    written += !items[i].refused;
+  atomic_fetch_add(&s->written, written);
+  free_docs(items, n);
   return (long)n;
+out_unacked:
+  free_docs(items, n);
+  return SYNC_STOPPED_UNWRITTEN;
 }
 
 static long read_batch(pt_sync_t *s, item_t *items, size_t max,
@@ -301,6 +325,10 @@ static void *sync_main(void *arg) {
   size_t max = (size_t)s->cfg->sync_batch;
   item_t *items = calloc(max, sizeof *items);
   int own_pending_done = 0;
+  /* Where the next read of this consumer's own pending entries starts:
+   * past the last batch, so that an entry left pending (a refused
+   * document, a stop while MongoDB is down) is not read again forever. */
+  char pending_from[48] = "0";
   while (items != NULL) {
     int stopping = atomic_load(&s->stop);
     if (ensure_redis(s) != 0) {
@@ -313,15 +341,20 @@ static void *sync_main(void *arg) {
     long n;
     if (!own_pending_done) {
       /* Entries this consumer read before a restart come first. */
-      n = read_batch(s, items, max, "0", 0);
+      n = read_batch(s, items, max, pending_from, 0);
       if (n == 0)
         own_pending_done = 1;
+      else if (n > 0)
+        snprintf(pending_from, sizeof pending_from, "%s",
+                 items[n - 1].entry);
     } else if (!stopping && mono_ms() - s->last_claim_ms > 5000) {
       s->last_claim_ms = mono_ms();
       n = claim_batch(s, items, max);
     } else {
       n = read_batch(s, items, max, ">", stopping ? 0 : 500);
     }
+    if (n == SYNC_STOPPED_UNWRITTEN)
+      break;
     if (n < 0) {
       PT_ERROR("sync_redis_failed", "err=\"%s\" retry_in_ms=1000",
                s->redis->errstr[0] ? s->redis->errstr : "command failed");

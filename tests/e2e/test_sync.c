@@ -94,3 +94,94 @@ Test(sync, a_short_batch_waits_for_more_before_the_next_write) {
             writes, M, out);
   free(out);
 }
+
+/* Writes pt:task:{to} as a copy of the final hash of {from} whose spec has
+ * a params key that MongoDB refuses, and queues it for the sync. */
+static void plant_unwritable_task(const char *from, const char *to) {
+  redisContext *c = pt_test_redis();
+  redisReply *h = redisCommand(c, "HGETALL pt:task:%s", from);
+  cr_assert(h != NULL && h->type == REDIS_REPLY_ARRAY && h->elements > 0,
+            "no hash for task %s", from);
+  bson_t spec, bad = BSON_INITIALIZER, params;
+  bson_iter_t it;
+  for (size_t i = 0; i + 1 < h->elements; i += 2) {
+    const char *k = h->element[i]->str, *v = h->element[i + 1]->str;
+    if (strcmp(k, "synced") == 0)
+      continue;
+    if (strcmp(k, "spec") != 0) {
+      freeReplyObject(redisCommand(c, "HSET pt:task:%s %s %s", to, k, v));
+      continue;
+    }
+    pt_json(v, &spec);
+    bson_iter_init(&it, &spec);
+    while (bson_iter_next(&it))
+      if (strcmp(bson_iter_key(&it), "params") != 0 &&
+          strcmp(bson_iter_key(&it), "task_id") != 0)
+        bson_append_iter(&bad, NULL, 0, &it);
+    BSON_APPEND_UTF8(&bad, "task_id", to);
+    BSON_APPEND_DOCUMENT_BEGIN(&bad, "params", &params);
+    BSON_APPEND_INT32(&params, "", 1);
+    bson_append_document_end(&bad, &params);
+    char *json = bson_as_relaxed_extended_json(&bad, NULL);
+    freeReplyObject(redisCommand(c, "HSET pt:task:%s spec %s", to, json));
+    bson_free(json);
+    bson_destroy(&spec);
+    bson_destroy(&bad);
+  }
+  freeReplyObject(h);
+  freeReplyObject(redisCommand(c, "XADD pt:sync * id %s", to));
+  redisFree(c);
+}
+
+static long long redis_ttl(const char *id) {
+  redisContext *c = pt_test_redis();
+  redisReply *r = redisCommand(c, "TTL pt:task:%s", id);
+  long long ttl = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -3;
+  freeReplyObject(r);
+  redisFree(c);
+  return ttl;
+}
+
+/* A final document that MongoDB refuses (here an empty key in params) is
+ * never acknowledged and evicted: its hash stays in Redis without an
+ * expiry, the task can still be read, and the sync goes on with the
+ * others. */
+Test(sync, a_document_mongodb_refuses_stays_in_redis) {
+  char a[24], b[24], c[24];
+  bson_t doc;
+  char *out = NULL;
+  pt_stack_env(&stack, "PAYTASK_SYNC_CLAIM_IDLE_MS", "1000");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("BADDOC"), 100, NULL, NULL);
+  pt_submit_ok(&stack, body, a);
+  free(body);
+  pt_wait_final(&stack, a, 30, &doc);
+  bson_destroy(&doc);
+  cr_assert(pt_mongo_task(a, 30, &doc), "task %s never reached MongoDB", a);
+  bson_destroy(&doc);
+
+  snprintf(b, sizeof b, "%llu", strtoull(a, NULL, 10) + 1);
+  plant_unwritable_task(a, b);
+  /* A task after it is synced: the refused one does not hold the rest. */
+  body = pt_task_body(pt_unique("BADDOC"), 101, NULL, NULL);
+  pt_submit_ok(&stack, body, c);
+  free(body);
+  cr_assert(pt_mongo_task(c, 30, &doc), "task %s never reached MongoDB", c);
+  bson_destroy(&doc);
+  /* Past a claim: still there, without an expiry, still readable. */
+  sleep(7);
+  cr_assert(!pt_mongo_task(b, 0, &doc), "MongoDB took an empty key");
+  cr_assert_eq(redis_ttl(b), -1,
+               "the unwritten task's hash was given an expiry (TTL %lld)",
+               redis_ttl(b));
+  cr_assert_eq(pt_api_get(&stack, b, 0, &out), 200, "%s", out ? out : "");
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_stack_stop(&stack), 0, "a process did not stop cleanly");
+  /* Leave nothing for other suites' syncs to trip over. */
+  redisContext *r = pt_test_redis();
+  freeReplyObject(redisCommand(r, "DEL pt:task:%s", b));
+  redisFree(r);
+}

@@ -598,7 +598,7 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
 }
 
 /* A blocking connection to the test Redis (fails the test if none). */
-static redisContext *test_redis(void) {
+redisContext *pt_test_redis(void) {
   pt_error_t err;
   redisContext *c = pt_redis_connect_sync(
       pt_test_uri("PAYTASK_REDIS_URI", "Redis"), 3000, &err);
@@ -607,7 +607,7 @@ static redisContext *test_redis(void) {
 }
 
 int pt_redis_has_task(const char *id) {
-  redisContext *c = test_redis();
+  redisContext *c = pt_test_redis();
   redisReply *r = redisCommand(c, "EXISTS pt:task:%s", id);
   int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   freeReplyObject(r);
@@ -621,13 +621,13 @@ const char *pt_unique(const char *prefix) {
 }
 
 void pt_redis_lose_task(const char *id) {
-  redisContext *c = test_redis();
+  redisContext *c = pt_test_redis();
   freeReplyObject(redisCommand(c, "DEL pt:task:%s", id));
   redisFree(c);
 }
 
 long pt_worker_heartbeat(pid_t pid, const char *field) {
-  redisContext *c = test_redis();
+  redisContext *c = pt_test_redis();
   long value = -1;
   redisReply *keys = redisCommand(c, "KEYS pt:worker:*");
   for (size_t i = 0; keys != NULL && keys->type == REDIS_REPLY_ARRAY &&

@@ -6,6 +6,7 @@
 #define PT_STACK_H
 
 #include <bson/bson.h>
+#include <hiredis/hiredis.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -101,6 +102,8 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
  * with $in, not n lookups); returns how many it holds. */
 long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the task's hash is still in Redis. */
+/* A connection to the test Redis (fails the test when there is none). */
+redisContext *pt_test_redis(void);
 int pt_redis_has_task(const char *id);
 /* Deletes the task's hash, as if Redis had lost it. */
 void pt_redis_lose_task(const char *id);
