@@ -44,7 +44,9 @@ static const char cancel_lua[] =
 /* Decides what a delivered attempt n does. A hash that is missing while no
  * tombstone exists means Redis lost it: the spec from the message rebuilds
  * it, since running a task twice is safe (out_trade_no) and losing one is
- * not. The caller sends the spec only when asked ('nospec', nothing
+ * not. A redelivered message then resumes (the runner queries before it
+ * creates), as the lost hash no longer says whether the attempt reached
+ * the channel. The caller sends the spec only when asked ('nospec', nothing
  * written), so that the usual start carries none. */
 static const char start_lua[] =
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip:final', ''} "
@@ -56,6 +58,8 @@ static const char start_lua[] =
     "  if ARGV[5] == '' then return {'nospec', ''} end\n"
     "  redis.call('HSET', KEYS[1], 'spec', ARGV[5], 'created_at', ARGV[3])\n"
     "  st = 'PENDING'; a = n - 1\n"
+    "  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'interrupted', 1) "
+    "end\n"
     "end\n"
     "if st == 'SUCCEEDED' or st == 'FAILED' or st == 'CANCELLED' then\n"
     "  return {'skip:final', st} end\n"

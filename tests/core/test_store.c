@@ -127,6 +127,15 @@ Test(store, a_lost_hash_is_rebuilt_from_the_message) {
   cr_assert_eq(finish(2, "SUCCEEDED"), PT_V_OK);
 }
 
+Test(store, a_lost_hash_with_a_redelivered_first_attempt_resumes) {
+  /* Redis lost the hash while attempt 1 was out (its worker died, the
+   * broker redelivers): that attempt may have created the trade, so the
+   * rebuilt one must query first, not create again. */
+  cr_assert_eq(start_spec(1, 1, NULL), PT_V_NOSPEC);
+  cr_assert_eq(start(1, 1), PT_V_RESUME);
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
+}
+
 static void on_hash(redisReply *reply, void *arg) {
   bson_t *doc = arg;
   int final = 0;
