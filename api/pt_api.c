@@ -538,13 +538,28 @@ static void handle_cancel(op_t *op) {
 }
 
 /* submit */
+static void accepted(op_t *op, int taken);
+
 static void on_abandoned(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
   op_t *op = arg;
-  (void)v;
-  (void)detail;
-  if (status != 0)
+  if (status != 0) {
+    /* Nothing withdrew the task: the broker may hold it. */
     PT_ERROR("abandon_failed", "task_id=%s", op->id);
+    op_error(op, 503, "submit_outcome_unknown",
+             "the message broker did not confirm the task and it could not be "
+             "withdrawn; it may still run: retry with the same "
+             "Idempotency-Key, or read the task, to learn its state");
+    return;
+  }
+  if (v == PT_V_CONFLICT) {
+    /* The confirm was lost but the broker had the task: a worker took it
+     * (or it was cancelled by its id). It was accepted. */
+    PT_WARN("submit_confirm_lost_task_taken", "task_id=%s status=%s", op->id,
+            detail);
+    accepted(op, 1);
+    return;
+  }
   op_error(op, 503, "broker_unavailable",
            "the message broker did not confirm the task; nothing was "
            "accepted, try again");
@@ -567,6 +582,12 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
     abandon(op);
     return;
   }
+  accepted(op, 0);
+}
+
+/* The broker has the task: count it and answer. taken: a worker took it
+ * already, so the answer is its state read back, not PENDING. */
+static void accepted(op_t *op, int taken) {
   PT_DEBUG("task_submitted", "task_id=%s type=%s channel=%s", op->id,
            op->task.type, op->task.channel);
   char labels[64];
@@ -579,6 +600,11 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
      * the wait (202 with the state then). */
     op->pending_202 = 1;
     start_wait(op);
+    return;
+  }
+  if (taken) {
+    op->pending_202 = 1;
+    read_task(op);
     return;
   }
   reply_accepted(op);

@@ -22,13 +22,16 @@ static const char submit_lua[] =
     "return {'ok', ''}\n";
 
 /* Shared by cancel and abandon: PENDING or RETRY_WAIT become CANCELLED,
- * which is final. ARGV[5] is an error to record (abandon) or ''. */
+ * which is final. ARGV[5] is an error to record (abandon) or ''. Abandon
+ * frees the task's Idempotency-Key (KEYS[4]) only when nothing runs under
+ * it: a task a worker took already keeps its key, so that a retry finds
+ * it instead of submitting it again. */
 static const char cancel_lua[] =
     "local st = redis.call('HGET', KEYS[1], 'status')\n"
+    "if st and st ~= 'PENDING' and st ~= 'RETRY_WAIT' then\n"
+    "  return {'conflict', st} end\n"
     "if KEYS[4] ~= '' then redis.call('DEL', KEYS[4]) end\n"
     "if not st then return {'notfound', ''} end\n"
-    "if st ~= 'PENDING' and st ~= 'RETRY_WAIT' then return {'conflict', st} "
-    "end\n"
     "redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'updated_at', "
     "ARGV[1])\n"
     "redis.call('HDEL', KEYS[1], 'next_attempt_at')\n"

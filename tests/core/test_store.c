@@ -117,6 +117,60 @@ Test(store, cancel_only_before_running) {
   cr_assert_str_eq(r.detail, "CANCELLED");
 }
 
+static void submit_keyed(const char *idem) {
+  pt_test_verdict_t r = {0};
+  const char *spec = "{\"task_id\":\"1\"}";
+  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
+                               pt_now_ms(), idem, "v", 60, pt_test_on_verdict,
+                               &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+}
+
+static pt_verdict_t abandon(const char *idem) {
+  pt_test_verdict_t r = {0};
+  cr_assert_eq(pt_store_abandon(pt_redis_ctx(redis), id, idem, pt_now_ms(),
+                                pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  return r.v;
+}
+
+static int idem_exists(const char *idem) {
+  redisContext *c = pt_test_redis();
+  redisReply *r = redisCommand(c, "EXISTS %s%s", PT_KEY_IDEM, idem);
+  int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+  freeReplyObject(r);
+  freeReplyObject(redisCommand(c, "DEL %s%s", PT_KEY_IDEM, idem));
+  redisFree(c);
+  return has;
+}
+
+Test(store, abandon_withdraws_a_task_no_worker_took_and_frees_its_key) {
+  char idem[64];
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  /* The confirm failed and no worker has the task: withdrawn, key freed
+   * for the client's retry. */
+  submit_keyed(idem);
+  cr_assert_eq(abandon(idem), PT_V_OK);
+  cr_assert(!idem_exists(idem), "the key of a withdrawn task was kept");
+  cr_assert_eq(start(1, 0), PT_V_SKIP_FINAL, "a withdrawn task never runs");
+}
+
+Test(store, abandon_leaves_a_task_a_worker_took_and_its_key) {
+  char idem[64];
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  /* The confirm was lost, but the broker had the task and a worker took
+   * it: it runs, and its key stays, so that a retry finds it rather than
+   * submitting it again. */
+  submit_keyed(idem);
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(abandon(idem), PT_V_CONFLICT);
+  cr_assert(idem_exists(idem), "abandon freed the key of a running task");
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK, "the running task was changed");
+}
+
 Test(store, a_lost_hash_is_rebuilt_from_the_message) {
   /* No submit: as if Redis lost the hash (and no tombstone exists). A
    * start without the spec asks for it and writes nothing; with it, the
