@@ -713,6 +713,13 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
              "the message broker is unreachable; nothing was accepted");
     return;
   }
+  if (pt_amqp_is_blocked(api->amqp)) {
+    /* A publish now would stall the loop until the alarm clears. */
+    op_error(op, 503, "broker_unavailable",
+             "the message broker refuses publishes (a memory or disk "
+             "alarm); nothing was accepted, try again later");
+    return;
+  }
   if (pt_idgen_next(&api->ids, &op->task.id) != 0) {
     PT_ERROR("clock_backwards", "note=\"refusing to issue task ids\"");
     op_error(op, 503, "clock_error",
@@ -848,7 +855,10 @@ static void on_mongo_ping(int status, const pt_error_t *err, void *arg) {
   api_t *api = op->api;
   bson_t doc = BSON_INITIALIZER;
   int amqp = pt_amqp_is_ready(api->amqp), redis = pt_redis_is_up(api->redis);
-  BSON_APPEND_UTF8(&doc, "broker", amqp ? "ok" : "unreachable");
+  int blocked = pt_amqp_is_blocked(api->amqp);
+  BSON_APPEND_UTF8(&doc, "broker",
+                   !amqp ? "unreachable" : blocked ? "blocked" : "ok");
+  amqp = amqp && !blocked;
   BSON_APPEND_UTF8(&doc, "redis", redis ? "ok" : "unreachable");
   BSON_APPEND_UTF8(&doc, "mongodb",
                    status == 0 ? "ok" : (err ? err->message : "unreachable"));

@@ -80,6 +80,7 @@ struct pt_amqp {
   uv_poll_t *poll; /* one per connection, freed in its close callback */
   int kicked;      /* also polling for UV_WRITABLE, see kick() */
   int broken;      /* a write failed; on_io reports it */
+  int blocked;     /* connection.blocked: the broker reads no publishes */
   pt_error_t broken_err;
 
   /* Publisher confirms: ring[head] holds sequence number first_seq, the
@@ -191,6 +192,10 @@ pt_amqp_t *pt_amqp_new(uv_loop_t *loop, const pt_amqp_opts_t *opts) {
 
 int pt_amqp_is_ready(const pt_amqp_t *c) {
   return c != NULL && c->state == ST_READY && !c->broken;
+}
+
+int pt_amqp_is_blocked(const pt_amqp_t *c) {
+  return c != NULL && c->state == ST_READY && c->blocked;
 }
 
 size_t pt_amqp_unconfirmed(const pt_amqp_t *c) {
@@ -340,6 +345,7 @@ static void lose(pt_amqp_t *c, bye_t bye, int code, const char *fmt, ...) {
   vsnprintf(err.message, sizeof err.message, fmt, ap);
   va_end(ap);
   c->state = ST_IDLE;
+  c->blocked = 0;
   detach(c, bye);
   fail_pending(c, PT_ECLOSED);
   if (c->destroyed)
@@ -519,12 +525,18 @@ static void on_method(pt_amqp_t *c, amqp_channel_t ch, const amqp_method_t *m) {
          (const char *)cc->reply_text.bytes);
     return;
   }
-  case AMQP_CONNECTION_BLOCKED_METHOD:
-    /* Publishes will now fill the socket buffer and then block the loop in
-     * librabbitmq's poll(); say so, since it explains a stall. */
-    PT_WARN("amqp_blocked", "note=\"broker blocks publishers\"");
+  case AMQP_CONNECTION_BLOCKED_METHOD: {
+    /* A resource alarm: the broker stops reading this connection, and
+     * publishes would fill the socket buffer and then block the loop in
+     * librabbitmq's poll(). Callers ask pt_amqp_is_blocked first. */
+    const amqp_connection_blocked_t *b = m->decoded;
+    c->blocked = 1;
+    PT_WARN("amqp_blocked", "reason=\"%.*s\" note=\"broker blocks publishers\"",
+            (int)b->reason.len, (const char *)b->reason.bytes);
     return;
+  }
   case AMQP_CONNECTION_UNBLOCKED_METHOD:
+    c->blocked = 0;
     PT_INFO("amqp_unblocked", "note=\"broker accepts publishers again\"");
     return;
   default:
@@ -663,10 +675,21 @@ static int connect_blocking(const pt_amqp_t *c, amqp_connection_state_t *out,
   amqp_set_handshake_timeout(conn, &tv);
   amqp_set_rpc_timeout(conn, &tv);
   snprintf(what, sizeof what, "login to %s:%d", info.host, info.port);
-  rc = pt_amqp_reply_error(amqp_login(conn, info.vhost, 0, FRAME_MAX, 0,
-                                      AMQP_SASL_METHOD_PLAIN, info.user,
-                                      info.password),
-                           what, err);
+  /* Ask for connection.blocked notices (librabbitmq does not by default),
+   * so that a resource alarm is known rather than felt as a stall. */
+  amqp_table_entry_t cap = {.key = amqp_cstring_bytes("connection.blocked"),
+                            .value = {.kind = AMQP_FIELD_KIND_BOOLEAN,
+                                      .value = {.boolean = 1}}};
+  amqp_table_entry_t prop = {
+      .key = amqp_cstring_bytes("capabilities"),
+      .value = {.kind = AMQP_FIELD_KIND_TABLE,
+                .value = {.table = {.num_entries = 1, .entries = &cap}}}};
+  amqp_table_t props = {.num_entries = 1, .entries = &prop};
+  rc = pt_amqp_reply_error(
+      amqp_login_with_properties(conn, info.vhost, 0, FRAME_MAX, 0, &props,
+                                 AMQP_SASL_METHOD_PLAIN, info.user,
+                                 info.password),
+      what, err);
   if (rc < 0) {
     if (err != NULL)
       err->code = PT_ECONNECT;

@@ -110,6 +110,10 @@ int pt_amqp_start(pt_amqp_t *c, pt_amqp_ready_cb cb, void *arg);
 /* 1 when connected and usable. */
 int pt_amqp_is_ready(const pt_amqp_t *c);
 
+/* 1 while the broker blocks this connection's publishes (a memory or disk
+ * alarm, connection.blocked): a publish now would stall until it clears. */
+int pt_amqp_is_blocked(const pt_amqp_t *c);
+
 typedef struct {
   int persistent;           /* delivery_mode 2 */
   const char *message_id;   /* MAY be NULL */

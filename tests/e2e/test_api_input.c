@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <pthread.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,6 +171,91 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   cr_assert_str_eq(pt_json_str(&doc, "broker"), "unreachable");
   bson_destroy(&doc);
   free(out);
+}
+
+static void rabbitmqctl(const char *args) {
+  char cmd[1024];
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
+           src ? src : ".", args);
+  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
+}
+
+/* RabbitMQ's default memory watermark, which the alarm test moved. */
+static void lift_alarm(void) {
+  rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_stack_stop(&stack);
+}
+
+/* What readyz says of the broker, waiting up to 20 s for want. */
+static void wait_broker_state(const char *want) {
+  char url[128], *out = NULL;
+  const char *st = "";
+  bson_t doc;
+  snprintf(url, sizeof url, "%s/readyz", stack.api_url);
+  for (int i = 0; i < 200; i++) {
+    long code = pt_http("GET", url, NULL, NULL, NULL, &out);
+    cr_assert(code == 200 || code == 503, "readyz answered %ld: %s", code,
+              out ? out : "");
+    pt_json(out, &doc);
+    int done = strcmp(st = pt_json_str(&doc, "broker"), want) == 0;
+    bson_destroy(&doc);
+    free(out);
+    if (done)
+      return;
+    usleep(100 * 1000);
+  }
+  cr_assert_fail("readyz never said the broker was %s", want);
+}
+
+typedef struct {
+  const char *body;
+  long status;
+  char *out;
+} submit_arg_t;
+
+static void *submit_main(void *arg) {
+  submit_arg_t *a = arg;
+  a->status = pt_api_submit(&stack, a->body, NULL, &a->out);
+  return NULL;
+}
+
+/* A memory alarm: the broker blocks publishers. It says so
+ * (connection.blocked) once the api publishes; that task waits for its
+ * confirm, readyz says the broker is blocked, and the next submits are
+ * refused at once with 503 rather than stalling the api on a publish that
+ * cannot go out. Once the alarm clears, the waiting task is accepted and
+ * new ones are too. */
+Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
+     .fini = lift_alarm) {
+  char *out = NULL;
+  pthread_t th;
+  pt_stack_start(&stack, 0, NULL);
+  long before = pt_queue_depth("paytask.tasks");
+  rabbitmqctl("set_vm_memory_high_watermark absolute 1");
+  char *first = pt_task_body(pt_unique("ALARM"), 100, NULL, NULL);
+  submit_arg_t a = {first, 0, NULL};
+  cr_assert_eq(pthread_create(&th, NULL, submit_main, &a), 0);
+  wait_broker_state("blocked");
+  char *body = pt_task_body(pt_unique("ALARM"), 101, NULL, NULL);
+  long st = pt_api_submit(&stack, body, NULL, &out);
+  expect_error(st, out, 503, "broker_unavailable");
+  free(out);
+  rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pthread_join(th, NULL);
+  cr_assert_eq(a.status, 202, "the task sent as the alarm began: %ld %s",
+               a.status, a.out ? a.out : "");
+  free(a.out);
+  free(first);
+  long after = pt_queue_depth("paytask.tasks");
+  cr_assert_eq(after, before + 1,
+               "only the task sent before the alarm was known is queued: "
+               "%ld before, %ld after",
+               before, after);
+  wait_broker_state("ok");
+  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 202, "%s", out);
+  free(out);
+  free(body);
 }
 
 /* One request on a client's connection: its status, whether it opened a
