@@ -71,6 +71,7 @@ typedef struct op {
   /* When set, a task read (Redis, then MongoDB) goes here instead of to
    * the client. */
   void (*on_doc)(struct op *op, const bson_t *doc);
+  int republished; /* a retried submit published its PENDING task again */
   int force;
   char client[32]; /* the token's client */
   const pt_channel_ops_t *chan; /* a channel notification */
@@ -539,6 +540,8 @@ static void handle_cancel(op_t *op) {
 
 /* submit */
 static void accepted(op_t *op, int taken);
+static void publish_task(op_t *op);
+static void on_retried_doc(op_t *op, const bson_t *doc);
 
 static void on_abandoned(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
@@ -588,6 +591,11 @@ static void on_published(pt_amqp_t *c, int status, void *arg) {
 /* The broker has the task: count it and answer. taken: a worker took it
  * already, so the answer is its state read back, not PENDING. */
 static void accepted(op_t *op, int taken) {
+  if (op->republished) {
+    /* A retried submit answers as any repeat does: 200 with the task. */
+    read_task_maybe_waiting(op);
+    return;
+  }
   PT_DEBUG("task_submitted", "task_id=%s type=%s channel=%s", op->id,
            op->task.type, op->task.channel);
   char labels[64];
@@ -635,13 +643,45 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
       return;
     }
     snprintf(op->id, sizeof op->id, "%s", colon + 1);
-    read_task_maybe_waiting(op);
+    op->on_doc = on_retried_doc;
+    read_task(op);
     return;
   }
   if (v != PT_V_OK) {
     op_error(op, 500, "internal_error", "task id collision; try again");
     return;
   }
+  publish_task(op);
+}
+
+/* A retried submit (same Idempotency-Key and body) whose task is still
+ * PENDING: its first submit may never have reached the broker (the client
+ * got no answer, or a 503 whose Redis reply was lost), so the message is
+ * published again, and the answer waits for the broker's confirm as a
+ * first submit's does. A second copy is harmless: the start script runs
+ * one copy of an attempt. Past PENDING, a worker took it: the answer is
+ * the task. */
+static void on_retried_doc(op_t *op, const bson_t *doc) {
+  bson_iter_t it;
+  uint64_t id;
+  op->on_doc = NULL;
+  if (!bson_iter_init_find(&it, doc, "status") || !BSON_ITER_HOLDS_UTF8(&it) ||
+      strcmp(bson_iter_utf8(&it, NULL), "PENDING") != 0 ||
+      pt_id_parse(op->id, strlen(op->id), &id) != 0) {
+    if (will_wait(op))
+      start_wait(op);
+    else
+      reply_task(op, doc);
+    return;
+  }
+  op->task.id = id;
+  pt_id_format(op->task.id, op->task.id_str);
+  op->task.created_at_ms = pt_id_time_ms(op->task.id);
+  op->republished = 1;
+  publish_task(op);
+}
+
+static void publish_task(op_t *op) {
   size_t len;
   char *msg_body = pt_task_spec_json(&op->task, 1, &len);
   char mid[32];

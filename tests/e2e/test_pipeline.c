@@ -8,7 +8,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/sha.h>
+
 #include "core/pt_id.h"
+#include "core/pt_redis.h"
+#include "core/pt_store.h"
+#include "core/pt_task.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -382,4 +387,77 @@ Test(pipeline, submit_with_wait_answers_final_or_accepted) {
     succeeded += strstr(line, "\"SUCCEEDED\"") != NULL;
   cr_assert_eq(pclose(p), 0, "paytask submit --wait failed");
   cr_assert_eq(succeeded, 1, "paytask submit --wait did not print the final task");
+}
+
+/* Leaves in Redis what a submit with Idempotency-Key key leaves when its
+ * api dies before it publishes (or its client got a 503 whose Redis reply
+ * was lost): the PENDING task and the key, and no message. */
+static void plant_unpublished_submit(const char *body, const char *key,
+                                     char id[24]) {
+  uv_loop_t loop;
+  pt_error_t err;
+  pt_task_t t;
+  pt_input_error_t ie;
+  pt_idgen_t g;
+  pt_test_verdict_t r = {0};
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  char val[100];
+  size_t slen;
+  uv_loop_init(&loop);
+  pt_redis_t *redis = pt_redis_connect(
+      &loop, pt_test_uri("PAYTASK_REDIS_URI", "Redis"), NULL, NULL, &err);
+  cr_assert_not_null(redis, "Redis: %s", err.message);
+  pt_store_load_scripts(pt_redis_ctx(redis));
+  cr_assert_eq(pt_task_parse(body, strlen(body), PT_PARSE_SUBMIT, 0, &t, &ie),
+               0);
+  pt_idgen_init(&g, PT_ID_MAX_NODE); /* not a node any api leases here */
+  cr_assert_eq(pt_idgen_next(&g, &t.id), 0);
+  pt_id_format(t.id, t.id_str);
+  t.created_at_ms = pt_id_time_ms(t.id);
+  snprintf(id, 24, "%s", t.id_str);
+  SHA256((const unsigned char *)body, strlen(body), md);
+  for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+    snprintf(val + 2 * i, 3, "%02x", md[i]);
+  snprintf(val + 64, sizeof val - 64, ":%s", id);
+  char *spec = pt_task_spec_json(&t, 0, &slen);
+  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, slen,
+                               t.created_at_ms, key, val, 3600,
+                               pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  bson_free(spec);
+  pt_task_destroy(&t);
+  pt_redis_destroy(redis);
+  pt_test_run_loop(&loop, 10000, "Redis");
+  pt_test_close_loop(&loop);
+}
+
+/* The client retries with the same key and body, as it should after no
+ * answer or a 503: the task is published again and runs, once. Without
+ * that it stayed PENDING for ever, and every retry was told PENDING. */
+Test(pipeline, a_retried_submit_publishes_a_task_that_never_reached_the_broker) {
+  char otn[64], key[96], id[24], *out = NULL;
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  snprintf(otn, sizeof otn, "%s", pt_unique("UNQUEUED"));
+  snprintf(key, sizeof key, "unqueued-%s", otn);
+  char *body = pt_task_body(otn, 100, NULL, NULL);
+  plant_unpublished_submit(body, key, id);
+  /* Answered as any repeat is (200 with the task), once the broker has
+   * confirmed the message. */
+  cr_assert_eq(pt_api_submit(&stack, body, key, &out), 200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id,
+                   "the retry made a new task");
+  bson_destroy(&doc);
+  free(out);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  /* A second retry, the task final: answered with it, nothing more runs. */
+  cr_assert_eq(pt_api_submit(&stack, body, key, &out), 200, "%s", out);
+  free(out);
+  free(body);
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
 }
