@@ -10,13 +10,18 @@
 
 /* ---- the scripts ---------------------------------------------------- */
 
+/* Records a new task PENDING. A task that exists, or that was final and
+ * evicted (its tombstone KEYS[3] remains: a follow-up relayed a second
+ * time), is not written again, and its Idempotency-Key is left alone. */
 static const char submit_lua[] =
     "if KEYS[2] ~= '' then\n"
     "  local v = redis.call('GET', KEYS[2])\n"
     "  if v then return {'dup', v} end\n"
-    "  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])\n"
     "end\n"
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', ''} end\n"
+    "if redis.call('EXISTS', KEYS[1], KEYS[3]) > 0 then return {'exists', ''} "
+    "end\n"
+    "if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) "
+    "end\n"
     "redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'status', 'PENDING',\n"
     "  'attempts', 0, 'created_at', ARGV[2], 'updated_at', ARGV[2])\n"
     "return {'ok', ''}\n";
@@ -334,16 +339,17 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
                     size_t spec_len, int64_t now_ms, const char *idem_key,
                     const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
                     void *arg) {
-  char k1[64], k2[320] = "", now[24], ttl[24];
+  char k1[64], k2[320] = "", k3[64], now[24], ttl[24];
   key(k1, sizeof k1, PT_KEY_TASK, id);
   if (idem_key != NULL)
     key(k2, sizeof k2, PT_KEY_IDEM, idem_key);
+  key(k3, sizeof k3, PT_KEY_FIN, id);
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   snprintf(ttl, sizeof ttl, "%lld", (long long)idem_ttl_s);
-  const char *argv[] = {k1, k2, spec, now, idem_val ? idem_val : "", ttl};
-  size_t lens[] = {strlen(k1), strlen(k2), spec_len, strlen(now),
-                   strlen(argv[4]), strlen(ttl)};
-  return evalsha(ac, S_SUBMIT, 2, 6, argv, lens, cb, arg);
+  const char *argv[] = {k1, k2, k3, spec, now, idem_val ? idem_val : "", ttl};
+  size_t lens[] = {strlen(k1), strlen(k2), strlen(k3), spec_len, strlen(now),
+                   strlen(argv[5]), strlen(ttl)};
+  return evalsha(ac, S_SUBMIT, 3, 7, argv, lens, cb, arg);
 }
 
 static int cancel_common(redisAsyncContext *ac, const char *id,

@@ -171,6 +171,27 @@ Test(store, abandon_leaves_a_task_a_worker_took_and_its_key) {
   cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK, "the running task was changed");
 }
 
+Test(store, a_final_task_evicted_is_not_submitted_again) {
+  /* Final (here cancelled), synced and evicted: only its tombstone is
+   * left. A follow-up relayed a second time submits the same id: it must
+   * not come back PENDING, with no expiry, and for ever. */
+  pt_test_verdict_t r = {0};
+  const char *spec = "{\"task_id\":\"1\"}";
+  submit();
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  pt_redis_lose_task(id);
+  memset(&r, 0, sizeof r);
+  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
+                               pt_now_ms(), NULL, NULL, 60, pt_test_on_verdict,
+                               &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_EXISTS);
+  cr_assert(!pt_redis_has_task(id), "a final task was written PENDING again");
+}
+
 Test(store, a_lost_hash_is_rebuilt_from_the_message) {
   /* No submit: as if Redis lost the hash (and no tombstone exists). A
    * start without the spec asks for it and writes nothing; with it, the
