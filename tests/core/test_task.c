@@ -1,5 +1,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/pt_task.h"
@@ -73,6 +75,12 @@ ParameterizedTestParameters(task, bad_bodies) {
       {"{} {}", "invalid_json"},
       {GOOD, "invalid_json"},
       {GOOD ",\"amount\":5}", "invalid_json"},
+      {GOOD ",\"notify_url\":null,\"notify_url\":\"https://a.example/\"}",
+       "invalid_json"},
+      {GOOD ",\"params\":null,\"params\":{}}", "invalid_json"},
+      {GOOD ",\"retry\":{},\"retry\":{}}", "invalid_json"},
+      /* An unknown key is refused before a later key is looked at. */
+      {GOOD ",\"x\":1,\"amount\":5}", "unknown_field"},
       {"{\"channel\":\"sim\",\"out_trade_no\":\"A\",\"amount\":1,"
        "\"currency\":\"CNY\",\"subject\":\"s\"}",
        "missing_field"},
@@ -129,6 +137,35 @@ ParameterizedTest(bad_case_t *c, task, bad_bodies) {
   cr_assert_str_eq(ie.code, c->code, "%s → %s (%s)", c->body, ie.code,
                    ie.message);
   cr_assert_gt(strlen(ie.message), 5);
+}
+
+/* A broker message repeating one of its own fields is refused like a body
+ * repeating a client's field. */
+Test(task, a_message_field_given_twice_is_refused) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  const char *m = GOOD ",\"task_id\":\"42\",\"created_at_ms\":1,"
+                       "\"attempt\":1,\"attempt\":2}";
+  cr_assert_neq(pt_task_parse(m, strlen(m), PT_PARSE_MESSAGE, 0, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "invalid_json", "%s", ie.message);
+}
+
+/* A body of many distinct keys is refused as it is read: it took a compare
+ * of every key with every other one first (130 s for 1 MB, far past the
+ * timeout). */
+Test(task, a_large_body_of_distinct_keys_is_refused_in_linear_time,
+     .timeout = 60) {
+  size_t cap = 1024 * 1024, len = 0;
+  char *b = malloc(cap + 32);
+  pt_task_t t;
+  pt_input_error_t ie;
+  b[len++] = '{';
+  for (int i = 0; len < cap; i++)
+    len += (size_t)snprintf(b + len, 32, "%s\"k%d\":1", i ? "," : "", i);
+  b[len++] = '}';
+  cr_assert_neq(pt_task_parse(b, len, PT_PARSE_SUBMIT, 0, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "unknown_field", "%s", ie.message);
+  free(b);
 }
 
 /* Parses a submit body with this subject and notify_url (NULL: absent). */
