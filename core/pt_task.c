@@ -193,6 +193,33 @@ static int parse_retry(bson_iter_t *it, pt_task_t *t, pt_input_error_t *ie) {
   return 0;
 }
 
+/* Refuses, in params and every object or array within it, a key MongoDB
+ * would refuse in the task's record later, when nothing can be said to the
+ * client any more: an empty one, one that starts with '$' or holds a '.'.
+ * A key with a NUL never gets here (the JSON reader refuses it). Nesting
+ * is bounded too, which bounds this recursion. */
+static int check_params(bson_iter_t *it, int depth, pt_input_error_t *ie) {
+  if (depth > PT_PARAMS_DEPTH)
+    return fail(ie, "invalid_params", "params nests more than %d levels",
+                PT_PARAMS_DEPTH);
+  while (bson_iter_next(it)) {
+    const char *k = bson_iter_key(it);
+    bson_iter_t child;
+    if (k[0] == '\0' || k[0] == '$' || strchr(k, '.') != NULL)
+      return fail(ie, "invalid_params",
+                  "a key in params must not be empty, start with \"$\" or "
+                  "hold \".\": \"%s\"",
+                  k);
+    if (!BSON_ITER_HOLDS_DOCUMENT(it) && !BSON_ITER_HOLDS_ARRAY(it))
+      continue;
+    if (!bson_iter_recurse(it, &child))
+      return fail(ie, "invalid_params", "params is not a valid object");
+    if (check_params(&child, depth + 1, ie) != 0)
+      return PT_EINVAL;
+  }
+  return 0;
+}
+
 /* The top-level fields, one bit each: those a submit requires, then those a
  * message requires too (the check of required fields relies on that
  * order), then the optional ones. */
@@ -338,8 +365,11 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
         return fail(ie, "field_too_long", "params is larger than %d bytes",
                     PT_PARAMS_MAX);
       bson_t view;
-      if (!bson_init_static(&view, data, n))
+      bson_iter_t keys;
+      if (!bson_init_static(&view, data, n) || !bson_iter_init(&keys, &view))
         return fail(ie, "invalid_params", "params is not a valid object");
+      if (check_params(&keys, 1, ie) != 0)
+        return PT_EINVAL;
       /* Own a copy (doc is freed before t). A bson_t is never copied by
        * value: an allocated one points into itself. */
       bson_destroy(&t->params);

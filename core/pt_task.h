@@ -13,6 +13,8 @@
 #define PT_SUBJECT_MAX 256
 #define PT_URL_MAX 1024
 #define PT_PARAMS_MAX 8192
+/* Levels of objects and arrays params may nest, itself included. */
+#define PT_PARAMS_DEPTH 32
 #define PT_RETRY_MAX 5
 /* Scheduled kinds (query, notify) follow their own schedules, longer than
  * a client's retries. */

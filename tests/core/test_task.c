@@ -122,6 +122,14 @@ ParameterizedTestParameters(task, bad_bodies) {
       {GOOD ",\"retry\":5}", "invalid_retry"},
       {GOOD ",\"notify_url\":\"ftp://x\"}", "invalid_notify_url"},
       {GOOD ",\"params\":[1]}", "invalid_params"},
+      /* Keys MongoDB refuses, at any depth, in objects and in arrays. */
+      {GOOD ",\"params\":{\"\":1}}", "invalid_params"},
+      {GOOD ",\"params\":{\"$set\":1}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a.b\":1}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\":{\"b\":{\"\":1}}}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\":[1,{\"$x\":1}]}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\":[[{\"x.y\":1}]]}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\\u0000b\":1}}", "invalid_json"},
       {GOOD ",\"subject\":\"\"}", "invalid_json"},
   };
   return cr_make_param_array(bad_case_t, cases,
@@ -166,6 +174,39 @@ Test(task, a_large_body_of_distinct_keys_is_refused_in_linear_time,
   cr_assert_neq(pt_task_parse(b, len, PT_PARSE_SUBMIT, 0, &t, &ie), 0);
   cr_assert_str_eq(ie.code, "unknown_field", "%s", ie.message);
   free(b);
+}
+
+/* params of `levels` nested objects and arrays ({"a":[{"a":[…]}]}), in
+ * a body. */
+static char *nested_params(int levels, size_t *len) {
+  static char b[1024];
+  size_t n = (size_t)snprintf(b, sizeof b, "%s", GOOD ",\"params\":");
+  for (int i = 0; i < levels; i++)
+    n += (size_t)snprintf(b + n, sizeof b - n, "%s",
+                          i % 2 ? "[" : i + 1 < levels ? "{\"a\":" : "{");
+  for (int i = levels - 1; i >= 0; i--)
+    n += (size_t)snprintf(b + n, sizeof b - n, "%s", i % 2 ? "]" : "}");
+  n += (size_t)snprintf(b + n, sizeof b - n, "}");
+  *len = n;
+  return b;
+}
+
+Test(task, params_nest_a_bounded_number_of_levels) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  size_t len;
+  char *b = nested_params(PT_PARAMS_DEPTH, &len);
+  cr_assert_eq(pt_task_parse(b, len, PT_PARSE_SUBMIT, 0, &t, &ie), 0, "%s: %s",
+               ie.message, b);
+  pt_task_destroy(&t);
+  b = nested_params(PT_PARAMS_DEPTH + 1, &len);
+  cr_assert_neq(pt_task_parse(b, len, PT_PARSE_SUBMIT, 0, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "invalid_params", "%s", ie.message);
+  /* A typed value in extended JSON is a value, not a "$" key. */
+  const char *typed = GOOD ",\"params\":{\"n\":{\"$numberLong\":\"5\"}}}";
+  cr_assert_eq(pt_task_parse(typed, strlen(typed), PT_PARSE_SUBMIT, 0, &t, &ie),
+               0, "%s", ie.message);
+  pt_task_destroy(&t);
 }
 
 /* Parses a submit body with this subject and notify_url (NULL: absent). */

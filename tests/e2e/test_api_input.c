@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/pt_buf.h"
+#include "core/pt_store.h"
 #include "tests/support/pt_stack.h"
 
 static pt_stack_t stack;
@@ -55,6 +56,12 @@ ParameterizedTestParameters(api_input, bad_bodies) {
        "unknown_field"},
       {"{" B ",\"out_trade_no\":\"has space\",\"amount\":1}", 400,
        "invalid_out_trade_no"},
+      /* MongoDB would refuse the task's record for these keys. */
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,\"params\":{\"\":1}}",
+       400, "invalid_params"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,"
+       "\"params\":{\"a\":[{\"b.c\":1}]}}",
+       400, "invalid_params"},
   };
   return cr_make_param_array(bad_t, cases, sizeof cases / sizeof cases[0]);
 }
@@ -70,14 +77,17 @@ static void expect_error(long st, const char *out, int status,
 }
 
 ParameterizedTest(bad_t *c, api_input, bad_bodies) {
-  char *out = NULL;
+  char *out = NULL, key[96], idem[128];
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
-  long st = pt_api_submit(&stack, c->body, NULL, &out);
+  snprintf(key, sizeof key, "%s", pt_unique("bad"));
+  long st = pt_api_submit(&stack, c->body, key, &out);
   expect_error(st, out, c->status, c->code);
   free(out);
   cr_assert_eq(pt_queue_depth("paytask.tasks"), before,
                "a refused task was published");
+  snprintf(idem, sizeof idem, PT_KEY_IDEM "%s", key);
+  cr_assert(!pt_redis_has_key(idem), "a refused task was recorded");
 }
 
 Test(api_input, auth_size_and_routes) {

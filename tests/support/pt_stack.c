@@ -606,13 +606,19 @@ redisContext *pt_test_redis(void) {
   return c;
 }
 
-int pt_redis_has_task(const char *id) {
+int pt_redis_has_key(const char *key) {
   redisContext *c = pt_test_redis();
-  redisReply *r = redisCommand(c, "EXISTS pt:task:%s", id);
+  redisReply *r = redisCommand(c, "EXISTS %s", key);
   int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   freeReplyObject(r);
   redisFree(c);
   return has;
+}
+
+int pt_redis_has_task(const char *id) {
+  char key[64];
+  snprintf(key, sizeof key, "pt:task:%s", id);
+  return pt_redis_has_key(key);
 }
 
 const char *pt_unique(const char *prefix) {

@@ -105,6 +105,8 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* A connection to the test Redis (fails the test when there is none). */
 redisContext *pt_test_redis(void);
 int pt_redis_has_task(const char *id);
+/* Whether Redis holds the key. */
+int pt_redis_has_key(const char *key);
 /* Deletes the task's hash, as if Redis had lost it. */
 void pt_redis_lose_task(const char *id);
 /* A field of the worker's heartbeat (pt:worker:<consumer>, what `paytask
