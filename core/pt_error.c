@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *pt_err_name(int code) {
   switch (code) {
@@ -41,4 +42,15 @@ int pt_error_set(pt_error_t *err, int domain, int code, const char *fmt, ...) {
     va_end(ap);
   }
   return code;
+}
+
+void pt_utf8_copy(char *dst, size_t size, const char *s) {
+  size_t n = strlen(s);
+  if (n >= size) {
+    n = size - 1;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+      n--;
+  }
+  memmove(dst, s, n); /* dst may be s */
+  dst[n] = '\0';
 }

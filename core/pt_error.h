@@ -61,4 +61,10 @@ const char *pt_strerror(int code);
 int pt_error_set(pt_error_t *err, int domain, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Copies s into dst (size > 0 bytes), cut at a UTF-8 character boundary so
+ * that a long message never ends in half a character (it goes into JSON
+ * later, and libbson writes no string that is not UTF-8). dst MAY be s:
+ * the string is then cut in place. */
+void pt_utf8_copy(char *dst, size_t size, const char *s);
+
 #endif

@@ -10,17 +10,6 @@
 
 /* ---- text ---- */
 
-void pt_chan_copy_utf8(char *dst, size_t size, const char *s) {
-  size_t n = strlen(s);
-  if (n >= size) {
-    n = size - 1;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-      n--;
-  }
-  memmove(dst, s, n); /* dst may be s */
-  dst[n] = '\0';
-}
-
 int pt_chan_url_encode(pt_buf_t *out, const char *s) {
   static const char hex[] = "0123456789ABCDEF";
   for (; *s != '\0'; s++) {

@@ -1,8 +1,9 @@
 /* What the channel strategies in tasks/channels/ have in common beyond
- * their table: text cut at a character boundary, JSON objects read
- * strictly, keys loaded from PEM files, URL encoding, Beijing time, the
- * payment window, and the outcomes every HTTP channel maps alike. None of
- * it does I/O but pt_chan_load_key, which reads a file (for init only). */
+ * their table: JSON objects read strictly, keys loaded from PEM files, URL
+ * encoding, Beijing time, the payment window, and the outcomes every HTTP
+ * channel maps alike (text is cut at a character boundary by core's
+ * pt_utf8_copy). None of it does I/O but pt_chan_load_key, which reads a
+ * file (for init only). */
 #ifndef PT_CHAN_UTIL_H
 #define PT_CHAN_UTIL_H
 
@@ -18,11 +19,6 @@
 #include "tasks/pt_channel.h"
 
 /* ---- text ---- */
-
-/* Copies s into dst (size > 0 bytes), cut at a character boundary so that
- * a long Chinese message never ends in half a character (it goes into JSON
- * later). dst MAY be s: the string is then cut in place. */
-void pt_chan_copy_utf8(char *dst, size_t size, const char *s);
 
 /* Appends s percent-encoded for a form, a path or a query, keeping RFC
  * 3986's unreserved characters. Returns 0 or PT_ENOMEM. */

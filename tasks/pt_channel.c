@@ -31,8 +31,8 @@ int pt_chan_req_header(pt_chan_req_t *req, const char *name,
 void pt_chan_res_set(pt_chan_res_t *out, pt_outcome_t o, const char *code,
                      const char *message) {
   out->outcome = o;
-  pt_chan_copy_utf8(out->code, sizeof out->code, code ? code : "");
-  pt_chan_copy_utf8(out->message, sizeof out->message, message ? message : "");
+  pt_utf8_copy(out->code, sizeof out->code, code ? code : "");
+  pt_utf8_copy(out->message, sizeof out->message, message ? message : "");
 }
 
 static const char *const trade_names[] = {"UNKNOWN", "NOTPAY",  "PAYING",

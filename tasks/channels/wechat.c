@@ -717,7 +717,7 @@ static void wechat_notify_ack(int ok, const char *why, pt_chan_ack_t *ack) {
   }
   ack->http_status = 400;
   ack->content_type = "application/json";
-  pt_chan_copy_utf8(msg, sizeof msg, why != NULL ? why : "refused");
+  pt_utf8_copy(msg, sizeof msg, why != NULL ? why : "refused");
   /* Shortens the message until the JSON fits the body. */
   for (;;) {
     bson_t b = BSON_INITIALIZER;
@@ -737,7 +737,7 @@ static void wechat_notify_ack(int ok, const char *why, pt_chan_ack_t *ack) {
     if (not_utf8)
       snprintf(msg, sizeof msg, "refused");
     else
-      pt_chan_copy_utf8(msg, strlen(msg) / 2 + 1, msg); /* cut it in half */
+      pt_utf8_copy(msg, strlen(msg) / 2 + 1, msg); /* cut it in half */
   }
 }
 
