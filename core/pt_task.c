@@ -52,13 +52,19 @@ int pt_task_set_str(char **field, const char *s) {
 static int fail(pt_input_error_t *ie, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The message echoes what the client sent (a key, say), so it may be cut:
+ * at a character boundary, or the JSON of the answer could not be written.
+ * It is formatted with one byte more than it keeps, for the cut to see
+ * whether that byte continues a character. */
 static int fail(pt_input_error_t *ie, const char *code, const char *fmt, ...) {
   if (ie != NULL) {
+    char full[sizeof ie->message + 1];
     va_list ap;
     ie->code = code;
     va_start(ap, fmt);
-    vsnprintf(ie->message, sizeof ie->message, fmt, ap);
+    vsnprintf(full, sizeof full, fmt, ap);
     va_end(ap);
+    pt_utf8_copy(ie->message, sizeof ie->message, full);
   }
   return PT_EINVAL;
 }

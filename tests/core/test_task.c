@@ -223,6 +223,24 @@ static int parse_with(const char *subject, const char *notify_url,
   return pt_task_parse(body, strlen(body), PT_PARSE_SUBMIT, 0, t, ie);
 }
 
+/* An error message echoes the client's key; cut to fit, it still ends on
+ * a whole character, or the answer's JSON could not be written. */
+Test(task, a_message_cut_to_fit_ends_on_a_whole_character) {
+  char b[600];
+  pt_task_t t;
+  pt_input_error_t ie;
+  size_t n = (size_t)snprintf(b, sizeof b, "{\"");
+  for (int i = 0; i < 100; i++)
+    n += (size_t)snprintf(b + n, sizeof b - n, "中");
+  n += (size_t)snprintf(b + n, sizeof b - n, "\":1}");
+  cr_assert_neq(pt_task_parse(b, n, PT_PARSE_SUBMIT, 0, &t, &ie), 0);
+  cr_assert_str_eq(ie.code, "unknown_field");
+  size_t len = strlen(ie.message);
+  cr_assert_gt(len, sizeof ie.message - 4, "cut far too short: %zu", len);
+  cr_assert(bson_utf8_validate(ie.message, len, false),
+            "the message ends in half a character");
+}
+
 Test(task, long_strings_are_refused) {
   char subj[300];
   pt_task_t t;

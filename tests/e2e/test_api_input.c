@@ -12,9 +12,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "api/pt_api_reply.h"
 #include "core/pt_buf.h"
+#include "core/pt_http_client.h"
+#include "core/pt_httpd.h"
 #include "core/pt_store.h"
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 static pt_stack_t stack;
 
@@ -25,10 +29,12 @@ TestSuite(api_input, .fini = fini, .timeout = 120);
 #define B "\"type\":\"pay\",\"channel\":\"sim\",\"currency\":\"CNY\",\"subject\":\"s\""
 
 typedef struct {
-  char body[300];
+  char body[400];
   int status;
   char code[32];
 } bad_t;
+
+#define ZH10 "中中中中中中中中中中"
 
 ParameterizedTestParameters(api_input, bad_bodies) {
   static bad_t cases[] = {
@@ -62,6 +68,9 @@ ParameterizedTestParameters(api_input, bad_bodies) {
       {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,"
        "\"params\":{\"a\":[{\"b.c\":1}]}}",
        400, "invalid_params"},
+      /* The message echoes the key, cut to fit: on a character boundary. */
+      {"{\"" ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 "\":1}", 400,
+       "unknown_field"},
   };
   return cr_make_param_array(bad_t, cases, sizeof cases / sizeof cases[0]);
 }
@@ -88,6 +97,51 @@ ParameterizedTest(bad_t *c, api_input, bad_bodies) {
                "a refused task was published");
   snprintf(idem, sizeof idem, PT_KEY_IDEM "%s", key);
   cr_assert(!pt_redis_has_key(idem), "a refused task was recorded");
+}
+
+/* An answer libbson cannot write as JSON (a string that is not UTF-8) is
+ * still a JSON error, never an empty body: pt_reply_doc on a server and a
+ * client on one loop. */
+typedef struct {
+  pt_httpd_t *srv;
+  pt_http_client_t *cli;
+  long code;
+  char body[256];
+} unwritable_t;
+
+static void answer_unwritable(pt_httpd_req_t *req, void *arg) {
+  bson_t doc = BSON_INITIALIZER;
+  (void)arg;
+  bson_append_utf8(&doc, "subject", -1, "\xe4\xb8", 2); /* half of 中 */
+  pt_reply_doc(req, 200, &doc);
+  bson_destroy(&doc);
+}
+
+static void on_unwritable(const pt_http_response_t *res, void *arg) {
+  unwritable_t *u = arg;
+  u->code = res->http_code;
+  snprintf(u->body, sizeof u->body, "%s", res->body ? res->body : "");
+  pt_http_client_destroy(u->cli);
+  pt_httpd_destroy(u->srv);
+}
+
+Test(api_input, an_answer_not_in_utf8_is_still_a_json_error) {
+  uv_loop_t loop;
+  pt_error_t err;
+  unwritable_t u = {0};
+  char url[64];
+  uv_loop_init(&loop);
+  pt_httpd_opts_t o = {.host = "127.0.0.1", .handler = answer_unwritable};
+  u.srv = pt_httpd_new(&loop, &o, &err);
+  cr_assert_not_null(u.srv, "%s", err.message);
+  u.cli = pt_http_client_new(&loop, &err);
+  cr_assert_not_null(u.cli, "%s", err.message);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", pt_httpd_port(u.srv));
+  pt_http_request_t r = {.url = url};
+  cr_assert_eq(pt_http_request(u.cli, &r, on_unwritable, &u), 0);
+  pt_test_run_loop(&loop, 10000, "one answer");
+  expect_error(u.code, u.body, 500, "internal_error");
+  pt_test_close_loop(&loop);
 }
 
 Test(api_input, auth_size_and_routes) {
