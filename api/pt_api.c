@@ -509,10 +509,27 @@ static void handle_get(op_t *op) {
 }
 
 /* cancel */
+static void not_cancellable(op_t *op, const char *status) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "the task is %s and can no longer be cancelled",
+           status);
+  op_error(op, 409, "task_not_cancellable", msg);
+}
+
+/* A task found in MongoDB only is final (synced, then evicted from Redis):
+ * refused as it is while in Redis. */
+static void on_cancel_evicted(op_t *op, const bson_t *doc) {
+  bson_iter_t it;
+  op->on_doc = NULL;
+  not_cancellable(op, bson_iter_init_find(&it, doc, "status") &&
+                              BSON_ITER_HOLDS_UTF8(&it)
+                          ? bson_iter_utf8(&it, NULL)
+                          : "final");
+}
+
 static void on_cancelled(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
   op_t *op = arg;
-  char msg[128];
   if (status != 0) {
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
     return;
@@ -521,12 +538,10 @@ static void on_cancelled(int status, pt_verdict_t v, const char *detail,
     PT_INFO("task_cancelled", "task_id=%s", op->id);
     read_task(op);
   } else if (v == PT_V_CONFLICT) {
-    snprintf(msg, sizeof msg, "the task is %s and can no longer be cancelled",
-             detail);
-    op_error(op, 409, "task_not_cancellable", msg);
+    not_cancellable(op, detail);
   } else {
-    /* Not in Redis: either unknown or final and evicted. */
-    op->status_ok = 409;
+    /* Not in Redis: either unknown (404) or final and evicted. */
+    op->on_doc = on_cancel_evicted;
     read_from_mongo(op);
   }
 }

@@ -260,6 +260,38 @@ Test(pipeline, get_after_eviction_comes_from_mongodb_unchanged) {
   free(after);
 }
 
+/* Cancelling a final task is refused with the same error whether Redis
+ * still holds it or it was synced and evicted (the evicted one was answered
+ * with the task itself). */
+Test(pipeline, cancel_of_a_final_task_is_refused_before_and_after_eviction) {
+  char id[24], url[160], *before = NULL, *after = NULL;
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_SYNC_EVICT_GRACE_S", "1");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(pt_unique("CANCELEVICT"), 100, NULL, NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", stack.api_url, id);
+  cr_assert_eq(pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &before), 409,
+               "%s", before);
+  for (int i = 0; i < 100 && pt_redis_has_task(id); i++)
+    pt_test_sleep_ms(200);
+  cr_assert(!pt_redis_has_task(id), "the task was not evicted from Redis");
+  cr_assert_eq(pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &after), 409,
+               "%s", after);
+  pt_json(after, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "task_not_cancellable",
+                   "%s", after);
+  cr_assert_null(pt_json_str(&doc, "task_id"), "%s", after);
+  bson_destroy(&doc);
+  cr_assert_str_eq(after, before, "the answer changed after eviction");
+  free(before);
+  free(after);
+}
+
 Test(pipeline, wait_holds_until_final_and_unknown_id_is_404) {
   char id[24], *out = NULL;
   bson_t doc;
