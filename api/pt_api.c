@@ -462,40 +462,61 @@ static void read_task_maybe_waiting(op_t *op) {
 
 /* ---- handlers ------------------------------------------------------------ */
 
-static int parse_wait(const char *q, size_t qlen, int max, int *out) {
-  *out = 0;
-  while (q != NULL && qlen > 0) {
+/* Finds the query parameter `name`, matched whole ("force" is not
+ * "noforce"): returns 1 and sets *val and *vlen to its value (empty for
+ * "name" and "name="), 0 when it is absent, -1 when it is given twice.
+ * Values are taken as sent, not percent-decoded: the api's are digits and
+ * words. */
+static int query_param(const pt_httpd_req_t *req, const char *name,
+                       const char **val, size_t *vlen) {
+  size_t qlen, nlen = strlen(name);
+  const char *q = pt_httpd_query(req, &qlen);
+  int found = 0;
+  *val = NULL;
+  *vlen = 0;
+  while (q != NULL) {
     const char *amp = memchr(q, '&', qlen);
     size_t n = amp ? (size_t)(amp - q) : qlen;
-    if (n > 5 && memcmp(q, "wait=", 5) == 0) {
-      int v = 0;
-      if (n - 5 > 4)
+    if (n >= nlen && memcmp(q, name, nlen) == 0 &&
+        (n == nlen || q[nlen] == '=')) {
+      if (found++)
         return -1;
-      for (size_t i = 5; i < n; i++) {
-        if (q[i] < '0' || q[i] > '9')
-          return -1;
-        v = v * 10 + (q[i] - '0');
-      }
-      if (v > max)
-        return -1;
-      *out = v;
-    } else if (n == 4 && memcmp(q, "wait", 4) == 0) {
-      return -1;
+      *val = n == nlen ? q + n : q + nlen + 1;
+      *vlen = n == nlen ? 0 : n - nlen - 1;
     }
     if (amp == NULL)
       break;
     qlen -= n + 1;
     q = amp + 1;
   }
+  return found;
+}
+
+/* ?wait: absent is 0; otherwise 1 to 4 digits, at most max. */
+static int parse_wait(const pt_httpd_req_t *req, int max, int *out) {
+  const char *v;
+  size_t n;
+  int rc = query_param(req, "wait", &v, &n), w = 0;
+  *out = 0;
+  if (rc == 0)
+    return 0;
+  if (rc < 0 || n == 0 || n > 4)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return -1;
+    w = w * 10 + (v[i] - '0');
+  }
+  if (w > max)
+    return -1;
+  *out = w;
   return 0;
 }
 
 /* Reads ?wait into op->wait_s; answers 400 and returns -1 if it is bad. */
 static int wait_param(op_t *op) {
-  size_t qlen;
-  const char *q = pt_httpd_query(op->req, &qlen);
   char msg[96];
-  if (parse_wait(q, qlen, (int)op->api->cfg->api_max_wait, &op->wait_s) == 0)
+  if (parse_wait(op->req, (int)op->api->cfg->api_max_wait, &op->wait_s) == 0)
     return 0;
   snprintf(msg, sizeof msg, "wait must be a whole number of seconds, 0 to %d",
            (int)op->api->cfg->api_max_wait);
@@ -886,9 +907,10 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
 }
 
 static void handle_replay(op_t *op) {
-  size_t qlen;
-  const char *q = pt_httpd_query(op->req, &qlen);
-  op->force = q != NULL && qlen >= 10 && memmem(q, qlen, "force=true", 10);
+  const char *v;
+  size_t n;
+  op->force = query_param(op->req, "force", &v, &n) == 1 && n == 4 &&
+              memcmp(v, "true", 4) == 0;
   op->on_doc = on_replay_source;
   read_task(op);
 }

@@ -200,6 +200,25 @@ Test(api_input, auth_size_and_routes) {
                out, 400, "invalid_wait");
   }
   free(out);
+  /* An empty wait, or two, is no wait of 0 (which would read task 1). */
+  static const char *const bad_waits[] = {"wait=", "wait=1&wait=2",
+                                          "x=1&wait="};
+  for (size_t i = 0; i < sizeof bad_waits / sizeof bad_waits[0]; i++) {
+    snprintf(url, sizeof url, "%s/v1/tasks/1?%s", stack.api_url, bad_waits[i]);
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_, out, 400, "invalid_wait");
+    free(out);
+    st_ = pt_api_submit_query(&stack, body, NULL, bad_waits[i], &out);
+    expect_error(st_, out, 400, "invalid_wait");
+    free(out);
+  }
+  /* A parameter whose name only ends in "wait" is not wait. */
+  snprintf(url, sizeof url, "%s/v1/tasks/1?nowait=abc", stack.api_url);
+  {
+    long st_ = pt_http("GET", url, "dev-token-change-me", NULL, NULL, &out);
+    expect_error(st_, out, 404, "task_not_found");
+  }
+  free(out);
   const char *bad_key[] = {"Idempotency-Key: has space", NULL};
   snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
   {

@@ -101,3 +101,50 @@ Test(replay, failed_tasks_replayed_by_error_code) {
   pclose(p);
   cr_assert_eq(already, 1, "a second replay was not refused");
 }
+
+/* POST /v1/tasks/{id}/replay with a query string (NULL: none); *out gets
+ * the answer (to free). */
+static long replay(const char *id, const char *query, char **out) {
+  char url[192];
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay%s%s", stack.api_url, id,
+           query ? "?" : "", query ? query : "");
+  return pt_http("POST", url, PT_TEST_TOKEN, "", NULL, out);
+}
+
+/* Submits a task the simulator declines and waits until it has FAILED. */
+static void failed_task(char id[24]) {
+  bson_t doc;
+  char *body = pt_task_body(pt_unique("REPLAYQ"), 100, "{\"decline\": true}",
+                            NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  bson_destroy(&doc);
+}
+
+/* Only a parameter named force, set to true, forces a second replay:
+ * ?noforce=true does not. */
+Test(replay, only_force_true_forces_a_second_replay) {
+  char id[24], *out = NULL;
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  failed_task(id);
+  cr_assert_eq(replay(id, NULL, &out), 202, "%s", out);
+  free(out);
+  static const char *const not_force[] = {"noforce=true", "force=yes",
+                                          "force", "x=force=true"};
+  for (size_t i = 0; i < sizeof not_force / sizeof not_force[0]; i++) {
+    cr_assert_eq(replay(id, not_force[i], &out), 409, "?%s: %s", not_force[i],
+                 out);
+    pt_json(out, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "error.code"), "already_replayed");
+    bson_destroy(&doc);
+    free(out);
+  }
+  cr_assert_eq(replay(id, "x=1&force=true", &out), 202, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_eq(pt_json_int(&doc, "replay_count", -1), 2, "%s", out);
+  bson_destroy(&doc);
+  free(out);
+}
