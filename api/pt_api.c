@@ -73,6 +73,9 @@ typedef struct op {
   void (*on_doc)(struct op *op, const bson_t *doc);
   int republished; /* a retried submit published its PENDING task again */
   int force;
+  /* A replay that set its source's mark (pt:replays:{source}) to
+   * task.replay_count: an error answer takes the mark back first. */
+  int replay_marked;
   char client[32]; /* the token's client */
   const pt_channel_ops_t *chan; /* a channel notification */
   pt_chan_notify_t note;
@@ -119,9 +122,16 @@ static void op_free(op_t *op) {
   maybe_stop(api);
 }
 
+static void unmark_replay(op_t *op, int status, const char *code,
+                          const char *message);
+
 static void op_error(op_t *op, int status, const char *code,
                      const char *message) {
   char labels[96];
+  if (op->replay_marked) {
+    unmark_replay(op, status, code, message); /* nothing was replayed */
+    return;
+  }
   snprintf(labels, sizeof labels, "status=\"%d\",code=\"%s\"", status, code);
   pt_metrics_inc(op->api->metrics, "paytask_api_errors_total",
                  "requests answered with an error, by status and code",
@@ -830,7 +840,69 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
 
 /* replay (admin): a FAILED task is submitted again as a new task with the
  * same trade number (the channel refuses a second charge), carrying its
- * lineage: replay_of and replay_count. A second replay needs ?force=true. */
+ * lineage: replay_of and replay_count. A second replay needs ?force=true.
+ * The source is marked (pt:replays:{id}, the replays made) before the
+ * submit, so that two replays at once cannot both pass; a submit that
+ * fails takes its mark back, or a retry would be refused as a second
+ * replay although nothing was replayed. */
+
+/* Takes the mark back only if it is still the one this replay set: DEL for
+ * the first replay, DECR for a forced one, nothing if another replay has
+ * marked the source since. */
+static const char unmark_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end\n"
+    "return redis.call('DECR', KEYS[1])\n";
+
+/* The error answer of a replay that waits for its mark to be taken back:
+ * a client that tries again once answered finds no mark. */
+typedef struct {
+  op_t *op;
+  int status;
+  const char *code; /* a literal, as every error code */
+  char message[256];
+} unmark_t;
+
+static void on_replay_unmarked(redisAsyncContext *ac, void *r,
+                               void *privdata) {
+  redisReply *reply = r;
+  unmark_t *u = privdata;
+  (void)ac;
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    char source[21];
+    pt_id_format(u->op->task.replay_of, source);
+    PT_WARN("replay_unmark_failed",
+            "task_id=%s err=\"%s\" note=\"a retry needs ?force=true\"",
+            source, reply != NULL ? reply->str : "redis connection lost");
+  }
+  op_error(u->op, u->status, u->code, u->message);
+  free(u);
+}
+
+static void unmark_replay(op_t *op, int status, const char *code,
+                          const char *message) {
+  redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+  unmark_t *u = malloc(sizeof *u);
+  char source[21];
+  op->replay_marked = 0;
+  if (u == NULL) {
+    op_error(op, status, code, message);
+    return;
+  }
+  u->op = op;
+  u->status = status;
+  u->code = code;
+  pt_utf8_copy(u->message, sizeof u->message, message);
+  pt_id_format(op->task.replay_of, source);
+  int rc = ac == NULL ? REDIS_ERR
+                      : redisAsyncCommand(ac, on_replay_unmarked, u,
+                                          "EVAL %s 1 pt:replays:%s %d",
+                                          unmark_lua, source,
+                                          op->task.replay_count);
+  if (rc != REDIS_OK)
+    on_replay_unmarked(ac, NULL, u);
+}
+
 static void on_replay_marked(redisAsyncContext *ac, void *r, void *privdata) {
   op_t *op = privdata;
   redisReply *reply = r;
@@ -848,6 +920,7 @@ static void on_replay_marked(redisAsyncContext *ac, void *r, void *privdata) {
   op->task.replay_count = reply->type == REDIS_REPLY_INTEGER
                               ? (int)reply->integer
                               : 1;
+  op->replay_marked = 1;
   submit_task(op, "", 0);
 }
 

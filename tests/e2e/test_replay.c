@@ -13,8 +13,12 @@
 #define N 200
 
 static pt_stack_t stack;
+static pt_stack_t nobroker; /* an api that cannot reach the broker */
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) {
+  pt_stack_stop(&stack);
+  pt_stack_stop(&nobroker);
+}
 
 TestSuite(replay, .fini = fini, .timeout = 300);
 
@@ -102,11 +106,12 @@ Test(replay, failed_tasks_replayed_by_error_code) {
   cr_assert_eq(already, 1, "a second replay was not refused");
 }
 
-/* POST /v1/tasks/{id}/replay with a query string (NULL: none); *out gets
- * the answer (to free). */
-static long replay(const char *id, const char *query, char **out) {
+/* POST /v1/tasks/{id}/replay to s's api with a query string (NULL: none);
+ * *out gets the answer (to free). */
+static long replay(pt_stack_t *s, const char *id, const char *query,
+                   char **out) {
   char url[192];
-  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay%s%s", stack.api_url, id,
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay%s%s", s->api_url, id,
            query ? "?" : "", query ? query : "");
   return pt_http("POST", url, PT_TEST_TOKEN, "", NULL, out);
 }
@@ -130,21 +135,58 @@ Test(replay, only_force_true_forces_a_second_replay) {
   bson_t doc;
   pt_stack_start(&stack, 1, NULL);
   failed_task(id);
-  cr_assert_eq(replay(id, NULL, &out), 202, "%s", out);
+  cr_assert_eq(replay(&stack, id, NULL, &out), 202, "%s", out);
   free(out);
   static const char *const not_force[] = {"noforce=true", "force=yes",
                                           "force", "x=force=true"};
   for (size_t i = 0; i < sizeof not_force / sizeof not_force[0]; i++) {
-    cr_assert_eq(replay(id, not_force[i], &out), 409, "?%s: %s", not_force[i],
-                 out);
+    cr_assert_eq(replay(&stack, id, not_force[i], &out), 409, "?%s: %s",
+                 not_force[i], out);
     pt_json(out, &doc);
     cr_assert_str_eq(pt_json_str(&doc, "error.code"), "already_replayed");
     bson_destroy(&doc);
     free(out);
   }
-  cr_assert_eq(replay(id, "x=1&force=true", &out), 202, "%s", out);
+  cr_assert_eq(replay(&stack, id, "x=1&force=true", &out), 202, "%s", out);
   pt_json(out, &doc);
   cr_assert_eq(pt_json_int(&doc, "replay_count", -1), 2, "%s", out);
   bson_destroy(&doc);
   free(out);
+}
+
+/* Replays id through s's api and checks the answer's status and, for a
+ * 202, the new task's replay_count, or else the error code. */
+static void replay_answers(pt_stack_t *s, const char *id, const char *query,
+                           long status, const char *code, int count) {
+  char *out = NULL;
+  bson_t doc;
+  cr_assert_eq(replay(s, id, query, &out), status, "%s", out);
+  pt_json(out, &doc);
+  if (code != NULL)
+    cr_assert_str_eq(pt_json_str(&doc, "error.code"), code, "%s", out);
+  else
+    cr_assert_eq(pt_json_int(&doc, "replay_count", -1), count, "%s", out);
+  bson_destroy(&doc);
+  free(out);
+}
+
+/* A replay whose submit failed (503: the api cannot reach the broker)
+ * replayed nothing, and the next try, forced or not, is taken as the
+ * replay it failed to be (its mark was left, and the next try refused as
+ * already_replayed). */
+Test(replay, a_replay_whose_submit_failed_can_be_tried_again) {
+  char id[24];
+  pt_stack_start(&stack, 1, NULL);
+  failed_task(id);
+  pt_stack_env(&nobroker, "PAYTASK_AMQP_URI",
+               "amqp://guest:guest@127.0.0.1:1/");
+  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
+  pt_stack_start(&nobroker, 0, NULL);
+  unsetenv("PT_STACK_NO_READY_WAIT");
+
+  replay_answers(&nobroker, id, NULL, 503, "broker_unavailable", 0);
+  replay_answers(&stack, id, NULL, 202, NULL, 1);
+  replay_answers(&nobroker, id, "force=true", 503, "broker_unavailable", 0);
+  replay_answers(&stack, id, "force=true", 202, NULL, 2);
+  replay_answers(&stack, id, NULL, 409, "already_replayed", 0);
 }
