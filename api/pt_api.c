@@ -1541,7 +1541,8 @@ int pt_api_run(const pt_config_t *cfg) {
                        .setup = pt_topology_declare,
                        .setup_arg = (void *)cfg,
                        .on_lost = on_amqp_lost,
-                       .lost_arg = &api};
+                       .lost_arg = &api,
+                       .confirm_timeout_ms = (int)cfg->amqp_confirm_timeout_ms};
   api.amqp = pt_amqp_new(api.loop, &ao);
   uv_timer_init(api.loop, &api.redis_retry);
   api.redis_retry.data = &api;

@@ -40,6 +40,7 @@ typedef struct {
   pt_amqp_confirm_cb cb;
   void *arg;
   int done;
+  uint64_t at_ms; /* loop time of the publish */
 } pending_t;
 
 /* The message being assembled on the consumer channel: basic.deliver, then
@@ -61,11 +62,12 @@ struct pt_amqp {
   pt_amqp_lost_cb on_lost;
   void *lost_arg;
   int connect_timeout_ms;
+  int confirm_timeout_ms;
 
   state_t state;
   int destroyed;
   int busy;          /* our frames on the stack that will touch the struct */
-  int polls_closing; /* poll handles whose close callback is still due */
+  int polls_closing; /* handles (poll, timer) whose close callback is due */
 
   /* Connecting: written by the thread-pool job, read by after_connect. */
   uv_work_t work;
@@ -78,6 +80,7 @@ struct pt_amqp {
   /* Ready: owned by the loop thread. */
   amqp_connection_state_t conn;
   uv_poll_t *poll; /* one per connection, freed in its close callback */
+  uv_timer_t *confirm_timer; /* likewise: checks the oldest confirm */
   int kicked;      /* also polling for UV_WRITABLE, see kick() */
   int broken;      /* a write failed; on_io reports it */
   int blocked;     /* connection.blocked: the broker reads no publishes */
@@ -184,6 +187,8 @@ pt_amqp_t *pt_amqp_new(uv_loop_t *loop, const pt_amqp_opts_t *opts) {
   c->setup_arg = opts->setup_arg;
   c->on_lost = opts->on_lost;
   c->lost_arg = opts->lost_arg;
+  c->confirm_timeout_ms =
+      opts->confirm_timeout_ms > 0 ? opts->confirm_timeout_ms : 30000;
   c->connect_timeout_ms =
       opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
   c->first_seq = 1;
@@ -314,6 +319,11 @@ static void detach(pt_amqp_t *c, bye_t bye) {
   if (c->poll != NULL) {
     uv_close((uv_handle_t *)c->poll, on_poll_close);
     c->poll = NULL;
+    c->polls_closing++;
+  }
+  if (c->confirm_timer != NULL) {
+    uv_close((uv_handle_t *)c->confirm_timer, on_poll_close);
+    c->confirm_timer = NULL;
     c->polls_closing++;
   }
   if (c->conn != NULL) {
@@ -737,6 +747,25 @@ static void connect_work(uv_work_t *w) {
   c->work_status = connect_blocking(c, &c->work_conn, &c->work_err);
 }
 
+/* A broker that confirms nothing for confirm_timeout_ms is taken for gone,
+ * as a missed heartbeat would be: the connection is dropped, so that its
+ * publishes fail (their owners withdraw or retry them) and a new one is
+ * made, instead of requests waiting without end. */
+static void on_confirm_check(uv_timer_t *t) {
+  pt_amqp_t *c = t->data;
+  if (c->state != ST_READY || c->unconfirmed == 0 || c->len == 0)
+    return;
+  uint64_t age = uv_now(c->loop) - c->ring[c->head].at_ms;
+  if (age <= (uint64_t)c->confirm_timeout_ms)
+    return;
+  c->busy++;
+  lose(c, BYE_CLOSE, PT_ETIMEDOUT,
+       "the broker confirmed no publish for %llu ms (%zu waiting)",
+       (unsigned long long)age, c->unconfirmed);
+  c->busy--;
+  maybe_free(c);
+}
+
 /* Hands conn to the loop: polls its socket and numbers publishes afresh.
  * On failure conn is closed. */
 static int attach(pt_amqp_t *c, amqp_connection_state_t conn, pt_error_t *err) {
@@ -760,6 +789,14 @@ static int attach(pt_amqp_t *c, amqp_connection_state_t conn, pt_error_t *err) {
                       "cannot poll the broker socket: %s", uv_strerror(rc));
     goto fail;
   }
+  c->confirm_timer = malloc(sizeof *c->confirm_timer);
+  if (c->confirm_timer == NULL) {
+    rc = pt_error_set(err, PT_DOMAIN_AMQP, PT_ENOMEM, "out of memory");
+    goto fail;
+  }
+  uv_timer_init(c->loop, c->confirm_timer);
+  c->confirm_timer->data = c;
+  uv_timer_start(c->confirm_timer, on_confirm_check, 1000, 1000);
   c->state = ST_READY;
   c->first_seq = 1; /* confirm.select numbers publishes from 1 */
   c->head = 0;
@@ -879,6 +916,7 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   p->cb = cb;
   p->arg = arg;
   p->done = 0;
+  p->at_ms = uv_now(c->loop);
   c->len++;
   c->unconfirmed++;
   after_write(c);

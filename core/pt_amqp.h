@@ -96,6 +96,9 @@ typedef struct {
   pt_amqp_lost_cb on_lost;   /* MAY be NULL */
   void *lost_arg;
   int connect_timeout_ms;    /* 0: 5000 */
+  /* A publish unconfirmed for this long drops the connection: every
+   * waiting publish fails with PT_ECLOSED, and on_lost is called. 0: 30000 */
+  int confirm_timeout_ms;
 } pt_amqp_opts_t;
 
 /* Allocates a handle; nothing connects yet. The strings in opts are copied.

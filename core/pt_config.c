@@ -51,6 +51,10 @@ static const cfg_key_t keys[] = {
      "classic or quorum (quorum for a cluster)"},
     {"amqp.prefetch", I(amqp_prefetch), "500", 1, 65535, 0,
      "unacknowledged tasks one worker holds at once"},
+    {"amqp.confirm_timeout_ms", I(amqp_confirm_timeout_ms), "30000", 1000,
+     600000, 0,
+     "a publish the broker has not confirmed after this long drops the "
+     "connection (its publishes fail and are withdrawn or retried)"},
     {"redis.uri", S(redis_uri), "redis://127.0.0.1:6382/0", 0, 0, 1,
      "Redis URI"},
     {"mongodb.uri", S(mongodb_uri), "mongodb://127.0.0.1:27027/paytask", 0, 0,

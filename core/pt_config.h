@@ -27,6 +27,7 @@ typedef struct {
   char amqp_uri[PT_CFG_STR_MAX];
   char amqp_queue_type[16];
   int64_t amqp_prefetch;
+  int64_t amqp_confirm_timeout_ms;
   char redis_uri[PT_CFG_STR_MAX];
   char mongodb_uri[PT_CFG_STR_MAX];
   /* worker */

@@ -1077,7 +1077,8 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
                        .setup = pt_topology_declare,
                        .setup_arg = (void *)cfg,
                        .on_lost = on_amqp_lost,
-                       .lost_arg = &w};
+                       .lost_arg = &w,
+                       .confirm_timeout_ms = (int)cfg->amqp_confirm_timeout_ms};
   w.amqp = pt_amqp_new(w.loop, &ao);
   w.redis = pt_redis_connect(w.loop, cfg->redis_uri, on_redis_lost, &w, &err);
   w.http = pt_http_client_new(w.loop, &err);

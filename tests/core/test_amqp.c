@@ -916,6 +916,83 @@ Test(amqp, destroy_cancels_pending_confirms, .timeout = 30) {
   pt_test_close_loop(&loop);
 }
 
+/* A broker that confirms nothing (here: a memory alarm, which stops it
+ * reading publishes) drops the connection after confirm_timeout_ms: the
+ * publish fails with PT_ECLOSED and on_lost says why, instead of the
+ * publish waiting for as long as the alarm lasts. */
+
+typedef struct {
+  outcome_t ready;
+  int confirms, confirm_status;
+  int lost, lost_status;
+  char lost_message[256];
+} stall_t;
+
+static void broker(const char *args) {
+  char cmd[512];
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
+           src ? src : ".", args);
+  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
+}
+
+static void lift_alarm(void) {
+  broker("set_vm_memory_high_watermark 0.4");
+}
+
+static void stall_on_confirm(pt_amqp_t *c, int status, void *arg) {
+  stall_t *st = arg;
+  (void)c;
+  st->confirms++;
+  st->confirm_status = status;
+}
+
+static void stall_on_lost(pt_amqp_t *c, int status, const pt_error_t *err,
+                          void *arg) {
+  stall_t *st = arg;
+  st->lost++;
+  st->lost_status = status;
+  snprintf(st->lost_message, sizeof st->lost_message, "%s", err->message);
+  pt_amqp_destroy(c);
+}
+
+static void stall_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                           void *arg) {
+  stall_t *st = arg;
+  st->ready.calls++;
+  st->ready.status = status;
+  if (status < 0) {
+    snprintf(st->ready.message, sizeof st->ready.message, "%s", err->message);
+    pt_amqp_destroy(c);
+    return;
+  }
+  broker("set_vm_memory_high_watermark absolute 1");
+  cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
+                               stall_on_confirm, st),
+               0);
+}
+
+Test(amqp, a_broker_that_confirms_nothing_is_dropped, .timeout = 60,
+     .fini = lift_alarm) {
+  stall_t st = {0};
+  pt_amqp_opts_t opts = {.uri = amqp_uri(),
+                         .on_lost = stall_on_lost,
+                         .lost_arg = &st,
+                         .confirm_timeout_ms = 1500};
+  pt_amqp_t *c = pt_amqp_new(&loop, &opts);
+  cr_assert_not_null(c);
+  cr_assert_eq(pt_amqp_start(c, stall_on_ready, &st), 0);
+  pt_test_run_loop(&loop, 40000, "the unconfirmed publish");
+  cr_assert_eq(st.ready.status, 0, "connect: %s", st.ready.message);
+  cr_assert_eq(st.confirms, 1);
+  cr_assert_eq(st.confirm_status, PT_ECLOSED);
+  cr_assert_eq(st.lost, 1);
+  cr_assert_eq(st.lost_status, PT_ETIMEDOUT, "lost: %s", st.lost_message);
+  cr_assert_neq(strstr(st.lost_message, "confirmed no publish"), NULL, "%s",
+                st.lost_message);
+  pt_test_close_loop(&loop);
+}
+
 /* URIs (no server) */
 
 Test(amqp, uri_check) {
