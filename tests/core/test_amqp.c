@@ -928,16 +928,8 @@ typedef struct {
   char lost_message[256];
 } stall_t;
 
-static void broker(const char *args) {
-  char cmd[512];
-  const char *src = getenv("PAYTASK_SOURCE_DIR");
-  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
-           src ? src : ".", args);
-  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
 static void lift_alarm(void) {
-  broker("set_vm_memory_high_watermark 0.4");
+  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
 }
 
 static void stall_on_confirm(pt_amqp_t *c, int status, void *arg) {
@@ -966,7 +958,7 @@ static void stall_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
     pt_amqp_destroy(c);
     return;
   }
-  broker("set_vm_memory_high_watermark absolute 1");
+  pt_test_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
                                stall_on_confirm, st),
                0);

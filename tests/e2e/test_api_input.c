@@ -256,17 +256,9 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   free(out);
 }
 
-static void rabbitmqctl(const char *args) {
-  char cmd[1024];
-  const char *src = getenv("PAYTASK_SOURCE_DIR");
-  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
-           src ? src : ".", args);
-  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
 /* RabbitMQ's default memory watermark, which the alarm test moved. */
 static void lift_alarm(void) {
-  rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
   pt_stack_stop(&stack);
 }
 
@@ -315,7 +307,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
   pthread_t th;
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
-  rabbitmqctl("set_vm_memory_high_watermark absolute 1");
+  pt_test_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   char *first = pt_task_body(pt_unique("ALARM"), 100, NULL, NULL);
   submit_arg_t a = {first, 0, NULL};
   cr_assert_eq(pthread_create(&th, NULL, submit_main, &a), 0);
@@ -324,7 +316,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
   long st = pt_api_submit(&stack, body, NULL, &out);
   expect_error(st, out, 503, "broker_unavailable");
   free(out);
-  rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
   pthread_join(th, NULL);
   cr_assert_eq(a.status, 202, "the task sent as the alarm began: %ld %s",
                a.status, a.out ? a.out : "");

@@ -155,3 +155,11 @@ double pt_test_metric(const char *text, const char *series) {
       return strtod(p + n + 1, NULL);
   return -1;
 }
+
+void pt_test_rabbitmqctl(const char *args) {
+  char cmd[1024];
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
+           src ? src : ".", args);
+  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
+}

@@ -13,6 +13,10 @@
  * naming the server if it is not set. */
 const char *pt_test_uri(const char *var, const char *server);
 
+/* Runs scripts/rabbitmqctl ARGS against the test broker (fails the test
+ * if it fails), e.g. "set_vm_memory_high_watermark absolute 1". */
+void pt_test_rabbitmqctl(const char *args);
+
 /* Runs loop until it has nothing left to do, or fails the test after
  * timeout_ms with a message naming `what` (so a dead server makes a test
  * fail, never hang). The watchdog timer is closed before returning. */
