@@ -103,21 +103,17 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
   return 0;
 }
 
-/* 1 if every write error in a bulk reply is a duplicate key (11000). */
-static int only_duplicates(const bson_t *reply) {
-  bson_iter_t it, errs, e, code;
+/* Reads the per-document errors of a failed unordered bulk insert. A
+ * duplicate key (11000) means the document is there already. Any other
+ * error is that document's own (the server refused it, e.g. a key it does
+ * not allow): it is marked refused, and the rest of the batch counts as
+ * written. ops[k] is the item of the bulk's k-th insert. Returns 1 if the
+ * batch counts as written, 0 if it must be retried (no per-document
+ * errors: the server or the link failed; or a write concern error). */
+static int settle_write_errors(const bson_t *reply, item_t *items,
+                               const size_t *ops, size_t nops) {
+  bson_iter_t it, errs, e;
   int seen = 0;
-  if (!bson_iter_init_find(&it, reply, "writeErrors") ||
-      !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &errs))
-    return 0;
-  while (bson_iter_next(&errs)) {
-    if (!bson_iter_recurse(&errs, &e) || !bson_iter_find(&e, "code"))
-      return 0;
-    code = e;
-    if (bson_iter_as_int64(&code) != 11000)
-      return 0;
-    seen++;
-  }
   if (bson_iter_init_find(&it, reply, "writeConcernErrors") &&
       BSON_ITER_HOLDS_ARRAY(&it)) {
     uint32_t len;
@@ -125,6 +121,34 @@ static int only_duplicates(const bson_t *reply) {
     bson_iter_array(&it, &len, &data);
     if (len > 5) /* a non-empty array */
       return 0;
+  }
+  if (!bson_iter_init_find(&it, reply, "writeErrors") ||
+      !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &errs))
+    return 0;
+  while (bson_iter_next(&errs)) {
+    int64_t code = -1, index = -1;
+    const char *msg = "";
+    if (!bson_iter_recurse(&errs, &e))
+      return 0;
+    while (bson_iter_next(&e)) {
+      const char *k = bson_iter_key(&e);
+      if (strcmp(k, "code") == 0)
+        code = bson_iter_as_int64(&e);
+      else if (strcmp(k, "index") == 0)
+        index = bson_iter_as_int64(&e);
+      else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&e))
+        msg = bson_iter_utf8(&e, NULL);
+    }
+    if (index < 0 || (size_t)index >= nops)
+      return 0;
+    seen++;
+    if (code == 11000)
+      continue;
+    item_t *item = &items[ops[index]];
+    item->refused = 1;
+    PT_ERROR("sync_bad_document",
+             "task_id=%s code=%lld err=\"%s\" kept_in_redis=1", item->id,
+             (long long)code, msg);
   }
   return seen > 0;
 }
@@ -143,8 +167,13 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
       mongoc_collection_create_bulk_operation_with_opts(s->tasks, &opts);
   bson_destroy(&opts);
   size_t ops = 0;
+  size_t *op_item = malloc((n > 0 ? n : 1) * sizeof *op_item);
+  if (op_item == NULL) {
+    mongoc_bulk_operation_destroy(bulk);
+    return -1;
+  }
   for (size_t i = 0; i < n; i++) {
-    if (!items[i].has_doc)
+    if (!items[i].has_doc || items[i].refused)
       continue;
     if (!mongoc_bulk_operation_insert_with_opts(bulk, &items[i].doc, NULL,
                                                 &e)) {
@@ -155,13 +184,13 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
       PT_ERROR("sync_bad_document", "task_id=%s err=\"%s\" kept_in_redis=1",
                items[i].id, e.message);
     } else {
-      ops++;
+      op_item[ops++] = i;
     }
   }
   int ok = 1;
   if (ops > 0) {
     ok = mongoc_bulk_operation_execute(bulk, &reply, &e) != 0 ||
-         only_duplicates(&reply);
+         settle_write_errors(&reply, items, op_item, ops);
     if (ok) /* a write retried while MongoDB is down counts once */
       atomic_fetch_add(&s->bulk_writes, 1);
     else
@@ -169,6 +198,7 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
     bson_destroy(&reply);
   }
   mongoc_bulk_operation_destroy(bulk);
+  free(op_item);
   return ok ? 0 : -1;
 }
 
