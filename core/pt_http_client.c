@@ -41,17 +41,41 @@ struct xfer {
   void *arg;
   struct curl_slist *hdrs;
   pt_buf_t body, headers;
+  const char *too_large; /* why the answer was cut off, or NULL */
   char errbuf[CURL_ERROR_SIZE];
   xfer_t *prev, *next;
 };
 
+#define STR(x) STR_(x)
+#define STR_(x) #x
+
+/* Keeps len more bytes of the answer in b, unless b would pass max: then
+ * it takes nothing, so curl ends the transfer with CURLE_WRITE_ERROR, and
+ * check_done reports `why` instead of curl's message. */
+static size_t keep(xfer_t *x, pt_buf_t *b, size_t max, const char *why,
+                   const char *p, size_t len) {
+  if (len > max - b->len) {
+    x->too_large = why;
+    return 0;
+  }
+  return pt_buf_append(b, p, len) == 0 ? len : 0;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg) {
+  xfer_t *x = arg;
+  return keep(x, &x->body, PT_HTTP_MAX_BODY,
+              "the reply was too large: its body passed "
+              STR(PT_HTTP_MAX_BODY) " bytes", p, size * n);
+}
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   xfer_t *x = arg;
   /* Keep only the last header block (after a 100 Continue, say). */
   if (size * n >= 5 && memcmp(p, "HTTP/", 5) == 0)
     x->headers.len = 0;
-  return pt_buf_append(&x->headers, p, size * n) == 0 ? size * n : 0;
+  return keep(x, &x->headers, PT_HTTP_MAX_HEADERS,
+              "the reply was too large: its headers passed "
+              STR(PT_HTTP_MAX_HEADERS) " bytes", p, size * n);
 }
 
 static void unlink_xfer(xfer_t *x) {
@@ -110,9 +134,12 @@ static void check_done(pt_http_client_t *c) {
       status = PT_ECONNECT;
     else if (rc != CURLE_OK)
       status = PT_EHTTP;
-    finish(x, status,
-           rc == CURLE_OK ? NULL
-                          : (x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc)));
+    const char *error = NULL;
+    if (rc == CURLE_WRITE_ERROR && x->too_large != NULL)
+      error = x->too_large;
+    else if (rc != CURLE_OK)
+      error = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    finish(x, status, error);
   }
 }
 
@@ -232,8 +259,8 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &x->body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,

@@ -12,6 +12,14 @@
 
 typedef struct pt_http_client pt_http_client_t;
 
+/* The most an answer may hold. A channel answers in a few KiB, but a
+ * notify_url is a client's: a URL that streams without end must not run
+ * the worker out of memory. A longer answer is cut off as it passes the
+ * limit and reported as PT_EHTTP, its error saying the reply was too
+ * large. */
+#define PT_HTTP_MAX_BODY 1048576  /* 1 MiB */
+#define PT_HTTP_MAX_HEADERS 65536 /* 64 KiB, the last header block */
+
 typedef struct {
   const char *method;        /* "GET", "POST", …; NULL: GET, or POST if body */
   const char *url;
@@ -23,7 +31,8 @@ typedef struct {
 
 typedef struct {
   int status;            /* 0 on success (an HTTP answer arrived), or PT_ETIMEDOUT,
-                            PT_ECONNECT, PT_EHTTP for transport failures */
+                            PT_ECONNECT, PT_EHTTP for transport failures
+                            and answers over the limits above */
   long http_code;        /* HTTP status when status == 0 */
   const char *body;      /* NUL-terminated for convenience */
   size_t body_len;

@@ -36,6 +36,30 @@ static void on_later(uv_timer_t *t) {
   uv_close((uv_handle_t *)t, on_later_closed);
 }
 
+/* /size/N answers N bytes of body; /headers/N, N headers of 1,000 bytes
+ * each. */
+static void big_answer(pt_httpd_req_t *req, const char *path) {
+  enum { MAX_PADS = 100 };
+  static char names[MAX_PADS][32], value[1001];
+  const char *headers[2 * MAX_PADS + 1] = {NULL};
+  size_t n = strtoul(strrchr(path, '/') + 1, NULL, 10);
+  if (strncmp(path, "/size/", 6) == 0) {
+    char *body = malloc(n);
+    memset(body, 'x', n);
+    pt_httpd_respond(req, 200, "text/plain", body, n, NULL);
+    free(body);
+    return;
+  }
+  cr_assert_leq(n, MAX_PADS);
+  memset(value, 'v', sizeof value - 1);
+  for (size_t i = 0; i < n; i++) {
+    snprintf(names[i], sizeof names[i], "X-Pad-%zu", i);
+    headers[2 * i] = names[i];
+    headers[2 * i + 1] = value;
+  }
+  pt_httpd_respond(req, 200, "text/plain", "", 0, headers);
+}
+
 static void handler(pt_httpd_req_t *req, void *arg) {
   ctx_t *c = arg;
   size_t plen, blen;
@@ -45,6 +69,10 @@ static void handler(pt_httpd_req_t *req, void *arg) {
   snprintf(path, sizeof path, "%.*s", (int)plen, p);
   if (strncmp(path, "/hold", 5) == 0) {
     c->held = req; /* answered by the test later */
+    return;
+  }
+  if (strncmp(path, "/size/", 6) == 0 || strncmp(path, "/headers/", 9) == 0) {
+    big_answer(req, path);
     return;
   }
   /* Even numbers answer at once, odd ones from a timer: deferred. */
@@ -145,12 +173,16 @@ typedef struct {
   ctx_t *c;
   int status;
   long code;
+  size_t body_len;
+  char error[256];
 } one_t;
 
 static void on_one(const pt_http_response_t *res, void *arg) {
   one_t *o = arg;
   o->status = res->status;
   o->code = res->http_code;
+  o->body_len = res->body_len;
+  snprintf(o->error, sizeof o->error, "%s", res->error ? res->error : "");
   o->c->done++;
   if (o->status == PT_ETIMEDOUT && o->c->held != NULL) {
     /* The client gave up; answering now must only free the request. */
@@ -188,6 +220,39 @@ Test(http, limits_and_failures, .timeout = 60) {
   cr_assert_eq(big.code, 413, "over the body limit answered %ld", big.code);
   cr_assert_eq(closed.status, PT_ECONNECT);
   cr_assert_eq(slow.status, PT_ETIMEDOUT);
+  pt_test_close_loop(&loop);
+}
+
+/* An answer is kept up to PT_HTTP_MAX_BODY bytes of body and
+ * PT_HTTP_MAX_HEADERS of headers; a larger one (a notify_url that streams
+ * without end, say) is cut off as it passes the limit, and its error says
+ * the reply was too large. */
+Test(http, answers_over_the_limits_are_cut_off, .timeout = 60) {
+  uv_loop_t loop;
+  ctx_t c;
+  char url[96];
+  one_t full = {0}, big = {0}, headers = {0};
+  setup(&c, &loop, 0);
+  c.expected = 3;
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/size/%d",
+           pt_httpd_port(c.srv), PT_HTTP_MAX_BODY);
+  one(&c, url, NULL, 0, 30000, &full);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/size/%d",
+           pt_httpd_port(c.srv), 3 * PT_HTTP_MAX_BODY);
+  one(&c, url, NULL, 0, 30000, &big);
+  /* 80 KB: over ours, under curl's own limit (300 KB in 7.88). */
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/headers/80",
+           pt_httpd_port(c.srv));
+  one(&c, url, NULL, 0, 30000, &headers);
+  pt_test_run_loop(&loop, 50000, "HTTP answers over the limits");
+  cr_assert_eq(full.status, 0, "an answer at the limit failed: %s", full.error);
+  cr_assert_eq(full.code, 200);
+  cr_assert_eq(full.body_len, PT_HTTP_MAX_BODY);
+  cr_assert_eq(big.status, PT_EHTTP, "a body over the limit was taken");
+  cr_assert(strstr(big.error, "too large") != NULL, "error: %s", big.error);
+  cr_assert_eq(headers.status, PT_EHTTP, "headers over the limit were taken");
+  cr_assert(strstr(headers.error, "too large") != NULL, "error: %s",
+            headers.error);
   pt_test_close_loop(&loop);
 }
 
