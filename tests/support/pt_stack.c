@@ -407,9 +407,11 @@ void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc) {
         (strcmp(status, "SUCCEEDED") == 0 || strcmp(status, "FAILED") == 0 ||
          strcmp(status, "CANCELLED") == 0))
       return;
+    char last[32]; /* status points into doc */
+    snprintf(last, sizeof last, "%s", status ? status : "?");
     bson_destroy(doc);
     cr_assert(time(NULL) < end, "task %s not final after %d s (status %s)",
-              id, timeout_s, status ? status : "?");
+              id, timeout_s, last);
   }
 }
 
