@@ -234,13 +234,22 @@ static void write_finish(job_t *j) {
 
 static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
   job_t *j = arg;
+  worker_t *w = j->w;
   (void)c;
   if (status != 0) {
     /* The copy may not exist: record nothing and let the broker redeliver
-     * the original, which resumes the attempt. */
-    PT_WARN("publish_unconfirmed", "task_id=%s attempt=%d err=\"%s\"",
-            j->task.id_str, j->task.attempt, pt_strerror(status));
-    worker_t *w = j->w;
+     * the original, which resumes the attempt. A refusal (PT_ENACK) leaves
+     * the connection up and the delivery ours: it goes back after a pause,
+     * as after a Redis failure, or it would keep its prefetch slot, and
+     * the task stay RUNNING, until the connection ends. */
+    int ours = j->gen == w->gen && pt_amqp_is_ready(w->amqp);
+    PT_WARN("publish_unconfirmed", "task_id=%s attempt=%d err=\"%s\"%s",
+            j->task.id_str, j->task.attempt, pt_strerror(status),
+            ours ? " note=\"returned to the broker in 1 s\"" : "");
+    if (ours) {
+      job_requeue_later(j);
+      return;
+    }
     job_free(j);
     maybe_finish_drain(w);
     return;
@@ -564,23 +573,35 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
   }
 }
 
-/* A message that cannot be a task goes to the dead queue as it came, so
- * that nothing is dropped silently, and is acknowledged once confirmed. */
+/* A delivery published on as it came: a message that cannot be a task, to
+ * the dead queue, or an early one, to its next delay level. */
 typedef struct {
   worker_t *w;
   unsigned gen;
   uint64_t tag;
 } poison_t;
 
-static void on_poison_confirmed(pt_amqp_t *c, int status, void *arg) {
+/* The delivery is acknowledged once the broker has its copy. If the broker
+ * refuses the copy on a live connection, the delivery goes back to it,
+ * which delivers it again, instead of keeping its prefetch slot until the
+ * connection ends. */
+static void on_passed_on(pt_amqp_t *c, int status, void *arg) {
   poison_t *p = arg;
-  if (status == 0 && p->gen == p->w->gen)
-    pt_amqp_ack(c, p->tag);
+  if (p->gen == p->w->gen) {
+    if (status == 0)
+      pt_amqp_ack(c, p->tag);
+    else if (pt_amqp_nack(c, p->tag, 1) == 0)
+      PT_WARN("publish_unconfirmed", "tag=%llu err=\"%s\" note=\"returned "
+              "to the broker\"", (unsigned long long)p->tag,
+              pt_strerror(status));
+  }
   p->w->inflight--;
   maybe_finish_drain(p->w);
   free(p);
 }
 
+/* A message that cannot be a task goes to the dead queue as it came, so
+ * that nothing is dropped silently, and is acknowledged once confirmed. */
 static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
                            const pt_input_error_t *ie) {
   PT_ERROR("message_rejected", "tag=%llu code=%s err=\"%s\"",
@@ -592,25 +613,10 @@ static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
   *p = (poison_t){w, w->gen, d->delivery_tag};
   w->inflight++;
   if (pt_amqp_publish(w->amqp, "", PT_QUEUE_DEAD, d->body, d->body_len, &msg,
-                      on_poison_confirmed, p) != 0) {
+                      on_passed_on, p) != 0) {
     w->inflight--;
     free(p);
   }
-}
-
-/* A delayed message that arrived before its due time (the delay was
- * longer than the level it waited in) goes on to the next level. */
-static void on_forward_confirmed(pt_amqp_t *c, int status, void *arg) {
-  poison_t *p = arg;
-  if (p->gen == p->w->gen) {
-    if (status == 0)
-      pt_amqp_ack(c, p->tag);
-    else
-      pt_amqp_nack(c, p->tag, 1);
-  }
-  p->w->inflight--;
-  maybe_finish_drain(p->w);
-  free(p);
 }
 
 /* A delivery kept as it came (body and tag), unacknowledged, to be worked
@@ -693,6 +699,8 @@ static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
   return 1;
 }
 
+/* A delayed message that arrived before its due time (the delay was
+ * longer than the level it waited in) goes on to the next level. */
 static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
   int64_t due = pt_topology_due(d->props), now = pt_now_ms();
   int64_t wait = due - now;
@@ -717,7 +725,7 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
   }
   w->inflight++;
   if (pt_amqp_publish(w->amqp, route.exchange, route.routing_key, d->body,
-                      d->body_len, &msg, on_forward_confirmed, p) != 0) {
+                      d->body_len, &msg, on_passed_on, p) != 0) {
     w->inflight--;
     free(p);
     return 0;

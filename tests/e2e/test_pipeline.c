@@ -40,6 +40,16 @@ static int64_t ms_of(const char *ts) {
   return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
+/* Submits a task for the sim channel (see pt_task_body) and waits, 30 s at
+ * most, until it is final. */
+static void run_task(const char *otn, int64_t amount, const char *params_sim,
+                     const char *retry, char id[24], bson_t *doc) {
+  char *body = pt_task_body(otn, amount, params_sim, retry);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, doc);
+}
+
 Test(pipeline, success) {
   char id[24];
   bson_t doc;
@@ -72,10 +82,7 @@ Test(pipeline, retry_then_success_with_linear_gaps) {
   bson_t doc;
   const char *otn = pt_unique("RETRY");
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(otn, 500, "{\"fail_times\": 2}", NULL);
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, &doc);
+  run_task(otn, 500, "{\"fail_times\": 2}", NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
   cr_assert_eq(pt_json_len(&doc, "history"), 3);
@@ -100,11 +107,8 @@ Test(pipeline, exhaustion_fails_to_dead_queue_and_mongodb) {
   bson_t doc, mdoc;
   const char *otn = pt_unique("EXHAUST");
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(otn, 700, "{\"fail_times\": 99}",
-                            "{\"need_retry\": true, \"retry_times\": 2}");
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, &doc);
+  run_task(otn, 700, "{\"fail_times\": 99}",
+           "{\"need_retry\": true, \"retry_times\": 2}", id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "SYSTEM_ERROR");
@@ -122,11 +126,8 @@ Test(pipeline, need_retry_false_fails_after_one_attempt) {
   char id[24];
   bson_t doc;
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(pt_unique("NORETRY"), 100, "{\"fail_times\": 1}",
-                            "{\"need_retry\": false}");
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, &doc);
+  run_task(pt_unique("NORETRY"), 100, "{\"fail_times\": 1}",
+           "{\"need_retry\": false}", id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   bson_destroy(&doc);
@@ -137,10 +138,7 @@ Test(pipeline, decline_fails_at_once) {
   bson_t doc;
   const char *otn = pt_unique("DECLINE");
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(otn, 100, "{\"decline\": true}", NULL);
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, &doc);
+  run_task(otn, 100, "{\"decline\": true}", NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "DECLINED");
@@ -208,6 +206,59 @@ Test(pipeline, a_task_whose_hash_redis_lost_still_runs) {
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
   bson_destroy(&doc);
+}
+
+/* Makes the broker refuse (nack) whatever is published to queue, in the
+ * test's own virtual host. */
+static void refuse(const char *vhost, const char *queue) {
+  pt_rabbitmqctl("set_policy -p '%s' --apply-to queues refuse '^%s$' "
+                 "'{\"max-length\": 0, \"overflow\": \"reject-publish\"}'",
+                 vhost, queue);
+}
+
+/* Waits up to timeout_s until queue holds n ready messages; returns what
+ * it holds. */
+static long wait_depth(const char *queue, long n, int timeout_s) {
+  long depth = pt_queue_depth(queue);
+  for (int i = 0; i < timeout_s * 10 && depth != n; i++) {
+    pt_test_sleep_ms(100);
+    depth = pt_queue_depth(queue);
+  }
+  return depth;
+}
+
+/* The broker refuses the copy for the retry (its delay queue takes
+ * nothing): the delivery goes back to the broker instead of staying
+ * unacknowledged, the task RUNNING, until the connection ends. Delivered
+ * again, the attempt resumes (query, then create) and succeeds. */
+Test(pipeline, a_refused_retry_copy_gives_the_delivery_back) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("REFUSED");
+  refuse(pt_stack_vhost(&stack), "paytask.delay.1s");
+  pt_stack_start(&stack, 1, NULL);
+  run_task(otn, 600, "{\"fail_times\": 1}", NULL, id, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1,
+               "the retry ran, though its copy was refused");
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_ok"), 1);
+  bson_destroy(&doc);
+}
+
+/* A message that is not a task, while the dead queue refuses it: it goes
+ * back to the broker (and comes again) instead of staying unacknowledged;
+ * once the dead queue takes messages again, it is there. */
+Test(pipeline, a_refused_dead_letter_gives_the_delivery_back) {
+  const char *vhost = pt_stack_vhost(&stack);
+  refuse(vhost, "paytask.dead");
+  pt_stack_start(&stack, 1, NULL);
+  pt_amqp_publish_raw("paytask.work", "task", "not a task", 10, NULL);
+  /* The worker took it once the work queue is empty. */
+  cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
+  pt_rabbitmqctl("clear_policy -p '%s' refuse", vhost);
+  cr_assert_eq(wait_depth("paytask.dead", 1, 30), 1,
+               "the message never reached the dead queue");
+  cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
 }
 
 Test(pipeline, idempotency_key) {

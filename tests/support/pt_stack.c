@@ -10,6 +10,7 @@
 #include <mongoc/mongoc.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,7 +257,38 @@ int pt_stack_stop(pt_stack_t *s) {
   bad += stop_pid(s->api, "api");
   bad += stop_pid(s->sim, "sim");
   s->api = s->sim = 0;
+  if (s->vhost[0] != '\0') {
+    pt_rabbitmqctl("delete_vhost '%s'", s->vhost);
+    s->vhost[0] = '\0';
+  }
   return bad;
+}
+
+void pt_rabbitmqctl(const char *fmt, ...) {
+  char args[768], cmd[1024];
+  va_list ap;
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  cr_assert_not_null(src, "PAYTASK_SOURCE_DIR is not set (run through ctest)");
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null", src,
+           args);
+  cr_assert_eq(system(cmd), 0, "rabbitmqctl failed: %s", args);
+}
+
+const char *pt_stack_vhost(pt_stack_t *s) {
+  static char uri[256];
+  const char *base = pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");
+  const char *host = strstr(base, "://");
+  const char *path = host != NULL ? strchr(host + 3, '/') : NULL;
+  int n = path != NULL ? (int)(path - base) : (int)strlen(base);
+  pt_test_unique("paytask-test", s->vhost, sizeof s->vhost);
+  pt_rabbitmqctl("add_vhost '%s'", s->vhost);
+  pt_rabbitmqctl("set_permissions -p '%s' guest '.*' '.*' '.*'", s->vhost);
+  snprintf(uri, sizeof uri, "%.*s/%s", n, base, s->vhost);
+  setenv("PAYTASK_AMQP_URI", uri, 1);
+  return s->vhost;
 }
 
 /* ---- HTTP --------------------------------------------------------------- */
@@ -459,6 +491,31 @@ long pt_queue_depth(const char *queue) {
   long n = ok != NULL ? (long)ok->message_count : -1;
   amqp_close_all(c);
   return n;
+}
+
+void pt_amqp_publish_raw(const char *exchange, const char *routing_key,
+                         const void *body, size_t len,
+                         const amqp_table_t *headers) {
+  amqp_connection_state_t c = amqp_open();
+  amqp_basic_properties_t props = {._flags = AMQP_BASIC_DELIVERY_MODE_FLAG,
+                                   .delivery_mode = AMQP_DELIVERY_PERSISTENT};
+  if (headers != NULL) {
+    props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props.headers = *headers;
+  }
+  amqp_confirm_select(c, 1);
+  cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+  amqp_bytes_t b = {len, (void *)body};
+  cr_assert_eq(amqp_basic_publish(c, 1, amqp_cstring_bytes(exchange),
+                                  amqp_cstring_bytes(routing_key), 0, 0,
+                                  &props, b),
+               AMQP_STATUS_OK);
+  amqp_frame_t f;
+  cr_assert_eq(amqp_simple_wait_frame(c, &f), AMQP_STATUS_OK);
+  cr_assert(f.frame_type == AMQP_FRAME_METHOD &&
+                f.payload.method.id == AMQP_BASIC_ACK_METHOD,
+            "the broker did not take the message");
+  amqp_close_all(c);
 }
 
 int pt_queue_drain_count(const char *queue, const char *message_id) {

@@ -5,6 +5,7 @@
 #ifndef PT_STACK_H
 #define PT_STACK_H
 
+#include <amqp.h>
 #include <bson/bson.h>
 #include <hiredis/hiredis.h>
 #include <stdint.h>
@@ -24,6 +25,7 @@ typedef struct {
   char logdir[256];
   char extra_env[PT_STACK_MAX_ENV][600];
   int nextra;
+  char vhost[96]; /* pt_stack_vhost's, deleted by pt_stack_stop */
 } pt_stack_t;
 
 /* Sets an extra PAYTASK_… variable for the processes started after it. */
@@ -43,9 +45,26 @@ int pt_stack_add_pool(pt_stack_t *s, int processes);
 int pt_stack_stop_worker(pt_stack_t *s, int i, int timeout_s);
 /* Sends sig to worker i and, for SIGKILL, reaps it. */
 void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
-/* SIGTERM to everything, then waits (SIGKILL after 20 s). Returns the
- * number of processes that did not exit 0 by themselves. */
+/* SIGTERM to everything, then waits (SIGKILL after 20 s), and deletes the
+ * virtual host of pt_stack_vhost. Returns the number of processes that did
+ * not exit 0 by themselves. */
 int pt_stack_stop(pt_stack_t *s);
+
+/* Runs $PAYTASK_SOURCE_DIR/scripts/rabbitmqctl with the shell words of
+ * fmt; fails the test if it fails. */
+void pt_rabbitmqctl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A RabbitMQ virtual host of the test's own, for a test that changes the
+ * broker (a policy) where the processes of other tests must not see it:
+ * made now (guest may use it), and PAYTASK_AMQP_URI names it for the rest
+ * of the test (its own process runs each test): the helpers below and the
+ * processes started after it. Call before pt_stack_start. Returns its
+ * name. */
+const char *pt_stack_vhost(pt_stack_t *s);
+/* Publishes a persistent message as something other than paytask would
+ * (headers MAY be NULL); fails the test if the broker does not take it. */
+void pt_amqp_publish_raw(const char *exchange, const char *routing_key,
+                         const void *body, size_t len,
+                         const amqp_table_t *headers);
 
 /* One HTTP request (libcurl easy). Returns the status, or -1 when nothing
  * answered; *body (MAY be NULL) gets the answer, to free(). */
