@@ -684,38 +684,34 @@ static void on_held_due(uv_timer_t *t) {
   maybe_finish_drain(w);
 }
 
+/* Returns 0, or PT_ENOMEM (nothing is held then). */
 static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
                           int64_t wait) {
   held_t *hd = calloc(1, sizeof *hd);
   if (hd == NULL || (hd->k = keep(w, d)) == NULL) {
     free(hd);
-    return 0;
+    return PT_ENOMEM;
   }
   hd->w = w;
   uv_timer_init(w->loop, &hd->timer);
   hd->timer.data = hd;
   uv_timer_start(&hd->timer, on_held_due, (uint64_t)wait, 0);
   w->inflight++;
-  return 1;
+  return 0;
 }
 
-/* A delayed message that arrived before its due time (the delay was
- * longer than the level it waited in) goes on to the next level. */
-static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
-  int64_t due = pt_topology_due(d->props), now = pt_now_ms();
-  int64_t wait = due - now;
-  if (due <= 0 || wait <= 0)
-    return 0;
-  if (wait < 1000)
-    return hold_until_due(w, d, wait);
+/* Publishes d as it came, its own headers included, to the delay level
+ * that fits the time left (at least 1 s); on_passed_on settles d. Returns
+ * 0, or the code of a publish that did not start. */
+static int send_on(worker_t *w, const pt_amqp_delivery_t *d, int64_t due,
+                   int64_t now) {
   pt_route_t route;
   char mid[128];
   poison_t *p = malloc(sizeof *p);
   if (p == NULL)
-    return 0;
+    return PT_ENOMEM;
   *p = (poison_t){w, w->gen, d->delivery_tag};
-  pt_topology_route(due, now, &route); /* a delay level: wait >= 1 s */
-  /* The message goes on as it came, its own headers included. */
+  pt_topology_route(due, now, &route);
   pt_amqp_msg_t msg = {.persistent = 1,
                        .headers = (amqp_table_t *)&d->props->headers};
   if (d->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
@@ -724,11 +720,36 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
     msg.message_id = mid;
   }
   w->inflight++;
-  if (pt_amqp_publish(w->amqp, route.exchange, route.routing_key, d->body,
-                      d->body_len, &msg, on_passed_on, p) != 0) {
+  int rc = pt_amqp_publish(w->amqp, route.exchange, route.routing_key,
+                           d->body, d->body_len, &msg, on_passed_on, p);
+  if (rc != 0) {
     w->inflight--;
     free(p);
+  }
+  return rc;
+}
+
+/* A delayed message that arrived before its due time (the delay was
+ * longer than the level it waited in) goes on to the next level, or is
+ * held here through its last second. Returns 0 when d is due (the caller
+ * runs it), else 1: d is taken even if it could not be sent on or held
+ * (the connection broke in this read, or memory ran out). It then goes
+ * back to the broker, or stays with it when the connection is gone, and
+ * comes again: run early, a close would end its trade's window while the
+ * buyer may still pay. */
+static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
+  int64_t due = pt_topology_due(d->props), now = pt_now_ms();
+  int64_t wait = due - now;
+  if (due <= 0 || wait <= 0)
     return 0;
+  int rc = wait < 1000 ? hold_until_due(w, d, wait) : send_on(w, d, due, now);
+  if (rc != 0) {
+    int back = pt_amqp_nack(w->amqp, d->delivery_tag, 1) == 0;
+    PT_WARN("early_not_forwarded", "tag=%llu due_in_ms=%lld err=\"%s\" "
+            "note=\"%s\"", (unsigned long long)d->delivery_tag,
+            (long long)wait, pt_strerror(rc),
+            back ? "returned to the broker"
+                 : "the connection is lost: the broker redelivers it");
   }
   return 1;
 }

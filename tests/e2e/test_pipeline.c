@@ -261,6 +261,72 @@ Test(pipeline, a_refused_dead_letter_gives_the_delivery_back) {
   cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
 }
 
+/* The message of a new pay task on the sim channel, as the api publishes
+ * it, but with no hash in Redis (the worker rebuilds it when the task
+ * starts); its id into id. Free with bson_free. */
+static char *task_message(const char *otn, char id[24], size_t *len) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  pt_idgen_t ids;
+  char *spec = pt_task_body(otn, 900, NULL, NULL);
+  cr_assert_eq(pt_task_parse(spec, strlen(spec), PT_PARSE_SUBMIT, 0, &t, &ie),
+               0, "%s", ie.message);
+  free(spec);
+  pt_idgen_init(&ids, PT_ID_MAX_NODE);
+  cr_assert_eq(pt_idgen_next(&ids, &t.id), 0);
+  pt_id_format(t.id, t.id_str);
+  snprintf(id, 24, "%s", t.id_str);
+  t.created_at_ms = pt_now_ms();
+  char *json = pt_task_spec_json(&t, 1, len);
+  pt_task_destroy(&t);
+  return json;
+}
+
+/* A task not due yet that cannot be sent on to a delay level goes back to
+ * the broker instead of running at once, and runs when it is due. Here
+ * the publish breaks the worker's connection in the read that delivered
+ * the task: its headers fill the broker's largest frame (131,072 bytes)
+ * but for the 17 bytes of the content type that the worker's copy adds. */
+Test(pipeline, an_early_task_that_cannot_be_sent_on_waits_until_due) {
+  enum { FRAME = 131072, PAD = FRAME - 64 };
+  static char pad[PAD];
+  char id[24], otn[64];
+  bson_t doc;
+  snprintf(otn, sizeof otn, "%s", pt_unique("EARLY"));
+  pt_stack_vhost(&stack); /* no other test's worker takes the message */
+  pt_stack_start(&stack, 1, NULL);
+  run_task(pt_unique("FIRST"), 100, NULL, NULL, id, &doc); /* it consumes */
+  bson_destroy(&doc);
+
+  size_t len;
+  char *body = task_message(otn, id, &len);
+  int64_t due = pt_now_ms() + 6000;
+  /* The content header frame: 8 bytes of framing, 12 of class, weight and
+   * body size, 2 of property flags, the delivery mode (1) and the headers
+   * table: 4 bytes of size, x-pt-due (9 + 1 + 8) and x-pad (6 + 1 + 4 +
+   * PAD). That is FRAME - 8 bytes: the worker's copy needs FRAME + 9. */
+  memset(pad, 'p', sizeof pad);
+  amqp_table_entry_t e[2] = {
+      {.key = amqp_cstring_bytes("x-pt-due"),
+       .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = due}},
+      {.key = amqp_cstring_bytes("x-pad"),
+       .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                 .value.bytes = {sizeof pad, pad}}}};
+  amqp_table_t headers = {2, e};
+  pt_amqp_publish_raw("paytask.work", "task", body, len, &headers);
+  bson_free(body);
+
+  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
+    pt_test_sleep_ms(100);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  int64_t started = ms_of(pt_json_str(&doc, "history.0.started_at"));
+  cr_assert_geq(started, due, "the task ran %lld ms before it was due",
+                (long long)(due - started));
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  bson_destroy(&doc);
+}
+
 Test(pipeline, idempotency_key) {
   char *out1 = NULL, *out2 = NULL, *out3 = NULL;
   bson_t d1, d2, d3;
