@@ -71,8 +71,9 @@ Test(crash, broker_closes_every_connection_midway) {
       /* Deliveries in flight at the worker lose their channel: they must
        * come back, be recognised as redelivered, and not be charged
        * twice; the api and the worker must reconnect by themselves. */
-      pt_rabbitmqctl("close_all_connections --vhost / "
-                     "'paytask test: the broker goes away'");
+      pt_rabbitmqctl("close_all_connections --vhost '%s' "
+                     "'paytask test: the broker goes away'",
+                     pt_amqp_vhost());
     }
   }
   for (int i = 0; i < M; i++) {

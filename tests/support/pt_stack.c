@@ -277,6 +277,16 @@ void pt_rabbitmqctl(const char *fmt, ...) {
   cr_assert_eq(system(cmd), 0, "rabbitmqctl failed: %s", args);
 }
 
+const char *pt_amqp_vhost(void) {
+  static char copy[512], vhost[256];
+  struct amqp_connection_info info;
+  snprintf(copy, sizeof copy, "%s",
+           pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ"));
+  cr_assert_eq(amqp_parse_url(copy, &info), AMQP_STATUS_OK, "bad AMQP URI");
+  snprintf(vhost, sizeof vhost, "%s", info.vhost[0] ? info.vhost : "/");
+  return vhost;
+}
+
 const char *pt_stack_vhost(pt_stack_t *s) {
   static char uri[256];
   const char *base = pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ");

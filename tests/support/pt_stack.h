@@ -53,6 +53,8 @@ int pt_stack_stop(pt_stack_t *s);
 /* Runs $PAYTASK_SOURCE_DIR/scripts/rabbitmqctl with the shell words of
  * fmt; fails the test if it fails. */
 void pt_rabbitmqctl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The virtual host that PAYTASK_AMQP_URI names ("/" for an empty path). */
+const char *pt_amqp_vhost(void);
 /* A RabbitMQ virtual host of the test's own, for a test that changes the
  * broker (a policy) where the processes of other tests must not see it:
  * made now (guest may use it), and PAYTASK_AMQP_URI names it for the rest
