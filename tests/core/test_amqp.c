@@ -929,7 +929,7 @@ typedef struct {
 } stall_t;
 
 static void lift_alarm(void) {
-  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_rabbitmqctl("set_vm_memory_high_watermark 0.4");
 }
 
 static void stall_on_confirm(pt_amqp_t *c, int status, void *arg) {
@@ -958,7 +958,7 @@ static void stall_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
     pt_amqp_destroy(c);
     return;
   }
-  pt_test_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
+  pt_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
                                stall_on_confirm, st),
                0);

@@ -258,7 +258,7 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
 
 /* RabbitMQ's default memory watermark, which the alarm test moved. */
 static void lift_alarm(void) {
-  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_rabbitmqctl("set_vm_memory_high_watermark 0.4");
   pt_stack_stop(&stack);
 }
 
@@ -307,7 +307,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
   pthread_t th;
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
-  pt_test_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
+  pt_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   char *first = pt_task_body(pt_unique("ALARM"), 100, NULL, NULL);
   submit_arg_t a = {first, 0, NULL};
   cr_assert_eq(pthread_create(&th, NULL, submit_main, &a), 0);
@@ -316,7 +316,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
   long st = pt_api_submit(&stack, body, NULL, &out);
   expect_error(st, out, 503, "broker_unavailable");
   free(out);
-  pt_test_rabbitmqctl("set_vm_memory_high_watermark 0.4");
+  pt_rabbitmqctl("set_vm_memory_high_watermark 0.4");
   pthread_join(th, NULL);
   cr_assert_eq(a.status, 202, "the task sent as the alarm began: %ld %s",
                a.status, a.out ? a.out : "");

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 #define N 500
 

@@ -10,7 +10,6 @@
 #include <mongoc/mongoc.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,19 +261,6 @@ int pt_stack_stop(pt_stack_t *s) {
     s->vhost[0] = '\0';
   }
   return bad;
-}
-
-void pt_rabbitmqctl(const char *fmt, ...) {
-  char args[768], cmd[1024];
-  va_list ap;
-  const char *src = getenv("PAYTASK_SOURCE_DIR");
-  cr_assert_not_null(src, "PAYTASK_SOURCE_DIR is not set (run through ctest)");
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null", src,
-           args);
-  cr_assert_eq(system(cmd), 0, "rabbitmqctl failed: %s", args);
 }
 
 const char *pt_amqp_vhost(void) {

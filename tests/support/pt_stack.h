@@ -50,9 +50,6 @@ void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
  * not exit 0 by themselves. */
 int pt_stack_stop(pt_stack_t *s);
 
-/* Runs $PAYTASK_SOURCE_DIR/scripts/rabbitmqctl with the shell words of
- * fmt; fails the test if it fails. */
-void pt_rabbitmqctl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The virtual host that PAYTASK_AMQP_URI names ("/" for an empty path). */
 const char *pt_amqp_vhost(void);
 /* A RabbitMQ virtual host of the test's own, for a test that changes the

@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <stdlib.h>
@@ -156,10 +157,15 @@ double pt_test_metric(const char *text, const char *series) {
   return -1;
 }
 
-void pt_test_rabbitmqctl(const char *args) {
-  char cmd[1024];
+void pt_rabbitmqctl(const char *fmt, ...) {
+  char args[768], cmd[1024];
+  va_list ap;
   const char *src = getenv("PAYTASK_SOURCE_DIR");
-  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null",
-           src ? src : ".", args);
-  cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
+  cr_assert_not_null(src, "PAYTASK_SOURCE_DIR is not set (run through ctest)");
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s/scripts/rabbitmqctl %s >/dev/null", src,
+           args);
+  cr_assert_eq(system(cmd), 0, "rabbitmqctl failed: %s", args);
 }

@@ -13,9 +13,9 @@
  * naming the server if it is not set. */
 const char *pt_test_uri(const char *var, const char *server);
 
-/* Runs scripts/rabbitmqctl ARGS against the test broker (fails the test
- * if it fails), e.g. "set_vm_memory_high_watermark absolute 1". */
-void pt_test_rabbitmqctl(const char *args);
+/* Runs $PAYTASK_SOURCE_DIR/scripts/rabbitmqctl with the shell words of
+ * fmt; fails the test if it fails. */
+void pt_rabbitmqctl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Runs loop until it has nothing left to do, or fails the test after
  * timeout_ms with a message naming `what` (so a dead server makes a test
