@@ -178,6 +178,9 @@ void pt_sim_respond(pt_sim_t *sim, pt_httpd_req_t *req, int status,
   sim->laters = l;
   uv_timer_init(sim->loop, &l->timer);
   l->timer.data = l;
+  /* The loop's clock is the start of this turn, which a busy turn leaves
+   * behind: the delay counts from now, as a channel's would. */
+  uv_update_time(sim->loop);
   uv_timer_start(&l->timer, on_later, (uint64_t)delay_ms, 0);
 }
 
