@@ -25,6 +25,8 @@ struct pt_sync {
   mongoc_client_t *mongo;
   mongoc_collection_t *tasks;
   int64_t last_claim_ms;
+  int indexed;           /* the replay index exists */
+  int64_t last_index_ms; /* the last try, while it failed */
 };
 
 static int64_t mono_ms(void) {
@@ -350,6 +352,35 @@ static long claim_batch(pt_sync_t *s, item_t *items, size_t max) {
   return process(s, items, n);
 }
 
+/* The index `paytask replay` selects by: FAILED tasks created in a time
+ * range. createIndexes does nothing when it exists; tried at the start and
+ * every 30 s until it works (MongoDB may be down). */
+static void ensure_index(pt_sync_t *s) {
+  bson_t cmd = BSON_INITIALIZER, arr, ix, key;
+  bson_error_t e;
+  if (s->indexed || (s->last_index_ms != 0 &&
+                     mono_ms() - s->last_index_ms < 30000))
+    return;
+  s->last_index_ms = mono_ms();
+  BSON_APPEND_UTF8(&cmd, "createIndexes", "tasks");
+  BSON_APPEND_ARRAY_BEGIN(&cmd, "indexes", &arr);
+  BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &ix);
+  BSON_APPEND_DOCUMENT_BEGIN(&ix, "key", &key);
+  BSON_APPEND_INT32(&key, "status", 1);
+  BSON_APPEND_INT32(&key, "created_at", 1);
+  bson_append_document_end(&ix, &key);
+  BSON_APPEND_UTF8(&ix, "name", "status_1_created_at_1");
+  bson_append_document_end(&arr, &ix);
+  bson_append_array_end(&cmd, &arr);
+  if (mongoc_collection_write_command_with_opts(s->tasks, &cmd, NULL, NULL,
+                                                &e)) {
+    s->indexed = 1;
+  } else {
+    PT_WARN("sync_index_failed", "err=\"%s\" retry_in_ms=30000", e.message);
+  }
+  bson_destroy(&cmd);
+}
+
 static void *sync_main(void *arg) {
   pt_sync_t *s = arg;
   size_t max = (size_t)s->cfg->sync_batch;
@@ -369,6 +400,8 @@ static void *sync_main(void *arg) {
       continue;
     }
     long n;
+    if (!stopping)
+      ensure_index(s);
     if (!own_pending_done) {
       /* Entries this consumer read before a restart come first. */
       n = read_batch(s, items, max, pending_from, 0);

@@ -198,3 +198,12 @@ Test(sync, a_document_mongodb_refuses_stays_in_redis) {
   freeReplyObject(redisCommand(r, "DEL pt:task:%s pt:task:%s", b, d));
   redisFree(r);
 }
+
+/* The index `paytask replay` selects by (FAILED tasks created in a time
+ * range) is made by the workers' sync, so that a replay does not read
+ * every task ever synced. */
+Test(sync, the_workers_make_the_replay_index) {
+  pt_stack_start(&stack, 1, NULL);
+  cr_assert(pt_mongo_has_index("status_1_created_at_1", 30),
+            "no index on status and created_at in MongoDB");
+}

@@ -4,6 +4,7 @@
 #include <amqp_tcp_socket.h>
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -573,15 +574,48 @@ static void check_servers(void) {
             e.message);
 }
 
-int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
+/* The test MongoDB's tasks collection, and its client in *cl. */
+static mongoc_collection_t *tasks_collection(mongoc_client_t **cl) {
   const char *uri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
   bson_error_t e;
   mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
   cr_assert_not_null(u, "MongoDB: %s", e.message);
-  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  *cl = mongoc_client_new_from_uri(u);
   const char *db = mongoc_uri_get_database(u);
   mongoc_collection_t *col =
-      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+      mongoc_client_get_collection(*cl, db ? db : "paytask", "tasks");
+  mongoc_uri_destroy(u);
+  return col;
+}
+
+int pt_mongo_has_index(const char *name, int timeout_s) {
+  bson_error_t e;
+  mongoc_client_t *cl;
+  mongoc_collection_t *col = tasks_collection(&cl);
+  int found = 0;
+  time_t end = time(NULL) + timeout_s;
+  while (!found && time(NULL) <= end) {
+    const bson_t *d;
+    bson_iter_t it;
+    mongoc_cursor_t *cur = mongoc_collection_find_indexes_with_opts(col, NULL);
+    while (!found && mongoc_cursor_next(cur, &d))
+      found = bson_iter_init_find(&it, d, "name") && BSON_ITER_HOLDS_UTF8(&it) &&
+              strcmp(bson_iter_utf8(&it, NULL), name) == 0;
+    if (!found && mongoc_cursor_error(cur, &e))
+      cr_log_warn("listIndexes: %s", e.message); /* no collection yet */
+    mongoc_cursor_destroy(cur);
+    if (!found)
+      pt_test_sleep_ms(200);
+  }
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(cl);
+  return found;
+}
+
+int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
+  bson_error_t e;
+  mongoc_client_t *cl;
+  mongoc_collection_t *col = tasks_collection(&cl);
   bson_t filter = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&filter, "_id", id);
   int found = 0;
@@ -604,19 +638,13 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
   bson_destroy(&filter);
   mongoc_collection_destroy(col);
   mongoc_client_destroy(cl);
-  mongoc_uri_destroy(u);
   return found;
 }
 
 long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
-  const char *uri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
   bson_error_t e;
-  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
-  cr_assert_not_null(u, "MongoDB: %s", e.message);
-  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
-  const char *db = mongoc_uri_get_database(u);
-  mongoc_collection_t *col =
-      mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
+  mongoc_client_t *cl;
+  mongoc_collection_t *col = tasks_collection(&cl);
   bson_t cmd = BSON_INITIALIZER, q, idq, in;
   BSON_APPEND_UTF8(&cmd, "count", "tasks");
   BSON_APPEND_DOCUMENT_BEGIN(&cmd, "query", &q);
@@ -648,7 +676,6 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s) {
   bson_destroy(&cmd);
   mongoc_collection_destroy(col);
   mongoc_client_destroy(cl);
-  mongoc_uri_destroy(u);
   return count;
 }
 

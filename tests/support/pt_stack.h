@@ -119,6 +119,9 @@ int pt_mongo_task(const char *id, int timeout_s, bson_t *doc);
 /* Waits up to timeout_s until MongoDB holds all n tasks (one count query
  * with $in, not n lookups); returns how many it holds. */
 long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
+/* Whether the tasks collection has the index called name, waiting up to
+ * timeout_s for it. */
+int pt_mongo_has_index(const char *name, int timeout_s);
 /* Whether the task's hash is still in Redis. */
 /* A connection to the test Redis (fails the test when there is none). */
 redisContext *pt_test_redis(void);
