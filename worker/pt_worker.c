@@ -579,25 +579,46 @@ typedef struct {
   worker_t *w;
   unsigned gen;
   uint64_t tag;
+  int status;
+  uv_timer_t pause;
 } poison_t;
 
+static void passed_on_end(poison_t *p) {
+  worker_t *w = p->w;
+  free(p);
+  w->inflight--;
+  maybe_finish_drain(w);
+}
+
+static void on_pause_closed(uv_handle_t *h) { passed_on_end(h->data); }
+
+static void on_pause(uv_timer_t *t) {
+  poison_t *p = t->data;
+  if (p->gen == p->w->gen && pt_amqp_is_ready(p->w->amqp) &&
+      pt_amqp_nack(p->w->amqp, p->tag, 1) == 0)
+    PT_WARN("publish_unconfirmed", "tag=%llu err=\"%s\" note=\"returned "
+            "to the broker\"", (unsigned long long)p->tag,
+            pt_strerror(p->status));
+  uv_close((uv_handle_t *)t, on_pause_closed);
+}
+
 /* The delivery is acknowledged once the broker has its copy. If the broker
- * refuses the copy on a live connection, the delivery goes back to it,
- * which delivers it again, instead of keeping its prefetch slot until the
- * connection ends. */
+ * refuses the copy on a live connection, the delivery goes back to it after
+ * a pause (as a job's does after a Redis failure), which delivers it again,
+ * instead of keeping its prefetch slot until the connection ends; the
+ * pause keeps a queue that refuses every copy from making a busy loop. */
 static void on_passed_on(pt_amqp_t *c, int status, void *arg) {
   poison_t *p = arg;
-  if (p->gen == p->w->gen) {
-    if (status == 0)
-      pt_amqp_ack(c, p->tag);
-    else if (pt_amqp_nack(c, p->tag, 1) == 0)
-      PT_WARN("publish_unconfirmed", "tag=%llu err=\"%s\" note=\"returned "
-              "to the broker\"", (unsigned long long)p->tag,
-              pt_strerror(status));
+  if (p->gen == p->w->gen && status == 0) {
+    pt_amqp_ack(c, p->tag);
+  } else if (p->gen == p->w->gen) {
+    p->status = status;
+    uv_timer_init(p->w->loop, &p->pause);
+    p->pause.data = p;
+    uv_timer_start(&p->pause, on_pause, 1000, 0);
+    return;
   }
-  p->w->inflight--;
-  maybe_finish_drain(p->w);
-  free(p);
+  passed_on_end(p);
 }
 
 /* A message that cannot be a task goes to the dead queue as it came, so
@@ -610,7 +631,7 @@ static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
   pt_amqp_msg_t msg = {.persistent = 1};
   if (p == NULL)
     return; /* left unacked: the broker keeps it */
-  *p = (poison_t){w, w->gen, d->delivery_tag};
+  *p = (poison_t){.w = w, .gen = w->gen, .tag = d->delivery_tag};
   w->inflight++;
   if (pt_amqp_publish(w->amqp, "", PT_QUEUE_DEAD, d->body, d->body_len, &msg,
                       on_passed_on, p) != 0) {
@@ -710,7 +731,7 @@ static int send_on(worker_t *w, const pt_amqp_delivery_t *d, int64_t due,
   poison_t *p = malloc(sizeof *p);
   if (p == NULL)
     return PT_ENOMEM;
-  *p = (poison_t){w, w->gen, d->delivery_tag};
+  *p = (poison_t){.w = w, .gen = w->gen, .tag = d->delivery_tag};
   pt_topology_route(due, now, &route);
   pt_amqp_msg_t msg = {.persistent = 1,
                        .headers = (amqp_table_t *)&d->props->headers};
