@@ -1,5 +1,6 @@
 #include "core/pt_task.h"
 
+#include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -226,6 +227,18 @@ static int check_params(bson_iter_t *it, int depth, pt_input_error_t *ie) {
   return 0;
 }
 
+/* 1 if libcurl parses url into a scheme and a host. */
+static int url_usable(const char *url) {
+  CURLU *u = curl_url();
+  char *host = NULL;
+  int ok = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+           host != NULL && host[0] != '\0';
+  curl_free(host);
+  curl_url_cleanup(u);
+  return ok;
+}
+
 /* The top-level fields, one bit each: those a submit requires, then those a
  * message requires too (the check of required fields relies on that
  * order), then the optional ones. */
@@ -356,6 +369,13 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
           strncmp(t->notify_url, "https://", 8) != 0)
         return fail(ie, "invalid_notify_url",
                     "notify_url must be an http:// or https:// URL");
+      /* A client's URL is parsed as the worker's libcurl will parse it,
+       * so that one it cannot call is refused now, not after hours of
+       * retries. A message is not held to it: a task accepted before
+       * this check must still run. */
+      if (mode == PT_PARSE_SUBMIT && !url_usable(t->notify_url))
+        return fail(ie, "invalid_notify_url",
+                    "notify_url is not a URL with a host that can be called");
     } else if (strcmp(k, "retry") == 0) {
       if (parse_retry(&it, t, ie) != 0)
         return PT_EINVAL;

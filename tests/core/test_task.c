@@ -121,6 +121,11 @@ ParameterizedTestParameters(task, bad_bodies) {
       {GOOD ",\"retry\":{\"tries\":1}}", "invalid_retry"},
       {GOOD ",\"retry\":5}", "invalid_retry"},
       {GOOD ",\"notify_url\":\"ftp://x\"}", "invalid_notify_url"},
+      /* What libcurl could not call: no host, a space, a bad port. */
+      {GOOD ",\"notify_url\":\"http://\"}", "invalid_notify_url"},
+      {GOOD ",\"notify_url\":\"http://a b/\"}", "invalid_notify_url"},
+      {GOOD ",\"notify_url\":\"http://shop.example:99999/n\"}",
+       "invalid_notify_url"},
       {GOOD ",\"params\":[1]}", "invalid_params"},
       /* Keys MongoDB refuses, at any depth, in objects and in arrays. */
       {GOOD ",\"params\":{\"\":1}}", "invalid_params"},
