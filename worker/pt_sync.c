@@ -152,7 +152,13 @@ static int settle_write_errors(const bson_t *reply, item_t *items,
              "task_id=%s code=%lld err=\"%s\" kept_in_redis=1", item->id,
              (long long)code, msg);
   }
-  return seen > 0;
+  /* Every insert accounted for, written or refused: otherwise part of the
+   * bulk never reached the server (a link lost between its batches) and
+   * the whole is retried, its written documents then being duplicates. */
+  int64_t inserted = -1;
+  if (bson_iter_init_find(&it, reply, "nInserted"))
+    inserted = bson_iter_as_int64(&it);
+  return seen > 0 && inserted >= 0 && (size_t)inserted + (size_t)seen == nops;
 }
 
 /* Writes the batch as one unordered bulk insert keyed by _id = task id. A
