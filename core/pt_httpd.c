@@ -63,8 +63,53 @@ static void on_link_dispose(void *p) {
     l->owner->req = NULL;
 }
 
+/* Where h2o reissues a request it refused as too large (its errordoc
+ * filter), so that the 413 carries a JSON error like every other error. */
+#define TOO_LARGE_PATH "/.paytask/errors/413"
+
+/* h2o 2.2's errordoc filter, as lib/handler/errordoc.c lays it out: it has
+ * no dispose of its own, so its copy of the errordocs outlived the server
+ * (LeakSanitizer saw it). This frees what h2o_errordoc_register made. */
+struct errordoc_filter {
+  h2o_filter_t super;
+  H2O_VECTOR(h2o_errordoc_t) errordocs;
+};
+
+static void errordoc_dispose(h2o_filter_t *f) {
+  struct errordoc_filter *self = (struct errordoc_filter *)f;
+  for (size_t i = 0; i != self->errordocs.size; ++i)
+    free(self->errordocs.entries[i].url.base);
+  free(self->errordocs.entries);
+}
+
+static void register_too_large(h2o_pathconf_t *path) {
+  h2o_errordoc_t too_large = {413, {H2O_STRLIT(TOO_LARGE_PATH)}};
+  size_t before = path->filters.size;
+  h2o_filter_t *old = before > 0 ? path->filters.entries[0] : NULL;
+  h2o_errordoc_register(path, &too_large, 1);
+  /* The new filter: h2o puts it first (2.2) or last. */
+  if (path->filters.size != before + 1)
+    return;
+  h2o_filter_t *f = path->filters.entries[0] != old
+                        ? path->filters.entries[0]
+                        : path->filters.entries[path->filters.size - 1];
+  f->dispose = errordoc_dispose;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
   pt_httpd_t *srv = ((handler_t *)self)->srv;
+  if (h2o_memis(req->path_normalized.base, req->path_normalized.len,
+                H2O_STRLIT(TOO_LARGE_PATH))) {
+    static const char body[] =
+        "{ \"error\" : { \"code\" : \"body_too_large\", \"message\" : "
+        "\"the request body is over the server's limit (api.max_body)\" } }";
+    req->res.status = 413;
+    req->res.reason = "Request Entity Too Large";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_send_inline(req, body, sizeof body - 1);
+    return 0;
+  }
   pt_httpd_req_t *r = calloc(1, sizeof *r);
   if (r == NULL)
     return -1; /* h2o answers 404; better than crashing */
@@ -151,6 +196,8 @@ pt_httpd_t *pt_httpd_new(uv_loop_t *loop, const pt_httpd_opts_t *opts,
   handler_t *h = (handler_t *)h2o_create_handler(path, sizeof *h);
   h->super.on_req = on_req;
   h->srv = srv;
+  register_too_large(path);
+  register_too_large(&host->fallback_path);
 
   uv_tcp_init(loop, &srv->listener);
   srv->listener.data = srv;
