@@ -102,12 +102,19 @@ static void job_free(job_t *j) {
 
 static void maybe_finish_drain(worker_t *w);
 
-/* Ends a job: acknowledges its delivery if its connection still stands
- * (delivery tags belong to one channel), otherwise leaves it to the broker's
- * redelivery, which the start script recognises. */
+/* 1 if a delivery that came on connection gen can still be acknowledged
+ * or given back: that connection still stands (delivery tags belong to one
+ * channel). Otherwise the broker redelivers it on the new one. */
+static int delivery_ours(const worker_t *w, unsigned gen) {
+  return gen == w->gen && pt_amqp_is_ready(w->amqp);
+}
+
+/* Ends a job: acknowledges its delivery if its connection still stands,
+ * otherwise leaves it to the broker's redelivery, which the start script
+ * recognises. */
 static void job_ack(job_t *j) {
   worker_t *w = j->w;
-  if (j->gen == w->gen && pt_amqp_is_ready(w->amqp))
+  if (delivery_ours(w, j->gen))
     pt_amqp_ack(w->amqp, j->tag);
   job_free(j);
   maybe_finish_drain(w);
@@ -122,7 +129,7 @@ static void on_backoff_closed(uv_handle_t *h) {
 
 static void on_backoff(uv_timer_t *t) {
   job_t *j = t->data;
-  if (j->gen == j->w->gen && pt_amqp_is_ready(j->w->amqp))
+  if (delivery_ours(j->w, j->gen))
     pt_amqp_nack(j->w->amqp, j->tag, 1);
   uv_close((uv_handle_t *)t, on_backoff_closed);
 }
@@ -242,7 +249,7 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
      * the connection up and the delivery ours: it goes back after a pause,
      * as after a Redis failure, or it would keep its prefetch slot, and
      * the task stay RUNNING, until the connection ends. */
-    int ours = j->gen == w->gen && pt_amqp_is_ready(w->amqp);
+    int ours = delivery_ours(w, j->gen);
     PT_WARN("publish_unconfirmed", "task_id=%s attempt=%d err=\"%s\"%s",
             j->task.id_str, j->task.attempt, pt_strerror(status),
             ours ? " note=\"returned to the broker in 1 s\"" : "");
@@ -293,7 +300,7 @@ static void on_interrupted(int status, pt_verdict_t v, const char *detail,
   (void)detail;
   if (status != 0)
     PT_ERROR("interrupt_write_failed", "task_id=%s", j->task.id_str);
-  if (j->gen == w->gen && pt_amqp_is_ready(w->amqp))
+  if (delivery_ours(w, j->gen))
     pt_amqp_nack(w->amqp, j->tag, 1);
   log_job("attempt_interrupted", j, "note=\"returned to the broker\"");
   job_free(j);
@@ -594,7 +601,7 @@ static void on_pause_closed(uv_handle_t *h) { passed_on_end(h->data); }
 
 static void on_pause(uv_timer_t *t) {
   poison_t *p = t->data;
-  if (p->gen == p->w->gen && pt_amqp_is_ready(p->w->amqp) &&
+  if (delivery_ours(p->w, p->gen) &&
       pt_amqp_nack(p->w->amqp, p->tag, 1) == 0)
     PT_WARN("publish_unconfirmed", "tag=%llu err=\"%s\" note=\"returned "
             "to the broker\"", (unsigned long long)p->tag,
@@ -609,15 +616,15 @@ static void on_pause(uv_timer_t *t) {
  * pause keeps a queue that refuses every copy from making a busy loop. */
 static void on_passed_on(pt_amqp_t *c, int status, void *arg) {
   poison_t *p = arg;
-  if (p->gen == p->w->gen && status == 0) {
-    pt_amqp_ack(c, p->tag);
-  } else if (p->gen == p->w->gen) {
+  if (p->gen == p->w->gen && status != 0) {
     p->status = status;
     uv_timer_init(p->w->loop, &p->pause);
     p->pause.data = p;
     uv_timer_start(&p->pause, on_pause, 1000, 0);
     return;
   }
+  if (p->gen == p->w->gen)
+    pt_amqp_ack(c, p->tag);
   passed_on_end(p);
 }
 
@@ -666,7 +673,7 @@ static kept_t *keep(const worker_t *w, const pt_amqp_delivery_t *d) {
  * filled, or 0 (the broker redelivers it on the new connection). */
 static int kept_delivery(const worker_t *w, const kept_t *k,
                          pt_amqp_delivery_t *d) {
-  if (k->gen != w->gen || !pt_amqp_is_ready(w->amqp))
+  if (!delivery_ours(w, k->gen))
     return 0;
   *d = (pt_amqp_delivery_t){.delivery_tag = k->tag,
                             .redelivered = k->redelivered,
