@@ -42,14 +42,6 @@ static int64_t ms_of(const char *ts) {
 
 /* Submits a task for the sim channel (see pt_task_body) and waits, 30 s at
  * most, until it is final. */
-static void run_task(const char *otn, int64_t amount, const char *params_sim,
-                     const char *retry, char id[24], bson_t *doc) {
-  char *body = pt_task_body(otn, amount, params_sim, retry);
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, doc);
-}
-
 Test(pipeline, success) {
   char id[24];
   bson_t doc;
@@ -82,7 +74,7 @@ Test(pipeline, retry_then_success_with_linear_gaps) {
   bson_t doc;
   const char *otn = pt_unique("RETRY");
   pt_stack_start(&stack, 1, NULL);
-  run_task(otn, 500, "{\"fail_times\": 2}", NULL, id, &doc);
+  pt_run_task(&stack, otn, 500, "{\"fail_times\": 2}", NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
   cr_assert_eq(pt_json_len(&doc, "history"), 3);
@@ -107,8 +99,8 @@ Test(pipeline, exhaustion_fails_to_dead_queue_and_mongodb) {
   bson_t doc, mdoc;
   const char *otn = pt_unique("EXHAUST");
   pt_stack_start(&stack, 1, NULL);
-  run_task(otn, 700, "{\"fail_times\": 99}",
-           "{\"need_retry\": true, \"retry_times\": 2}", id, &doc);
+  pt_run_task(&stack, otn, 700, "{\"fail_times\": 99}",
+              "{\"need_retry\": true, \"retry_times\": 2}", id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 3);
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "SYSTEM_ERROR");
@@ -126,8 +118,8 @@ Test(pipeline, need_retry_false_fails_after_one_attempt) {
   char id[24];
   bson_t doc;
   pt_stack_start(&stack, 1, NULL);
-  run_task(pt_unique("NORETRY"), 100, "{\"fail_times\": 1}",
-           "{\"need_retry\": false}", id, &doc);
+  pt_run_task(&stack, pt_unique("NORETRY"), 100, "{\"fail_times\": 1}",
+              "{\"need_retry\": false}", id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   bson_destroy(&doc);
@@ -138,7 +130,7 @@ Test(pipeline, decline_fails_at_once) {
   bson_t doc;
   const char *otn = pt_unique("DECLINE");
   pt_stack_start(&stack, 1, NULL);
-  run_task(otn, 100, "{\"decline\": true}", NULL, id, &doc);
+  pt_run_task(&stack, otn, 100, "{\"decline\": true}", NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "DECLINED");
@@ -237,7 +229,7 @@ Test(pipeline, a_refused_retry_copy_gives_the_delivery_back) {
   const char *otn = pt_unique("REFUSED");
   refuse(pt_stack_vhost(&stack), "paytask.delay.1s");
   pt_stack_start(&stack, 1, NULL);
-  run_task(otn, 600, "{\"fail_times\": 1}", NULL, id, &doc);
+  pt_run_task(&stack, otn, 600, "{\"fail_times\": 1}", NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1,
                "the retry ran, though its copy was refused");
@@ -295,7 +287,8 @@ Test(pipeline, an_early_task_that_cannot_be_sent_on_waits_until_due) {
   snprintf(otn, sizeof otn, "%s", pt_unique("EARLY"));
   pt_stack_vhost(&stack); /* no other test's worker takes the message */
   pt_stack_start(&stack, 1, NULL);
-  run_task(pt_unique("FIRST"), 100, NULL, NULL, id, &doc); /* it consumes */
+  /* A first task: the worker is consuming. */
+  pt_run_task(&stack, pt_unique("FIRST"), 100, NULL, NULL, id, &doc);
   bson_destroy(&doc);
 
   size_t len;
@@ -385,10 +378,7 @@ Test(pipeline, cancel_of_a_final_task_is_refused_before_and_after_eviction) {
   bson_t doc;
   pt_stack_env(&stack, "PAYTASK_SYNC_EVICT_GRACE_S", "1");
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(pt_unique("CANCELEVICT"), 100, NULL, NULL);
-  pt_submit_ok(&stack, body, id);
-  free(body);
-  pt_wait_final(&stack, id, 30, &doc);
+  pt_run_task(&stack, pt_unique("CANCELEVICT"), 100, NULL, NULL, id, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
   snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", stack.api_url, id);

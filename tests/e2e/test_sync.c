@@ -71,10 +71,8 @@ Test(sync, a_short_batch_waits_for_more_before_the_next_write) {
   pt_stack_env(&stack, "PAYTASK_SYNC_LINGER_MS", "1000");
   pt_stack_start(&stack, 1, NULL);
   for (int i = 0; i < M; i++) {
-    char *body = pt_task_body(pt_unique("LINGER"), 100 + i, NULL, NULL);
-    pt_submit_ok(&stack, body, ids[i]);
-    free(body);
-    pt_wait_final(&stack, ids[i], 30, &doc);
+    pt_run_task(&stack, pt_unique("LINGER"), 100 + i, NULL, NULL, ids[i],
+                &doc);
     bson_destroy(&doc);
     usleep(100 * 1000);
   }
@@ -166,10 +164,7 @@ Test(sync, a_document_mongodb_refuses_stays_in_redis) {
   bson_t doc;
   pt_stack_env(&stack, "PAYTASK_SYNC_CLAIM_IDLE_MS", "1000");
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(pt_unique("BADDOC"), 100, NULL, NULL);
-  pt_submit_ok(&stack, body, a);
-  free(body);
-  pt_wait_final(&stack, a, 30, &doc);
+  pt_run_task(&stack, pt_unique("BADDOC"), 100, NULL, NULL, a, &doc);
   bson_destroy(&doc);
   cr_assert(pt_mongo_task(a, 30, &doc), "task %s never reached MongoDB", a);
   bson_destroy(&doc);
@@ -179,7 +174,7 @@ Test(sync, a_document_mongodb_refuses_stays_in_redis) {
   plant_task_with_key(a, b, "");
   plant_task_with_key(a, d, "b.c");
   /* A task after it is synced: the refused one does not hold the rest. */
-  body = pt_task_body(pt_unique("BADDOC"), 101, NULL, NULL);
+  char *body = pt_task_body(pt_unique("BADDOC"), 101, NULL, NULL);
   pt_submit_ok(&stack, body, c);
   free(body);
   cr_assert(pt_mongo_task(c, 30, &doc), "task %s never reached MongoDB", c);

@@ -444,6 +444,15 @@ void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc) {
   }
 }
 
+void pt_run_task(pt_stack_t *s, const char *otn, int64_t amount,
+                 const char *params_sim, const char *retry, char id[24],
+                 bson_t *doc) {
+  char *body = pt_task_body(otn, amount, params_sim, retry);
+  pt_submit_ok(s, body, id);
+  free(body);
+  pt_wait_final(s, id, 30, doc);
+}
+
 int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key) {
   char url[256], *out = NULL;
   bson_t doc;

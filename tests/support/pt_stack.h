@@ -99,6 +99,11 @@ void pt_submit_until_taken(pt_stack_t *s, const char *body,
                            const char *idem_key, char id[24]);
 /* Waits (?wait, repeated) until the task is final; fills doc. */
 void pt_wait_final(pt_stack_t *s, const char *id, int timeout_s, bson_t *doc);
+/* Submits pt_task_body(otn, amount, params_sim, retry), then waits up to
+ * 30 s until it is final: its id into id, the final task into doc. */
+void pt_run_task(pt_stack_t *s, const char *otn, int64_t amount,
+                 const char *params_sim, const char *retry, char id[24],
+                 bson_t *doc);
 
 /* Sim statistics for one trade ("create_calls", …), or -1 if unknown. */
 int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key);
