@@ -239,9 +239,9 @@ static int url_usable(const char *url) {
   return ok;
 }
 
-/* The top-level fields, one bit each: those a submit requires, then those a
- * message requires too (the check of required fields relies on that
- * order), then the optional ones. */
+/* The top-level fields, one bit each. parse_fields dispatches on the bit,
+ * and names a missing required field from the table below, the first in
+ * its order. */
 enum {
   F_TYPE = 1 << 0,
   F_CHANNEL = 1 << 1,
@@ -315,27 +315,31 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
     if (seen & bit)
       return fail(ie, "invalid_json", "%s appears twice", k);
     seen |= bit;
-    if (strcmp(k, "type") == 0) {
+    switch (bit) {
+    case F_TYPE:
       if (get_string(&it, "type", t->type, sizeof t->type - 1, 1, ie) != 0)
         return PT_EINVAL;
       if (!is_ident(t->type))
         return fail(ie, "invalid_task_type", "unknown task type \"%s\"",
                     t->type);
-    } else if (strcmp(k, "channel") == 0) {
+      break;
+    case F_CHANNEL:
       if (get_string(&it, "channel", t->channel, sizeof t->channel - 1, 1,
                      ie) != 0)
         return PT_EINVAL;
       if (!is_ident(t->channel))
         return fail(ie, "invalid_channel", "unknown channel \"%s\"",
                     t->channel);
-    } else if (strcmp(k, "out_trade_no") == 0) {
+      break;
+    case F_OTN:
       if (get_string(&it, "out_trade_no", t->out_trade_no,
                      PT_OUT_TRADE_NO_MAX, 1, ie) != 0)
         return PT_EINVAL;
       if (!check_out_trade_no(t->out_trade_no))
         return fail(ie, "invalid_out_trade_no",
                     "out_trade_no may hold only letters, digits and _-.|*");
-    } else if (strcmp(k, "amount") == 0) {
+      break;
+    case F_AMOUNT:
       if (get_int(&it, "amount", &v, "invalid_amount", ie) != 0)
         return fail(ie, "invalid_amount",
                     "amount must be an integer number of minor units "
@@ -346,7 +350,8 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
         return fail(ie, "invalid_amount", "amount must not exceed %lld",
                     (long long)max_amount);
       t->amount = v;
-    } else if (strcmp(k, "currency") == 0) {
+      break;
+    case F_CURRENCY:
       if (get_string(&it, "currency", t->currency, 3, 1, ie) != 0)
         return fail(ie, "invalid_currency",
                     "currency must be an ISO 4217 code such as \"CNY\"");
@@ -355,11 +360,13 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
           t->currency[1] > 'Z' || t->currency[2] < 'A' || t->currency[2] > 'Z')
         return fail(ie, "invalid_currency",
                     "currency must be three capital letters (ISO 4217)");
-    } else if (strcmp(k, "subject") == 0) {
+      break;
+    case F_SUBJECT:
       if (get_string_dup(&it, "subject", &t->subject, PT_SUBJECT_MAX, 1,
                          ie) != 0)
         return PT_EINVAL;
-    } else if (strcmp(k, "notify_url") == 0) {
+      break;
+    case F_NOTIFY_URL:
       if (BSON_ITER_HOLDS_NULL(&it))
         continue;
       if (get_string_dup(&it, "notify_url", &t->notify_url, PT_URL_MAX, 1,
@@ -376,10 +383,12 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
       if (mode == PT_PARSE_SUBMIT && !url_usable(t->notify_url))
         return fail(ie, "invalid_notify_url",
                     "notify_url is not a URL with a host that can be called");
-    } else if (strcmp(k, "retry") == 0) {
+      break;
+    case F_RETRY:
       if (parse_retry(&it, t, ie) != 0)
         return PT_EINVAL;
-    } else if (strcmp(k, "params") == 0) {
+      break;
+    case F_PARAMS: {
       uint32_t n;
       const uint8_t *data;
       if (BSON_ITER_HOLDS_NULL(&it))
@@ -401,30 +410,37 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
       bson_destroy(&t->params);
       bson_copy_to(&view, &t->params);
       t->has_params = 1;
-    } else if (strcmp(k, "task_id") == 0) {
+      break;
+    }
+    case F_ID: {
       char buf[21];
       if (get_string(&it, "task_id", buf, 20, 1, ie) != 0 ||
           pt_id_parse(buf, strlen(buf), &t->id) != 0)
         return fail(ie, "invalid_task_id", "task_id must be a decimal id");
       memcpy(t->id_str, buf, sizeof buf);
-    } else if (strcmp(k, "created_at_ms") == 0) {
+      break;
+    }
+    case F_CREATED:
       if (get_int(&it, "created_at_ms", &t->created_at_ms, "invalid_type",
                   ie) != 0)
         return PT_EINVAL;
-    } else if (strcmp(k, "created_at") == 0) {
+      break;
+    case F_CREATED_AT:
       continue; /* derived from created_at_ms */
-    } else if (strcmp(k, "attempt") == 0) {
+    case F_ATTEMPT:
       if (get_int(&it, "attempt", &v, "invalid_type", ie) != 0)
         return PT_EINVAL;
       if (v < 1 || v > PT_ATTEMPT_MAX)
         return fail(ie, "invalid_type", "attempt %lld is out of range",
                     (long long)v);
       t->attempt = (int)v;
-    } else if (strcmp(k, "replay_count") == 0) {
+      break;
+    case F_REPLAY_COUNT:
       if (get_int(&it, "replay_count", &v, "invalid_type", ie) != 0)
         return PT_EINVAL;
       t->replay_count = (int)v;
-    } else if (strcmp(k, "expire_in") == 0) {
+      break;
+    case F_EXPIRE_IN:
       if (BSON_ITER_HOLDS_NULL(&it))
         continue;
       if (get_int(&it, "expire_in", &v, "invalid_expire_in", ie) != 0)
@@ -433,36 +449,35 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
         return fail(ie, "invalid_expire_in",
                     "expire_in must be between 5 and 604800 seconds");
       t->expire_in = v;
-    } else if (strcmp(k, "client") == 0) {
+      break;
+    case F_CLIENT:
       if (get_string(&it, "client", t->client, sizeof t->client - 1, 1, ie) !=
           0)
         return PT_EINVAL;
-    } else if (strcmp(k, "parent_id") == 0) {
+      break;
+    case F_PARENT_ID: {
       char buf[21];
       if (get_string(&it, "parent_id", buf, 20, 1, ie) != 0 ||
           pt_id_parse(buf, strlen(buf), &t->parent_id) != 0)
         return fail(ie, "invalid_type", "parent_id must be a decimal id");
-    } else if (strcmp(k, "replay_of") == 0) {
+      break;
+    }
+    case F_REPLAY_OF: {
       char buf[21];
       if (get_string(&it, "replay_of", buf, 20, 1, ie) != 0 ||
           pt_id_parse(buf, strlen(buf), &t->replay_of) != 0)
         return fail(ie, "invalid_type", "replay_of must be a decimal id");
+      break;
+    }
     }
   }
-  static const struct {
-    unsigned bit;
-    const char *name;
-  } required[] = {{F_TYPE, "type"},         {F_CHANNEL, "channel"},
-                  {F_OTN, "out_trade_no"},  {F_AMOUNT, "amount"},
-                  {F_CURRENCY, "currency"}, {F_SUBJECT, "subject"},
-                  {F_ID, "task_id"},        {F_CREATED, "created_at_ms"},
-                  {F_ATTEMPT, "attempt"}};
-  for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
-    if (mode == PT_PARSE_SUBMIT && required[i].bit >= F_ID)
-      continue;
-    if (!(seen & required[i].bit))
-      return fail(ie, "missing_field", "%s is required", required[i].name);
-  }
+  unsigned need = F_TYPE | F_CHANNEL | F_OTN | F_AMOUNT | F_CURRENCY |
+                  F_SUBJECT;
+  if (mode != PT_PARSE_SUBMIT)
+    need |= F_ID | F_CREATED | F_ATTEMPT;
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if ((need & fields[i].bit) && !(seen & fields[i].bit))
+      return fail(ie, "missing_field", "%s is required", fields[i].name);
   if (!t->need_retry)
     t->retry_times = 0;
   return 0;
