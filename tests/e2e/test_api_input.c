@@ -305,6 +305,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
      .fini = lift_alarm) {
   char *out = NULL;
   pthread_t th;
+  pt_stack_vhost(&stack); /* a queue no other test's leftovers reach */
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
   pt_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
