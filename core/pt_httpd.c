@@ -1,6 +1,7 @@
 #include "core/pt_httpd.h"
 
 #include <arpa/inet.h>
+#include <bson/bson.h>
 #include <ctype.h>
 #include <h2o.h>
 #include <netinet/in.h>
@@ -100,14 +101,22 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
   pt_httpd_t *srv = ((handler_t *)self)->srv;
   if (h2o_memis(req->path_normalized.base, req->path_normalized.len,
                 H2O_STRLIT(TOO_LARGE_PATH))) {
-    static const char body[] =
-        "{ \"error\" : { \"code\" : \"body_too_large\", \"message\" : "
-        "\"the request body is over the server's limit (api.max_body)\" } }";
+    bson_t doc = BSON_INITIALIZER, e;
+    size_t len;
+    BSON_APPEND_DOCUMENT_BEGIN(&doc, "error", &e);
+    BSON_APPEND_UTF8(&e, "code", "body_too_large");
+    BSON_APPEND_UTF8(&e, "message",
+                     "the request body is over the server's limit "
+                     "(api.max_body)");
+    bson_append_document_end(&doc, &e);
+    char *json = bson_as_relaxed_extended_json(&doc, &len);
+    bson_destroy(&doc);
     req->res.status = 413;
     req->res.reason = "Request Entity Too Large";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("application/json"));
-    h2o_send_inline(req, body, sizeof body - 1);
+    h2o_send_inline(req, json, len); /* copies it */
+    bson_free(json);
     return 0;
   }
   pt_httpd_req_t *r = calloc(1, sizeof *r);
