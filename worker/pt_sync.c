@@ -68,7 +68,8 @@ typedef struct {
   char id[24];
   bson_t doc;
   int has_doc;
-  int refused; /* the driver refused the document: never acked nor evicted */
+  int refused; /* the driver or the server refused the document: never
+                 acknowledged nor evicted */
 } item_t;
 
 static void free_docs(item_t *items, size_t n) {
@@ -292,29 +293,30 @@ static long process(pt_sync_t *s, item_t *items, size_t n) {
     return 0;
   if (load_docs(s, items, n) != 0)
     return -1;
+  long rc = (long)n;
   int backoff = 250;
   while (write_docs(s, items, n) != 0) {
     /* While stopping, leave the entries pending: a restarted worker, or
      * another one (XAUTOCLAIM), writes them once MongoDB is back. */
-    if (atomic_load(&s->stop))
-      goto out_unacked;
+    if (atomic_load(&s->stop)) {
+      rc = SYNC_STOPPED_UNWRITTEN;
+      goto out;
+    }
     for (int slept = 0; slept < backoff && !atomic_load(&s->stop); slept += 50)
       sleep_ms(50);
     backoff = backoff < 5000 ? backoff * 2 : 5000;
   }
   if (ack_batch(s, items, n) != 0) {
-    free_docs(items, n);
-    return -1;
+    rc = -1;
+    goto out;
   }
   long written = 0;
   for (size_t i = 0; i < n; i++)
     written += !items[i].refused;
   atomic_fetch_add(&s->written, written);
+out:
   free_docs(items, n);
-  return (long)n;
-out_unacked:
-  free_docs(items, n);
-  return SYNC_STOPPED_UNWRITTEN;
+  return rc;
 }
 
 static long read_batch(pt_sync_t *s, item_t *items, size_t max,
