@@ -68,15 +68,19 @@ static pt_verdict_t finish(int attempt, const char *status) {
   return r.v;
 }
 
-static void submit(void) {
+/* Records the task PENDING, with Idempotency-Key idem (NULL: none). */
+static void submit_keyed(const char *idem) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
-                               pt_now_ms(), NULL, NULL, 60, pt_test_on_verdict, &r),
+                               pt_now_ms(), idem, "v", 60, pt_test_on_verdict,
+                               &r),
                0);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
 }
+
+static void submit(void) { submit_keyed(NULL); }
 
 Test(store, an_attempt_runs_once_and_duplicates_are_skipped) {
   submit();
@@ -117,17 +121,6 @@ Test(store, cancel_only_before_running) {
   cr_assert_str_eq(r.detail, "CANCELLED");
 }
 
-static void submit_keyed(const char *idem) {
-  pt_test_verdict_t r = {0};
-  const char *spec = "{\"task_id\":\"1\"}";
-  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
-                               pt_now_ms(), idem, "v", 60, pt_test_on_verdict,
-                               &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
-}
-
 static pt_verdict_t abandon(const char *idem) {
   pt_test_verdict_t r = {0};
   cr_assert_eq(pt_store_abandon(pt_redis_ctx(redis), id, idem, pt_now_ms(),
@@ -137,14 +130,11 @@ static pt_verdict_t abandon(const char *idem) {
   return r.v;
 }
 
+/* Whether Redis holds the Idempotency-Key (it expires in 60 s). */
 static int idem_exists(const char *idem) {
-  redisContext *c = pt_test_redis();
-  redisReply *r = redisCommand(c, "EXISTS %s%s", PT_KEY_IDEM, idem);
-  int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-  freeReplyObject(r);
-  freeReplyObject(redisCommand(c, "DEL %s%s", PT_KEY_IDEM, idem));
-  redisFree(c);
-  return has;
+  char key[128];
+  snprintf(key, sizeof key, "%s%s", PT_KEY_IDEM, idem);
+  return pt_redis_has_key(key);
 }
 
 Test(store, abandon_withdraws_a_task_no_worker_took_and_frees_its_key) {
