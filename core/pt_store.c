@@ -55,7 +55,17 @@ static const char cancel_lua[] =
  * not. A redelivered message then resumes (the runner queries before it
  * creates), as the lost hash no longer says whether the attempt reached
  * the channel. The caller sends the spec only when asked ('nospec', nothing
- * written), so that the usual start carries none. */
+ * written), so that the usual start carries none.
+ *
+ * The attempt it starts is claimed for the calling worker (owner, and the
+ * run token of that worker process). A redelivered copy of a RUNNING
+ * attempt is 'busy' while its owner's heartbeat (pt:worker:<owner>, with
+ * the same run token) is alive and the attempt is younger than the hold
+ * (ARGV[8] ms): the broker redelivers on a lost connection too, while the
+ * owner still runs the attempt; only a dead owner's attempt is resumed
+ * (and counted as a crash). The heartbeat's key is computed here, not
+ * passed in KEYS: paytask runs on one Redis, not a cluster.
+ * ARGV: n, redelivered, now, max crashes, spec, owner, run token, hold. */
 static const char start_lua[] =
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip:final', ''} "
     "end\n"
@@ -73,11 +83,19 @@ static const char start_lua[] =
     "  return {'skip:final', st} end\n"
     "if a > n or (a == n and st ~= 'RUNNING') then return {'skip:done', st} "
     "end\n"
+    "if a == n and st == 'RUNNING' then\n"
+    "  if ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
+    "  local o = redis.call('HMGET', KEYS[1], 'owner', 'owner_run',\n"
+    "    'started_at')\n"
+    "  if o[1] and o[2] and tonumber(ARGV[3]) - tonumber(o[3] or '0') <\n"
+    "      tonumber(ARGV[8]) and\n"
+    "      redis.call('HGET', 'pt:worker:' .. o[1], 'run') == o[2] then\n"
+    "    return {'busy', o[1]} end\n"
+    "end\n"
     "local verdict = 'run'\n"
     "if redis.call('HDEL', KEYS[1], 'interrupted') == 1 then verdict = "
     "'resume' end\n"
     "if a == n and st == 'RUNNING' then\n"
-    "  if ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
     "  local c = redis.call('HINCRBY', KEYS[1], 'crashes', 1)\n"
     "  if c > tonumber(ARGV[4]) then return {'dead', tostring(c)} end\n"
     "  verdict = 'resume'\n"
@@ -85,7 +103,23 @@ static const char start_lua[] =
     "redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'attempts', n,\n"
     "  'started_at', ARGV[3], 'updated_at', ARGV[3])\n"
     "redis.call('HDEL', KEYS[1], 'next_attempt_at')\n"
+    "if ARGV[6] ~= '' then\n"
+    "  redis.call('HSET', KEYS[1], 'owner', ARGV[6], 'owner_run', ARGV[7])\n"
+    "else redis.call('HDEL', KEYS[1], 'owner', 'owner_run') end\n"
     "return {verdict, ''}\n";
+
+/* A job that ends without recording its attempt's outcome (its copy was
+ * not confirmed, Redis refused the finish) drops its claim on the attempt,
+ * so that the redelivered message resumes it at once, as after a crash,
+ * instead of waiting for the claim to lapse. KEYS: task hash. ARGV:
+ * attempt, the worker's run token. */
+static const char release_lua[] =
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts', "
+    "'owner_run')\n"
+    "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) or\n"
+    "   h[3] ~= ARGV[2] then return {'stale', h[1] or ''} end\n"
+    "redis.call('HDEL', KEYS[1], 'owner', 'owner_run')\n"
+    "return {'ok', ''}\n";
 
 /* Shared by the scripts that settle trades (finish, notify): a trade's
  * status moves only forward (NOTPAY < PAYING < a final status), so a late
@@ -214,12 +248,14 @@ enum {
   S_FINISH,
   S_INTERRUPT,
   S_NOTIFY,
+  S_RELEASE,
   S_COUNT
 };
 
 static script_t scripts[S_COUNT] = {
     {submit_lua, ""}, {cancel_lua, ""},    {start_lua, ""},
-    {finish_lua, ""}, {interrupt_lua, ""}, {notify_lua, ""}};
+    {finish_lua, ""}, {interrupt_lua, ""}, {notify_lua, ""},
+    {release_lua, ""}};
 
 static void compute_shas(void) {
   /* Only loop threads call the scripts, and each computes the same bytes,
@@ -259,6 +295,7 @@ static const struct {
                 {"skip:final", PT_V_SKIP_FINAL},
                 {"skip:done", PT_V_SKIP_DONE},
                 {"skip:dup", PT_V_SKIP_DUP},
+                {"busy", PT_V_BUSY},
                 {"dead", PT_V_DEAD},
                 {"nospec", PT_V_NOSPEC},
                 {"stale", PT_V_STALE},
@@ -387,19 +424,33 @@ int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
 
 int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
                    int redelivered, int64_t now_ms, int max_crashes,
-                   const char *spec, size_t spec_len, pt_store_cb cb,
-                   void *arg) {
-  char k1[64], k2[64], n[16], now[24], mc[16];
+                   const pt_store_owner_t *owner, const char *spec,
+                   size_t spec_len, pt_store_cb cb, void *arg) {
+  char k1[64], k2[64], n[16], now[24], mc[16], hold[24];
   key(k1, sizeof k1, PT_KEY_TASK, id);
   key(k2, sizeof k2, PT_KEY_FIN, id);
   snprintf(n, sizeof n, "%d", attempt);
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   snprintf(mc, sizeof mc, "%d", max_crashes);
+  snprintf(hold, sizeof hold, "%lld",
+           owner != NULL ? (long long)owner->hold_ms : 0LL);
+  const char *worker = owner != NULL ? owner->worker : "";
+  const char *run = owner != NULL ? owner->run : "";
   const char *argv[] = {k1, k2, n, redelivered ? "1" : "0", now, mc,
-                        spec != NULL ? spec : ""};
+                        spec != NULL ? spec : "", worker, run, hold};
   size_t lens[] = {strlen(k1), strlen(k2), strlen(n), 1, strlen(now),
-                   strlen(mc), spec != NULL ? spec_len : 0};
-  return evalsha(ac, S_START, 2, 7, argv, lens, cb, arg);
+                   strlen(mc), spec != NULL ? spec_len : 0, strlen(worker),
+                   strlen(run), strlen(hold)};
+  return evalsha(ac, S_START, 2, 10, argv, lens, cb, arg);
+}
+
+int pt_store_release(redisAsyncContext *ac, const char *id, int attempt,
+                     const char *run, pt_store_cb cb, void *arg) {
+  char k1[64], n[16];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  snprintf(n, sizeof n, "%d", attempt);
+  const char *argv[] = {k1, n, run};
+  return evalsha(ac, S_RELEASE, 1, 3, argv, NULL, cb, arg);
 }
 
 int pt_store_interrupt(redisAsyncContext *ac, const char *id, int attempt,

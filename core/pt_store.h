@@ -10,10 +10,12 @@
  *                    (pt:fin:{id}) and the pub/sub channel pt:final
  *   cancel  (api)    PENDING or RETRY_WAIT → CANCELLED
  *   interrupt (worker) an attempt cut off by the drain deadline is undone
+ *   release (worker) a job that gave up drops its claim on its attempt
  *
  * Hash fields: spec (the task spec JSON), status, attempts, created_at,
  * updated_at, started_at, next_attempt_at (ms), result and error (JSON),
- * h:<n> (JSON history entry of attempt n), crashes, synced. */
+ * h:<n> (JSON history entry of attempt n), crashes, synced, owner and
+ * owner_run (the worker running the attempt, see pt_store_start). */
 #ifndef PT_STORE_H
 #define PT_STORE_H
 
@@ -50,6 +52,8 @@ typedef enum {
   PT_V_SKIP_FINAL, /* start: the task is final or cancelled */
   PT_V_SKIP_DONE,  /* start: this attempt already finished */
   PT_V_SKIP_DUP,   /* start: another delivery is running this attempt */
+  PT_V_BUSY,       /* start: redelivered, but the attempt's worker is alive
+                      and may still run it (detail: that worker) */
   PT_V_DEAD,       /* start: redelivered too often after crashes */
   PT_V_NOSPEC,     /* start: the hash is lost; start again with the spec */
   PT_V_STALE,      /* finish: the task moved on without us */
@@ -71,14 +75,32 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
                      const char *idem_key, int64_t now_ms, pt_store_cb cb,
                      void *arg);
+/* Who starts an attempt: the worker's name (its heartbeat is
+ * pt:worker:<worker>) and a token unique to the process (the heartbeat's
+ * `run` field), and how long a claim holds at most (ms). */
+typedef struct {
+  const char *worker;
+  const char *run;
+  int64_t hold_ms;
+} pt_store_owner_t;
+
 /* Decides what delivered attempt `attempt` does (PT_V_RUN, PT_V_RESUME,
- * PT_V_SKIP_*, PT_V_DEAD). spec MAY be NULL: if Redis lost the task's hash,
- * the answer is then PT_V_NOSPEC and nothing is written; start again with
- * the spec from the message, which rebuilds the hash. */
+ * PT_V_SKIP_*, PT_V_BUSY, PT_V_DEAD), and claims a started attempt for
+ * owner (MAY be NULL: no claim, and a redelivered RUNNING attempt always
+ * resumes). PT_V_BUSY: redelivered while the claiming worker's heartbeat
+ * is alive and the attempt younger than its hold; nothing is written, and
+ * the caller asks again later. spec MAY be NULL: if Redis lost the task's
+ * hash, the answer is then PT_V_NOSPEC and nothing is written; start again
+ * with the spec from the message, which rebuilds the hash. */
 int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,
                    int redelivered, int64_t now_ms, int max_crashes,
-                   const char *spec, size_t spec_len, pt_store_cb cb,
-                   void *arg);
+                   const pt_store_owner_t *owner, const char *spec,
+                   size_t spec_len, pt_store_cb cb, void *arg);
+/* Drops the claim of the worker with token run on RUNNING attempt
+ * `attempt` (PT_V_STALE if it holds none): the job ends without its
+ * outcome recorded, and the redelivered copy may resume it at once. */
+int pt_store_release(redisAsyncContext *ac, const char *id, int attempt,
+                     const char *run, pt_store_cb cb, void *arg);
 
 /* What a finishing attempt does to its trade (all strings MAY be NULL). */
 typedef struct {

@@ -45,6 +45,10 @@ typedef struct {
   uv_timer_t heartbeat;      /* status for `paytask inspect`, in Redis */
   uv_timer_t lease_timer;    /* renews the node id lease */
   char consumer[96];
+  /* This process's claim on the attempts it starts (pt_store_start): its
+   * heartbeat carries run, a token no other process has. */
+  char run[17];
+  pt_store_owner_t owner;
   long finals_per_s[60];     /* final states per second, last minute */
   int64_t finals_sec;        /* the second finals_per_s[finals_sec % 60] is */
   long finals_total;
@@ -83,6 +87,7 @@ typedef struct {
   char ids[3][21]; /* query, close, notify task ids */
   char *spec_json;
   int spec_sent; /* the start script was given the spec (see start_job) */
+  int busy_polls; /* times start answered that another worker runs it */
 } job_t;
 
 static void admit_waiting(worker_t *w);
@@ -134,12 +139,35 @@ static void on_backoff(uv_timer_t *t) {
   uv_close((uv_handle_t *)t, on_backoff_closed);
 }
 
-/* Redis could not record the state: give the message back to the broker
- * after a pause, so a Redis outage does not spin. */
-static void job_requeue_later(job_t *j) {
-  uv_timer_init(j->w->loop, &j->backoff);
+static void on_released(int status, pt_verdict_t v, const char *detail,
+                        void *arg) {
+  job_t *j = arg;
+  worker_t *w = j->w;
+  (void)v;
+  if (status != 0)
+    PT_WARN("claim_release_failed", "task_id=%s attempt=%d err=\"%s\" "
+            "note=\"a redelivered copy waits until the claim lapses\"",
+            j->task.id_str, j->task.attempt, detail);
+  if (!delivery_ours(w, j->gen)) { /* the broker redelivers it */
+    job_free(j);
+    maybe_finish_drain(w);
+    return;
+  }
+  uv_timer_init(w->loop, &j->backoff);
   j->backoff.data = j;
   uv_timer_start(&j->backoff, on_backoff, 1000, 0);
+}
+
+/* The job ends without its outcome recorded (Redis could not record it, or
+ * a copy it published was not confirmed): it drops its claim on the
+ * attempt, so that the redelivered message resumes it at once rather than
+ * wait for the claim to lapse, and gives the message back to the broker
+ * after a pause, so that an outage does not spin. */
+static void job_requeue_later(job_t *j) {
+  redisAsyncContext *ac = pt_redis_ctx(j->w->redis);
+  if (ac == NULL || pt_store_release(ac, j->task.id_str, j->task.attempt,
+                                     j->w->run, on_released, j) != 0)
+    on_released(PT_EREDIS, PT_V_OK, "redis unavailable", j);
 }
 
 /* Moves the per-second ring of final states to second sec, zeroing the
@@ -249,16 +277,11 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
      * the connection up and the delivery ours: it goes back after a pause,
      * as after a Redis failure, or it would keep its prefetch slot, and
      * the task stay RUNNING, until the connection ends. */
-    int ours = delivery_ours(w, j->gen);
     PT_WARN("publish_unconfirmed", "task_id=%s attempt=%d err=\"%s\"%s",
             j->task.id_str, j->task.attempt, pt_strerror(status),
-            ours ? " note=\"returned to the broker in 1 s\"" : "");
-    if (ours) {
-      job_requeue_later(j);
-      return;
-    }
-    job_free(j);
-    maybe_finish_drain(w);
+            delivery_ours(w, j->gen) ? " note=\"returned to the broker in 1 s\""
+                                     : "");
+    job_requeue_later(j);
     return;
   }
   write_finish(j);
@@ -287,8 +310,7 @@ static void publish_copy(job_t *j, int attempt, const pt_route_t *route) {
   if (rc != 0) {
     PT_WARN("publish_failed", "task_id=%s queue=%s err=\"%s\"",
             j->task.id_str, key, pt_strerror(rc));
-    job_free(j);
-    maybe_finish_drain(w);
+    job_requeue_later(j);
   }
 }
 
@@ -503,13 +525,58 @@ static void start_job(job_t *j, int with_spec) {
                       : pt_store_start(ac, j->task.id_str, j->task.attempt,
                                        j->redelivered, pt_now_ms(),
                                        (int)w->cfg->worker_max_redeliveries,
-                                       spec, len, on_started, j);
+                                       &w->owner, spec, len, on_started, j);
   bson_free(spec);
   if (rc != 0) {
     PT_ERROR("state_read_failed", "task_id=%s err=\"redis unavailable\"",
              j->task.id_str);
     job_requeue_later(j);
   }
+}
+
+/* Gives a delivery back to the broker at once, untouched in Redis. */
+static void job_give_back(job_t *j) {
+  worker_t *w = j->w;
+  if (delivery_ours(w, j->gen))
+    pt_amqp_nack(w->amqp, j->tag, 1);
+  job_free(j);
+  maybe_finish_drain(w);
+}
+
+static void on_busy_waited(uv_handle_t *h) {
+  job_t *j = h->data;
+  /* Draining, another worker waits for the owner instead; and a delivery
+   * whose connection dropped meanwhile is redelivered anyway. */
+  if (j->w->draining || !delivery_ours(j->w, j->gen)) {
+    job_give_back(j);
+    return;
+  }
+  start_job(j, 0);
+}
+
+static void on_busy_timer(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_busy_waited);
+}
+
+/* A redelivered attempt whose worker is alive and may still be running
+ * it (the broker redelivers on a lost connection too): running it here as
+ * well would make two calls to the channel at once, and count a crash that
+ * did not happen. It waits, and asks start again every second, until the
+ * owner has finished it (skip), has given it up, has died (its heartbeat
+ * lapses within 10 s), or the claim's hold has passed (resume). */
+static void wait_for_owner(job_t *j, const char *owner) {
+  worker_t *w = j->w;
+  if (j->busy_polls++ == 0)
+    PT_INFO("attempt_busy", "task_id=%s attempt=%d owner=%s note=\"redelivered "
+            "while its worker may still run it; asking again every second\"",
+            j->task.id_str, j->task.attempt, owner);
+  if (w->draining) {
+    job_give_back(j);
+    return;
+  }
+  uv_timer_init(w->loop, &j->backoff);
+  j->backoff.data = j;
+  uv_timer_start(&j->backoff, on_busy_timer, 1000, 0);
 }
 
 static void on_started(int status, pt_verdict_t v, const char *detail,
@@ -535,6 +602,9 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
             "record of the task and no tombstone; rebuilt from the message\"",
             j->task.id_str, j->task.attempt);
     start_job(j, 1);
+    return;
+  case PT_V_BUSY:
+    wait_for_owner(j, detail);
     return;
   case PT_V_RUN:
   case PT_V_RESUME:
@@ -898,11 +968,11 @@ static void on_heartbeat(uv_timer_t *t) {
   redisAsyncCommand(ac, NULL, NULL,
                     "HSET pt:worker:%s pid %ld inflight %ld calls %ld "
                     "finals %ld finals_1m %ld draining %d updated_at %lld "
-                    "waiting %ld",
+                    "waiting %ld run %s",
                     w->consumer, (long)getpid(), (long)w->inflight,
                     w->http ? (long)pt_http_client_inflight(w->http) : 0L,
                     w->finals_total, last_min, w->draining,
-                    (long long)pt_now_ms(), (long)w->waiting);
+                    (long long)pt_now_ms(), (long)w->waiting, w->run);
   redisAsyncCommand(ac, NULL, NULL, "EXPIRE pt:worker:%s 10", w->consumer);
 }
 
@@ -1111,6 +1181,18 @@ static int start_failed(worker_t *w, const char *event, const pt_error_t *err) {
   return 1;
 }
 
+/* 16 hex digits no other worker process has (the claim's run token; a
+ * host and pid can come back after a restart, in a container). */
+static void new_run_token(char out[17]) {
+  unsigned char b[8] = {0};
+  if (uv_random(NULL, NULL, b, sizeof b, 0, NULL) != 0) {
+    uint64_t x = (uint64_t)pt_now_ms() ^ ((uint64_t)getpid() << 40);
+    memcpy(b, &x, sizeof b);
+  }
+  for (int i = 0; i < 8; i++)
+    snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
 int pt_worker_run(const pt_config_t *cfg, int index) {
   worker_t w;
   pt_error_t err;
@@ -1172,6 +1254,17 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   uv_timer_init(w.loop, &w.drain_timer);
   w.drain_timer.data = &w;
   snprintf(w.consumer, sizeof w.consumer, "%s", consumer);
+  new_run_token(w.run);
+  /* An attempt makes at most two channel calls (a query before a create),
+   * each cut off at its timeout; past twice that and 10 s more, a claim
+   * no longer holds back a redelivered copy even if its worker lives. */
+  w.owner = (pt_store_owner_t){
+      .worker = w.consumer,
+      .run = w.run,
+      .hold_ms = 2 * (cfg->worker_attempt_timeout_ms > cfg->notify_timeout_ms
+                          ? cfg->worker_attempt_timeout_ms
+                          : cfg->notify_timeout_ms) +
+                 10000};
   uv_timer_init(w.loop, &w.heartbeat);
   w.heartbeat.data = &w;
   uv_timer_start(&w.heartbeat, on_heartbeat, 0, 2000);

@@ -3,6 +3,7 @@
  * redelivery limit, stale finishes). */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -39,15 +40,25 @@ static void teardown(void) {
 TestSuite(store, .init = setup, .fini = teardown, .timeout = 30);
 
 
-static pt_verdict_t start_spec(int attempt, int redelivered,
-                               const char *spec) {
+/* The start script as worker `owner` (NULL: none) calls it at now_ms;
+ * the verdict's detail into detail (MAY be NULL). */
+static pt_verdict_t start_as(int attempt, int redelivered, const char *spec,
+                             const pt_store_owner_t *owner, int64_t now_ms,
+                             char *detail, size_t detail_len) {
   pt_test_verdict_t r = {0};
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), id, attempt, redelivered,
-                              pt_now_ms(), 2, spec, spec ? strlen(spec) : 0,
+                              now_ms, 2, owner, spec, spec ? strlen(spec) : 0,
                               pt_test_on_verdict, &r),
                0);
   pt_test_wait_verdict(&loop, &r);
+  if (detail != NULL)
+    snprintf(detail, detail_len, "%s", r.detail);
   return r.v;
+}
+
+static pt_verdict_t start_spec(int attempt, int redelivered,
+                               const char *spec) {
+  return start_as(attempt, redelivered, spec, NULL, pt_now_ms(), NULL, 0);
 }
 
 static pt_verdict_t start(int attempt, int redelivered) {
@@ -103,6 +114,105 @@ Test(store, crash_redeliveries_resume_then_go_dead) {
   cr_assert_eq(start(1, 1), PT_V_DEAD, "max_crashes is 2 here");
   cr_assert_eq(finish(1, "FAILED"), PT_V_OK);
   cr_assert_eq(start(1, 1), PT_V_SKIP_FINAL);
+}
+
+/* Two workers' claims: a heartbeat (pt:worker:<name>) whose run token is
+ * `run` while alive is 1; deleted otherwise. */
+static char worker_a[48], worker_b[48];
+
+static void heartbeat(const char *name, const char *run, int alive) {
+  redisContext *c = pt_test_redis();
+  redisReply *r = alive ? redisCommand(c, "HSET pt:worker:%s run %s", name, run)
+                        : redisCommand(c, "DEL pt:worker:%s", name);
+  cr_assert(r != NULL && r->type != REDIS_REPLY_ERROR);
+  freeReplyObject(r);
+  redisFree(c);
+}
+
+static void claims_fini(void) {
+  heartbeat(worker_a, "", 0);
+  heartbeat(worker_b, "", 0);
+}
+
+static pt_store_owner_t owner(const char *name, const char *run) {
+  return (pt_store_owner_t){.worker = name, .run = run, .hold_ms = 60000};
+}
+
+/* Runs after the suite's setup (Criterion runs both), so id is set. */
+static void claims_init(void) {
+  snprintf(worker_a, sizeof worker_a, "test-%s-a", id);
+  snprintf(worker_b, sizeof worker_b, "test-%s-b", id);
+}
+
+static long crashes(void) {
+  redisContext *c = pt_test_redis();
+  redisReply *r = redisCommand(c, "HGET %s%s crashes", PT_KEY_TASK, id);
+  long n = r != NULL && r->type == REDIS_REPLY_STRING ? atol(r->str) : 0;
+  freeReplyObject(r);
+  redisFree(c);
+  return n;
+}
+
+Test(store, a_redelivered_attempt_waits_while_its_worker_lives,
+     .init = claims_init, .fini = claims_fini) {
+  pt_store_owner_t a = owner(worker_a, "run-a"), b = owner(worker_b, "run-b");
+  char detail[128];
+  int64_t now = pt_now_ms();
+  submit();
+  heartbeat(worker_a, "run-a", 1);
+  cr_assert_eq(start_as(1, 0, NULL, &a, now, NULL, 0), PT_V_RUN);
+  /* The broker closed A's connection and redelivered: A still runs it. */
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 500, detail, sizeof detail),
+               PT_V_BUSY, "an attempt whose worker lives must not run twice");
+  cr_assert_str_eq(detail, worker_a, "busy names the worker running it");
+  cr_assert_eq(crashes(), 0, "a lost connection is not a crash");
+  cr_assert_eq(start_as(1, 0, NULL, &b, now + 500, NULL, 0), PT_V_SKIP_DUP);
+  /* A's process was replaced (same name, another run token): A is dead. */
+  heartbeat(worker_a, "run-a2", 1);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 1000, NULL, 0), PT_V_RESUME);
+  cr_assert_eq(crashes(), 1);
+  /* B holds it now; B's heartbeat lapsed: A resumes it. */
+  cr_assert_eq(start_as(1, 1, NULL, &a, now + 1500, NULL, 0), PT_V_RESUME,
+               "a worker without a heartbeat is dead");
+  /* A finished it: the copy still waiting is skipped. */
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 2000, NULL, 0),
+               PT_V_SKIP_FINAL);
+}
+
+Test(store, a_claim_holds_no_longer_than_its_hold, .init = claims_init,
+     .fini = claims_fini) {
+  pt_store_owner_t a = owner(worker_a, "run-a"), b = owner(worker_b, "run-b");
+  int64_t now = pt_now_ms();
+  submit();
+  heartbeat(worker_a, "run-a", 1);
+  cr_assert_eq(start_as(1, 0, NULL, &a, now, NULL, 0), PT_V_RUN);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 59999, NULL, 0), PT_V_BUSY);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 60000, NULL, 0), PT_V_RESUME,
+               "past its hold a claim no longer holds the copy back");
+}
+
+Test(store, a_released_claim_lets_the_copy_resume_at_once,
+     .init = claims_init, .fini = claims_fini) {
+  pt_store_owner_t a = owner(worker_a, "run-a"), b = owner(worker_b, "run-b");
+  pt_test_verdict_t r = {0};
+  int64_t now = pt_now_ms();
+  submit();
+  heartbeat(worker_a, "run-a", 1);
+  cr_assert_eq(start_as(1, 0, NULL, &a, now, NULL, 0), PT_V_RUN);
+  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-b",
+                                pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_STALE, "only the claim's own worker releases it");
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 100, NULL, 0), PT_V_BUSY);
+  memset(&r, 0, sizeof r);
+  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-a",
+                                pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now + 200, NULL, 0), PT_V_RESUME);
 }
 
 Test(store, cancel_only_before_running) {

@@ -99,7 +99,8 @@ static void late_query(const char *state) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), query, 1, 0, pt_now_ms(),
-                              2, spec, strlen(spec), pt_test_on_verdict, &r),
+                              2, NULL, spec, strlen(spec), pt_test_on_verdict,
+                              &r),
                0);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_RUN);

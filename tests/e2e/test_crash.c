@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/pt_store.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -86,4 +87,56 @@ Test(crash, broker_closes_every_connection_midway) {
   pt_assert_created_once(&stack, otns, M);
   cr_assert_eq(pt_mongo_count_tasks(ids, M, 60), M,
                "not every task reached MongoDB");
+}
+
+/* The broker redelivers a worker's unacknowledged messages when its
+ * connection drops, while the worker itself goes on running them. The
+ * copies must wait for that worker, not run the attempts a second time
+ * (a resumed attempt queries the channel, and could create the trade
+ * again) nor count the drop as a crash toward worker.max_redeliveries. */
+Test(crash, a_lost_broker_connection_does_not_run_an_attempt_twice) {
+  enum { M = 20 };
+  static char ids[M][24], otns[M][64];
+  char prefix[48];
+  bson_t doc;
+  snprintf(prefix, sizeof prefix, "%s", pt_unique("BLIP"));
+  pt_stack_vhost(&stack); /* the connections closed below are ours alone */
+  /* No follow-up query for 10 minutes: every query the simulator sees
+   * comes from a second run of an attempt. */
+  pt_stack_env(&stack, "PAYTASK_QUERY_SCHEDULE", "600");
+  pt_stack_start(&stack, 2, NULL);
+  for (int i = 0; i < M; i++) {
+    snprintf(otns[i], sizeof otns[i], "%s-%d", prefix, i);
+    /* The channel answers each create after 4 s. */
+    char *body = pt_task_body(otns[i], 100 + i, "{\"latency_ms\": 4000}", NULL);
+    pt_submit_ok(&stack, body, ids[i]);
+    free(body);
+  }
+  for (int i = 0; i < M; i++) /* every create is at the channel */
+    for (int t = 0; pt_sim_stat(&stack, otns[i], "create_calls") < 1; t++) {
+      cr_assert(t < 300, "task %d never reached the channel", i);
+      usleep(10000);
+    }
+  pt_rabbitmqctl("close_all_connections --vhost '%s' "
+                 "'paytask test: the connection drops mid-call'",
+                 pt_amqp_vhost());
+  redisContext *rc = pt_test_redis();
+  for (int i = 0; i < M; i++) {
+    pt_wait_final(&stack, ids[i], 60, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED",
+                     "task %d (%s) did not succeed", i, ids[i]);
+    cr_assert_eq(pt_json_int(&doc, "attempts", 0), 1);
+    bson_destroy(&doc);
+    redisReply *r = redisCommand(rc, "HGET %s%s crashes", PT_KEY_TASK, ids[i]);
+    cr_assert(r != NULL && r->type == REDIS_REPLY_NIL,
+              "task %d: the lost connection was counted as a crash", i);
+    freeReplyObject(r);
+  }
+  redisFree(rc);
+  for (int i = 0; i < M; i++) {
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "query_calls"), 0,
+                 "task %d (%s): its attempt ran a second time (it queried)",
+                 i, ids[i]);
+    cr_assert_eq(pt_sim_stat(&stack, otns[i], "create_calls"), 1);
+  }
 }

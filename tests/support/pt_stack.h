@@ -127,9 +127,9 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the tasks collection has the index called name, waiting up to
  * timeout_s for it. */
 int pt_mongo_has_index(const char *name, int timeout_s);
-/* Whether the task's hash is still in Redis. */
 /* A connection to the test Redis (fails the test when there is none). */
 redisContext *pt_test_redis(void);
+/* Whether the task's hash is still in Redis. */
 int pt_redis_has_task(const char *id);
 /* Whether Redis holds the key. */
 int pt_redis_has_key(const char *key);
