@@ -94,8 +94,9 @@ static pt_verdict_t notify(const char *o, const char *state, int64_t amount) {
   return r.v;
 }
 
-/* A query task of the trade finishing with what the channel said. */
-static void late_query(const char *state) {
+/* A follow-up task of the trade (mode "query", "close", "notify")
+ * finishing with what the channel said (state MAY be NULL). */
+static void finish_child(const char *mode, const char *state) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), query, 1, 0, pt_now_ms(),
@@ -106,7 +107,7 @@ static void late_query(const char *state) {
   cr_assert_eq(r.v, PT_V_RUN);
   memset(&r, 0, sizeof r);
   char *h = pt_store_history_json(1, 1, 2, "success", NULL, NULL);
-  pt_store_trade_t tr = {.mode = "query",
+  pt_store_trade_t tr = {.mode = mode,
                          .trade_id = pay,
                          .state = state,
                          .source = "query",
@@ -121,6 +122,9 @@ static void late_query(const char *state) {
   cr_assert_eq(r.v, PT_V_OK);
   bson_free(h);
 }
+
+/* A query task of the trade finishing with what the channel said. */
+static void late_query(const char *state) { finish_child("query", state); }
 
 static int trade_events(void) {
   int n = 0;
@@ -171,4 +175,13 @@ Test(trade_store, a_query_settles_what_no_callback_did) {
   /* A payment notification after the close cannot reopen it. */
   cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_STALE);
   cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
+}
+
+Test(trade_store, a_notify_task_outliving_its_trade_makes_no_trade_record) {
+  /* The trade expired (30 days) before a replayed notify task ran. */
+  freeReplyObject(cmd("DEL %s%s", PT_KEY_TRADE, pay));
+  finish_child("notify", NULL);
+  redisReply *r = cmd("EXISTS %s%s", PT_KEY_TRADE, pay);
+  cr_assert_eq(r->integer, 0, "a trade record without expiry was made");
+  freeReplyObject(r);
 }
