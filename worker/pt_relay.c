@@ -21,6 +21,8 @@ struct pt_relay {
   size_t inflight;
   long sent;
   int64_t last_claim_ms;
+  char claim_from[48]; /* XAUTOCLAIM's cursor: where its next call starts */
+  int64_t last_error_ms; /* read errors are logged once per 10 s */
   /* entries done, acknowledged and deleted in one XACK and one XDEL when
    * the batch in flight is done */
   char done[PT_RELAY_BATCH][48];
@@ -161,6 +163,15 @@ static void on_confirmed(pt_amqp_t *c, int status, void *arg) {
   entry_end(en, status == 0);
 }
 
+/* An entry whose publish could not even start stays pending (claimed
+ * again later); said once per entry, so a relay that cannot publish is
+ * seen. */
+static void publish_failed(entry_t *en, int rc) {
+  PT_WARN("outbox_publish_failed", "entry=%s err=\"%s\" note=\"left pending; "
+          "claimed again later\"", en->id, pt_strerror(rc));
+  entry_end(en, 0);
+}
+
 /* ---- events ------------------------------------------------------------- */
 
 static void relay_event(entry_t *en, const redisReply *fields) {
@@ -178,7 +189,7 @@ static void relay_event(entry_t *en, const redisReply *fields) {
                            &msg, on_confirmed, en);
   bson_free(json);
   if (rc != 0)
-    entry_end(en, 0);
+    publish_failed(en, rc);
 }
 
 /* ---- follow-up tasks ---------------------------------------------------- */
@@ -244,7 +255,7 @@ static void publish_child(entry_t *en) {
                            len, &msg, on_confirmed, en);
   bson_free(body);
   if (rc != 0)
-    entry_end(en, 0);
+    publish_failed(en, rc);
   else
     PT_INFO("task_scheduled", "task_id=%s type=%s parent=%s in_ms=%lld",
             en->task_id, en->type, en->parent,
@@ -254,6 +265,10 @@ static void publish_child(entry_t *en) {
 static void on_child_stored(int status, pt_verdict_t v, const char *detail,
                             void *arg) {
   entry_t *en = arg;
+  if (en->r->closing) { /* the broker handle is gone; claimed again later */
+    entry_end(en, 0);
+    return;
+  }
   if (status != 0) {
     PT_WARN("outbox_store_failed", "entry=%s err=\"%s\"", en->id, detail);
     entry_end(en, 0);
@@ -268,7 +283,13 @@ static void on_parent_spec(redisAsyncContext *ac, void *reply, void *arg) {
   entry_t *en = arg;
   redisReply *rep = reply;
   (void)ac;
+  if (en->r->closing) {
+    entry_end(en, 0);
+    return;
+  }
   if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+    PT_WARN("outbox_store_failed", "entry=%s parent=%s err=\"%s\"", en->id,
+            en->parent, rep != NULL ? rep->str : "redis connection lost");
     entry_end(en, 0);
     return;
   }
@@ -351,6 +372,17 @@ static void handle_entries(pt_relay_t *r, const redisReply *entries) {
   }
 }
 
+/* The outbox cannot be read (Redis refuses: out of memory, a wrong type):
+ * retried every 100 ms, said at most every 10 s. */
+static void read_failed(pt_relay_t *r, const char *why) {
+  int64_t now = pt_now_ms();
+  if (now - r->last_error_ms < 10000)
+    return;
+  r->last_error_ms = now;
+  PT_ERROR("outbox_read_failed", "err=\"%s\" note=\"events and follow-up "
+           "tasks wait in pt:outbox\"", why);
+}
+
 static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
   pt_relay_t *r = arg;
   redisReply *rep = reply;
@@ -363,14 +395,20 @@ static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
   if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
     if (rep != NULL && strstr(rep->str, "NOGROUP") != NULL)
       r->group_ok = 0;
+    else
+      read_failed(r, rep != NULL ? rep->str : "redis connection lost");
     return;
   }
   if (rep->type != REDIS_REPLY_ARRAY)
     return;
-  /* XREADGROUP: [[stream, entries]]; XAUTOCLAIM: [next, entries, …]. */
-  if (rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_STRING)
+  /* XREADGROUP: [[stream, entries]]; XAUTOCLAIM: [next, entries, …], whose
+   * next is the cursor of the following claim ("0-0": the stream is done,
+   * start again from its beginning). */
+  if (rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_STRING) {
+    snprintf(r->claim_from, sizeof r->claim_from, "%s",
+             rep->element[0]->str);
     handle_entries(r, rep->element[1]);
-  else if (rep->elements == 1 && rep->element[0]->type == REDIS_REPLY_ARRAY &&
+  } else if (rep->elements == 1 && rep->element[0]->type == REDIS_REPLY_ARRAY &&
            rep->element[0]->elements == 2)
     handle_entries(r, rep->element[0]->element[1]);
 }
@@ -384,6 +422,10 @@ static void on_group(redisAsyncContext *ac, void *reply, void *arg) {
                       (rep->type == REDIS_REPLY_ERROR &&
                        strstr(rep->str, "BUSYGROUP") != NULL)))
     r->group_ok = 1;
+  else
+    read_failed(r, rep == NULL ? "redis connection lost"
+                   : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                    : "XGROUP CREATE failed");
   if (r->closing) {
     maybe_free(r);
     return;
@@ -405,10 +447,13 @@ static void on_tick(uv_timer_t *t) {
                            PT_STREAM_OUTBOX, PT_RELAY_GROUP);
   } else if (pt_now_ms() - r->last_claim_ms > 5000) {
     r->last_claim_ms = pt_now_ms();
-    rc = redisAsyncCommand(ac, on_read, r,
-                           "XAUTOCLAIM %s %s %s %d 0-0 COUNT 100",
+    /* Idle longer than a live relay may wait for its confirm, so only
+     * entries of a relay that is gone are taken. */
+    rc = redisAsyncCommand(ac, on_read, r, "XAUTOCLAIM %s %s %s %lld %s COUNT 100",
                            PT_STREAM_OUTBOX, PT_RELAY_GROUP, r->consumer,
-                           PT_RELAY_CLAIM_IDLE_MS);
+                           (long long)(r->cfg->amqp_confirm_timeout_ms +
+                                       PT_RELAY_CLAIM_IDLE_MS),
+                           r->claim_from);
   } else {
     rc = redisAsyncCommand(ac, on_read, r,
                            "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >",
@@ -430,6 +475,7 @@ pt_relay_t *pt_relay_new(uv_loop_t *loop, const pt_config_t *cfg,
   r->redis = redis;
   r->amqp = amqp;
   snprintf(r->consumer, sizeof r->consumer, "%s", consumer);
+  snprintf(r->claim_from, sizeof r->claim_from, "0-0");
   uv_timer_init(loop, &r->timer);
   r->timer.data = r;
   uv_timer_start(&r->timer, on_tick, 0, 100);

@@ -13,8 +13,9 @@
  *
  * Entries are read through the consumer group "relay" and acknowledged and
  * deleted only after the broker confirmed; those a dead worker had read are
- * claimed after PT_RELAY_CLAIM_IDLE_MS. A subscriber may see a duplicate
- * (same event_id), never a gap. */
+ * claimed once idle for amqp.confirm_timeout_ms + PT_RELAY_CLAIM_IDLE_MS
+ * (longer than a live relay waits for a confirm). A subscriber may see a
+ * duplicate (same event_id), never a gap. */
 #ifndef PT_RELAY_H
 #define PT_RELAY_H
 

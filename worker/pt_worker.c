@@ -1169,6 +1169,7 @@ static void on_signal(uv_signal_t *s, int signum) {
  * returns 1. */
 static int start_failed(worker_t *w, const char *event, const pt_error_t *err) {
   PT_ERROR(event, "err=\"%s\"", err->message);
+  pt_relay_destroy(w->relay);
   pt_amqp_destroy(w->amqp);
   pt_redis_destroy(w->redis);
   pt_http_client_destroy(w->http);
@@ -1237,6 +1238,11 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   w.fault_exit_after_final =
       fault != NULL && strcmp(fault, "exit_after_final") == 0;
   w.env = (pt_runner_env_t){w.loop, w.http, cfg, w.redis};
+  w.relay = pt_relay_new(w.loop, cfg, w.redis, w.amqp, consumer);
+  if (w.relay == NULL) {
+    pt_error_set(&err, PT_DOMAIN_SYSTEM, PT_ENOMEM, "no memory for the relay");
+    return start_failed(&w, "worker_start_failed", &err);
+  }
   w.metrics = pt_metrics_new();
   if (start_metrics(&w, index, &err) != 0)
     return start_failed(&w, "worker_start_failed", &err);
@@ -1271,7 +1277,6 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   uv_timer_init(w.loop, &w.lease_timer);
   w.lease_timer.data = &w;
   uv_timer_start(&w.lease_timer, on_lease_renew, 20000, 20000);
-  w.relay = pt_relay_new(w.loop, cfg, w.redis, w.amqp, consumer);
   PT_INFO("worker_started", "consumer=%s pid=%ld", consumer, (long)getpid());
   connect_amqp(&w);
   uv_run(w.loop, UV_RUN_DEFAULT);
