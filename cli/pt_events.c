@@ -8,6 +8,7 @@
 #include "cli/pt_events.h"
 
 #include <amqp.h>
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -61,6 +62,15 @@ int pt_events_main(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "q:n:c:h", opts, NULL)) != -1) {
     if (c == 'q') {
       queue = optarg;
+      /* Binding a queue of paytask's own (its work queue) to the events
+       * exchange, then acknowledging what it holds, would delete tasks. */
+      if (strncmp(queue, "paytask.", 8) == 0 || queue[0] == '\0' ||
+          strlen(queue) > 255) {
+        fprintf(stderr, "paytask events: --queue %s: names starting with "
+                        "\"paytask.\" are paytask's own queues, and a name "
+                        "is 1 to 255 bytes\n", queue);
+        return 2;
+      }
     } else if (c == 'n') {
       count = strtol(optarg, &end, 10);
       if (*end != '\0' || count < 1)
@@ -127,10 +137,24 @@ int pt_events_main(int argc, char **argv) {
       rc = 1;
       break;
     }
+    /* Acknowledged only once written: an event that could not be (a full
+     * disk, a closed pipe) stays in a --queue for the next run. */
     fwrite(env.message.body.bytes, 1, env.message.body.len, stdout);
     fputc('\n', stdout);
-    fflush(stdout);
-    amqp_basic_ack(conn, 1, env.delivery_tag, 0);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+      fprintf(stderr, "paytask events: cannot write the event (%s); it was "
+                      "not acknowledged\n", strerror(errno));
+      amqp_destroy_envelope(&env);
+      rc = 1;
+      break;
+    }
+    if (amqp_basic_ack(conn, 1, env.delivery_tag, 0) != AMQP_STATUS_OK) {
+      fprintf(stderr, "paytask events: the acknowledgement failed; the "
+                      "event may come again\n");
+      amqp_destroy_envelope(&env);
+      rc = 1;
+      break;
+    }
     amqp_destroy_envelope(&env);
     seen++;
   }

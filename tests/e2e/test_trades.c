@@ -932,3 +932,50 @@ Test(trades, worker_killed_before_publish_event_still_once, .timeout = 120) {
   cr_assert_eq(total, 1, "the event was published %d times", total);
   pt_stack_stop(&s);
 }
+
+/* `paytask events tail --queue q` with its output redirected to file;
+ * returns its exit status. */
+static int events_tail(const char *queue, const char *file) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null %s events tail --queue '%s' --count 1 "
+           "> %s 2>/dev/null",
+           getenv("PAYTASK_BIN"), queue, file);
+  int st = system(cmd);
+  cr_assert(WIFEXITED(st), "events tail did not exit");
+  return WEXITSTATUS(st);
+}
+
+Test(trades, events_tail_acknowledges_only_what_it_wrote) {
+  char q[64], out[96], line[256] = "";
+  pt_error_t err;
+  snprintf(q, sizeof q, "test.tail.%s", pt_unique("q"));
+  snprintf(out, sizeof out, "/tmp/%s.out", q);
+  /* The subscriber's queue, declared as events tail declares it. */
+  amqp_connection_state_t c = pt_amqp_connect_sync(
+      pt_test_uri("PAYTASK_AMQP_URI", "RabbitMQ"), 3000, &err);
+  cr_assert_not_null(c, "%s", err.message);
+  amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 0, 1, 0, 0,
+                     amqp_empty_table);
+  cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+  const char *event = "{\"event_id\":\"1-0\",\"event\":\"task.final\"}";
+  pt_amqp_publish_raw("", q, event, strlen(event), NULL);
+
+  cr_assert_eq(events_tail(q, "/dev/full"), 1,
+               "writing to a full disk must fail");
+  cr_assert_eq(pt_queue_depth(q), 1, "an event it could not write was lost");
+
+  cr_assert_eq(events_tail(q, out), 0);
+  FILE *f = fopen(out, "r");
+  cr_assert_not_null(f);
+  cr_assert_not_null(fgets(line, sizeof line, f));
+  fclose(f);
+  unlink(out);
+  cr_assert_str_eq(line, "{\"event_id\":\"1-0\",\"event\":\"task.final\"}\n");
+  cr_assert_eq(pt_queue_depth(q), 0, "a written event must be acknowledged");
+
+  cr_assert_eq(events_tail("paytask.tasks", "/dev/null"), 2,
+               "paytask's own queues are refused");
+  amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+  pt_amqp_close_sync(c);
+}
