@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,19 +17,24 @@
 #define CRASH_LIMIT 5
 #define BACKOFF_MAX_S 30
 
+/* Crashes are counted per slot: one event that ends every worker at once
+ * (Redis restarted: each exits to reconnect) is one crash of each, not a
+ * crash loop of the pool. */
 typedef struct {
   pid_t pid;          /* 0: slot empty */
   int stopping;       /* sent SIGTERM by a scale-down or shutdown */
+  time_t started_at;  /* when its worker was started */
   time_t restart_at;  /* a crashed slot waiting for its backoff */
   int backoff_s;
+  time_t crashes[CRASH_LIMIT + 1];
+  int ncrash;
 } slot_t;
 
 static slot_t slots[MAX_PROCESSES];
 static int wanted;
-static time_t crashes[CRASH_LIMIT + 1];
-static int ncrash;
 
 static pid_t start_worker(const pt_config_t *cfg, sigset_t *old, int index) {
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
     /* The child starts from a clean signal state and runs one worker;
@@ -40,6 +46,10 @@ static pid_t start_worker(const pt_config_t *cfg, sigset_t *old, int index) {
     sigprocmask(SIG_SETMASK, &mask, NULL);
     signal(SIGTTIN, SIG_IGN); /* default would stop the process */
     signal(SIGTTOU, SIG_IGN);
+    /* A supervisor killed outright leaves no orphan: its workers drain. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+      _exit(0);
     _exit(pt_worker_run(cfg, index));
   }
   if (pid > 0)
@@ -63,14 +73,23 @@ static int alive(void) {
   return n;
 }
 
-/* 1 when more than CRASH_LIMIT crashes fell within CRASH_WINDOW_S. */
-static int crash_loop(time_t now) {
-  if (ncrash == CRASH_LIMIT + 1) {
-    memmove(crashes, crashes + 1, CRASH_LIMIT * sizeof crashes[0]);
-    ncrash--;
+/* 1 when more than CRASH_LIMIT crashes of slot s fell within
+ * CRASH_WINDOW_S. */
+static int crash_loop(slot_t *s, time_t now) {
+  if (s->ncrash == CRASH_LIMIT + 1) {
+    memmove(s->crashes, s->crashes + 1, CRASH_LIMIT * sizeof s->crashes[0]);
+    s->ncrash--;
   }
-  crashes[ncrash++] = now;
-  return ncrash == CRASH_LIMIT + 1 && now - crashes[0] < CRASH_WINDOW_S;
+  s->crashes[s->ncrash++] = now;
+  return s->ncrash == CRASH_LIMIT + 1 &&
+         now - s->crashes[0] < CRASH_WINDOW_S;
+}
+
+static void spawn(const pt_config_t *cfg, sigset_t *old, int i, time_t now) {
+  slots[i].pid = start_worker(cfg, old, i);
+  if (slots[i].pid < 0)
+    slots[i].pid = 0;
+  slots[i].started_at = now;
 }
 
 static void stop_all(void) {
@@ -118,18 +137,21 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
         if (slots[i].stopping || shutting_down) {
           memset(&slots[i], 0, sizeof slots[i]);
         } else {
-          /* Died on its own: restart after a backoff. */
-          if (!clean && crash_loop(now)) {
+          /* Died on its own: restart after a backoff, which starts again
+           * at 1 s after a worker that ran a whole crash window. */
+          if (!clean && crash_loop(&slots[i], now)) {
             PT_ERROR("supervisor_crash_loop",
-                     "crashes=%d window_s=%d note=\"giving up; see the "
-                     "workers' logs\"",
-                     CRASH_LIMIT + 1, CRASH_WINDOW_S);
+                     "slot=%d crashes=%d window_s=%d note=\"giving up; see "
+                     "the workers' logs\"",
+                     i, CRASH_LIMIT + 1, CRASH_WINDOW_S);
             shutting_down = 1;
             exit_code = 1;
             stop_all();
             slots[i].pid = 0;
             break;
           }
+          if (now - slots[i].started_at >= CRASH_WINDOW_S)
+            slots[i].backoff_s = 0;
           int b = slots[i].backoff_s ? slots[i].backoff_s * 2 : 1;
           slots[i].backoff_s = b > BACKOFF_MAX_S ? BACKOFF_MAX_S : b;
           slots[i].pid = 0;
@@ -145,7 +167,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
       for (int i = 0; i < MAX_PROCESSES; i++)
         if (slots[i].restart_at > 0 && slots[i].restart_at <= now) {
           slots[i].restart_at = 0;
-          slots[i].pid = start_worker(cfg, &old, i);
+          spawn(cfg, &old, i, now);
         }
       while (running() < wanted) {
         int i = 0;
@@ -155,9 +177,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
         if (i == MAX_PROCESSES)
           break;
         memset(&slots[i], 0, sizeof slots[i]);
-        slots[i].pid = start_worker(cfg, &old, i);
-        if (slots[i].pid < 0)
-          slots[i].pid = 0;
+        spawn(cfg, &old, i, now);
       }
       while (running() > wanted) {
         /* The newest one drains and goes. */

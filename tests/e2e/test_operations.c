@@ -222,3 +222,83 @@ Test(operations, scale_down_while_starting_drains_cleanly) {
   cr_assert_eq(pt_stack_stop_worker(&stack, pool, 60), 0,
                "the pool did not exit 0 on SIGTERM");
 }
+
+/* The pids of the supervisor's workers (its children), up to max. */
+static int pool_children(pid_t sup, pid_t *out, int max) {
+  char cmd[64];
+  int n = 0;
+  long p;
+  snprintf(cmd, sizeof cmd, "pgrep -P %ld", (long)sup);
+  FILE *f = popen(cmd, "r");
+  cr_assert_not_null(f);
+  while (n < max && fscanf(f, "%ld", &p) == 1)
+    out[n++] = (pid_t)p;
+  pclose(f);
+  return n;
+}
+
+/* Whether process pid runs (a zombie does not: it ended, and whoever
+ * adopted it has not reaped it yet). */
+static int running_pid(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  return p != NULL && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+/* Every worker of a pool ending at once (as when Redis restarts and each
+ * exits to reconnect) is one crash of each, not a crash loop: the pool
+ * starts them all again rather than giving up. */
+Test(operations, every_worker_of_a_pool_dying_once_is_not_a_crash_loop) {
+  enum { P = 6 };
+  pid_t kids[P + 2];
+  pt_stack_start(&stack, 0, NULL);
+  int pool = pt_stack_add_pool(&stack, P);
+  pid_t sup = stack.workers[pool];
+  int n = 0;
+  for (int t = 0; (n = pool_children(sup, kids, P + 2)) < P; t++) {
+    cr_assert(t < 300, "the pool started %d of %d workers", n, P);
+    usleep(100000);
+  }
+  for (int i = 0; i < P; i++)
+    kill(kids[i], SIGKILL);
+  /* Restarted after the 1 s backoff; the supervisor must still be there
+   * with P new workers. */
+  pid_t again[P + 2];
+  int fresh = 0;
+  for (int t = 0; t < 300 && fresh < P; t++) {
+    usleep(100000);
+    cr_assert_eq(kill(sup, 0), 0, "the supervisor gave up");
+    n = pool_children(sup, again, P + 2);
+    fresh = 0;
+    for (int i = 0; i < n; i++) {
+      int old = 0;
+      for (int k = 0; k < P; k++)
+        old |= again[i] == kids[k];
+      fresh += !old;
+    }
+  }
+  cr_assert_eq(fresh, P, "%d of %d workers were started again", fresh, P);
+  char id[24];
+  bson_t doc;
+  pt_run_task(&stack, pt_unique("POOL"), 100, NULL, NULL, id, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  /* A supervisor killed outright leaves no orphans: its workers drain
+   * and exit. */
+  n = pool_children(sup, again, P + 2);
+  cr_assert_eq(n, P);
+  pt_stack_signal_worker(&stack, pool, SIGKILL);
+  for (int i = 0; i < n; i++)
+    for (int t = 0; running_pid(again[i]); t++) {
+      cr_assert(t < 300, "worker %ld outlived its supervisor",
+                (long)again[i]);
+      usleep(100000);
+    }
+}
