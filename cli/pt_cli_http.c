@@ -35,8 +35,14 @@ long pt_cli_http(const pt_cli_req_t *r, pt_buf_t *out, const char **err) {
   CURLcode rc = curl_easy_perform(h);
   if (rc == CURLE_OK)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  else if (err != NULL)
-    *err = curl_easy_strerror(rc);
+  else {
+    if (err != NULL)
+      *err = curl_easy_strerror(rc);
+    long sent = 0; /* bytes of the request that left */
+    curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
+    if (sent > 0)
+      status = -2;
+  }
   curl_slist_free_all(hdrs);
   curl_easy_cleanup(h);
   return status;

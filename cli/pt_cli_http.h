@@ -16,8 +16,10 @@ typedef struct {
 } pt_cli_req_t;
 
 /* Sends r with Content-Type: application/json. Returns the HTTP status, or
- * -1 when nothing answered, with *err (MAY be NULL) set to why. *out gets
- * the answer's body (free(out->data)), even on -1. */
+ * when nothing answered, with *err (MAY be NULL) set to why: -1 if the
+ * request never left (no connection), -2 if it may have reached the
+ * server (a timeout or a reset after connecting: its outcome is unknown).
+ * *out gets the answer's body (free(out->data)), even then. */
 long pt_cli_http(const pt_cli_req_t *r, pt_buf_t *out, const char **err);
 
 #endif

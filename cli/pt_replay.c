@@ -15,6 +15,7 @@
 #include "core/pt_amqp.h"
 #include "core/pt_buf.h"
 #include "core/pt_config.h"
+#include "core/pt_id.h"
 #include "core/pt_task.h"
 #include "runner/pt_topology.h"
 
@@ -29,6 +30,55 @@ typedef struct {
   uint64_t tag;     /* its delivery tag while we hold it */
   int replayed;
 } found_t;
+
+/* An RFC 3339 time ("2026-11-25", "2026-11-25T08:00:00Z",
+ * "2026-11-25T16:00:00.5+08:00") rewritten in the form the documents store
+ * (UTC, milliseconds, "Z"), so that the two compare as strings. 0 if it
+ * is not one. */
+static int normalize_time(const char *in, char out[32]) {
+  int y, mo, d, h = 0, mi = 0, sec = 0, n = 0, oh = 0, om = 0, sign = 1;
+  long frac_ms = 0;
+  if (sscanf(in, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+    return 0;
+  const char *p = in + n;
+  if (*p != '\0') {
+    if ((*p != 'T' && *p != 't' && *p != ' ') ||
+        sscanf(p + 1, "%2d:%2d:%2d%n", &h, &mi, &sec, &n) != 3 || n != 8)
+      return 0;
+    p += 1 + n;
+    if (*p == '.') {
+      long scale = 100;
+      for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+        frac_ms += (*p - '0') * scale;
+      if (p[-1] == '.')
+        return 0;
+    }
+    if (*p == 'Z' || *p == 'z') {
+      p++;
+    } else if (*p == '+' || *p == '-') {
+      sign = *p == '-' ? -1 : 1;
+      if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 ||
+          oh > 23 || om > 59)
+        return 0;
+      p += 1 + n;
+    } else {
+      return 0; /* a time without its offset is ambiguous */
+    }
+    if (*p != '\0')
+      return 0;
+  }
+  struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
+                  .tm_hour = h, .tm_min = mi, .tm_sec = sec};
+  time_t t = timegm(&tm);
+  /* timegm normalises 2026-02-30 into March: refuse what moved */
+  if (t == (time_t)-1 || tm.tm_year != y - 1900 || tm.tm_mon != mo - 1 ||
+      tm.tm_mday != d || tm.tm_hour != h || tm.tm_min != mi ||
+      tm.tm_sec != sec)
+    return 0;
+  t -= sign * (oh * 3600 + om * 60);
+  pt_time_rfc3339((int64_t)t * 1000 + frac_ms, out);
+  return 1;
+}
 
 static const char *str(const bson_t *d, const char *path, char *buf,
                        size_t len) {
@@ -52,6 +102,11 @@ static long find_failed(const pt_config_t *cfg, char (*ids)[24], long nids,
     return -1;
   }
   mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  if (cl == NULL) {
+    fprintf(stderr, "paytask replay: mongodb.uri: cannot make a client\n");
+    mongoc_uri_destroy(u);
+    return -1;
+  }
   const char *db = mongoc_uri_get_database(u);
   mongoc_collection_t *col =
       mongoc_client_get_collection(cl, db ? db : "paytask", "tasks");
@@ -102,6 +157,10 @@ static long find_failed(const pt_config_t *cfg, char (*ids)[24], long nids,
   if (mongoc_cursor_error(cur, &e)) {
     fprintf(stderr, "paytask replay: MongoDB: %s\n", e.message);
     n = -1;
+  } else if (n == max && mongoc_cursor_next(cur, &d)) {
+    fprintf(stderr, "paytask replay: more than %ld tasks match; narrow the "
+                    "filters (--since/--until) and run again\n", max);
+    n = -1;
   }
   mongoc_cursor_destroy(cur);
   bson_destroy(&q);
@@ -115,7 +174,11 @@ static long find_failed(const pt_config_t *cfg, char (*ids)[24], long nids,
  * queue by settle_dead, not before (a requeued message would come straight
  * back to the next basic.get). */
 static uint64_t *others;
-static long nothers;
+static long nothers, cap_others;
+
+static int by_id(const void *a, const void *b) {
+  return strcmp(((const found_t *)a)->id, ((const found_t *)b)->id);
+}
 
 /* Takes every dead-queue message (unacknowledged, so they stay ours until
  * settle_dead) and marks the found tasks that have one. */
@@ -147,20 +210,25 @@ static amqp_connection_state_t hold_dead(const pt_config_t *cfg, found_t *f,
       str(&d, "task_id", id, sizeof id);
       bson_destroy(&d);
     }
-    int mine = 0;
-    for (long i = 0; i < n && id[0]; i++)
-      if (strcmp(f[i].id, id) == 0 && !f[i].dead) {
-        f[i].dead = 1;
-        f[i].tag = tag;
-        mine = 1;
-        break;
-      }
-    if (!mine) { /* not ours to touch: back to the queue at the end */
-      uint64_t *o = realloc(others, (size_t)(nothers + 1) * sizeof *o);
-      if (o != NULL) {
+    found_t key;
+    snprintf(key.id, sizeof key.id, "%s", id);
+    found_t *hit = id[0] ? bsearch(&key, f, (size_t)n, sizeof *f, by_id)
+                         : NULL;
+    if (hit != NULL && !hit->dead) {
+      hit->dead = 1;
+      hit->tag = tag;
+    } else { /* not ours to touch: back to the queue at the end */
+      if (nothers == cap_others) {
+        long cap = cap_others ? 2 * cap_others : 256;
+        uint64_t *o = realloc(others, (size_t)cap * sizeof *o);
+        if (o == NULL) { /* it goes back when the connection closes */
+          amqp_destroy_message(&m);
+          continue;
+        }
         others = o;
-        others[nothers++] = tag;
+        cap_others = cap;
       }
+      others[nothers++] = tag;
     }
     amqp_destroy_message(&m);
     amqp_maybe_release_buffers(c);
@@ -168,7 +236,24 @@ static amqp_connection_state_t hold_dead(const pt_config_t *cfg, found_t *f,
   return c;
 }
 
-/* Acknowledges the dead copies of replayed tasks; returns the others. */
+/* Takes the dead copy of a task that has been replayed (now or before)
+ * out of the dead queue, at once: a run cut short (Ctrl-C) leaves no copy
+ * of a replayed task behind. Returns 0, or -1 (said) if the broker did not
+ * take the acknowledgement: the copy goes back to the dead queue. */
+static int drop_dead_copy(amqp_connection_state_t c, found_t *f) {
+  if (c == NULL || !f->dead)
+    return 0;
+  f->dead = 0;
+  if (amqp_basic_ack(c, 1, f->tag, 0) == AMQP_STATUS_OK)
+    return 0;
+  fprintf(stderr, "paytask replay: the broker did not take the "
+                  "acknowledgement of %s's dead copy; it stays in %s\n",
+          f->id, PT_QUEUE_DEAD);
+  return -1;
+}
+
+/* Returns the held dead-queue messages not acknowledged (the others, and
+ * the copies of tasks not replayed). */
 static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
   if (c == NULL)
     return;
@@ -176,14 +261,10 @@ static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
     amqp_basic_nack(c, 1, others[i], 0, 1);
   free(others);
   others = NULL;
-  nothers = 0;
+  nothers = cap_others = 0;
   for (long i = 0; i < n; i++)
-    if (f[i].dead) {
-      if (f[i].replayed)
-        amqp_basic_ack(c, 1, f[i].tag, 0);
-      else
-        amqp_basic_nack(c, 1, f[i].tag, 0, 1);
-    }
+    if (f[i].dead)
+      amqp_basic_nack(c, 1, f[i].tag, 0, 1);
   pt_amqp_close_sync(c);
 }
 
@@ -231,12 +312,16 @@ int pt_replay_main(int argc, char **argv) {
              *code = NULL, *api = NULL, *token = NULL;
   int dry = 0, force = 0, c, filters = 0;
   double rate = 50;
-  char *end, line[64];
+  char *end, line[64], since_buf[32], until_buf[32];
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'i':
-      if (nids < MAX_IDS)
-        snprintf(ids[nids++], sizeof ids[0], "%.20s", optarg);
+      if (nids == MAX_IDS || strlen(optarg) > 20) {
+        fprintf(stderr, "paytask replay: --id %s: at most %d ids of 20 "
+                        "digits\n", optarg, MAX_IDS);
+        return 2;
+      }
+      snprintf(ids[nids++], sizeof ids[0], "%s", optarg);
       filters++;
       break;
     case 'f': {
@@ -245,15 +330,35 @@ int pt_replay_main(int argc, char **argv) {
         perror(optarg);
         return 2;
       }
-      while (nids < MAX_IDS && fgets(line, sizeof line, fp))
-        if (sscanf(line, "%20s", ids[nids]) == 1)
+      while (fgets(line, sizeof line, fp))
+        if (sscanf(line, "%23s", ids[nids < MAX_IDS ? nids : 0]) == 1) {
+          if (nids == MAX_IDS || strlen(ids[nids]) > 20) {
+            fprintf(stderr, "paytask replay: %s: at most %d ids of 20 "
+                            "digits, one per line\n", optarg, MAX_IDS);
+            fclose(fp);
+            return 2;
+          }
           nids++;
+        }
       fclose(fp);
       filters++;
       break;
     }
-    case 's': since = optarg; filters++; break;
-    case 'u': until = optarg; filters++; break;
+    case 's':
+    case 'u':
+      if (!normalize_time(optarg, c == 's' ? since_buf : until_buf)) {
+        fprintf(stderr, "paytask replay: --%s %s: not an RFC 3339 time "
+                        "(2026-11-25, 2026-11-25T08:00:00Z, "
+                        "2026-11-25T16:00:00+08:00)\n",
+                c == 's' ? "since" : "until", optarg);
+        return 2;
+      }
+      if (c == 's')
+        since = since_buf;
+      else
+        until = until_buf;
+      filters++;
+      break;
     case 'C': channel = optarg; filters++; break;
     case 't': type = optarg; filters++; break;
     case 'e': code = optarg; filters++; break;
@@ -302,12 +407,17 @@ int pt_replay_main(int argc, char **argv) {
     token = tokbuf;
   }
   found_t *f = calloc(MAX_IDS, sizeof *f);
+  if (f == NULL) {
+    fprintf(stderr, "paytask replay: out of memory\n");
+    return 1;
+  }
   long n = find_failed(&cfg, ids, nids, since, until, channel, type, code, f,
                        MAX_IDS);
   if (n < 0) {
     free(f);
     return 1;
   }
+  qsort(f, (size_t)n, sizeof *f, by_id); /* ids are in time order */
   long held = 0;
   amqp_connection_state_t dead = hold_dead(&cfg, f, n, &held);
   long in_dead = 0;
@@ -328,7 +438,7 @@ int pt_replay_main(int argc, char **argv) {
     free(f);
     return 0;
   }
-  long ok = 0, already = 0, failed = 0;
+  long ok = 0, already = 0, failed = 0, unknown = 0, kept = 0;
   int tty = isatty(2);
   struct timespec gap = {(time_t)(1 / rate),
                          (long)((1 / rate - (double)(time_t)(1 / rate)) * 1e9)};
@@ -339,12 +449,23 @@ int pt_replay_main(int argc, char **argv) {
       f[i].replayed = 1;
       ok++;
       printf("replayed %s -> %s\n", f[i].id, newid);
+      fflush(stdout);
+      kept += drop_dead_copy(dead, &f[i]) != 0;
     } else if (st == 409 && strcmp(newid, "already_replayed") == 0) {
       already++;
+      kept += drop_dead_copy(dead, &f[i]) != 0;
+    } else if (st == -2 ||
+               (st >= 500 && strcmp(newid, "broker_unavailable") != 0)) {
+      /* It may have gone through: a second try without --force says. */
+      unknown++;
+      fprintf(stderr, "replay of %s: outcome unknown (%s); run again "
+                      "without --force: if it went through, the answer is "
+                      "already replayed\n",
+              f[i].id, st == -2 ? "no answer" : newid);
     } else {
       failed++;
       fprintf(stderr, "replay of %s failed: HTTP %ld %s\n", f[i].id, st,
-              newid);
+              st < 0 ? "the api did not answer" : newid);
     }
     if (tty) {
       int w = 30, fill = (int)((i + 1) * w / n);
@@ -356,9 +477,12 @@ int pt_replay_main(int argc, char **argv) {
   if (tty)
     fputc('\n', stderr);
   settle_dead(dead, f, n);
-  printf("summary: %ld replayed, %ld already replayed (use --force), %ld "
-         "failed\n",
-         ok, already, failed);
+  printf("summary: %ld replayed, %ld already replayed (--force replays "
+         "them again), %ld failed, %ld outcome unknown\n",
+         ok, already, failed, unknown);
+  if (kept > 0)
+    printf("%ld dead copies of replayed tasks stay in %s\n", kept,
+           PT_QUEUE_DEAD);
   free(f);
-  return failed == 0 ? 0 : 1;
+  return failed == 0 && unknown == 0 ? 0 : 1;
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -189,4 +190,74 @@ Test(replay, a_replay_whose_submit_failed_can_be_tried_again) {
   replay_answers(&nobroker, id, "force=true", 503, "broker_unavailable", 0);
   replay_answers(&stack, id, "force=true", 202, NULL, 2);
   replay_answers(&stack, id, NULL, 409, "already_replayed", 0);
+}
+
+/* t (ms) as RFC 3339 in UTC+08:00, as an SRE in Shanghai writes it. */
+static void time_in_shanghai(int64_t ms, char out[40]) {
+  time_t t = (time_t)(ms / 1000) + 8 * 3600;
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(out, 40, "%Y-%m-%dT%H:%M:%S+08:00", &tm);
+}
+
+/* Runs `paytask replay ARGS`; returns its exit status and its output
+ * (stdout and stderr) in out. */
+static int replay_cli(const char *args, char *out, size_t len) {
+  char cmd[768];
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null PAYTASK_API_URL=%s %s replay %s 2>&1",
+           stack.api_url, getenv("PAYTASK_BIN"), args);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t n = fread(out, 1, len - 1, p);
+  out[n] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* --since and --until take RFC 3339 times with any offset; a task
+ * replayed already (here through the api) has its dead copy taken out of
+ * the dead queue by the next run, not put back for ever. */
+Test(replay, times_with_offsets_and_dead_copies_of_replayed_tasks) {
+  char id[24], args[256], out[4096], before[40], after[40], *body;
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  outage(1);
+  body = pt_task_body(pt_unique("DEADCOPY"), 100, NULL,
+                      "{\"need_retry\": false}");
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 60, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  bson_destroy(&doc);
+  outage(0);
+  char ids[1][24];
+  snprintf(ids[0], sizeof ids[0], "%s", id);
+  cr_assert_eq(pt_mongo_count_tasks(ids, 1, 60), 1, "not synced");
+  time_in_shanghai(pt_now_ms() - 120000, before);
+  time_in_shanghai(pt_now_ms() + 120000, after);
+
+  snprintf(args, sizeof args, "--id %s --since %s --dry-run", id, after);
+  cr_assert_eq(replay_cli(args, out, sizeof out), 0, "%s", out);
+  cr_assert(strstr(out, "0 failed task(s) match") != NULL, "%s", out);
+  snprintf(args, sizeof args, "--id %s --since %s --until %s --dry-run", id,
+           before, after);
+  cr_assert_eq(replay_cli(args, out, sizeof out), 0, "%s", out);
+  cr_assert(strstr(out, "1 failed task(s) match; 1 of them in the dead "
+                        "queue") != NULL, "%s", out);
+  cr_assert_eq(replay_cli("--since 2026-02-30", out, sizeof out), 2, "%s",
+               out);
+  cr_assert_eq(replay_cli("--since 2026-11-25T08:00:00", out, sizeof out), 2,
+               "a time without its offset must be refused: %s", out);
+
+  char *ans = NULL;
+  cr_assert_eq(replay(&stack, id, NULL, &ans), 202, "%s", ans);
+  free(ans);
+  snprintf(args, sizeof args, "--id %s", id);
+  cr_assert_eq(replay_cli(args, out, sizeof out), 0, "%s", out);
+  cr_assert(strstr(out, "1 already replayed") != NULL, "%s", out);
+  char mid[40];
+  snprintf(mid, sizeof mid, "%s:1", id);
+  cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 0,
+               "the dead copy of a replayed task was put back");
 }
