@@ -1,6 +1,7 @@
 #include "core/pt_redis.h"
 
-#include <hiredis/adapters/libuv.h>
+#include <arpa/inet.h>
+#include <hiredis/async.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@ struct pt_redis {
   uv_timer_t watchdog;
   pt_redis_lost_cb on_lost;
   void *arg;
+  char refused[160]; /* AUTH or SELECT refused: why, reported when lost */
 };
 
 static void unref(pt_redis_t *r) {
@@ -95,12 +97,91 @@ int pt_redis_uri_parse(const char *uri, pt_redis_uri_t *out, pt_error_t *err) {
   return 0;
 }
 
+/* An IPv4 or IPv6 address, which hiredis connects to without a (blocking)
+ * name lookup; "cafe" or "db" are names. */
 static int numeric_host(const char *h) {
-  for (; *h; h++)
-    if (!((*h >= '0' && *h <= '9') || *h == '.' || *h == ':' ||
-          (*h >= 'a' && *h <= 'f') || (*h >= 'A' && *h <= 'F')))
-      return 0;
-  return 1;
+  unsigned char a[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, h, a) == 1 || inet_pton(AF_INET6, h, a) == 1;
+}
+
+/* ---- hiredis on libuv ----------------------------------------------------
+ * hiredis 0.14's own libuv adapter (adapters/libuv.h) drops a poll error:
+ * libuv reports a socket error (a reset from Redis) as status < 0 and
+ * stops the poll handle, and the adapter returns without telling hiredis,
+ * so the connection is dead but never reported lost (pending callbacks
+ * never run). This copy hands the error to hiredis as the events it was
+ * waiting for, as hiredis 1.x's adapter does: its read or write fails,
+ * and hiredis disconnects with the error. */
+typedef struct {
+  redisAsyncContext *context;
+  uv_poll_t handle;
+  int events;
+} uv_events_t;
+
+static void uv_on_poll(uv_poll_t *handle, int status, int events) {
+  uv_events_t *p = handle->data;
+  int ev = status < 0 ? p->events : events;
+  if (p->context != NULL && (ev & UV_READABLE))
+    redisAsyncHandleRead(p->context);
+  if (p->context != NULL && (ev & UV_WRITABLE))
+    redisAsyncHandleWrite(p->context);
+}
+
+static void uv_set_events(uv_events_t *p, int events) {
+  p->events = events;
+  if (events != 0)
+    uv_poll_start(&p->handle, events, uv_on_poll);
+  else
+    uv_poll_stop(&p->handle);
+}
+
+static void uv_add_read(void *d) {
+  uv_events_t *p = d;
+  uv_set_events(p, p->events | UV_READABLE);
+}
+
+static void uv_del_read(void *d) {
+  uv_events_t *p = d;
+  uv_set_events(p, p->events & ~UV_READABLE);
+}
+
+static void uv_add_write(void *d) {
+  uv_events_t *p = d;
+  uv_set_events(p, p->events | UV_WRITABLE);
+}
+
+static void uv_del_write(void *d) {
+  uv_events_t *p = d;
+  uv_set_events(p, p->events & ~UV_WRITABLE);
+}
+
+static void uv_on_close(uv_handle_t *h) { free(h->data); }
+
+static void uv_cleanup(void *d) {
+  uv_events_t *p = d;
+  p->context = NULL; /* hiredis frees it after this */
+  uv_close((uv_handle_t *)&p->handle, uv_on_close);
+}
+
+static int uv_attach(redisAsyncContext *ac, uv_loop_t *loop) {
+  if (ac->ev.data != NULL)
+    return REDIS_ERR;
+  uv_events_t *p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return REDIS_ERR;
+  if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
+    free(p);
+    return REDIS_ERR;
+  }
+  p->handle.data = p;
+  p->context = ac;
+  ac->ev.addRead = uv_add_read;
+  ac->ev.delRead = uv_del_read;
+  ac->ev.addWrite = uv_add_write;
+  ac->ev.delWrite = uv_del_write;
+  ac->ev.cleanup = uv_cleanup;
+  ac->ev.data = p;
+  return REDIS_OK;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
@@ -152,9 +233,28 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     return;
   r->ac = NULL;
   r->up = 0;
-  if (!r->destroyed && r->on_lost != NULL)
-    r->on_lost(r, status == REDIS_OK ? 0 : PT_ECLOSED, ac->errstr, r->arg);
+  if (!r->destroyed && r->on_lost != NULL) {
+    if (r->refused[0])
+      r->on_lost(r, PT_ECONNECT, r->refused, r->arg);
+    else
+      r->on_lost(r, status == REDIS_OK ? 0 : PT_ECLOSED, ac->errstr, r->arg);
+  }
   unref(r);
+}
+
+/* AUTH or SELECT answered with an error (a wrong password or database):
+ * every later command would fail with it, so the connection is dropped
+ * and reported lost, as if it never came up. */
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *arg) {
+  redisReply *rep = reply;
+  pt_redis_t *r = ac->data;
+  if (rep == NULL || rep->type != REDIS_REPLY_ERROR || r == NULL ||
+      r->refused[0])
+    return;
+  snprintf(r->refused, sizeof r->refused, "%s refused: %s", (const char *)arg,
+           rep->str);
+  r->up = 0;
+  redisAsyncDisconnect(ac);
 }
 
 pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
@@ -184,6 +284,13 @@ pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
     free(r);
     return NULL;
   }
+  if (uv_attach(ac, loop) != REDIS_OK) {
+    pt_error_set(err, PT_DOMAIN_REDIS, PT_ENOMEM, "redis: cannot watch the "
+                 "socket");
+    redisAsyncFree(ac);
+    free(r);
+    return NULL;
+  }
   ac->data = r;
   r->ac = ac;
   r->refs = 3; /* the owner, the watchdog and the context */
@@ -191,15 +298,17 @@ pt_redis_t *pt_redis_connect(uv_loop_t *loop, const char *uri,
   r->watchdog.data = r;
   uv_timer_start(&r->watchdog, on_watchdog, CONNECT_CHECK_MS,
                  CONNECT_CHECK_MS);
-  redisLibuvAttach(ac, loop);
+  /* A Redis host that vanishes without closing (a partition) is noticed by
+   * TCP keepalive (probes after 15 s idle). */
+  redisEnableKeepAlive(&ac->c);
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   /* Queued before anything else, so every later command runs
    * authenticated and in the right database. */
   if (u.password[0])
-    redisAsyncCommand(ac, NULL, NULL, "AUTH %s", u.password);
+    redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", u.password);
   if (u.db != 0)
-    redisAsyncCommand(ac, NULL, NULL, "SELECT %d", u.db);
+    redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", u.db);
   return r;
 }
 

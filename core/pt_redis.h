@@ -26,8 +26,9 @@ int pt_redis_uri_parse(const char *uri, pt_redis_uri_t *out, pt_error_t *err);
 
 typedef struct pt_redis pt_redis_t;
 
-/* Called once if the connection is lost or closed (status 0 after
- * pt_redis_destroy, negative after an error). */
+/* Called once if the connection is lost (negative status: a reset, a
+ * connect that failed or timed out, AUTH or SELECT refused). Not called
+ * after pt_redis_destroy. */
 typedef void (*pt_redis_lost_cb)(pt_redis_t *r, int status, const char *why,
                                  void *arg);
 
@@ -44,8 +45,11 @@ redisAsyncContext *pt_redis_ctx(pt_redis_t *r);
 /* 1 while the connection is usable. */
 int pt_redis_is_up(const pt_redis_t *r);
 
-/* Disconnects (pending replies get a NULL reply, as hiredis does) and frees
- * r after hiredis has closed its handle; destroy(NULL) does nothing. */
+/* Disconnects and frees r after hiredis has closed its handle;
+ * destroy(NULL) does nothing. Connected, the disconnect is graceful:
+ * commands already sent are still answered, with their real replies, after
+ * this returns (so callbacks must not outlive what they point to); before
+ * the connection is up, pending callbacks get a NULL reply. */
 void pt_redis_destroy(pt_redis_t *r);
 
 /* Blocking connection for a thread without a loop: AUTH and SELECT done.

@@ -2,6 +2,10 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/pt_redis.h"
 #include "tests/support/pt_test.h"
@@ -93,6 +97,83 @@ Test(redis, closed_port_reports_failure_not_a_hang, .timeout = 30) {
   cr_assert_eq(got, 1, "the pending command must get a NULL reply");
   cr_assert_null(pt_redis_ctx(r));
   pt_redis_destroy(r);
+  pt_test_close_loop(&loop);
+}
+
+/* Runs the loop until *flag is set or ms pass. */
+static void run_until(uv_loop_t *loop, const int *flag, int ms) {
+  for (int t = 0; !*flag && t < ms; t += 10) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(10000);
+  }
+}
+
+/* A Redis that resets the connection (a kill -9 with unread data, a
+ * firewall) must be reported lost, and its pending commands answered with
+ * NULL: hiredis 0.14's libuv adapter dropped the socket error, so nothing
+ * ever ran again on that connection. */
+Test(redis, a_reset_connection_is_reported_lost, .timeout = 30) {
+  uv_loop_t loop;
+  pt_error_t err;
+  lost_t l = {0};
+  int got = 0, up = 0;
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof a;
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert(ls >= 0 && bind(ls, (struct sockaddr *)&a, sizeof a) == 0 &&
+            listen(ls, 1) == 0 &&
+            getsockname(ls, (struct sockaddr *)&a, &alen) == 0);
+  char uri[64];
+  snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/0", ntohs(a.sin_port));
+  uv_loop_init(&loop);
+  pt_redis_t *r = pt_redis_connect(&loop, uri, on_lost, &l, &err);
+  cr_assert_not_null(r, "%s", err.message);
+  for (int t = 0; !up && t < 3000; t += 10) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    up = pt_redis_is_up(r);
+    usleep(10000);
+  }
+  cr_assert(up, "never connected to the fake Redis");
+  int s = accept(ls, NULL, NULL);
+  cr_assert(s >= 0);
+  redisAsyncCommand(pt_redis_ctx(r), on_null, &got, "PING");
+  uv_run(&loop, UV_RUN_NOWAIT); /* the PING is sent, never answered */
+  struct linger lg = {1, 0};
+  setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(s); /* a reset, not a clean close */
+  run_until(&loop, &l.lost, 5000);
+  cr_assert_eq(l.lost, 1, "a reset connection was never reported lost");
+  cr_assert_eq(l.status, PT_ECLOSED);
+  cr_assert_eq(got, 1, "the pending command must get a NULL reply");
+  cr_assert_not(pt_redis_is_up(r));
+  pt_redis_destroy(r);
+  close(ls);
+  pt_test_run_loop(&loop, 5000, "Redis");
+  pt_test_close_loop(&loop);
+}
+
+/* A password Redis refuses is a connection that failed, reported as lost,
+ * not a connection "up" whose every command fails. */
+Test(redis, a_refused_password_is_reported_lost, .timeout = 30) {
+  uv_loop_t loop;
+  pt_error_t err;
+  pt_redis_uri_t u;
+  lost_t l = {0};
+  char uri[320];
+  cr_assert_eq(pt_redis_uri_parse(pt_test_uri("PAYTASK_REDIS_URI", "Redis"),
+                                  &u, &err), 0);
+  snprintf(uri, sizeof uri, "redis://:not-the-password@%s:%d/0", u.host,
+           u.port);
+  uv_loop_init(&loop);
+  pt_redis_t *r = pt_redis_connect(&loop, uri, on_lost, &l, &err);
+  cr_assert_not_null(r, "%s", err.message);
+  run_until(&loop, &l.lost, 5000);
+  cr_assert_eq(l.lost, 1, "a refused AUTH was not reported");
+  cr_assert_eq(l.status, PT_ECONNECT);
+  cr_assert_not(pt_redis_is_up(r));
+  pt_redis_destroy(r);
+  pt_test_run_loop(&loop, 5000, "Redis");
   pt_test_close_loop(&loop);
 }
 
