@@ -1,4 +1,5 @@
-/* Redis on a libuv loop through hiredis's libuv adapter (issue 2). */
+/* Redis on a libuv loop through hiredis (issue 2), with pt_redis.c's copy
+ * of its libuv adapter. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
