@@ -1,6 +1,7 @@
 /* paytask: one binary, one subcommand per process kind. main is thin: it
  * picks the subcommand, whose code lives in its own folder. */
 #include <curl/curl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -57,6 +58,11 @@ static void raise_nofile(void) {
 
 int main(int argc, char **argv) {
   raise_nofile();
+  /* A peer that resets its connection makes the next write() to it raise
+   * SIGPIPE, which kills the process: hiredis and libuv (under h2o) write
+   * without MSG_NOSIGNAL. Ignored, the write fails with EPIPE and the
+   * connection is dropped like any other lost one. */
+  signal(SIGPIPE, SIG_IGN);
   if (argc < 2 || strcmp(argv[1], "help") == 0 ||
       strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     usage(argc < 2 ? stderr : stdout);

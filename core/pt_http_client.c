@@ -258,6 +258,11 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
   curl_easy_setopt(e, CURLOPT_URL, req->url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  /* A call that ends (its timeout, a drain) while its host's name is still
+   * being looked up must not wait for the resolver's thread: libcurl joins
+   * it otherwise, on the loop thread, for as long as a dead DNS server
+   * keeps glibc waiting (seconds). */
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
