@@ -538,7 +538,8 @@ static void on_method(pt_amqp_t *c, amqp_channel_t ch, const amqp_method_t *m) {
   case AMQP_CONNECTION_BLOCKED_METHOD: {
     /* A resource alarm: the broker stops reading this connection, and
      * publishes would fill the socket buffer and then block the loop in
-     * librabbitmq's poll(). Callers ask pt_amqp_is_blocked first. */
+     * librabbitmq's poll(), on the loop: pt_amqp_publish refuses with
+     * PT_EBUSY until connection.unblocked. */
     const amqp_connection_blocked_t *b = m->decoded;
     c->blocked = 1;
     PT_WARN("amqp_blocked", "reason=\"%.*s\" note=\"broker blocks publishers\"",
@@ -880,6 +881,8 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
     return PT_EINVAL;
   if (!pt_amqp_is_ready(c))
     return PT_ECLOSED;
+  if (c->blocked) /* the write could wait in librabbitmq's poll() */
+    return PT_EBUSY;
   if (pending_reserve(c) < 0)
     return PT_ENOMEM;
 

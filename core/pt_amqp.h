@@ -129,9 +129,11 @@ typedef struct {
  * runs once when the broker confirms or refuses it, when the connection is
  * lost (PT_ECLOSED) or when the handle is destroyed (PT_ECANCELED); never
  * from inside this call. msg MAY be NULL (transient, application/json).
- * Returns PT_EINVAL for a name longer than 255 bytes, PT_ECLOSED if not
- * connected or if the write failed (cb never runs; the loss is then
- * reported to on_lost from the loop, not from inside this call). */
+ * Returns PT_EINVAL for a name longer than 255 bytes, PT_EBUSY while the
+ * broker blocks publishers (pt_amqp_is_blocked: the write could stall the
+ * loop until the alarm clears), PT_ECLOSED if not connected or if the
+ * write failed (cb never runs; the loss is then reported to on_lost from
+ * the loop, not from inside this call). */
 int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
                     const void *body, size_t len, const pt_amqp_msg_t *msg,
                     pt_amqp_confirm_cb cb, void *arg);

@@ -438,8 +438,8 @@ static void on_tick(uv_timer_t *t) {
   pt_relay_t *r = t->data;
   redisAsyncContext *ac = pt_redis_ctx(r->redis);
   if (r->closing || r->reading || r->inflight > 0 || ac == NULL ||
-      !pt_amqp_is_ready(r->amqp))
-    return;
+      !pt_amqp_is_ready(r->amqp) || pt_amqp_is_blocked(r->amqp))
+    return; /* blocked: the entries wait in the outbox until it clears */
   r->reading = 1;
   int rc;
   if (!r->group_ok) {

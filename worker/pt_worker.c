@@ -88,6 +88,8 @@ typedef struct {
   char *spec_json;
   int spec_sent; /* the start script was given the spec (see start_job) */
   int busy_polls; /* times start answered that another worker runs it */
+  int copy_attempt; /* the copy publish_copy waits to publish while the */
+  int copy_dead;    /* broker blocks publishers (to the dead queue) */
 } job_t;
 
 static void admit_waiting(worker_t *w);
@@ -287,11 +289,38 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
   write_finish(j);
 }
 
+static void publish_copy(job_t *j, int attempt, const pt_route_t *route);
+
+static void on_unblock_waited(uv_handle_t *h) {
+  job_t *j = h->data;
+  pt_route_t route;
+  if (!j->copy_dead)
+    pt_topology_route(j->next_at_ms, pt_now_ms(), &route);
+  publish_copy(j, j->copy_attempt, j->copy_dead ? NULL : &route);
+}
+
+static void on_unblock_timer(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_unblock_waited);
+}
+
 /* Publishes a copy of the task (attempt `attempt`), confirmed, then
  * writes the job's state: to the way route says (a retry, due later), or
- * to the dead queue when route is NULL. */
+ * to the dead queue when route is NULL. While the broker blocks publishers
+ * (a memory or disk alarm) the job keeps its outcome and tries again every
+ * second: giving the delivery back would only run the attempt again. */
 static void publish_copy(job_t *j, int attempt, const pt_route_t *route) {
   worker_t *w = j->w;
+  if (j->gen == w->gen && pt_amqp_is_blocked(w->amqp) && !w->interrupting) {
+    if (j->copy_attempt == 0)
+      log_job("copy_waits_for_broker", j, "note=\"the broker blocks "
+              "publishers; trying again every second\"");
+    j->copy_attempt = attempt;
+    j->copy_dead = route == NULL;
+    uv_timer_init(w->loop, &j->backoff);
+    j->backoff.data = j;
+    uv_timer_start(&j->backoff, on_unblock_timer, 1000, 0);
+    return;
+  }
   size_t len;
   char mid[48];
   const char *exchange = route ? route->exchange : "";

@@ -926,7 +926,22 @@ typedef struct {
   int confirms, confirm_status;
   int lost, lost_status;
   char lost_message[256];
+  pt_amqp_t *c;
+  uv_timer_t watch; /* looks for connection.blocked */
+  int saw_blocked, blocked_publish_rc;
 } stall_t;
+
+/* Once the broker has said the connection is blocked, a publish must be
+ * refused at once (it would wait in librabbitmq's poll() on the loop). */
+static void stall_watch(uv_timer_t *t) {
+  stall_t *st = t->data;
+  if (st->lost || !pt_amqp_is_blocked(st->c))
+    return;
+  st->saw_blocked = 1;
+  st->blocked_publish_rc =
+      pt_amqp_publish(st->c, "", "nowhere", "y", 1, NULL, NULL, NULL);
+  uv_close((uv_handle_t *)t, NULL);
+}
 
 static void lift_alarm(void) {
   pt_rabbitmqctl("set_vm_memory_high_watermark 0.4");
@@ -945,6 +960,8 @@ static void stall_on_lost(pt_amqp_t *c, int status, const pt_error_t *err,
   st->lost++;
   st->lost_status = status;
   snprintf(st->lost_message, sizeof st->lost_message, "%s", err->message);
+  if (!uv_is_closing((uv_handle_t *)&st->watch))
+    uv_close((uv_handle_t *)&st->watch, NULL);
   pt_amqp_destroy(c);
 }
 
@@ -962,6 +979,10 @@ static void stall_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
   cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
                                stall_on_confirm, st),
                0);
+  st->c = c;
+  uv_timer_init(&loop, &st->watch);
+  st->watch.data = st;
+  uv_timer_start(&st->watch, stall_watch, 20, 20);
 }
 
 Test(amqp, a_broker_that_confirms_nothing_is_dropped, .timeout = 60,
@@ -982,6 +1003,9 @@ Test(amqp, a_broker_that_confirms_nothing_is_dropped, .timeout = 60,
   cr_assert_eq(st.lost_status, PT_ETIMEDOUT, "lost: %s", st.lost_message);
   cr_assert_neq(strstr(st.lost_message, "confirmed no publish"), NULL, "%s",
                 st.lost_message);
+  cr_assert(st.saw_blocked, "the broker never said connection.blocked");
+  cr_assert_eq(st.blocked_publish_rc, PT_EBUSY,
+               "a publish while blocked must be refused, not written");
   pt_test_close_loop(&loop);
 }
 
