@@ -732,7 +732,9 @@ static void publish_task(op_t *op) {
   char *msg_body = pt_task_spec_json(&op->task, 1, &len);
   char mid[32];
   snprintf(mid, sizeof mid, "%s:1", op->id);
-  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid};
+  /* Mandatory: a task no queue takes (the queue or its binding deleted)
+   * is not answered 202. */
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid, .mandatory = 1};
   int rc = pt_amqp_publish(op->api->amqp, PT_EXCHANGE_WORK, PT_ROUTE_TASK,
                            msg_body, len, &msg, on_published, op);
   bson_free(msg_body);

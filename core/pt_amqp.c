@@ -41,7 +41,17 @@ typedef struct {
   void *arg;
   int done;
   uint64_t at_ms; /* loop time of the publish */
+  int mandatory;  /* published mandatory: the broker returns it unrouted */
+  int returned;   /* it came back (basic.return): its ack reports that */
+  char mid[64];   /* its message_id, which a return is matched by */
 } pending_t;
+
+/* A basic.return being received on the publish channel: its header and
+ * body frames follow the method. */
+typedef struct {
+  int active, have_header;
+  uint64_t body_size, got;
+} returning_t;
 
 /* The message being assembled on the consumer channel: basic.deliver, then
  * a content header, then body frames until body_size bytes have come. */
@@ -97,6 +107,7 @@ struct pt_amqp {
   pt_amqp_deliver_cb deliver_cb;
   void *deliver_arg;
   inbound_t in;
+  returning_t ret;
 };
 
 static void on_io(uv_poll_t *h, int status, int events);
@@ -262,6 +273,8 @@ static void pending_pop_done(pt_amqp_t *c) {
 /* Settles one publish and runs its callback, which may publish, lose or
  * destroy; callers re-read everything afterwards. */
 static void settle(pt_amqp_t *c, pending_t *p, int status) {
+  if (status == 0 && p->returned)
+    status = PT_EUNROUTED; /* acked, but it reached no queue */
   pt_amqp_confirm_cb cb = p->cb;
   void *arg = p->arg;
   p->done = 1;
@@ -333,6 +346,7 @@ static void detach(pt_amqp_t *c, bye_t bye) {
   }
   free(c->in.buf);
   memset(&c->in, 0, sizeof c->in);
+  memset(&c->ret, 0, sizeof c->ret);
   c->consumer = CONSUMER_NONE;
   c->deliver_cb = NULL;
   c->deliver_arg = NULL;
@@ -443,7 +457,60 @@ static void on_deliver(pt_amqp_t *c, const amqp_basic_deliver_t *m) {
   c->in.d.routing_key = m->routing_key;
 }
 
+/* A mandatory publish the broker could route to no queue comes back
+ * (basic.return, then its header and body) before its ack. The return is
+ * matched to the oldest unsettled mandatory publish with its message_id,
+ * whose confirm then reports PT_EUNROUTED: a task that reached no queue is
+ * not taken. */
+static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
+  const amqp_basic_properties_t *props = f->payload.properties.decoded;
+  if (!c->ret.active || c->ret.have_header) {
+    lose(c, BYE_CLOSE, PT_EPROTO, "unexpected content header on channel %u",
+         (unsigned)f->channel);
+    return;
+  }
+  c->ret.have_header = 1;
+  c->ret.body_size = f->payload.properties.body_size;
+  int matched = 0;
+  if (props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+    for (size_t i = 0; i < c->len && !matched; i++) {
+      pending_t *p = &c->ring[(c->head + i) & (c->cap - 1)];
+      if (!p->done && p->mandatory && !p->returned &&
+          props->message_id.len == strlen(p->mid) &&
+          memcmp(props->message_id.bytes, p->mid, props->message_id.len) ==
+              0)
+        matched = p->returned = 1;
+    }
+  }
+  if (!matched)
+    PT_WARN("amqp_return_unmatched", "message_id=\"%.*s\"",
+            props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+                ? (int)props->message_id.len
+                : 0,
+            props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+                ? (const char *)props->message_id.bytes
+                : "");
+  if (c->ret.body_size == 0)
+    memset(&c->ret, 0, sizeof c->ret);
+}
+
+static void on_return_body(pt_amqp_t *c, const amqp_frame_t *f) {
+  size_t len = f->payload.body_fragment.len;
+  if (!c->ret.have_header || len > c->ret.body_size - c->ret.got) {
+    lose(c, BYE_CLOSE, PT_EPROTO, "unexpected content body on channel %u",
+         (unsigned)f->channel);
+    return;
+  }
+  c->ret.got += len;
+  if (c->ret.got == c->ret.body_size)
+    memset(&c->ret, 0, sizeof c->ret);
+}
+
 static void on_header(pt_amqp_t *c, const amqp_frame_t *f) {
+  if (f->channel == PT_AMQP_PUB_CHANNEL) {
+    on_return_header(c, f);
+    return;
+  }
   if (f->channel != PT_AMQP_CONSUME_CHANNEL || !c->in.active ||
       c->in.have_header) {
     lose(c, BYE_CLOSE, PT_EPROTO, "unexpected content header on channel %u",
@@ -464,6 +531,10 @@ static void on_header(pt_amqp_t *c, const amqp_frame_t *f) {
 
 static void on_body(pt_amqp_t *c, const amqp_frame_t *f) {
   amqp_bytes_t frag = f->payload.body_fragment;
+  if (f->channel == PT_AMQP_PUB_CHANNEL) {
+    on_return_body(c, f);
+    return;
+  }
   if (f->channel != PT_AMQP_CONSUME_CHANNEL || !c->in.have_header ||
       frag.len > c->in.body_size - c->in.got) {
     lose(c, BYE_CLOSE, PT_EPROTO, "unexpected content body on channel %u",
@@ -501,6 +572,22 @@ static void on_method(pt_amqp_t *c, amqp_channel_t ch, const amqp_method_t *m) {
     const amqp_basic_nack_t *n = m->decoded;
     if (ch == PT_AMQP_PUB_CHANNEL)
       on_confirm(c, n->delivery_tag, n->multiple, PT_ENACK);
+    return;
+  }
+  case AMQP_BASIC_RETURN_METHOD: {
+    const amqp_basic_return_t *r = m->decoded;
+    if (ch != PT_AMQP_PUB_CHANNEL || c->ret.active) {
+      lose(c, BYE_CLOSE, PT_EPROTO, "unexpected basic.return on channel %u",
+           (unsigned)ch);
+      return;
+    }
+    c->ret.active = 1;
+    PT_WARN("amqp_returned", "exchange=\"%.*s\" routing_key=\"%.*s\" "
+            "reply=\"%u %.*s\" note=\"no queue took the message\"",
+            (int)r->exchange.len, (const char *)r->exchange.bytes,
+            (int)r->routing_key.len, (const char *)r->routing_key.bytes,
+            (unsigned)r->reply_code, (int)r->reply_text.len,
+            (const char *)r->reply_text.bytes);
     return;
   }
   case AMQP_BASIC_DELIVER_METHOD:
@@ -909,9 +996,14 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   }
   bytes.len = len;
   bytes.bytes = (void *)body;
+  int mandatory = msg != NULL && msg->mandatory;
+  if (mandatory && (msg->message_id == NULL ||
+                    strlen(msg->message_id) >= sizeof c->ring[0].mid))
+    return PT_EINVAL; /* a return is matched by its message_id */
   rc = amqp_basic_publish(c->conn, PT_AMQP_PUB_CHANNEL,
                           amqp_cstring_bytes(exchange),
-                          amqp_cstring_bytes(routing_key), 0, 0, &props, bytes);
+                          amqp_cstring_bytes(routing_key), mandatory, 0,
+                          &props, bytes);
   if (rc != AMQP_STATUS_OK)
     return mark_broken(c, rc, "publishing");
   /* The broker numbers confirms in the order it received the publishes. */
@@ -920,6 +1012,10 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   p->arg = arg;
   p->done = 0;
   p->at_ms = uv_now(c->loop);
+  p->mandatory = mandatory;
+  p->returned = 0;
+  if (mandatory)
+    snprintf(p->mid, sizeof p->mid, "%s", msg->message_id);
   c->len++;
   c->unconfirmed++;
   after_write(c);

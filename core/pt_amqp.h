@@ -123,10 +123,15 @@ typedef struct {
   const char *content_type; /* NULL: application/json */
   const char *expiration;   /* TTL in ms, as a string; MAY be NULL */
   amqp_table_t *headers;    /* MAY be NULL */
+  /* The broker returns it if no queue takes it, and its confirm callback
+   * then gets PT_EUNROUTED instead of 0. Needs a message_id (under 64
+   * bytes), by which the return is matched. */
+  int mandatory;
 } pt_amqp_msg_t;
 
-/* Publishes on the confirm channel (mandatory flag off). cb (MAY be NULL)
- * runs once when the broker confirms or refuses it, when the connection is
+/* Publishes on the confirm channel. cb (MAY be NULL) runs once when the
+ * broker confirms (0), refuses (PT_ENACK) or returns (PT_EUNROUTED, a
+ * mandatory message that reached no queue) it, when the connection is
  * lost (PT_ECLOSED) or when the handle is destroyed (PT_ECANCELED); never
  * from inside this call. msg MAY be NULL (transient, application/json).
  * Returns PT_EINVAL for a name longer than 255 bytes, PT_EBUSY while the

@@ -26,7 +26,8 @@
   XX(EBUSY, -16, "resource busy")                                            \
   XX(EHTTP, -17, "http error")                                               \
   XX(ECRYPTO, -18, "cryptographic failure")                                  \
-  XX(ECLOCK, -19, "clock moved backwards")
+  XX(ECLOCK, -19, "clock moved backwards")                                   \
+  XX(EUNROUTED, -20, "the broker routed the message to no queue")
 
 typedef enum {
   PT_OK = 0,

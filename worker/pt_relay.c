@@ -249,6 +249,7 @@ static void publish_child(entry_t *en) {
   snprintf(mid, sizeof mid, "%s:1", en->task_id);
   pt_topology_route(en->due_ms, now, &route);
   pt_amqp_msg_t msg = {.persistent = 1,
+                       .mandatory = 1,
                        .message_id = mid,
                        .headers = &route.headers};
   int rc = pt_amqp_publish(r->amqp, route.exchange, route.routing_key, body,

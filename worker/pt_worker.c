@@ -328,6 +328,7 @@ static void publish_copy(job_t *j, int attempt, const pt_route_t *route) {
   char *body = pt_task_spec_json(&j->task, attempt, &len);
   snprintf(mid, sizeof mid, "%s:%d", j->task.id_str, attempt);
   pt_amqp_msg_t msg = {.persistent = 1,
+                       .mandatory = 1, /* a copy no queue takes is lost */
                        .message_id = mid,
                        .headers = route ? (amqp_table_t *)&route->headers
                                         : NULL};
@@ -845,6 +846,7 @@ static int send_on(worker_t *w, const pt_amqp_delivery_t *d, int64_t due,
     snprintf(mid, sizeof mid, "%.*s", (int)d->props->message_id.len,
              (const char *)d->props->message_id.bytes);
     msg.message_id = mid;
+    msg.mandatory = strlen(mid) < 64; /* a return is matched by its id */
   }
   w->inflight++;
   int rc = pt_amqp_publish(w->amqp, route.exchange, route.routing_key,

@@ -746,6 +746,61 @@ Test(amqp, refused_publish_is_nacked, .timeout = 30) {
   pt_test_close_loop(&loop);
 }
 
+/* A mandatory message that no queue takes comes back from the broker:
+ * its confirm reports PT_EUNROUTED, not success (a task published to a
+ * deleted queue must not be answered 202). Without the flag the broker's
+ * ack is all there is. */
+static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                              void *arg) {
+  tiny_t *t = arg;
+  char none[128];
+  t->ready.calls++;
+  t->ready.status = status;
+  if (status < 0) {
+    snprintf(t->ready.message, sizeof t->ready.message, "%s", err->message);
+    pt_amqp_destroy(c);
+    return;
+  }
+  snprintf(none, sizeof none, "%s-no-such-queue", t->queue);
+  pt_amqp_msg_t to_queue = {.message_id = "m-0", .mandatory = 1};
+  pt_amqp_msg_t to_none = {.message_id = "m-1", .mandatory = 1};
+  pt_amqp_msg_t no_id = {.mandatory = 1};
+  cr_assert_eq(pt_amqp_publish(c, "", none, "{}", 2, &no_id, NULL, NULL),
+               PT_EINVAL, "a mandatory publish needs its message_id");
+  for (int i = 0; i < 3; i++) {
+    tiny_refs[i].t = t;
+    tiny_refs[i].i = i;
+  }
+  cr_assert_eq(pt_amqp_publish(c, "", t->queue, "{}", 2, &to_queue,
+                               tiny_on_confirm, &tiny_refs[0]),
+               0);
+  cr_assert_eq(pt_amqp_publish(c, "", none, "{\"a task\":1}", 12, &to_none,
+                               tiny_on_confirm, &tiny_refs[1]),
+               0);
+  cr_assert_eq(pt_amqp_publish(c, "", none, "{}", 2, NULL, tiny_on_confirm,
+                               &tiny_refs[2]),
+               0);
+}
+
+Test(amqp, a_mandatory_message_no_queue_takes_is_reported, .timeout = 30) {
+  tiny_t t = {0};
+  pt_amqp_opts_t opts = {
+      .uri = amqp_uri(), .setup = declare_exclusive, .setup_arg = t.queue};
+  pt_test_unique("pt-test-mandatory", t.queue, sizeof t.queue);
+  pt_amqp_t *c = pt_amqp_new(&loop, &opts);
+  cr_assert_not_null(c);
+  cr_assert_eq(pt_amqp_start(c, unrouted_on_ready, &t), 0);
+  pt_test_run_loop(&loop, 15000, "RabbitMQ mandatory publishes");
+  cr_assert_eq(t.ready.status, 0, "connect: %s", t.ready.message);
+  for (int i = 0; i < 3; i++)
+    cr_assert_eq(t.calls[i], 1, "confirm %d ran %d times", i, t.calls[i]);
+  cr_assert_eq(t.status[0], 0, "routed: %s", pt_err_name(t.status[0]));
+  cr_assert_eq(t.status[1], PT_EUNROUTED, "unrouted: %s",
+               pt_err_name(t.status[1]));
+  cr_assert_eq(t.status[2], 0, "not mandatory: %s", pt_err_name(t.status[2]));
+  pt_test_close_loop(&loop);
+}
+
 /* A backlog consumed without a prefetch limit arrives faster than one
  * readable event may handle (the drain budget): the rest must still be
  * drained, not stranded in librabbitmq's buffer. Cancelling the consumer

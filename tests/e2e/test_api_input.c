@@ -434,3 +434,33 @@ Test(api_input, busy_port_is_refused_at_start) {
   }
   close(fd);
 }
+
+/* The work queue deleted under a running api (an operator's mistake): the
+ * broker acknowledges a publish that reaches no queue, so without the
+ * mandatory flag the task was answered 202 and lost. It is refused now,
+ * and nothing waits PENDING for a message that does not exist. */
+Test(api_input, a_task_no_queue_takes_is_refused) {
+  char *out = NULL;
+  bson_t doc;
+  pt_stack_vhost(&stack); /* the queue deleted is this test's own */
+  pt_stack_start(&stack, 0, NULL);
+  pt_rabbitmqctl("delete_queue --vhost '%s' paytask.tasks", pt_amqp_vhost());
+  char *body = pt_task_body(pt_unique("NOQUEUE"), 100, NULL, NULL);
+  long st = pt_api_submit(&stack, body, "noqueue-1", &out);
+  expect_error(st, out, 503, "broker_unavailable");
+  free(out);
+  /* The refused task is withdrawn: its key is free, and retried once the
+   * queue is back (the api declares it when it reconnects), it is taken. */
+  pt_rabbitmqctl("close_all_connections --vhost '%s' 'paytask test: "
+                 "redeclare'", pt_amqp_vhost());
+  char id[24];
+  pt_submit_until_taken(&stack, body, "noqueue-1", id);
+  cr_assert_eq(pt_api_get(&stack, id, 0, &out), 200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING");
+  bson_destroy(&doc);
+  free(out);
+  free(body);
+  cr_assert_eq(pt_queue_depth("paytask.tasks"), 1,
+               "the task taken must be in the queue");
+}
