@@ -1146,7 +1146,11 @@ amqp_connection_state_t pt_amqp_connect_sync(const char *uri, int timeout_ms,
   amqp_connection_state_t c = amqp_new_connection();
   amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
   struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-  int ok = s != NULL &&
+  /* Every later request and its reply too (channel.open, queue.declare,
+   * basic.get): a broker that stops answering fails the command instead
+   * of hanging it. */
+  int ok = s != NULL && amqp_set_handshake_timeout(c, &tv) == AMQP_STATUS_OK &&
+           amqp_set_rpc_timeout(c, &tv) == AMQP_STATUS_OK &&
            amqp_socket_open_noblock(s, ci.host, ci.port, &tv) == AMQP_STATUS_OK;
   if (ok)
     ok = amqp_login(c, ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,

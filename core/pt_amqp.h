@@ -178,7 +178,8 @@ void pt_amqp_destroy(pt_amqp_t *c);
 
 /* A blocking connection for commands that own no loop (inspect, replay,
  * tests): connects with a timeout, logs in ("amqp://host/" means vhost
- * "/") and opens channel 1. Returns NULL and fills err on failure; close
+ * "/") and opens channel 1; every later request waits for its reply at
+ * most timeout_ms too. Returns NULL and fills err on failure; close
  * with pt_amqp_close_sync. Never call it on a loop thread. */
 amqp_connection_state_t pt_amqp_connect_sync(const char *uri, int timeout_ms,
                                              pt_error_t *err);

@@ -446,7 +446,9 @@ Test(api_input, a_task_no_queue_takes_is_refused) {
   pt_stack_start(&stack, 0, NULL);
   pt_rabbitmqctl("delete_queue --vhost '%s' paytask.tasks", pt_amqp_vhost());
   char *body = pt_task_body(pt_unique("NOQUEUE"), 100, NULL, NULL);
-  long st = pt_api_submit(&stack, body, "noqueue-1", &out);
+  char key[64];
+  snprintf(key, sizeof key, "%s", pt_unique("noqueue"));
+  long st = pt_api_submit(&stack, body, key, &out);
   expect_error(st, out, 503, "broker_unavailable");
   free(out);
   /* The refused task is withdrawn: its key is free, and retried once the
@@ -454,7 +456,7 @@ Test(api_input, a_task_no_queue_takes_is_refused) {
   pt_rabbitmqctl("close_all_connections --vhost '%s' 'paytask test: "
                  "redeclare'", pt_amqp_vhost());
   char id[24];
-  pt_submit_until_taken(&stack, body, "noqueue-1", id);
+  pt_submit_until_taken(&stack, body, key, id);
   cr_assert_eq(pt_api_get(&stack, id, 0, &out), 200, "%s", out);
   pt_json(out, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING");
