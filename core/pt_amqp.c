@@ -108,6 +108,7 @@ struct pt_amqp {
   void *deliver_arg;
   inbound_t in;
   returning_t ret;
+  int unrouted; /* a publish came back: reconnect once its ack is handled */
 };
 
 static void on_io(uv_poll_t *h, int status, int events);
@@ -273,8 +274,10 @@ static void pending_pop_done(pt_amqp_t *c) {
 /* Settles one publish and runs its callback, which may publish, lose or
  * destroy; callers re-read everything afterwards. */
 static void settle(pt_amqp_t *c, pending_t *p, int status) {
-  if (status == 0 && p->returned)
+  if (status == 0 && p->returned) {
     status = PT_EUNROUTED; /* acked, but it reached no queue */
+    c->unrouted = 1;
+  }
   pt_amqp_confirm_cb cb = p->cb;
   void *arg = p->arg;
   p->done = 1;
@@ -347,6 +350,7 @@ static void detach(pt_amqp_t *c, bye_t bye) {
   free(c->in.buf);
   memset(&c->in, 0, sizeof c->in);
   memset(&c->ret, 0, sizeof c->ret);
+  c->unrouted = 0;
   c->consumer = CONSUMER_NONE;
   c->deliver_cb = NULL;
   c->deliver_arg = NULL;
@@ -560,18 +564,34 @@ static void on_body(pt_amqp_t *c, const amqp_frame_t *f) {
     deliver(c, c->in.buf);
 }
 
+/* Something of the topology is gone (a queue or a binding deleted): once
+ * the publishes in flight are settled, a new connection runs the owner's
+ * setup, which declares it again, instead of every later publish coming
+ * back the same way. New publishes are refused meanwhile, so that the ones
+ * in flight are confirmed rather than failed with the connection. */
+static void maybe_redeclare(pt_amqp_t *c) {
+  if (!c->unrouted || c->state != ST_READY || c->unconfirmed > 0)
+    return;
+  c->unrouted = 0;
+  lose(c, BYE_CLOSE, PT_EUNROUTED,
+       "a message reached no queue; reconnecting to declare the topology "
+       "again");
+}
+
 static void on_method(pt_amqp_t *c, amqp_channel_t ch, const amqp_method_t *m) {
   switch (m->id) {
   case AMQP_BASIC_ACK_METHOD: {
     const amqp_basic_ack_t *a = m->decoded;
     if (ch == PT_AMQP_PUB_CHANNEL)
       on_confirm(c, a->delivery_tag, a->multiple, 0);
+    maybe_redeclare(c);
     return;
   }
   case AMQP_BASIC_NACK_METHOD: {
     const amqp_basic_nack_t *n = m->decoded;
     if (ch == PT_AMQP_PUB_CHANNEL)
       on_confirm(c, n->delivery_tag, n->multiple, PT_ENACK);
+    maybe_redeclare(c);
     return;
   }
   case AMQP_BASIC_RETURN_METHOD: {
@@ -970,6 +990,8 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
     return PT_ECLOSED;
   if (c->blocked) /* the write could wait in librabbitmq's poll() */
     return PT_EBUSY;
+  if (c->unrouted) /* reconnecting once the publishes in flight are done */
+    return PT_EUNROUTED;
   if (pending_reserve(c) < 0)
     return PT_ENOMEM;
 

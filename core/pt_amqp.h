@@ -134,6 +134,9 @@ typedef struct {
  * mandatory message that reached no queue) it, when the connection is
  * lost (PT_ECLOSED) or when the handle is destroyed (PT_ECANCELED); never
  * from inside this call. msg MAY be NULL (transient, application/json).
+ * A returned message also makes the handle reconnect (the owner's setup
+ * then declares the topology again) once the publishes in flight are
+ * confirmed; until then publishes are refused with PT_EUNROUTED.
  * Returns PT_EINVAL for a name longer than 255 bytes, PT_EBUSY while the
  * broker blocks publishers (pt_amqp_is_blocked: the write could stall the
  * loop until the alarm clears), PT_ECLOSED if not connected or if the
