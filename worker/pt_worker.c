@@ -66,7 +66,7 @@ typedef struct {
 } worker_t;
 
 /* One delivery in flight. */
-typedef struct {
+typedef struct job {
   worker_t *w;
   unsigned gen;
   uint64_t tag;
@@ -79,7 +79,8 @@ typedef struct {
   char *error_json;
   char *history_json;
   int64_t next_at_ms;
-  uv_timer_t backoff;
+  uv_timer_t backoff;             /* see job_after_a_second */
+  void (*after)(struct job *j);   /* what runs when it has passed */
   /* what this attempt does to its trade (see pt_store_trade_t) */
   pt_store_trade_t trade;
   int has_trade;
@@ -127,18 +128,34 @@ static void job_ack(job_t *j) {
   maybe_finish_drain(w);
 }
 
-static void on_backoff_closed(uv_handle_t *h) {
-  job_t *j = h->data;
+/* Gives a delivery back to the broker at once, untouched in Redis. */
+static void job_give_back(job_t *j) {
   worker_t *w = j->w;
+  if (delivery_ours(w, j->gen))
+    pt_amqp_nack(w->amqp, j->tag, 1);
   job_free(j);
   maybe_finish_drain(w);
 }
 
-static void on_backoff(uv_timer_t *t) {
-  job_t *j = t->data;
-  if (delivery_ours(j->w, j->gen))
-    pt_amqp_nack(j->w->amqp, j->tag, 1);
-  uv_close((uv_handle_t *)t, on_backoff_closed);
+/* The timer is closed before `after` runs, which may free the job or
+ * wait again. */
+static void on_waited(uv_handle_t *h) {
+  job_t *j = h->data;
+  j->after(j);
+}
+
+static void on_wait_timer(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, on_waited);
+}
+
+/* Runs after(j) in a second: the pause before a delivery goes back (so an
+ * outage does not spin), or between two tries of a step that waits for
+ * something (the attempt's owner, the broker's unblocking). */
+static void job_after_a_second(job_t *j, void (*after)(job_t *j)) {
+  j->after = after;
+  uv_timer_init(j->w->loop, &j->backoff);
+  j->backoff.data = j;
+  uv_timer_start(&j->backoff, on_wait_timer, 1000, 0);
 }
 
 static void on_released(int status, pt_verdict_t v, const char *detail,
@@ -155,9 +172,7 @@ static void on_released(int status, pt_verdict_t v, const char *detail,
     maybe_finish_drain(w);
     return;
   }
-  uv_timer_init(w->loop, &j->backoff);
-  j->backoff.data = j;
-  uv_timer_start(&j->backoff, on_backoff, 1000, 0);
+  job_after_a_second(j, job_give_back);
 }
 
 /* The job ends without its outcome recorded (Redis could not record it, or
@@ -291,16 +306,11 @@ static void on_copy_confirmed(pt_amqp_t *c, int status, void *arg) {
 
 static void publish_copy(job_t *j, int attempt, const pt_route_t *route);
 
-static void on_unblock_waited(uv_handle_t *h) {
-  job_t *j = h->data;
+static void publish_copy_again(job_t *j) {
   pt_route_t route;
   if (!j->copy_dead)
     pt_topology_route(j->next_at_ms, pt_now_ms(), &route);
   publish_copy(j, j->copy_attempt, j->copy_dead ? NULL : &route);
-}
-
-static void on_unblock_timer(uv_timer_t *t) {
-  uv_close((uv_handle_t *)t, on_unblock_waited);
 }
 
 /* Publishes a copy of the task (attempt `attempt`), confirmed, then
@@ -316,9 +326,7 @@ static void publish_copy(job_t *j, int attempt, const pt_route_t *route) {
               "publishers; trying again every second\"");
     j->copy_attempt = attempt;
     j->copy_dead = route == NULL;
-    uv_timer_init(w->loop, &j->backoff);
-    j->backoff.data = j;
-    uv_timer_start(&j->backoff, on_unblock_timer, 1000, 0);
+    job_after_a_second(j, publish_copy_again);
     return;
   }
   size_t len;
@@ -564,17 +572,7 @@ static void start_job(job_t *j, int with_spec) {
   }
 }
 
-/* Gives a delivery back to the broker at once, untouched in Redis. */
-static void job_give_back(job_t *j) {
-  worker_t *w = j->w;
-  if (delivery_ours(w, j->gen))
-    pt_amqp_nack(w->amqp, j->tag, 1);
-  job_free(j);
-  maybe_finish_drain(w);
-}
-
-static void on_busy_waited(uv_handle_t *h) {
-  job_t *j = h->data;
+static void ask_owner_again(job_t *j) {
   /* Draining, another worker waits for the owner instead; and a delivery
    * whose connection dropped meanwhile is redelivered anyway. */
   if (j->w->draining || !delivery_ours(j->w, j->gen)) {
@@ -582,10 +580,6 @@ static void on_busy_waited(uv_handle_t *h) {
     return;
   }
   start_job(j, 0);
-}
-
-static void on_busy_timer(uv_timer_t *t) {
-  uv_close((uv_handle_t *)t, on_busy_waited);
 }
 
 /* A redelivered attempt whose worker is alive and may still be running
@@ -604,9 +598,7 @@ static void wait_for_owner(job_t *j, const char *owner) {
     job_give_back(j);
     return;
   }
-  uv_timer_init(w->loop, &j->backoff);
-  j->backoff.data = j;
-  uv_timer_start(&j->backoff, on_busy_timer, 1000, 0);
+  job_after_a_second(j, ask_owner_again);
 }
 
 static void on_started(int status, pt_verdict_t v, const char *detail,
