@@ -475,25 +475,18 @@ static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
   }
   c->ret.have_header = 1;
   c->ret.body_size = f->payload.properties.body_size;
+  int has_id = props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG);
+  size_t id_len = has_id ? props->message_id.len : 0;
+  const char *id = has_id ? props->message_id.bytes : "";
   int matched = 0;
-  if (props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
-    for (size_t i = 0; i < c->len && !matched; i++) {
-      pending_t *p = &c->ring[(c->head + i) & (c->cap - 1)];
-      if (!p->done && p->mandatory && !p->returned &&
-          props->message_id.len == strlen(p->mid) &&
-          memcmp(props->message_id.bytes, p->mid, props->message_id.len) ==
-              0)
-        matched = p->returned = 1;
-    }
+  for (size_t i = 0; has_id && i < c->len && !matched; i++) {
+    pending_t *p = &c->ring[(c->head + i) & (c->cap - 1)];
+    if (!p->done && p->mandatory && !p->returned &&
+        id_len == strlen(p->mid) && memcmp(id, p->mid, id_len) == 0)
+      matched = p->returned = 1;
   }
   if (!matched)
-    PT_WARN("amqp_return_unmatched", "message_id=\"%.*s\"",
-            props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-                ? (int)props->message_id.len
-                : 0,
-            props != NULL && (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-                ? (const char *)props->message_id.bytes
-                : "");
+    PT_WARN("amqp_return_unmatched", "message_id=\"%.*s\"", (int)id_len, id);
   if (c->ret.body_size == 0)
     memset(&c->ret, 0, sizeof c->ret);
 }
@@ -986,6 +979,10 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   if (c == NULL || !name_ok(exchange) || !name_ok(routing_key) ||
       (body == NULL && len > 0))
     return PT_EINVAL;
+  if (msg != NULL && msg->mandatory &&
+      (msg->message_id == NULL ||
+       strlen(msg->message_id) >= sizeof c->ring[0].mid))
+    return PT_EINVAL; /* a return is matched by its message_id */
   if (!pt_amqp_is_ready(c))
     return PT_ECLOSED;
   if (c->blocked) /* the write could wait in librabbitmq's poll() */
@@ -1019,9 +1016,6 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   bytes.len = len;
   bytes.bytes = (void *)body;
   int mandatory = msg != NULL && msg->mandatory;
-  if (mandatory && (msg->message_id == NULL ||
-                    strlen(msg->message_id) >= sizeof c->ring[0].mid))
-    return PT_EINVAL; /* a return is matched by its message_id */
   rc = amqp_basic_publish(c->conn, PT_AMQP_PUB_CHANNEL,
                           amqp_cstring_bytes(exchange),
                           amqp_cstring_bytes(routing_key), mandatory, 0,

@@ -450,7 +450,8 @@ static void on_tick(uv_timer_t *t) {
     r->last_claim_ms = pt_now_ms();
     /* Idle longer than a live relay may wait for its confirm, so only
      * entries of a relay that is gone are taken. */
-    rc = redisAsyncCommand(ac, on_read, r, "XAUTOCLAIM %s %s %s %lld %s COUNT 100",
+    rc = redisAsyncCommand(ac, on_read, r,
+                           "XAUTOCLAIM %s %s %s %lld %s COUNT 100",
                            PT_STREAM_OUTBOX, PT_RELAY_GROUP, r->consumer,
                            (long long)(r->cfg->amqp_confirm_timeout_ms +
                                        PT_RELAY_CLAIM_IDLE_MS),
