@@ -68,6 +68,19 @@ typedef struct {
   char message[256];
 } outcome_t;
 
+/* Records a start callback's outcome in o. On failure it also keeps the
+ * error and closes the handle, and returns 1: the callback returns. */
+static int ready_failed(outcome_t *o, pt_amqp_t *c, int status,
+                        const pt_error_t *err) {
+  o->calls++;
+  o->status = status;
+  if (status >= 0)
+    return 0;
+  snprintf(o->message, sizeof o->message, "%s", err->message);
+  pt_amqp_destroy(c);
+  return 1;
+}
+
 /* A start callback that records the outcome and closes the handle. */
 static void on_outcome(pt_amqp_t *c, int status, const pt_error_t *err,
                        void *arg) {
@@ -187,11 +200,7 @@ out:
 static void bulk_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                           void *arg) {
   bulk_t *b = arg;
-  b->ready.calls++;
-  b->ready.status = status;
-  if (status < 0) {
-    snprintf(b->ready.message, sizeof b->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&b->ready, c, status, err)) {
     b->amqp = NULL;
     return;
   }
@@ -380,11 +389,7 @@ static void nack_on_deliver(pt_amqp_t *c, const pt_amqp_delivery_t *d,
 static void nack_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                           void *arg) {
   nack_t *n = arg;
-  n->ready.calls++;
-  n->ready.status = status;
-  if (status < 0) {
-    snprintf(n->ready.message, sizeof n->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&n->ready, c, status, err)) {
     n->amqp = NULL;
     return;
   }
@@ -575,11 +580,7 @@ static void big_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
   pt_amqp_msg_t msg = {.content_type = "application/octet-stream",
                        .expiration = "60000",
                        .headers = &headers};
-  g->ready.calls++;
-  g->ready.status = status;
-  if (status < 0) {
-    snprintf(g->ready.message, sizeof g->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&g->ready, c, status, err)) {
     g->amqp = NULL;
     return;
   }
@@ -709,13 +710,8 @@ static tiny_ref_t tiny_refs[3];
 static void tiny_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                           void *arg) {
   tiny_t *t = arg;
-  t->ready.calls++;
-  t->ready.status = status;
-  if (status < 0) {
-    snprintf(t->ready.message, sizeof t->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&t->ready, c, status, err))
     return;
-  }
   for (int i = 0; i < 3; i++) {
     tiny_refs[i].t = t;
     tiny_refs[i].i = i;
@@ -754,13 +750,8 @@ static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                               void *arg) {
   tiny_t *t = arg;
   char none[128];
-  t->ready.calls++;
-  t->ready.status = status;
-  if (status < 0) {
-    snprintf(t->ready.message, sizeof t->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&t->ready, c, status, err))
     return;
-  }
   snprintf(none, sizeof none, "%s-no-such-queue", t->queue);
   pt_amqp_msg_t to_queue = {.message_id = "m-0", .mandatory = 1};
   pt_amqp_msg_t to_none = {.message_id = "m-1", .mandatory = 1};
@@ -874,11 +865,7 @@ static void backlog_on_confirm(pt_amqp_t *c, int status, void *arg) {
 static void backlog_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                              void *arg) {
   backlog_t *b = arg;
-  b->ready.calls++;
-  b->ready.status = status;
-  if (status < 0) {
-    snprintf(b->ready.message, sizeof b->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&b->ready, c, status, err)) {
     b->amqp = NULL;
     return;
   }
@@ -942,13 +929,8 @@ static void pending_on_confirm(pt_amqp_t *c, int status, void *arg) {
 static void pending_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                              void *arg) {
   pending_test_t *p = arg;
-  p->ready.calls++;
-  p->ready.status = status;
-  if (status < 0) {
-    snprintf(p->ready.message, sizeof p->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&p->ready, c, status, err))
     return;
-  }
   for (int i = 0; i < 5; i++)
     cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
                                  pending_on_confirm, p),
@@ -1025,13 +1007,8 @@ static void stall_on_lost(pt_amqp_t *c, int status, const pt_error_t *err,
 static void stall_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                            void *arg) {
   stall_t *st = arg;
-  st->ready.calls++;
-  st->ready.status = status;
-  if (status < 0) {
-    snprintf(st->ready.message, sizeof st->ready.message, "%s", err->message);
-    pt_amqp_destroy(c);
+  if (ready_failed(&st->ready, c, status, err))
     return;
-  }
   pt_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   cr_assert_eq(pt_amqp_publish(c, "", "nowhere", "x", 1, NULL,
                                stall_on_confirm, st),
