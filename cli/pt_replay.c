@@ -35,14 +35,23 @@ typedef struct {
  * "2026-11-25T16:00:00.5+08:00") rewritten in the form the documents store
  * (UTC, milliseconds, "Z"), so that the two compare as strings. 0 if it
  * is not one. */
+/* Whether s starts with shape, where 'd' stands for a digit. */
+static int shaped(const char *s, const char *shape) {
+  for (; *shape; s++, shape++)
+    if (*shape == 'd' ? !(*s >= '0' && *s <= '9') : *s != *shape)
+      return 0;
+  return 1;
+}
+
 static int normalize_time(const char *in, char out[32]) {
   int y, mo, d, h = 0, mi = 0, sec = 0, n = 0, oh = 0, om = 0, sign = 1;
   long frac_ms = 0;
-  if (sscanf(in, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+  if (!shaped(in, "dddd-dd-dd") ||
+      sscanf(in, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
     return 0;
   const char *p = in + n;
   if (*p != '\0') {
-    if ((*p != 'T' && *p != 't' && *p != ' ') ||
+    if ((*p != 'T' && *p != 't' && *p != ' ') || !shaped(p + 1, "dd:dd:dd") ||
         sscanf(p + 1, "%2d:%2d:%2d%n", &h, &mi, &sec, &n) != 3 || n != 8)
       return 0;
     p += 1 + n;
@@ -57,7 +66,8 @@ static int normalize_time(const char *in, char out[32]) {
       p++;
     } else if (*p == '+' || *p == '-') {
       sign = *p == '-' ? -1 : 1;
-      if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 ||
+      if (!shaped(p + 1, "dd:dd") ||
+          sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 ||
           oh > 23 || om > 59)
         return 0;
       p += 1 + n;

@@ -249,6 +249,10 @@ Test(replay, times_with_offsets_and_dead_copies_of_replayed_tasks) {
                out);
   cr_assert_eq(replay_cli("--since 2026-11-25T08:00:00", out, sizeof out), 2,
                "a time without its offset must be refused: %s", out);
+  cr_assert_eq(replay_cli("--since -123-11-25", out, sizeof out), 2, "%s",
+               out);
+  cr_assert_eq(replay_cli("'--since=2026-11-25T 8:00:00Z'", out, sizeof out),
+               2, "%s", out);
 
   char *ans = NULL;
   cr_assert_eq(replay(&stack, id, NULL, &ans), 202, "%s", ans);
