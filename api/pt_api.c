@@ -603,10 +603,21 @@ static void on_abandoned(int status, pt_verdict_t v, const char *detail,
   }
   if (v == PT_V_CONFLICT) {
     /* The confirm was lost but the broker had the task: a worker took it
-     * (or it was cancelled by its id). It was accepted. */
+     * (or a retry queued it, or it was cancelled by its id). It was
+     * accepted. */
     PT_WARN("submit_confirm_lost_task_taken", "task_id=%s status=%s", op->id,
             detail);
     accepted(op, 1);
+    return;
+  }
+  if (v == PT_V_NOTFOUND) {
+    /* Gone from Redis with no trace of an end: nothing says whether it
+     * reached the broker. */
+    PT_ERROR("abandon_task_missing", "task_id=%s", op->id);
+    op_error(op, 503, "submit_outcome_unknown",
+             "the message broker did not confirm the task and its record is "
+             "gone; it may still run: retry with the same Idempotency-Key, "
+             "or read the task, to learn its state");
     return;
   }
   op_error(op, 503, "broker_unavailable",
@@ -622,24 +633,52 @@ static void abandon(op_t *op) {
     on_abandoned(PT_EREDIS, PT_V_OK, "", op);
 }
 
+/* A retry's publish that the broker did not confirm withdraws nothing:
+ * an earlier submit of the same task may have been queued (and answered
+ * 202). The task stays PENDING for the next retry. */
+static void republish_failed(op_t *op) {
+  op_error(op, 503, "broker_unavailable",
+           "the message broker did not confirm the task; it may have been "
+           "queued by an earlier submit: retry with the same "
+           "Idempotency-Key, or read the task, to learn its state");
+}
+
 static void on_published(pt_amqp_t *c, int status, void *arg) {
   op_t *op = arg;
   (void)c;
   if (status != 0) {
-    PT_WARN("submit_unconfirmed", "task_id=%s err=\"%s\"", op->id,
-            pt_strerror(status));
-    abandon(op);
+    PT_WARN("submit_unconfirmed", "task_id=%s err=\"%s\" retry=%d", op->id,
+            pt_strerror(status), op->republished);
+    if (op->republished)
+      republish_failed(op);
+    else
+      abandon(op);
     return;
   }
   accepted(op, 0);
+}
+
+static void on_marked_queued(int status, pt_verdict_t v, const char *detail,
+                             void *arg) {
+  op_t *op = arg;
+  (void)v;
+  (void)detail;
+  if (status != 0)
+    PT_WARN("submit_mark_queued_failed", "task_id=%s", op->id);
+  /* A retried submit answers as any repeat does: 200 with the task. */
+  read_task_maybe_waiting(op);
 }
 
 /* The broker has the task: count it and answer. taken: a worker took it
  * already, so the answer is its state read back, not PENDING. */
 static void accepted(op_t *op, int taken) {
   if (op->republished) {
-    /* A retried submit answers as any repeat does: 200 with the task. */
-    read_task_maybe_waiting(op);
+    /* Marked queued first, so that the first submit, if its confirm fails
+     * later, does not withdraw what this one queued. */
+    redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
+    if (ac == NULL ||
+        pt_store_mark_queued(ac, op->id, on_marked_queued, op) != 0)
+      on_marked_queued(PT_EREDIS, PT_V_OK, "", op);
     return;
   }
   PT_DEBUG("task_submitted", "task_id=%s type=%s channel=%s", op->id,
@@ -738,8 +777,12 @@ static void publish_task(op_t *op) {
   int rc = pt_amqp_publish(op->api->amqp, PT_EXCHANGE_WORK, PT_ROUTE_TASK,
                            msg_body, len, &msg, on_published, op);
   bson_free(msg_body);
-  if (rc != 0)
-    abandon(op);
+  if (rc != 0) {
+    if (op->republished)
+      republish_failed(op);
+    else
+      abandon(op);
+  }
 }
 
 static int idem_key_ok(const char *k, size_t n) {

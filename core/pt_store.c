@@ -27,12 +27,30 @@ static const char submit_lua[] =
     "return {'ok', ''}\n";
 
 /* Shared by cancel and abandon: PENDING or RETRY_WAIT become CANCELLED,
- * which is final. ARGV[5] is an error to record (abandon) or ''. Abandon
- * frees the task's Idempotency-Key (KEYS[4]) only when nothing runs under
- * it: a task a worker took already keeps its key, so that a retry finds
- * it instead of submitting it again. */
+ * which is final. ARGV[5] is an error to record (abandon) or ''.
+ *
+ * Abandon (a first submit whose publish was not confirmed) withdraws only
+ * a task that no worker ever took and that no other request queued: one
+ * still PENDING at attempt 0, not interrupted (a worker took it and gave
+ * it back at its drain) and not marked `queued` (a retry with the same
+ * Idempotency-Key published it again and had it confirmed). Anything
+ * else is 'conflict': it was accepted, and keeps its key, so that a retry
+ * finds it instead of submitting it again. A task gone from Redis is
+ * 'conflict' when its tombstone says it ended, else 'notfound' (its
+ * outcome unknown). Only abandon frees the key (KEYS[4]). */
 static const char cancel_lua[] =
-    "local st = redis.call('HGET', KEYS[1], 'status')\n"
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts',\n"
+    "  'interrupted', 'queued')\n"
+    "local st = h[1]\n"
+    "if ARGV[5] ~= '' then\n"
+    "  if not st then\n"
+    "    local fin = redis.call('GET', KEYS[3])\n"
+    "    if fin then return {'conflict', fin} end\n"
+    "    return {'notfound', ''}\n"
+    "  end\n"
+    "  if st ~= 'PENDING' or tonumber(h[2] or '0') > 0 or h[3] or h[4] then\n"
+    "    return {'conflict', st} end\n"
+    "end\n"
     "if st and st ~= 'PENDING' and st ~= 'RETRY_WAIT' then\n"
     "  return {'conflict', st} end\n"
     "if KEYS[4] ~= '' then redis.call('DEL', KEYS[4]) end\n"
@@ -48,6 +66,14 @@ static const char cancel_lua[] =
     "  'task_id', ARGV[2], 'status', 'CANCELLED', 'at', ARGV[1], 'spec',\n"
     "  redis.call('HGET', KEYS[1], 'spec'), 'result', '', 'error', ARGV[5])\n"
     "return {'ok', ''}\n";
+
+/* A retry's publish of a PENDING task was confirmed: marks it queued, so
+ * that a first submit whose own confirm fails later does not withdraw it
+ * (see cancel_lua). KEYS: task hash. Answers the status. */
+static const char queued_lua[] =
+    "local st = redis.call('HGET', KEYS[1], 'status')\n"
+    "if st == 'PENDING' then redis.call('HSET', KEYS[1], 'queued', 1) end\n"
+    "return {'ok', st or ''}\n";
 
 /* Decides what a delivered attempt n does. A hash that is missing while no
  * tombstone exists means Redis lost it: the spec from the message rebuilds
@@ -250,13 +276,14 @@ enum {
   S_INTERRUPT,
   S_NOTIFY,
   S_RELEASE,
+  S_QUEUED,
   S_COUNT
 };
 
 static script_t scripts[S_COUNT] = {
     {submit_lua, ""}, {cancel_lua, ""},    {start_lua, ""},
     {finish_lua, ""}, {interrupt_lua, ""}, {notify_lua, ""},
-    {release_lua, ""}};
+    {release_lua, ""}, {queued_lua, ""}};
 
 static void compute_shas(void) {
   /* Only loop threads call the scripts, and each computes the same bytes,
@@ -416,6 +443,14 @@ int pt_store_abandon(redisAsyncContext *ac, const char *id,
   int rc = cancel_common(ac, id, idem_key, now_ms, err, cb, arg);
   bson_free(err);
   return rc;
+}
+
+int pt_store_mark_queued(redisAsyncContext *ac, const char *id,
+                         pt_store_cb cb, void *arg) {
+  char k1[64];
+  key(k1, sizeof k1, PT_KEY_TASK, id);
+  const char *argv[] = {k1};
+  return evalsha(ac, S_QUEUED, 1, 1, argv, NULL, cb, arg);
 }
 
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,

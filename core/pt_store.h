@@ -72,9 +72,19 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
                     size_t spec_len, int64_t now_ms, const char *idem_key,
                     const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
                     void *arg);
+/* A first submit's publish was not confirmed: withdraws the task (final
+ * CANCELLED, error broker_unavailable) and frees its Idempotency-Key, but
+ * only if no worker ever took it and no retry queued it: PT_V_CONFLICT
+ * (detail: its status) otherwise, when it was accepted after all;
+ * PT_V_NOTFOUND when it is gone from Redis with no trace of an end. */
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
                      const char *idem_key, int64_t now_ms, pt_store_cb cb,
                      void *arg);
+/* A retry (same Idempotency-Key) published a PENDING task again and the
+ * broker confirmed it: marks it so that abandon leaves it. PT_V_OK,
+ * detail: the task's status ("" if gone). */
+int pt_store_mark_queued(redisAsyncContext *ac, const char *id,
+                         pt_store_cb cb, void *arg);
 /* Who starts an attempt: the worker's name (its heartbeat is
  * pt:worker:<worker>) and a token unique to the process (the heartbeat's
  * `run` field), and how long a claim holds at most (ms). */

@@ -271,6 +271,76 @@ Test(store, abandon_leaves_a_task_a_worker_took_and_its_key) {
   cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK, "the running task was changed");
 }
 
+/* The first attempt failed and waits for its retry, then the api's
+ * confirm is lost: the task ran, so a withdrawal would let the client's
+ * retry submit (and create at the channel) a second time. */
+Test(store, abandon_leaves_a_task_waiting_for_its_retry) {
+  char idem[64];
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  submit_keyed(idem);
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(finish(1, "RETRY_WAIT"), PT_V_OK);
+  cr_assert_eq(abandon(idem), PT_V_CONFLICT, "a task that ran was withdrawn");
+  cr_assert(idem_exists(idem), "abandon freed the key of a task that ran");
+  cr_assert_eq(start(2, 0), PT_V_RUN, "its retry no longer runs");
+}
+
+/* A worker took it and gave it back at its drain (PENDING again, attempt
+ * 0, interrupted): it may have reached the channel. */
+Test(store, abandon_leaves_a_task_a_draining_worker_gave_back) {
+  char idem[64];
+  pt_test_verdict_t r = {0};
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  submit_keyed(idem);
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(pt_store_interrupt(pt_redis_ctx(redis), id, 1, pt_now_ms(),
+                                  pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(abandon(idem), PT_V_CONFLICT,
+               "a task a worker gave back was withdrawn");
+  cr_assert(idem_exists(idem));
+  cr_assert_eq(start(1, 1), PT_V_RESUME);
+}
+
+/* A retry with the same key published the task again and was confirmed
+ * (and answered 200) while the first submit's confirm was still out;
+ * that confirm then fails. */
+Test(store, abandon_leaves_a_task_a_retry_queued) {
+  char idem[64];
+  pt_test_verdict_t r = {0};
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  submit_keyed(idem);
+  cr_assert_eq(pt_store_mark_queued(pt_redis_ctx(redis), id,
+                                    pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_str_eq(r.detail, "PENDING");
+  cr_assert_eq(abandon(idem), PT_V_CONFLICT,
+               "the task a retry queued was withdrawn");
+  cr_assert(idem_exists(idem));
+  cr_assert_eq(start(1, 0), PT_V_RUN, "the queued task does not run");
+}
+
+/* Final and evicted before the confirm's failure was known: it ran. A
+ * hash gone with no tombstone says nothing: not "nothing accepted". */
+Test(store, abandon_of_a_task_gone_from_redis_does_not_say_withdrawn) {
+  char idem[64];
+  snprintf(idem, sizeof idem, "abandon-%s", id);
+  submit_keyed(idem);
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
+  pt_redis_lose_task(id);
+  cr_assert_eq(abandon(idem), PT_V_CONFLICT, "an evicted final task");
+  cr_assert(idem_exists(idem));
+  redisAsyncCommand(pt_redis_ctx(redis), NULL, NULL, "DEL %s%s", PT_KEY_FIN,
+                    id);
+  cr_assert_eq(abandon(idem), PT_V_NOTFOUND);
+  cr_assert(idem_exists(idem), "the key of a task of unknown fate was freed");
+}
+
 Test(store, a_final_task_evicted_is_not_submitted_again) {
   /* Final (here cancelled), synced and evicted: only its tombstone is
    * left. A follow-up relayed a second time submits the same id: it must
