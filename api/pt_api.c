@@ -221,7 +221,8 @@ static void on_trade_hash(redisReply *reply, void *arg) {
     BSON_APPEND_DOCUMENT_BEGIN(tr->doc, "trade", &t);
     BSON_APPEND_UTF8(&t, "status", v);
     static const char *const strs[] = {"trade_no", "settled_by",
-                                       "notify_status", "notify_task"};
+                                       "notify_status", "notify_task",
+                                       "paid_after"};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
       if ((v = pt_store_hash_field(reply, strs[i])) != NULL && v[0])
         BSON_APPEND_UTF8(&t, strs[i], v);
@@ -1198,6 +1199,19 @@ static void on_notified(int status, pt_verdict_t v, const char *detail,
             op->chan->code, detail, n->out_trade_no,
             pt_trade_state_name(n->trade_state), n->notify_id);
     notify_answer(op, 1, NULL, "applied");
+    return;
+  case PT_V_REOPENED:
+    /* Paid after paytask recorded the trade CLOSED or FAILED: the money
+     * was taken, so the trade is SUCCEEDED now and the merchant is told
+     * again; someone must deliver or refund. */
+    PT_ERROR("trade_paid_after_final",
+             "channel=%s task=%s out_trade_no=%s trade_no=%s "
+             "notify_id=%s note=\"the channel says paid; the trade is "
+             "SUCCEEDED now and the merchant notified again: deliver or "
+             "refund\"",
+             op->chan->code, detail, n->out_trade_no, n->trade_no,
+             n->notify_id);
+    notify_answer(op, 1, NULL, "paid_after_final");
     return;
   case PT_V_SAME:
   case PT_V_STALE:

@@ -151,7 +151,15 @@ static const char release_lua[] =
  * status moves only forward (NOTPAY < PAYING < a final status), so a late
  * query answer cannot undo a callback's SUCCEEDED. A final status writes
  * the trade event and, when the task has a notify_url, the notify task to
- * the outbox in the same step, so neither can be lost. */
+ * the outbox in the same step, so neither can be lost.
+ *
+ * One exception: the channel saying SUCCEEDED (a verified callback, or a
+ * query's answer) for a trade paytask recorded CLOSED or FAILED. Only the
+ * channel ever says SUCCEEDED, and then the payer's money was taken (a
+ * scan in the last second before a local close, a payment after a
+ * failure): the trade becomes SUCCEEDED, `paid_after` keeps what it was,
+ * and its event and notification go out again ('reopened'), so that the
+ * merchant delivers or refunds instead of never hearing of it. */
 #define PT_LUA_APPLY_TRADE                                                    \
   "local RANK = {NOTPAY=1, PAYING=2, SUCCEEDED=3, CLOSED=3, FAILED=3}\n"      \
   "local function apply_trade(tk, ob, st, src, tno, amt, nid, now, child,\n"  \
@@ -161,8 +169,13 @@ static const char release_lua[] =
   "  if not h[1] then return {'notfound', ''} end\n"                          \
   "  if amt ~= '' and amt ~= h[2] then return {'mismatch', h[2]} end\n"       \
   "  local cur, new = RANK[h[1]] or 0, RANK[st] or 0\n"                       \
-  "  if cur >= 3 then return {'stale', h[1]} end\n"                           \
-  "  if new <= cur then return {'same', h[1]} end\n"                          \
+  "  local verdict, prev = 'ok', ''\n"                                        \
+  "  if cur >= 3 then\n"                                                      \
+  "    if st ~= 'SUCCEEDED' or h[1] == 'SUCCEEDED' then\n"                    \
+  "      return {'stale', h[1]} end\n"                                        \
+  "    verdict, prev = 'reopened', h[1]\n"                                    \
+  "    redis.call('HSET', tk, 'paid_after', prev)\n"                          \
+  "  elseif new <= cur then return {'same', h[1]} end\n"                      \
   "  redis.call('HSET', tk, 'status', st, 'updated_at', now, 'settled_by',\n" \
   "    src)\n"                                                                \
   "  if tno ~= '' then redis.call('HSET', tk, 'trade_no', tno) end\n"         \
@@ -171,7 +184,7 @@ static const char release_lua[] =
   "    redis.call('HSET', tk, 'settled_at', now)\n"                           \
   "    redis.call('XADD', ob, '*', 'kind', 'event', 'subject', 'trade',\n"    \
   "      'task_id', h[4], 'status', st, 'source', src, 'trade_no', tno,\n"    \
-  "      'at', now, 'spec', h[5])\n"                                          \
+  "      'at', now, 'spec', h[5], 'previous', prev)\n"                        \
   "    if h[3] and h[3] ~= '' and child ~= '' then\n"                         \
   "      redis.call('HSET', tk, 'notify_status', 'PENDING', 'notify_task',\n" \
   "        child)\n"                                                          \
@@ -181,6 +194,7 @@ static const char release_lua[] =
   "    redis.call('EXPIRE', tk, ttl)\n"                                       \
   "    redis.call('PUBLISH', 'pt:final', h[4])\n"                             \
   "  end\n"                                                                   \
+  "  if verdict == 'reopened' then return {verdict, prev} end\n"             \
   "  return {'ok', st}\n"                                                     \
   "end\n"
 
@@ -226,17 +240,19 @@ static const char finish_lua[] =
     "      'parent', ARGV[8], 'task_id', ARGV[22], 'due', ARGV[20])\n"
     "  end\n"
     "end\n"
+    "local applied = ''\n"
     "if tk ~= '' and ARGV[12] ~= '' and ARGV[12] ~= 'NOTPAY' and\n"
     "   ARGV[2] == 'SUCCEEDED' then\n"
-    "  apply_trade(tk, KEYS[4], ARGV[12], ARGV[13], ARGV[14], '', '',\n"
-    "    ARGV[3], ARGV[15], ARGV[16])\n"
+    "  local r = apply_trade(tk, KEYS[4], ARGV[12], ARGV[13], ARGV[14], '',\n"
+    "    '', ARGV[3], ARGV[15], ARGV[16])\n"
+    "  if r[1] == 'reopened' then applied = 'reopened:' .. r[2] end\n"
     "end\n"
     "if mode == 'notify' and tk ~= '' and redis.call('EXISTS', tk) == 1 "
     "then\n"
     "  redis.call('HSET', tk, 'notify_status', ARGV[2] == 'SUCCEEDED' and\n"
     "    'DELIVERED' or 'NOTIFY_FAILED')\n"
     "end\n"
-    "return {'ok', ''}\n";
+    "return {'ok', applied}\n";
 
 /* A channel's notification. KEYS: out_trade_no index, outbox. ARGV: state,
  * trade_no, amount (minor units), notify id, now, notify task id, trade
@@ -248,6 +264,7 @@ static const char notify_lua[] =
     "if not id then return {'notfound', ''} end\n"
     "local r = apply_trade('pt:trade:' .. id, KEYS[2], ARGV[1], 'callback',\n"
     "  ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n"
+    "if r[1] == 'reopened' then return {r[1], id .. ':' .. r[2]} end\n"
     "return {r[1], id}\n";
 
 /* An attempt cut off at the drain deadline: back to where it was before it
@@ -330,7 +347,8 @@ static const struct {
                 {"notfound", PT_V_NOTFOUND},
                 {"conflict", PT_V_CONFLICT},
                 {"same", PT_V_SAME},
-                {"mismatch", PT_V_MISMATCH}};
+                {"mismatch", PT_V_MISMATCH},
+                {"reopened", PT_V_REOPENED}};
 
 static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata) {
   call_t *c = privdata;

@@ -60,7 +60,10 @@ typedef enum {
   PT_V_NOTFOUND,   /* cancel */
   PT_V_CONFLICT,   /* cancel: not cancellable (detail holds the status) */
   PT_V_SAME,       /* trade: no step forward (detail: its status) */
-  PT_V_MISMATCH    /* notify: the amount differs from the trade's */
+  PT_V_MISMATCH,   /* notify: the amount differs from the trade's */
+  PT_V_REOPENED    /* notify: the channel says SUCCEEDED for a trade recorded
+                      CLOSED or FAILED; now SUCCEEDED (detail: "<task
+                      id>:<what it was>") */
 } pt_verdict_t;
 
 /* status < 0: Redis failed (detail says why); else verdict is set. detail

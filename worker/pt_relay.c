@@ -117,6 +117,9 @@ char *pt_relay_event_json(const char *entry_id, const redisReply *fields,
     BSON_APPEND_UTF8(&doc, "settled_by", field_str(fields, "source"));
     if (field_str(fields, "trade_no")[0])
       BSON_APPEND_UTF8(&doc, "trade_no", field_str(fields, "trade_no"));
+    /* Paid after it was recorded CLOSED or FAILED (a second trade.final). */
+    if (field_str(fields, "previous")[0])
+      BSON_APPEND_UTF8(&doc, "previous_status", field_str(fields, "previous"));
   } else {
     BSON_APPEND_UTF8(&doc, "status", status);
     append_json_doc(&doc, "result", field_str(fields, "result"));

@@ -237,6 +237,12 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
       _exit(137);
     }
     pt_relay_kick(w->relay);
+    if (strncmp(detail, "reopened:", 9) == 0)
+      PT_ERROR("trade_paid_after_final",
+               "task_id=%s trade=%s was=%s note=\"the channel says paid; "
+               "the trade is SUCCEEDED now and the merchant notified "
+               "again: deliver or refund\"",
+               j->task.id_str, j->trade_id, detail + 9);
     if (strcmp(j->task.type, "notify") == 0 &&
         strcmp(j->status, "FAILED") == 0) {
       PT_ERROR("notify_given_up",

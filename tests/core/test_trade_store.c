@@ -99,6 +99,8 @@ static pt_verdict_t notify(const char *o, const char *state, int64_t amount) {
 static void finish_child(const char *mode, const char *state) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
+  /* Each call is a follow-up of its own (under the one id). */
+  freeReplyObject(cmd("DEL %s%s %s%s", PT_KEY_TASK, query, PT_KEY_FIN, query));
   cr_assert_eq(pt_store_start(pt_redis_ctx(redis), query, 1, 0, pt_now_ms(),
                               2, NULL, spec, strlen(spec), pt_test_on_verdict,
                               &r),
@@ -126,19 +128,22 @@ static void finish_child(const char *mode, const char *state) {
 /* A query task of the trade finishing with what the channel said. */
 static void late_query(const char *state) { finish_child("query", state); }
 
-static int trade_events(void) {
+/* How many of the trade's events carry field = value. */
+static int trade_events_with(const char *field, const char *value) {
   int n = 0;
   redisReply *r = cmd("XRANGE %s - +", PT_STREAM_OUTBOX);
   for (size_t i = 0; i < r->elements; i++) {
     const redisReply *f = r->element[i]->element[1];
     const char *tid = pt_store_hash_field(f, "task_id");
-    const char *subject = pt_store_hash_field(f, "subject");
-    n += tid != NULL && subject != NULL && strcmp(tid, pay) == 0 &&
-         strcmp(subject, "trade") == 0;
+    const char *v = pt_store_hash_field(f, field);
+    n += tid != NULL && v != NULL && strcmp(tid, pay) == 0 &&
+         strcmp(v, value) == 0;
   }
   freeReplyObject(r);
   return n;
 }
+
+static int trade_events(void) { return trade_events_with("subject", "trade"); }
 
 Test(trade_store, forward_only_once_final) {
   char buf[64];
@@ -172,9 +177,44 @@ Test(trade_store, a_query_settles_what_no_callback_did) {
   cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
   cr_assert_str_eq(trade_field("settled_by", buf, sizeof buf), "query");
   cr_assert_eq(trade_events(), 1);
-  /* A payment notification after the close cannot reopen it. */
-  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_STALE);
+  /* A late CLOSED or FAILED answer changes nothing. */
+  late_query("FAILED");
   cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
+  cr_assert_eq(trade_events(), 1);
+}
+
+/* The buyer paid after paytask closed the trade (a scan in the last
+ * second before a local close): the channel's SUCCEEDED wins, loudly,
+ * instead of being acknowledged as a duplicate and dropped. */
+Test(trade_store, a_payment_after_the_close_reopens_the_trade_as_paid) {
+  char buf[64];
+  late_query("CLOSED");
+  cr_assert_eq(trade_events(), 1);
+  /* The amount is still checked first. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1499), PT_V_MISMATCH);
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "CLOSED");
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_REOPENED,
+               "a payment after the close was dropped");
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "SUCCEEDED");
+  cr_assert_str_eq(trade_field("paid_after", buf, sizeof buf), "CLOSED");
+  cr_assert_str_eq(trade_field("settled_by", buf, sizeof buf), "callback");
+  cr_assert_eq(trade_events(), 2, "no second trade event for the payment");
+  cr_assert_eq(trade_events_with("previous", "CLOSED"), 1);
+  /* Once paid, it stays paid. */
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_STALE);
+  late_query("CLOSED");
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "SUCCEEDED");
+  cr_assert_eq(trade_events(), 2);
+}
+
+/* The same through a query's answer, after a FAILED. */
+Test(trade_store, a_query_finding_paid_after_a_failure_reopens_the_trade) {
+  char buf[64];
+  late_query("FAILED");
+  late_query("SUCCEEDED");
+  cr_assert_str_eq(trade_field("status", buf, sizeof buf), "SUCCEEDED");
+  cr_assert_str_eq(trade_field("paid_after", buf, sizeof buf), "FAILED");
+  cr_assert_eq(trade_events(), 2);
 }
 
 Test(trade_store, a_notify_task_outliving_its_trade_makes_no_trade_record) {
