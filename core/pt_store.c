@@ -85,11 +85,14 @@ static const char queued_lua[] =
  *
  * The attempt it starts is claimed for the calling worker (owner, and the
  * run token of that worker process). A redelivered copy of a RUNNING
- * attempt is 'busy' while its owner's heartbeat (pt:worker:<owner>, with
- * the same run token) is alive and the attempt is younger than the hold
- * (ARGV[8] ms): the broker redelivers on a lost connection too, while the
- * owner still runs the attempt; only a dead owner's attempt is resumed
- * (and counted as a crash). The heartbeat's key is computed here, not
+ * attempt, or the copy of a later attempt while an earlier one is still
+ * RUNNING (its worker published the copy, the confirm was lost and the
+ * original was resumed elsewhere), is 'busy' while the running attempt's
+ * owner's heartbeat (pt:worker:<owner>, with the same run token) is alive
+ * and the attempt is younger than the hold (ARGV[8] ms): the broker
+ * redelivers on a lost connection too, while the owner still runs the
+ * attempt; only a dead owner's attempt is resumed (and counted as a
+ * crash), never run beside it. The heartbeat's key is computed here, not
  * passed in KEYS: paytask runs on one Redis, not a cluster.
  * ARGV: n, redelivered, now, max crashes, spec, owner, run token, hold. */
 static const char start_lua[] =
@@ -109,8 +112,8 @@ static const char start_lua[] =
     "  return {'skip:final', st} end\n"
     "if a > n or (a == n and st ~= 'RUNNING') then return {'skip:done', st} "
     "end\n"
-    "if a == n and st == 'RUNNING' then\n"
-    "  if ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
+    "if st == 'RUNNING' then\n"
+    "  if a == n and ARGV[2] ~= '1' then return {'skip:dup', ''} end\n"
     "  local o = redis.call('HMGET', KEYS[1], 'owner', 'owner_run',\n"
     "    'started_at')\n"
     "  if o[1] and o[2] and tonumber(ARGV[3]) - tonumber(o[3] or '0') <\n"
@@ -121,7 +124,7 @@ static const char start_lua[] =
     "local verdict = 'run'\n"
     "if redis.call('HDEL', KEYS[1], 'interrupted') == 1 then verdict = "
     "'resume' end\n"
-    "if a == n and st == 'RUNNING' then\n"
+    "if st == 'RUNNING' then\n"
     "  local c = redis.call('HINCRBY', KEYS[1], 'crashes', 1)\n"
     "  if c > tonumber(ARGV[4]) then return {'dead', tostring(c)} end\n"
     "  verdict = 'resume'\n"
@@ -135,15 +138,21 @@ static const char start_lua[] =
     "return {verdict, ''}\n";
 
 /* A job that ends without recording its attempt's outcome (its copy was
- * not confirmed, Redis refused the finish) drops its claim on the attempt,
- * so that the redelivered message resumes it at once, as after a crash,
- * instead of waiting for the claim to lapse. KEYS: task hash. ARGV:
- * attempt, the worker's run token. */
+ * not confirmed, Redis refused the finish) gives the attempt back as the
+ * drain's interrupt does: where it was before it started, not counted,
+ * flagged so that the redelivered message resumes it at once (querying
+ * before it creates) instead of waiting for the claim to lapse, and
+ * without counting it as a crash: the worker did not die. KEYS: task
+ * hash. ARGV: attempt, the worker's run token. */
 static const char release_lua[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts', "
     "'owner_run')\n"
     "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) or\n"
     "   h[3] ~= ARGV[2] then return {'stale', h[1] or ''} end\n"
+    "local n = tonumber(ARGV[1])\n"
+    "redis.call('HSET', KEYS[1], 'status', n == 1 and 'PENDING' or "
+    "'RETRY_WAIT',\n"
+    "  'attempts', n - 1, 'interrupted', 1)\n"
     "redis.call('HDEL', KEYS[1], 'owner', 'owner_run')\n"
     "return {'ok', ''}\n";
 

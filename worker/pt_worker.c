@@ -597,8 +597,9 @@ static void ask_owner_again(job_t *j) {
 static void wait_for_owner(job_t *j, const char *owner) {
   worker_t *w = j->w;
   if (j->busy_polls++ == 0)
-    PT_INFO("attempt_busy", "task_id=%s attempt=%d owner=%s note=\"redelivered "
-            "while its worker may still run it; asking again every second\"",
+    PT_INFO("attempt_busy", "task_id=%s attempt=%d owner=%s note=\"this "
+            "attempt (or an earlier one) still runs in a live worker; asking "
+            "again every second\"",
             j->task.id_str, j->task.attempt, owner);
   if (w->draining) {
     job_give_back(j);

@@ -213,6 +213,38 @@ Test(store, a_released_claim_lets_the_copy_resume_at_once,
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
   cr_assert_eq(start_as(1, 1, NULL, &b, now + 200, NULL, 0), PT_V_RESUME);
+  cr_assert_eq(crashes(), 0, "a release was counted as a worker crash");
+}
+
+/* Worker A runs attempt 1 and publishes the copy for attempt 2; the
+ * confirm is lost, A gives the attempt back, and worker B resumes it from
+ * the redelivered original. The copy, routed after all, reaches worker C:
+ * it must wait for B, not run attempt 2 (query, create) beside it. */
+Test(store, a_later_attempt_waits_while_an_earlier_one_runs,
+     .init = claims_init, .fini = claims_fini) {
+  pt_store_owner_t b = owner(worker_b, "run-b"), c = owner(worker_a, "run-c");
+  int64_t now = pt_now_ms();
+  submit();
+  heartbeat(worker_b, "run-b", 1);
+  cr_assert_eq(start_as(1, 1, NULL, &b, now, NULL, 0), PT_V_RUN);
+  cr_assert_eq(start_as(2, 0, NULL, &c, now + 100, NULL, 0), PT_V_BUSY,
+               "attempt 2 ran while attempt 1 still ran");
+  cr_assert_eq(finish(1, "RETRY_WAIT"), PT_V_OK, "attempt 1 was displaced");
+  cr_assert_eq(start_as(2, 0, NULL, &c, now + 200, NULL, 0), PT_V_RUN);
+  cr_assert_eq(crashes(), 0);
+}
+
+/* The same copy when the earlier attempt's worker died: resumed (query
+ * before create) and counted as that worker's crash, not run afresh. */
+Test(store, a_later_attempt_resumes_one_whose_worker_died,
+     .init = claims_init, .fini = claims_fini) {
+  pt_store_owner_t b = owner(worker_b, "run-b"), c = owner(worker_a, "run-c");
+  int64_t now = pt_now_ms();
+  submit();
+  cr_assert_eq(start_as(1, 0, NULL, &b, now, NULL, 0), PT_V_RUN);
+  /* No heartbeat for worker B: it is gone. */
+  cr_assert_eq(start_as(2, 0, NULL, &c, now + 100, NULL, 0), PT_V_RESUME);
+  cr_assert_eq(crashes(), 1);
 }
 
 Test(store, cancel_only_before_running) {
