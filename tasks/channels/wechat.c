@@ -539,21 +539,22 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
   pt_chan_res_reset_trade(out);
   if (pt_chan_res_unanswered(out, res, "WeChat Pay"))
     return;
-  if (res->body_len > 0) {
-    for (size_t i = 0; i < 4 && res->headers != NULL; i++) {
-      const char *v = NULL;
-      long n = pt_http_response_header(res, sig_headers[i], &v);
-      if (keep_sig_header(&sig, i, v, n) < 0)
-        usable = 0;
+  /* Every answer carrying the signature headers is verified, an empty
+   * one (a close's 204: WeChat Pay signs "ts\nnonce\n\n") too. */
+  for (size_t i = 0; i < 4 && res->headers != NULL; i++) {
+    const char *v = NULL;
+    long n = pt_http_response_header(res, sig_headers[i], &v);
+    if (keep_sig_header(&sig, i, v, n) < 0)
+      usable = 0;
+  }
+  if (sig.present > 0 || !usable) {
+    if (check_signature(&sig, wx.platform_serial,
+                        res->body != NULL ? res->body : "", res->body_len,
+                        (int64_t)time(NULL), &why) != 0) {
+      pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature", why);
+      return;
     }
-    if (sig.present > 0 || !usable) {
-      if (check_signature(&sig, wx.platform_serial, res->body, res->body_len,
-                          (int64_t)time(NULL), &why) != 0) {
-        pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature", why);
-        return;
-      }
-      verified = 1;
-    }
+    verified = 1;
   }
   if (code >= 400) {
     read_refusal(op, res, verified, out);
@@ -563,16 +564,19 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
     pt_chan_res_bad_reply(out, "unexpected HTTP status");
     return;
   }
+  if (!verified) {
+    /* A 2xx (the close's empty 204 too) is trusted only when signed:
+     * an unsigned "closed" from whatever sits in between would close a
+     * trade the payer may still pay. */
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
+                    "the answer is not signed");
+    return;
+  }
   if (op == PT_CHAN_CLOSE && res->body_len == 0) {
     out->trade_state = PT_TRADE_CLOSED; /* 204: closed */
     BSON_APPEND_UTF8(&out->result, "trade_status",
                      pt_trade_state_name(PT_TRADE_CLOSED));
     pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
-    return;
-  }
-  if (!verified) {
-    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_signature",
-                    "the answer is not signed");
     return;
   }
   bson_t doc = BSON_INITIALIZER;

@@ -1291,10 +1291,22 @@ Test(wechat, close_and_refusals) {
   pt_chan_res_t out;
   pt_task_t t;
   task(&t, "wechat", NULL);
+  /* WeChat Pay signs its 204 too; an unsigned or forged one is no close. */
+  wechat_parse_signed(PT_CHAN_CLOSE, NULL, 204, "", &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_SUCCESS, "%s %s", out.code,
+               out.message);
+  cr_assert_eq(out.trade_state, PT_TRADE_CLOSED);
+  bson_destroy(&out.result);
   parse("wechat", PT_CHAN_CLOSE, &t, 0, 204, "HTTP/1.1 204 X\r\n\r\n", NULL,
         &out);
-  cr_assert_eq(out.outcome, PT_OUTCOME_SUCCESS);
-  cr_assert_eq(out.trade_state, PT_TRADE_CLOSED);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "an unsigned 204 closed it");
+  cr_assert_str_eq(out.code, "bad_signature");
+  bson_destroy(&out.result);
+  char forged[2048];
+  wechat_headers(forged, sizeof forged, 204, (int64_t)time(NULL),
+                 PLATFORM_SERIAL, "wechat_merchant_private.pem", "");
+  parse("wechat", PT_CHAN_CLOSE, &t, 0, 204, forged, NULL, &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "a forged 204 closed it");
   bson_destroy(&out.result);
   wechat_parse_signed(PT_CHAN_CLOSE, NULL, 400,
                       "{\"code\":\"ORDER_PAID\",\"message\":\"paid\"}", &out);
