@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "core/pt_log.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_registry.h"
 
 int pt_chan_call_init(pt_chan_call_t *c, pt_attempt_t *a, pt_chan_call_cb cb) {
@@ -35,6 +36,7 @@ static void on_answer(const pt_http_response_t *res, void *arg) {
   pt_chan_res_t out;
   res_init(&out);
   c->chan->parse(c->op, pt_attempt_task(c->attempt), res, &out);
+  pt_chan_res_check_amount(pt_attempt_task(c->attempt), c->chan->code, &out);
   c->cb(c, &out);
   bson_destroy(&out.result);
 }

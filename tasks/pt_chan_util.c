@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/pt_log.h"
+
 #define PEM_MAX (64 * 1024)
 
 /* ---- text ---- */
@@ -200,4 +202,27 @@ int pt_chan_res_unanswered(pt_chan_res_t *out, const pt_http_response_t *res,
 void pt_chan_res_bad_reply(pt_chan_res_t *out, const char *why) {
   bson_reinit(&out->result);
   pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "bad_channel_reply", why);
+}
+
+int pt_chan_res_check_amount(const pt_task_t *t, const char *channel,
+                             pt_chan_res_t *out) {
+  if (out->outcome != PT_OUTCOME_SUCCESS || out->amount < 0 ||
+      out->amount == t->amount)
+    return 0;
+  PT_ERROR("channel_amount_mismatch",
+           "task_id=%s channel=%s out_trade_no=%s reported=%lld "
+           "expected=%lld note=\"the channel's trade is not the one asked "
+           "for; nothing settled from it\"",
+           t->id_str, channel, t->out_trade_no, (long long)out->amount,
+           (long long)t->amount);
+  char why[160];
+  snprintf(why, sizeof why,
+           "the channel reports %lld minor units for this out_trade_no, the "
+           "task has %lld",
+           (long long)out->amount, (long long)t->amount);
+  bson_reinit(&out->result);
+  out->trade_state = PT_TRADE_UNKNOWN;
+  out->not_found = 0;
+  pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "amount_mismatch", why);
+  return -1;
 }

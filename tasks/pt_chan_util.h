@@ -104,4 +104,13 @@ int pt_chan_res_unanswered(pt_chan_res_t *out, const pt_http_response_t *res,
  * the outcome UNKNOWN with the code bad_channel_reply and why. */
 void pt_chan_res_bad_reply(pt_chan_res_t *out, const char *why);
 
+/* A successful answer naming the trade's amount (a query's, a close's)
+ * must name the task's: otherwise the channel's trade under this
+ * out_trade_no is not the one the task asked for, and nothing may be
+ * settled from it. Logs an error and sets the outcome UNKNOWN with the
+ * code amount_mismatch (retried, then FAILED for a person to look at);
+ * returns -1 then, 0 when the answer stands. */
+int pt_chan_res_check_amount(const pt_task_t *t, const char *channel,
+                             pt_chan_res_t *out);
+
 #endif

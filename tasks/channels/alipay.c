@@ -714,6 +714,11 @@ static int read_notification(const pt_config_t *cfg, const form_t *f,
       pt_amount_from_yuan(total, strlen(total), &out->amount) != 0)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "alipay: total_amount is not an amount");
+  /* A payment is compared with its trade: one that names no amount is
+   * refused rather than taken unchecked. */
+  if (out->trade_state == PT_TRADE_SUCCEEDED && out->amount < 0)
+    return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
+                        "alipay: a payment without total_amount");
   return 0;
 }
 

@@ -618,9 +618,15 @@ static int notify_fields(const pt_config_t *cfg, const bson_t *tx,
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "wechat: the transaction lacks out_trade_no or a "
                         "known trade_state");
-  if (doc_count(tx, "amount.total", &out->amount) < 0)
+  int has_amount = doc_count(tx, "amount.total", &out->amount);
+  if (has_amount < 0)
     return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
                         "wechat: amount.total is not an amount");
+  /* A payment is compared with its trade: one that names no amount is
+   * refused rather than taken unchecked. */
+  if (has_amount == 0 && map_state(state) == PT_TRADE_SUCCEEDED)
+    return pt_error_set(err, PT_DOMAIN_PAYTASK, PT_EINVAL,
+                        "wechat: a payment without amount.total");
   snprintf(out->out_trade_no, sizeof out->out_trade_no, "%s", otn);
   snprintf(out->trade_no, sizeof out->trade_no, "%s", trade_no ? trade_no : "");
   snprintf(out->raw_state, sizeof out->raw_state, "%s", state);

@@ -18,6 +18,7 @@
 
 #include "core/pt_crypto.h"
 #include "tasks/pt_amount.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_registry.h"
 
 #define APP_ID "2021000000000001"
@@ -794,6 +795,34 @@ Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
   free(body);
 }
 
+/* A query's answer naming another amount than the task's is not the
+ * task's trade: nothing is settled from it. */
+Test(alipay, a_trade_with_another_amount_settles_nothing) {
+  pt_chan_res_t out;
+  pt_task_t t;
+  char *body = alipay_answer(
+      "alipay_trade_query_response",
+      "{\"code\":\"10000\",\"msg\":\"Success\",\"out_trade_no\":\"" OTN
+      "\",\"trade_no\":\"2023111522001400001\",\"trade_status\":"
+      "\"TRADE_SUCCESS\",\"total_amount\":\"12.34\"}",
+      0);
+  task(&t, "alipay", NULL);
+  parse("alipay", PT_CHAN_QUERY, &t, 0, 200, NULL, body, &out);
+  cr_assert_eq(pt_chan_res_check_amount(&t, "alipay", &out), 0);
+  cr_assert_eq(out.outcome, PT_OUTCOME_SUCCESS, "the task's own amount");
+  bson_destroy(&out.result);
+  t.amount = 1500;
+  parse("alipay", PT_CHAN_QUERY, &t, 0, 200, NULL, body, &out);
+  cr_assert_eq(pt_chan_res_check_amount(&t, "alipay", &out), -1);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "another amount was taken");
+  cr_assert_str_eq(out.code, "amount_mismatch");
+  cr_assert_eq(out.trade_state, PT_TRADE_UNKNOWN);
+  cr_assert_null(result_str(&out, "trade_status"));
+  bson_destroy(&out.result);
+  pt_task_destroy(&t);
+  free(body);
+}
+
 Test(alipay, a_closed_trade) {
   pt_chan_res_t out;
   char *body = alipay_answer("alipay_trade_close_response",
@@ -947,6 +976,24 @@ Test(alipay, forged_or_tampered_notifications_are_refused) {
   cr_assert_eq(alipay_notify("out_trade_no=" OTN "&trade_status=TRADE_SUCCESS",
                              &out, &e),
                PT_ECRYPTO);
+}
+
+/* A payment must say how much was paid, to be compared with the trade. */
+Test(alipay, a_payment_notification_without_its_amount_is_refused) {
+  pt_crypto_kv_t all[] = {NOTIFY_FIELDS(APP_ID)}, kv[32];
+  size_t n = 0;
+  pt_chan_notify_t out;
+  pt_error_t e = {0};
+  set("channel.alipay.seller_id", SELLER_ID);
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    if (strcmp(all[i].key, "total_amount") != 0)
+      kv[n++] = all[i];
+  char *body = alipay_notification(kv, n, "alipay_platform_private.pem");
+  cr_assert_eq(alipay_notify(body, &out, &e), PT_EINVAL,
+               "a signed payment without total_amount was taken");
+  cr_assert(strstr(e.message, "without total_amount") != NULL, "%s",
+            e.message);
+  bson_free(body);
 }
 
 Test(alipay, another_app_or_seller_is_refused) {
