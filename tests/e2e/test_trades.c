@@ -483,6 +483,45 @@ Test(trades, wechat_paid_just_before_close, .timeout = 120) {
   paid_just_before_close("wechat");
 }
 
+/* WeChat Pay made the order but its answer came too late: the attempt's
+ * outcome is unknown, so the retry queries first and finds the order
+ * unpaid. It asks for it again (the same create, which WeChat Pay answers
+ * with the same code_url) instead of ending SUCCEEDED with nothing for
+ * the payer to pay with. */
+Test(trades, wechat_create_answered_too_late_still_gives_the_code_url,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], *out = NULL;
+  const char *otn = pt_unique("lost");
+  pt_stack_env(&s, "PAYTASK_WORKER_ATTEMPT_TIMEOUT_MS", "1000");
+  start(&s, "wechat", "60");
+  sim_rule(&s, otn, "\"latency_ms\":2500");
+  pay_body(body, sizeof body, "wechat", otn, 650, 0, 600);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  const char *st = "";
+  for (int i = 0; i < 100 && strcmp(st, "RETRY_WAIT") != 0; i++) {
+    usleep(50000);
+    cr_assert_eq(pt_api_get(&s, id, 0, &out), 200);
+    pt_json(out, &doc);
+    free(out);
+    st = pt_json_str(&doc, "status");
+    st = st != NULL && strcmp(st, "RETRY_WAIT") == 0 ? "RETRY_WAIT" : "";
+    bson_destroy(&doc);
+  }
+  cr_assert_str_eq(st, "RETRY_WAIT", "the first create did not time out");
+  sim_rule(&s, otn, "\"latency_ms\":0");
+  pt_wait_final(&s, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_not_null(pt_json_str(&doc, "result.code_url"),
+                     "the pay task ended without a code_url");
+  bson_destroy(&doc);
+  cr_assert_geq(pt_sim_stat(&s, otn, "query_calls"), 1,
+                "the retry created without asking first");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 /* A close waits out the last second of its window held in the worker; when
  * it falls due while the worker's only slot (worker.concurrency = 1) is in a
  * slow call, it waits for the slot and then runs, once. */
