@@ -569,6 +569,10 @@ static void on_cancelled(int status, pt_verdict_t v, const char *detail,
   if (v == PT_V_OK) {
     PT_INFO("task_cancelled", "task_id=%s", op->id);
     read_task(op);
+  } else if (v == PT_V_CONFLICT && strcmp(detail, "internal") == 0) {
+    op_error(op, 409, "task_not_cancellable",
+             "paytask schedules this task itself for a trade (its query, "
+             "close or merchant notification); it cannot be cancelled");
   } else if (v == PT_V_CONFLICT) {
     not_cancellable(op, detail);
   } else {
@@ -580,8 +584,17 @@ static void on_cancelled(int status, pt_verdict_t v, const char *detail,
 
 static void handle_cancel(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
-  if (ac == NULL ||
-      pt_store_cancel(ac, op->id, pt_now_ms(), on_cancelled, op) != 0)
+  /* The internal types (",query,close,notify,"): not a client's to cancel. */
+  char internal[128] = ",";
+  for (size_t i = 0; pt_runners[i] != NULL; i++)
+    if (pt_runners[i]->internal && strlen(internal) +
+                                           strlen(pt_runners[i]->type) + 2 <
+                                       sizeof internal) {
+      strcat(internal, pt_runners[i]->type);
+      strcat(internal, ",");
+    }
+  if (ac == NULL || pt_store_cancel(ac, op->id, pt_now_ms(), internal,
+                                    on_cancelled, op) != 0)
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
 }
 

@@ -37,7 +37,12 @@ static const char submit_lua[] =
  * else is 'conflict': it was accepted, and keeps its key, so that a retry
  * finds it instead of submitting it again. A task gone from Redis is
  * 'conflict' when its tombstone says it ended, else 'notfound' (its
- * outcome unknown). Only abandon frees the key (KEYS[4]). */
+ * outcome unknown). Only abandon frees the key (KEYS[4]).
+ *
+ * Cancel refuses ('conflict', 'internal') a task whose type is in ARGV[6]
+ * (",query,close,notify,"): paytask schedules those for a trade, and one
+ * cancelled would leave the trade unqueried, unclosed or its merchant
+ * never told. */
 static const char cancel_lua[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts',\n"
     "  'interrupted', 'queued')\n"
@@ -53,6 +58,13 @@ static const char cancel_lua[] =
     "end\n"
     "if st and st ~= 'PENDING' and st ~= 'RETRY_WAIT' then\n"
     "  return {'conflict', st} end\n"
+    "if st and ARGV[6] ~= '' then\n"
+    "  local ok, d = pcall(cjson.decode,\n"
+    "    redis.call('HGET', KEYS[1], 'spec') or '')\n"
+    "  if ok and type(d) == 'table' and type(d.type) == 'string' and\n"
+    "     string.find(ARGV[6], ',' .. d.type .. ',', 1, true) then\n"
+    "    return {'conflict', 'internal'} end\n"
+    "end\n"
     "if KEYS[4] ~= '' then redis.call('DEL', KEYS[4]) end\n"
     "if not st then return {'notfound', ''} end\n"
     "redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'updated_at', "
@@ -446,7 +458,8 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
 
 static int cancel_common(redisAsyncContext *ac, const char *id,
                          const char *idem_key, int64_t now_ms,
-                         const char *error_json, pt_store_cb cb, void *arg) {
+                         const char *error_json, const char *refused_types,
+                         pt_store_cb cb, void *arg) {
   char k1[64], k3[64], k4[320] = "", now[24], ttl[24];
   key(k1, sizeof k1, PT_KEY_TASK, id);
   key(k3, sizeof k3, PT_KEY_FIN, id);
@@ -457,8 +470,9 @@ static int cancel_common(redisAsyncContext *ac, const char *id,
   const char *argv[] = {k1,  PT_STREAM_SYNC,   k3,
                         k4,  PT_STREAM_OUTBOX, now,
                         id,  PT_CHANNEL_FINAL, ttl,
-                        error_json ? error_json : ""};
-  return evalsha(ac, S_CANCEL, 5, 10, argv, NULL, cb, arg);
+                        error_json ? error_json : "",
+                        refused_types ? refused_types : ""};
+  return evalsha(ac, S_CANCEL, 5, 11, argv, NULL, cb, arg);
 }
 
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
@@ -467,7 +481,7 @@ int pt_store_abandon(redisAsyncContext *ac, const char *id,
   char *err = pt_store_error_json(
       "broker_unavailable",
       "the broker did not confirm the task; it was not queued");
-  int rc = cancel_common(ac, id, idem_key, now_ms, err, cb, arg);
+  int rc = cancel_common(ac, id, idem_key, now_ms, err, NULL, cb, arg);
   bson_free(err);
   return rc;
 }
@@ -481,8 +495,8 @@ int pt_store_mark_queued(redisAsyncContext *ac, const char *id,
 }
 
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
-                    pt_store_cb cb, void *arg) {
-  return cancel_common(ac, id, NULL, now_ms, NULL, cb, arg);
+                    const char *refused_types, pt_store_cb cb, void *arg) {
+  return cancel_common(ac, id, NULL, now_ms, NULL, refused_types, cb, arg);
 }
 
 int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,

@@ -144,8 +144,11 @@ typedef struct {
 
 int pt_store_finish(redisAsyncContext *ac, const char *id,
                     const pt_store_finish_t *f, pt_store_cb cb, void *arg);
+/* PENDING or RETRY_WAIT → CANCELLED. PT_V_CONFLICT with the status when
+ * past them, or with "internal" when the task's type is one of
+ * refused_types (",query,close,notify,"; NULL: none). */
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
-                    pt_store_cb cb, void *arg);
+                    const char *refused_types, pt_store_cb cb, void *arg);
 /* The drain deadline cut attempt n off: RUNNING goes back to PENDING or
  * RETRY_WAIT with attempts n-1 and a flag that makes the next start say
  * PT_V_RESUME (query before create). PT_V_STALE if the task moved on. */

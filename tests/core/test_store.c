@@ -250,17 +250,51 @@ Test(store, a_later_attempt_resumes_one_whose_worker_died,
 Test(store, cancel_only_before_running) {
   pt_test_verdict_t r = {0};
   submit();
-  cr_assert_eq(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict,
+  cr_assert_eq(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict,
                                &r),
                0);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
   cr_assert_eq(start(1, 0), PT_V_SKIP_FINAL, "a cancelled task never runs");
   memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict, &r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict, &r);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_CONFLICT);
   cr_assert_str_eq(r.detail, "CANCELLED");
+}
+
+/* A trade's query, close or notify task is paytask's own: a client that
+ * cancelled one would leave its trade unqueried, unclosed or its merchant
+ * never told. */
+Test(store, cancel_refuses_the_types_it_is_told_to) {
+  pt_test_verdict_t r = {0};
+  const char *spec = "{\"task_id\":\"1\",\"type\":\"notify\"}";
+  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
+                               pt_now_ms(), NULL, NULL, 60, pt_test_on_verdict,
+                               &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  memset(&r, 0, sizeof r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,notify,",
+                  pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_CONFLICT, "a notify task was cancelled");
+  cr_assert_str_eq(r.detail, "internal");
+  cr_assert_eq(start(1, 0), PT_V_RUN, "the refused cancel changed the task");
+  cr_assert_eq(finish(1, "RETRY_WAIT"), PT_V_OK);
+  memset(&r, 0, sizeof r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,",
+                  pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK, "a type not named was refused");
+  memset(&r, 0, sizeof r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,notify,",
+                  pt_test_on_verdict, &r);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_CONFLICT);
+  cr_assert_str_eq(r.detail, "CANCELLED", "a final task's cancel: %s",
+                   r.detail);
 }
 
 static pt_verdict_t abandon(const char *idem) {
@@ -380,7 +414,7 @@ Test(store, a_final_task_evicted_is_not_submitted_again) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   submit();
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), pt_test_on_verdict, &r);
+  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict, &r);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
   pt_redis_lose_task(id);

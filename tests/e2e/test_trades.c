@@ -575,6 +575,39 @@ Test(trades, notify_retried_until_success, .timeout = 120) {
   pt_wait_final(&s, id, 20, &doc);
   bson_destroy(&doc);
   buyer_pays(&s, otn);
+  /* The notify task is paytask's own: a client cannot cancel it (which
+   * would leave the merchant never told). Asked while it waits for its
+   * next try, when a client's task could be cancelled. */
+  char notify_task[24] = "", url[160], st[32] = "";
+  for (int i = 0; i < 300 && notify_task[0] == '\0'; i++) {
+    char *out = NULL;
+    pt_api_get(&s, id, 0, &out);
+    pt_json(out, &doc);
+    free(out);
+    const char *nt = pt_json_str(&doc, "trade.notify_task");
+    if (nt != NULL)
+      snprintf(notify_task, sizeof notify_task, "%s", nt);
+    bson_destroy(&doc);
+    usleep(20000);
+  }
+  cr_assert(notify_task[0] != '\0', "the trade never named its notify task");
+  for (int i = 0; i < 500 && strcmp(st, "RETRY_WAIT") != 0; i++) {
+    redisContext *rc = pt_test_redis();
+    redisReply *rr = redisCommand(rc, "HGET pt:task:%s status", notify_task);
+    snprintf(st, sizeof st, "%s", rr != NULL && rr->str != NULL ? rr->str : "");
+    freeReplyObject(rr);
+    redisFree(rc);
+    if (strcmp(st, "RETRY_WAIT") != 0)
+      usleep(10000);
+  }
+  cr_assert_str_eq(st, "RETRY_WAIT", "the notify task never waited to retry");
+  char *refusal = NULL;
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", s.api_url, notify_task);
+  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &refusal),
+               409, "a notify task was cancelled: %s", refusal);
+  cr_assert(strstr(refusal, "schedules this task itself") != NULL, "%s",
+            refusal);
+  free(refusal);
   for (int i = 0; i < 300 && receiver_count(&r) < 4; i++)
     usleep(100000);
   cr_assert_eq(receiver_count(&r), 4, "tries: %d", receiver_count(&r));
