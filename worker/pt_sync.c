@@ -237,13 +237,21 @@ static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
     cmds += 2;
   }
   free(av);
+  /* Marked synced and set to expire only if still there: another sync
+   * consumer that claimed the same entry may have evicted it already, and
+   * an HSET would make a hash with no spec (a GET's 500 until it
+   * expired). */
+  static const char mark_lua[] =
+      "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+      "  redis.call('HSET', KEYS[1], 'synced', 1)\n"
+      "  redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+      "end\n"
+      "return 0\n";
   for (size_t i = 0; i < n; i++) {
     if (items[i].has_doc && !items[i].refused) {
-      redisAppendCommand(s->redis, "HSET %s%s synced 1", PT_KEY_TASK,
-                         items[i].id);
-      redisAppendCommand(s->redis, "EXPIRE %s%s %lld", PT_KEY_TASK,
-                         items[i].id, grace);
-      cmds += 2;
+      redisAppendCommand(s->redis, "EVAL %s 1 %s%s %lld", mark_lua,
+                         PT_KEY_TASK, items[i].id, grace);
+      cmds += 1;
     }
   }
   int rc = 0;
