@@ -382,11 +382,16 @@ static void interrupt_job(job_t *j) {
     on_interrupted(PT_EREDIS, PT_V_OK, "", j);
 }
 
-static void next_id(worker_t *w, char out[21]) {
+/* 0, or -1 when the clock stepped back too far to issue an id. */
+static int next_id(worker_t *w, char out[21]) {
   uint64_t id = 0;
-  if (pt_idgen_next(&w->ids, &id) != 0)
-    PT_ERROR("id_unavailable", "note=\"the clock stepped back\"");
+  if (pt_idgen_next(&w->ids, &id) != 0) {
+    PT_ERROR("id_unavailable", "note=\"the clock stepped back; the attempt "
+             "is given back and resumed\"");
+    return -1;
+  }
   pt_id_format(id, out);
+  return 0;
 }
 
 static void result_str(const bson_t *result, const char *key, char *out,
@@ -401,7 +406,7 @@ static void result_str(const bson_t *result, const char *key, char *out,
  * a pay task of a channel that follows trades creates the trade and
  * schedules its first query and its close; query and close apply the
  * channel's answer; notify records whether the merchant got it. */
-static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
+static int prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
   worker_t *w = j->w;
   const pt_task_t *t = &j->task;
   pt_store_trade_t *tr = &j->trade;
@@ -413,7 +418,7 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
     const pt_channel_ops_t *chan = pt_channel_find(t->channel);
     if (rep->outcome != PT_OUTCOME_SUCCESS || chan == NULL ||
         !chan->follows_trades)
-      return;
+      return 0;
     int64_t s[PT_SCHEDULE_MAX];
     pt_config_schedule(w->cfg->query_schedule, s, PT_SCHEDULE_MAX);
     snprintf(j->trade_id, sizeof j->trade_id, "%s", t->id_str);
@@ -429,8 +434,8 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
     tr->expire_at_ms =
         pt_chan_trade_expiry(t, w->cfg, pt_now_ms() / 1000) * 1000;
     tr->first_query_at_ms = pt_now_ms() + s[0] * 1000;
-    next_id(w, j->ids[0]);
-    next_id(w, j->ids[1]);
+    if (next_id(w, j->ids[0]) != 0 || next_id(w, j->ids[1]) != 0)
+      return -1;
     tr->query_task_id = j->ids[0];
     tr->close_task_id = j->ids[1];
   } else if (t->parent_id != 0 && (strcmp(t->type, "query") == 0 ||
@@ -440,14 +445,16 @@ static void prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
     tr->mode = t->type;
     tr->source = t->type;
   } else {
-    return;
+    return 0;
   }
-  next_id(w, j->ids[2]);
+  if (next_id(w, j->ids[2]) != 0)
+    return -1;
   tr->notify_task_id = j->ids[2];
   tr->trade_id = j->trade_id;
   tr->state = j->trade_state[0] ? j->trade_state : NULL;
   tr->trade_no = j->trade_no[0] ? j->trade_no : NULL;
   j->has_trade = 1;
+  return 0;
 }
 
 static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
@@ -487,7 +494,13 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
     }
   }
 
-  prepare_trade(j, rep);
+  if (prepare_trade(j, rep) != 0) {
+    /* No ids for its follow-ups: nothing is recorded (a follow-up with id
+     * 0 would collide with every other); the redelivered message resumes
+     * the attempt, querying first. */
+    job_requeue_later(j);
+    return;
+  }
   if (rep->outcome == PT_OUTCOME_SUCCESS) {
     j->status = "SUCCEEDED";
     j->result_json = pt_json_of(rep->result, NULL);
