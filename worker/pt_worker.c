@@ -747,16 +747,22 @@ static void reject_message(worker_t *w, const pt_amqp_delivery_t *d,
   PT_ERROR("message_rejected", "tag=%llu code=%s err=\"%s\"",
            (unsigned long long)d->delivery_tag, ie->code, ie->message);
   poison_t *p = malloc(sizeof *p);
-  pt_amqp_msg_t msg = {.persistent = 1};
+  char mid[48];
+  /* Mandatory, as every task message: a dead queue that was deleted
+   * returns the copy, and the delivery goes back to the broker. */
+  snprintf(mid, sizeof mid, "rejected:%u:%llu", w->gen,
+           (unsigned long long)d->delivery_tag);
+  pt_amqp_msg_t msg = {.persistent = 1, .message_id = mid, .mandatory = 1};
   if (p == NULL)
     return; /* left unacked: the broker keeps it */
   *p = (poison_t){.w = w, .gen = w->gen, .tag = d->delivery_tag};
   w->inflight++;
-  if (pt_amqp_publish(w->amqp, "", PT_QUEUE_DEAD, d->body, d->body_len, &msg,
-                      on_passed_on, p) != 0) {
-    w->inflight--;
-    free(p);
-  }
+  int rc = pt_amqp_publish(w->amqp, "", PT_QUEUE_DEAD, d->body, d->body_len,
+                           &msg, on_passed_on, p);
+  if (rc != 0) /* not even sent (the broker blocks publishers): back to the
+                  broker after the pause, instead of holding its slot until
+                  the connection ends */
+    on_passed_on(NULL, rc, p);
 }
 
 /* A delivery kept as it came (body and tag), unacknowledged, to be worked

@@ -253,6 +253,20 @@ Test(pipeline, a_refused_dead_letter_gives_the_delivery_back) {
   cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
 }
 
+/* The same with the dead queue deleted: the copy is published mandatory,
+ * so the broker returns it rather than confirm a message no queue took;
+ * the delivery goes back, the worker's connection is made again (which
+ * declares the queue again), and the message ends in the dead queue. */
+Test(pipeline, a_dead_letter_no_queue_takes_is_not_lost) {
+  pt_stack_vhost(&stack); /* the queue deleted is this test's own */
+  pt_stack_start(&stack, 1, NULL);
+  pt_rabbitmqctl("delete_queue --vhost '%s' paytask.dead", pt_amqp_vhost());
+  pt_amqp_publish_raw("paytask.work", "task", "not a task", 10, NULL);
+  cr_assert_eq(wait_depth("paytask.dead", 1, 30), 1,
+               "the rejected message was lost");
+  cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
+}
+
 /* The message of a new pay task on the sim channel, as the api publishes
  * it, but with no hash in Redis (the worker rebuilds it when the task
  * starts); its id into id. Free with bson_free. */
