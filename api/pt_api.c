@@ -48,6 +48,7 @@ typedef struct {
   pt_metrics_t *metrics;
   size_t inflight;   /* requests not yet answered */
   int stopping;
+  int exit_code; /* 1 after the node id lease was lost */
 } api_t;
 
 /* A request in progress (submit, get, cancel). */
@@ -1286,7 +1287,9 @@ static void handle_channel_notify(op_t *op, const char *code, size_t clen) {
   }
   uint64_t child;
   char child_id[21];
-  if (pt_idgen_next(&api->ids, &child) != 0) {
+  /* Stopping (perhaps because the node id lease was lost): the channel
+   * sends it again, to an api that can issue the notify task's id. */
+  if (api->exit_code != 0 || pt_idgen_next(&api->ids, &child) != 0) {
     notify_answer(op, 0, "temporarily unavailable", "error");
     return;
   }
@@ -1563,12 +1566,11 @@ static void on_stop_deadline(uv_timer_t *t) {
     waiter_remove(api, api->waiters->list);
 }
 
-static void on_signal(uv_signal_t *s, int signum) {
-  api_t *api = s->data;
+static void begin_stop(api_t *api, const char *why) {
   if (api->stopping)
     return;
   api->stopping = 1;
-  PT_INFO("api_stopping", "signal=%d inflight=%zu", signum, api->inflight);
+  PT_INFO("api_stopping", "why=%s inflight=%zu", why, api->inflight);
   uv_timer_stop(&api->lease_timer);
   uv_timer_stop(&api->amqp_retry);
   uv_timer_stop(&api->redis_retry);
@@ -1579,6 +1581,20 @@ static void on_signal(uv_signal_t *s, int signum) {
   uv_timer_start(&api->stop_timer, on_stop_deadline, 10000, 0);
   uv_unref((uv_handle_t *)&api->stop_timer);
   maybe_stop(api);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  begin_stop(s->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* Another process holds the api's node id: task ids from it could
+ * collide. Submits are refused from now on (stopping), the requests in
+ * flight are answered, and the api exits 1, so that its service manager
+ * starts one that leases a free node id. */
+static void on_lease_lost(void *arg) {
+  api_t *api = arg;
+  api->exit_code = 1;
+  begin_stop(api, "node_lease_lost");
 }
 
 int pt_api_is_loopback(const char *host) {
@@ -1606,6 +1622,8 @@ int pt_api_run(const pt_config_t *cfg) {
     PT_ERROR("api_start_failed", "err=\"%s\"", err.message);
     return 1;
   }
+  api.lease.lost = on_lease_lost;
+  api.lease.lost_arg = &api;
   api.metrics = pt_metrics_new();
   api.loop = malloc(sizeof *api.loop);
   uv_loop_init(api.loop);
@@ -1670,8 +1688,8 @@ int pt_api_run(const pt_config_t *cfg) {
   if (rc != 0)
     PT_WARN("loop_close", "err=\"%s\"", uv_strerror(rc));
   free(api.loop);
-  PT_INFO("api_stopped", "pid=%ld", (long)getpid());
-  return 0;
+  PT_INFO("api_stopped", "pid=%ld exit=%d", (long)getpid(), api.exit_code);
+  return api.exit_code;
 }
 
 int pt_api_main(int argc, char **argv) {

@@ -10,6 +10,8 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
                   pt_error_t *err) {
   char host[64] = "host";
   lease->key[0] = '\0';
+  lease->lost = NULL;
+  lease->lost_arg = NULL;
   if (cfg->node_id >= 0) {
     pt_idgen_init(ids, (int)cfg->node_id);
     return 0;
@@ -41,13 +43,38 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
   return 0;
 }
 
+static const char renew_lua[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and v ~= ARGV[1] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', 60)\n"
+    "return 1\n";
+
+static const char release_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  redis.call('DEL', KEYS[1]) end\n"
+    "return 1\n";
+
+static void on_renewed(redisAsyncContext *ac, void *reply, void *arg) {
+  const pt_lease_t *lease = arg;
+  const redisReply *r = reply;
+  (void)ac;
+  if (r == NULL || r->type != REDIS_REPLY_INTEGER || r->integer != 0)
+    return;
+  PT_ERROR("node_lease_lost", "key=%s note=\"another process holds this "
+           "node id: its ids would collide with ours; starting afresh\"",
+           lease->key);
+  if (lease->lost != NULL)
+    lease->lost(lease->lost_arg);
+}
+
 void pt_lease_renew(const pt_lease_t *lease, redisAsyncContext *ac) {
   if (ac != NULL && lease->key[0])
-    redisAsyncCommand(ac, NULL, NULL, "SET %s %s EX 60", lease->key,
-                      lease->val);
+    redisAsyncCommand(ac, on_renewed, (void *)lease, "EVAL %s 1 %s %s",
+                      renew_lua, lease->key, lease->val);
 }
 
 void pt_lease_release(const pt_lease_t *lease, redisAsyncContext *ac) {
   if (ac != NULL && lease->key[0])
-    redisAsyncCommand(ac, NULL, NULL, "DEL %s", lease->key);
+    redisAsyncCommand(ac, NULL, NULL, "EVAL %s 1 %s %s", release_lua,
+                      lease->key, lease->val);
 }

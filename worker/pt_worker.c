@@ -35,6 +35,7 @@ typedef struct {
   pt_relay_t *relay;
   pt_idgen_t ids; /* follow-up task ids */
   pt_lease_t lease;
+  int lease_lost; /* another process holds our node id: issue no ids */
   int fault_exit_after_final; /* tests: die between state and publish */
   uv_signal_t sigterm, sigint;
   uv_timer_t retry_timer; /* reconnects */
@@ -385,9 +386,9 @@ static void interrupt_job(job_t *j) {
 /* 0, or -1 when the clock stepped back too far to issue an id. */
 static int next_id(worker_t *w, char out[21]) {
   uint64_t id = 0;
-  if (pt_idgen_next(&w->ids, &id) != 0) {
-    PT_ERROR("id_unavailable", "note=\"the clock stepped back; the attempt "
-             "is given back and resumed\"");
+  if (w->lease_lost || pt_idgen_next(&w->ids, &id) != 0) {
+    PT_ERROR("id_unavailable", "note=\"the clock stepped back, or the node "
+             "id lease was lost; the attempt is given back and resumed\"");
     return -1;
   }
   pt_id_format(id, out);
@@ -1155,6 +1156,20 @@ static void on_redis_lost(pt_redis_t *r, int status, const char *why,
   }
 }
 
+/* Another process holds this worker's node id: stop issuing ids from it,
+ * and exit as after losing Redis, so that the supervisor starts a worker
+ * that leases a free one. */
+static void on_lease_lost(void *arg) {
+  worker_t *w = arg;
+  w->lease_lost = 1;
+  if (!w->draining) {
+    w->exit_code = 1;
+    w->draining = 1;
+    pt_amqp_cancel_consume(w->amqp);
+    maybe_finish_drain(w);
+  }
+}
+
 static void close_all(worker_t *w) {
   drop_waiting(w);
   uv_close((uv_handle_t *)&w->heartbeat, NULL);
@@ -1283,6 +1298,8 @@ int pt_worker_run(const pt_config_t *cfg, int index) {
   if (pt_lease_node(cfg, &w.ids, &w.lease, &err) != 0 ||
       pt_channels_init(cfg, &err) != 0)
     return start_failed(&w, "worker_start_failed", &err);
+  w.lease.lost = on_lease_lost;
+  w.lease.lost_arg = &w;
   const char *fault = getenv("PAYTASK_FAULT");
   w.fault_exit_after_final =
       fault != NULL && strcmp(fault, "exit_after_final") == 0;

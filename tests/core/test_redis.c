@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/pt_config.h"
+#include "core/pt_lease.h"
 #include "core/pt_redis.h"
 #include "tests/support/pt_test.h"
 
@@ -250,4 +252,77 @@ Test(redis, sync_connect_honours_the_database, .timeout = 30) {
   redisFree(c);
   cr_assert_null(pt_redis_connect_sync("redis://127.0.0.1:1/0", 500, &err));
   cr_assert(strstr(err.message, "127.0.0.1:1") != NULL, "%s", err.message);
+}
+
+/* ---- the node id lease (core/pt_lease.c) ---------------------------- */
+
+static void on_lease_lost(void *arg) { (*(int *)arg)++; }
+
+static void on_get(redisAsyncContext *ac, void *reply, void *arg) {
+  char *out = arg;
+  const redisReply *r = reply;
+  (void)ac;
+  snprintf(out, 96, "%s",
+           r != NULL && r->type == REDIS_REPLY_STRING ? r->str : "(nil)");
+}
+
+/* The lease key's value after what was sent before (replies in order). */
+static void lease_value(uv_loop_t *loop, redisAsyncContext *ac,
+                        const char *key, char out[96]) {
+  out[0] = '\0';
+  redisAsyncCommand(ac, on_get, out, "GET %s", key);
+  for (int i = 0; i < 5000 && out[0] == '\0'; i++)
+    uv_run(loop, UV_RUN_ONCE);
+  cr_assert(out[0] != '\0', "Redis did not answer");
+}
+
+/* A process cut off from Redis for over a minute finds its node id leased
+ * by another: it must neither take it back (both would issue the same
+ * ids) nor delete the other's lease, and it is told. A lapsed lease nobody
+ * took is simply taken again. */
+Test(redis, a_node_lease_another_process_took_is_left_to_it, .timeout = 30) {
+  uv_loop_t loop;
+  pt_error_t err;
+  pt_config_t cfg;
+  pt_idgen_t ids;
+  pt_lease_t lease;
+  char v[96];
+  int lost = 0;
+  pt_config_defaults(&cfg);
+  cfg.node_id = -1;
+  snprintf(cfg.redis_uri, sizeof cfg.redis_uri, "%s",
+           pt_test_uri("PAYTASK_REDIS_URI", "Redis"));
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &lease, &err), 0, "%s", err.message);
+  lease.lost = on_lease_lost;
+  lease.lost_arg = &lost;
+  uv_loop_init(&loop);
+  pt_redis_t *r = pt_redis_connect(&loop, cfg.redis_uri, NULL, NULL, &err);
+  cr_assert_not_null(r, "Redis: %s", err.message);
+  redisAsyncContext *ac = pt_redis_ctx(r);
+
+  pt_lease_renew(&lease, ac);
+  lease_value(&loop, ac, lease.key, v);
+  cr_assert_str_eq(v, lease.val);
+  cr_assert_eq(lost, 0);
+
+  redisAsyncCommand(ac, NULL, NULL, "SET %s other-host:1 EX 60", lease.key);
+  pt_lease_renew(&lease, ac);
+  lease_value(&loop, ac, lease.key, v);
+  cr_assert_str_eq(v, "other-host:1", "the renewal took another's lease");
+  cr_assert_eq(lost, 1, "the process was not told its lease was lost");
+  pt_lease_release(&lease, ac);
+  lease_value(&loop, ac, lease.key, v);
+  cr_assert_str_eq(v, "other-host:1", "the release deleted another's lease");
+
+  redisAsyncCommand(ac, NULL, NULL, "DEL %s", lease.key);
+  pt_lease_renew(&lease, ac);
+  lease_value(&loop, ac, lease.key, v);
+  cr_assert_str_eq(v, lease.val, "a lapsed lease was not taken again");
+  cr_assert_eq(lost, 1);
+  pt_lease_release(&lease, ac);
+  lease_value(&loop, ac, lease.key, v);
+  cr_assert_str_eq(v, "(nil)");
+  pt_redis_destroy(r);
+  pt_test_run_loop(&loop, 10000, "Redis");
+  pt_test_close_loop(&loop);
 }
