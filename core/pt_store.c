@@ -104,7 +104,9 @@ static const char queued_lua[] =
  * and the attempt is younger than the hold (ARGV[8] ms): the broker
  * redelivers on a lost connection too, while the owner still runs the
  * attempt; only a dead owner's attempt is resumed (and counted as a
- * crash), never run beside it. The heartbeat's key is computed here, not
+ * crash), never run beside it; only the running attempt's own copy is
+ * sent to the dead queue past the crash limit. The heartbeat's key is
+ * computed here, not
  * passed in KEYS: paytask runs on one Redis, not a cluster.
  * ARGV: n, redelivered, now, max crashes, spec, owner, run token, hold. */
 static const char start_lua[] =
@@ -138,7 +140,8 @@ static const char start_lua[] =
     "'resume' end\n"
     "if st == 'RUNNING' then\n"
     "  local c = redis.call('HINCRBY', KEYS[1], 'crashes', 1)\n"
-    "  if c > tonumber(ARGV[4]) then return {'dead', tostring(c)} end\n"
+    "  if c > tonumber(ARGV[4]) and a == n then return {'dead', tostring(c)} "
+    "end\n"
     "  verdict = 'resume'\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'attempts', n,\n"
@@ -154,8 +157,11 @@ static const char start_lua[] =
  * drain's interrupt does: where it was before it started, not counted,
  * flagged so that the redelivered message resumes it at once (querying
  * before it creates) instead of waiting for the claim to lapse, and
- * without counting it as a crash: the worker did not die. KEYS: task
- * hash. ARGV: attempt, the worker's run token. */
+ * without counting it as a crash: the worker did not die. Answers how
+ * many times the task was released: the worker waits longer before each
+ * give-back (1 s, doubling to a minute), so that a broker refusing every
+ * copy does not have the attempt's channel call made every second. KEYS:
+ * task hash. ARGV: attempt, the worker's run token. */
 static const char release_lua[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts', "
     "'owner_run')\n"
@@ -166,7 +172,7 @@ static const char release_lua[] =
     "'RETRY_WAIT',\n"
     "  'attempts', n - 1, 'interrupted', 1)\n"
     "redis.call('HDEL', KEYS[1], 'owner', 'owner_run')\n"
-    "return {'ok', ''}\n";
+    "return {'ok', tostring(redis.call('HINCRBY', KEYS[1], 'releases', 1))}\n";
 
 /* Shared by the scripts that settle trades (finish, notify): a trade's
  * status moves only forward (NOTPAY < PAYING < a final status), so a late

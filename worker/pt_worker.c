@@ -152,18 +152,25 @@ static void on_wait_timer(uv_timer_t *t) {
 /* Runs after(j) in a second: the pause before a delivery goes back (so an
  * outage does not spin), or between two tries of a step that waits for
  * something (the attempt's owner, the broker's unblocking). */
-static void job_after_a_second(job_t *j, void (*after)(job_t *j)) {
+static void job_after(job_t *j, uint64_t ms, void (*after)(job_t *j)) {
   j->after = after;
   uv_timer_init(j->w->loop, &j->backoff);
   j->backoff.data = j;
-  uv_timer_start(&j->backoff, on_wait_timer, 1000, 0);
+  uv_timer_start(&j->backoff, on_wait_timer, ms, 0);
+}
+
+static void job_after_a_second(job_t *j, void (*after)(job_t *j)) {
+  job_after(j, 1000, after);
 }
 
 static void on_released(int status, pt_verdict_t v, const char *detail,
                         void *arg) {
   job_t *j = arg;
   worker_t *w = j->w;
-  (void)v;
+  /* The n-th release of the task waits 2^(n-1) s (at most a minute)
+   * before the give-back, which runs the attempt again. */
+  long n = status == 0 && v == PT_V_OK ? strtol(detail, NULL, 10) : 1;
+  uint64_t pause_ms = n <= 1 ? 1000 : n >= 7 ? 60000 : 1000u << (n - 1);
   if (status != 0)
     PT_WARN("claim_release_failed", "task_id=%s attempt=%d err=\"%s\" "
             "note=\"a redelivered copy waits until the claim lapses\"",
@@ -173,14 +180,24 @@ static void on_released(int status, pt_verdict_t v, const char *detail,
     maybe_finish_drain(w);
     return;
   }
-  job_after_a_second(j, job_give_back);
+  if (w->draining) { /* no pause holds a stop back */
+    job_give_back(j);
+    return;
+  }
+  if (pause_ms > 1000)
+    PT_WARN("attempt_given_back_again", "task_id=%s attempt=%d releases=%ld "
+            "pause_ms=%llu", j->task.id_str, j->task.attempt, n,
+            (unsigned long long)pause_ms);
+  job_after(j, pause_ms, job_give_back);
 }
 
 /* The job ends without its outcome recorded (Redis could not record it, or
  * a copy it published was not confirmed): it drops its claim on the
  * attempt, so that the redelivered message resumes it at once rather than
  * wait for the claim to lapse, and gives the message back to the broker
- * after a pause, so that an outage does not spin. */
+ * after a pause (1 s, doubling with each release of the task up to a
+ * minute), so that an outage or a broker refusing every copy does not
+ * spin, nor repeat the attempt's channel call every second. */
 static void job_requeue_later(job_t *j) {
   redisAsyncContext *ac = pt_redis_ctx(j->w->redis);
   if (ac == NULL || pt_store_release(ac, j->task.id_str, j->task.attempt,
@@ -448,7 +465,9 @@ static int prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
   } else {
     return 0;
   }
-  if (next_id(w, j->ids[2]) != 0)
+  /* The id of the notify task a final trade spawns (a notify task's own
+   * finish spawns none). */
+  if (strcmp(tr->mode, "notify") != 0 && next_id(w, j->ids[2]) != 0)
     return -1;
   tr->notify_task_id = j->ids[2];
   tr->trade_id = j->trade_id;

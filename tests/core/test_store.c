@@ -214,6 +214,15 @@ Test(store, a_released_claim_lets_the_copy_resume_at_once,
   cr_assert_eq(r.v, PT_V_OK);
   cr_assert_eq(start_as(1, 1, NULL, &b, now + 200, NULL, 0), PT_V_RESUME);
   cr_assert_eq(crashes(), 0, "a release was counted as a worker crash");
+  /* Each release says how many there were: the worker's pause grows. */
+  cr_assert_str_eq(r.detail, "1");
+  memset(&r, 0, sizeof r);
+  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-b",
+                                pt_test_on_verdict, &r),
+               0);
+  pt_test_wait_verdict(&loop, &r);
+  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_str_eq(r.detail, "2");
 }
 
 /* Worker A runs attempt 1 and publishes the copy for attempt 2; the
@@ -245,6 +254,22 @@ Test(store, a_later_attempt_resumes_one_whose_worker_died,
   /* No heartbeat for worker B: it is gone. */
   cr_assert_eq(start_as(2, 0, NULL, &c, now + 100, NULL, 0), PT_V_RESUME);
   cr_assert_eq(crashes(), 1);
+}
+
+/* Past the crash limit, only the running attempt's own copy goes to the
+ * dead queue: a later attempt's copy (whose FAILED finish could not apply
+ * to the running attempt) resumes instead. */
+Test(store, a_later_attempt_past_the_crash_limit_resumes,
+     .init = claims_init, .fini = claims_fini) {
+  submit();
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(start(1, 1), PT_V_RESUME);
+  cr_assert_eq(start(1, 1), PT_V_RESUME);
+  cr_assert_eq(crashes(), 2, "max_crashes is 2 here");
+  cr_assert_eq(start(2, 0), PT_V_RESUME, "a later copy went to the dead "
+               "queue for an attempt it could not finish");
+  cr_assert_eq(finish(2, "SUCCEEDED"), PT_V_OK);
+  cr_assert_eq(start(1, 1), PT_V_SKIP_FINAL);
 }
 
 Test(store, cancel_only_before_running) {
