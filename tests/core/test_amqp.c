@@ -722,20 +722,28 @@ static void tiny_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
   cr_assert_eq(pt_amqp_unconfirmed(c), 3);
 }
 
+/* Runs a client whose setup declares t->queue (named from prefix) and
+ * whose on_ready publishes three messages, until the loop ends; checks
+ * that it connected and that each confirm ran once. */
+static void run_three_confirms(tiny_t *t, pt_amqp_setup_fn setup,
+                               const char *prefix, pt_amqp_ready_cb on_ready,
+                               const char *what) {
+  pt_amqp_opts_t opts = {.uri = amqp_uri(), .setup = setup,
+                         .setup_arg = t->queue};
+  pt_test_unique(prefix, t->queue, sizeof t->queue);
+  pt_amqp_t *c = pt_amqp_new(&loop, &opts);
+  cr_assert_not_null(c);
+  cr_assert_eq(pt_amqp_start(c, on_ready, t), 0);
+  pt_test_run_loop(&loop, 15000, what);
+  cr_assert_eq(t->ready.status, 0, "connect: %s", t->ready.message);
+  for (int i = 0; i < 3; i++)
+    cr_assert_eq(t->calls[i], 1, "confirm %d ran %d times", i, t->calls[i]);
+}
+
 Test(amqp, refused_publish_is_nacked, .timeout = 30) {
   tiny_t t = {0};
-  pt_amqp_opts_t opts = {
-      .uri = amqp_uri(), .setup = declare_tiny, .setup_arg = t.queue};
-  pt_amqp_t *c;
-
-  pt_test_unique("pt-test-tiny", t.queue, sizeof t.queue);
-  c = pt_amqp_new(&loop, &opts);
-  cr_assert_not_null(c);
-  cr_assert_eq(pt_amqp_start(c, tiny_on_ready, &t), 0);
-  pt_test_run_loop(&loop, 15000, "RabbitMQ reject-publish");
-  cr_assert_eq(t.ready.status, 0, "connect: %s", t.ready.message);
-  for (int i = 0; i < 3; i++)
-    cr_assert_eq(t.calls[i], 1, "confirm %d ran %d times", i, t.calls[i]);
+  run_three_confirms(&t, declare_tiny, "pt-test-tiny", tiny_on_ready,
+                     "RabbitMQ reject-publish");
   cr_assert_eq(t.status[0], 0);
   cr_assert_eq(t.status[1], PT_ENACK);
   cr_assert_eq(t.status[2], PT_ENACK);
@@ -777,16 +785,8 @@ static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
 
 Test(amqp, a_mandatory_message_no_queue_takes_is_reported, .timeout = 30) {
   tiny_t t = {0};
-  pt_amqp_opts_t opts = {
-      .uri = amqp_uri(), .setup = declare_exclusive, .setup_arg = t.queue};
-  pt_test_unique("pt-test-mandatory", t.queue, sizeof t.queue);
-  pt_amqp_t *c = pt_amqp_new(&loop, &opts);
-  cr_assert_not_null(c);
-  cr_assert_eq(pt_amqp_start(c, unrouted_on_ready, &t), 0);
-  pt_test_run_loop(&loop, 15000, "RabbitMQ mandatory publishes");
-  cr_assert_eq(t.ready.status, 0, "connect: %s", t.ready.message);
-  for (int i = 0; i < 3; i++)
-    cr_assert_eq(t.calls[i], 1, "confirm %d ran %d times", i, t.calls[i]);
+  run_three_confirms(&t, declare_exclusive, "pt-test-mandatory",
+                     unrouted_on_ready, "RabbitMQ mandatory publishes");
   cr_assert_eq(t.status[0], 0, "routed: %s", pt_err_name(t.status[0]));
   cr_assert_eq(t.status[1], PT_EUNROUTED, "unrouted: %s",
                pt_err_name(t.status[1]));

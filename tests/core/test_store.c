@@ -79,6 +79,30 @@ static pt_verdict_t finish(int attempt, const char *status) {
   return r.v;
 }
 
+/* Waits for the verdict of a store call that rc says was sent; the
+ * verdict's detail stays in *r. */
+static pt_verdict_t waited(int rc, pt_test_verdict_t *r) {
+  cr_assert_eq(rc, 0, "the store call was not sent");
+  pt_test_wait_verdict(&loop, r);
+  return r->v;
+}
+
+/* Cancels the task, refusing the types in refused (NULL: none). */
+static pt_verdict_t cancel(const char *refused, pt_test_verdict_t *r) {
+  memset(r, 0, sizeof *r);
+  return waited(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), refused,
+                                pt_test_on_verdict, r),
+                r);
+}
+
+/* Releases attempt 1 as the worker whose run token is run. */
+static pt_verdict_t release(const char *run, pt_test_verdict_t *r) {
+  memset(r, 0, sizeof *r);
+  return waited(pt_store_release(pt_redis_ctx(redis), id, 1, run,
+                                 pt_test_on_verdict, r),
+                r);
+}
+
 /* Records the task PENDING, with Idempotency-Key idem (NULL: none). */
 static void submit_keyed(const char *idem) {
   pt_test_verdict_t r = {0};
@@ -195,33 +219,20 @@ Test(store, a_claim_holds_no_longer_than_its_hold, .init = claims_init,
 Test(store, a_released_claim_lets_the_copy_resume_at_once,
      .init = claims_init, .fini = claims_fini) {
   pt_store_owner_t a = owner(worker_a, "run-a"), b = owner(worker_b, "run-b");
-  pt_test_verdict_t r = {0};
+  pt_test_verdict_t r;
   int64_t now = pt_now_ms();
   submit();
   heartbeat(worker_a, "run-a", 1);
   cr_assert_eq(start_as(1, 0, NULL, &a, now, NULL, 0), PT_V_RUN);
-  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-b",
-                                pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_STALE, "only the claim's own worker releases it");
+  cr_assert_eq(release("run-b", &r), PT_V_STALE,
+               "only the claim's own worker releases it");
   cr_assert_eq(start_as(1, 1, NULL, &b, now + 100, NULL, 0), PT_V_BUSY);
-  memset(&r, 0, sizeof r);
-  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-a",
-                                pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(release("run-a", &r), PT_V_OK);
   cr_assert_eq(start_as(1, 1, NULL, &b, now + 200, NULL, 0), PT_V_RESUME);
   cr_assert_eq(crashes(), 0, "a release was counted as a worker crash");
   /* Each release says how many there were: the worker's pause grows. */
   cr_assert_str_eq(r.detail, "1");
-  memset(&r, 0, sizeof r);
-  cr_assert_eq(pt_store_release(pt_redis_ctx(redis), id, 1, "run-b",
-                                pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(release("run-b", &r), PT_V_OK);
   cr_assert_str_eq(r.detail, "2");
 }
 
@@ -273,18 +284,11 @@ Test(store, a_later_attempt_past_the_crash_limit_resumes,
 }
 
 Test(store, cancel_only_before_running) {
-  pt_test_verdict_t r = {0};
+  pt_test_verdict_t r;
   submit();
-  cr_assert_eq(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict,
-                               &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(cancel(NULL, &r), PT_V_OK);
   cr_assert_eq(start(1, 0), PT_V_SKIP_FINAL, "a cancelled task never runs");
-  memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict, &r);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_CONFLICT);
+  cr_assert_eq(cancel(NULL, &r), PT_V_CONFLICT);
   cr_assert_str_eq(r.detail, "CANCELLED");
 }
 
@@ -294,41 +298,28 @@ Test(store, cancel_only_before_running) {
 Test(store, cancel_refuses_the_types_it_is_told_to) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\",\"type\":\"notify\"}";
-  cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
-                               pt_now_ms(), NULL, NULL, 60, pt_test_on_verdict,
-                               &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
-  memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,notify,",
-                  pt_test_on_verdict, &r);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_CONFLICT, "a notify task was cancelled");
+  cr_assert_eq(waited(pt_store_submit(pt_redis_ctx(redis), id, spec,
+                                      strlen(spec), pt_now_ms(), NULL, NULL,
+                                      60, pt_test_on_verdict, &r),
+                      &r),
+               PT_V_OK);
+  cr_assert_eq(cancel(",query,close,notify,", &r), PT_V_CONFLICT,
+               "a notify task was cancelled");
   cr_assert_str_eq(r.detail, "internal");
   cr_assert_eq(start(1, 0), PT_V_RUN, "the refused cancel changed the task");
   cr_assert_eq(finish(1, "RETRY_WAIT"), PT_V_OK);
-  memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,",
-                  pt_test_on_verdict, &r);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK, "a type not named was refused");
-  memset(&r, 0, sizeof r);
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), ",query,close,notify,",
-                  pt_test_on_verdict, &r);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_CONFLICT);
+  cr_assert_eq(cancel(",query,close,", &r), PT_V_OK,
+               "a type not named was refused");
+  cr_assert_eq(cancel(",query,close,notify,", &r), PT_V_CONFLICT);
   cr_assert_str_eq(r.detail, "CANCELLED", "a final task's cancel: %s",
                    r.detail);
 }
 
 static pt_verdict_t abandon(const char *idem) {
   pt_test_verdict_t r = {0};
-  cr_assert_eq(pt_store_abandon(pt_redis_ctx(redis), id, idem, pt_now_ms(),
-                                pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  return r.v;
+  return waited(pt_store_abandon(pt_redis_ctx(redis), id, idem, pt_now_ms(),
+                                 pt_test_on_verdict, &r),
+                &r);
 }
 
 /* Whether Redis holds the Idempotency-Key (it expires in 60 s). */
@@ -384,11 +375,10 @@ Test(store, abandon_leaves_a_task_a_draining_worker_gave_back) {
   snprintf(idem, sizeof idem, "abandon-%s", id);
   submit_keyed(idem);
   cr_assert_eq(start(1, 0), PT_V_RUN);
-  cr_assert_eq(pt_store_interrupt(pt_redis_ctx(redis), id, 1, pt_now_ms(),
-                                  pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(waited(pt_store_interrupt(pt_redis_ctx(redis), id, 1,
+                                         pt_now_ms(), pt_test_on_verdict, &r),
+                      &r),
+               PT_V_OK);
   cr_assert_eq(abandon(idem), PT_V_CONFLICT,
                "a task a worker gave back was withdrawn");
   cr_assert(idem_exists(idem));
@@ -403,11 +393,10 @@ Test(store, abandon_leaves_a_task_a_retry_queued) {
   pt_test_verdict_t r = {0};
   snprintf(idem, sizeof idem, "abandon-%s", id);
   submit_keyed(idem);
-  cr_assert_eq(pt_store_mark_queued(pt_redis_ctx(redis), id,
-                                    pt_test_on_verdict, &r),
-               0);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(waited(pt_store_mark_queued(pt_redis_ctx(redis), id,
+                                           pt_test_on_verdict, &r),
+                      &r),
+               PT_V_OK);
   cr_assert_str_eq(r.detail, "PENDING");
   cr_assert_eq(abandon(idem), PT_V_CONFLICT,
                "the task a retry queued was withdrawn");
@@ -439,9 +428,7 @@ Test(store, a_final_task_evicted_is_not_submitted_again) {
   pt_test_verdict_t r = {0};
   const char *spec = "{\"task_id\":\"1\"}";
   submit();
-  pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), NULL, pt_test_on_verdict, &r);
-  pt_test_wait_verdict(&loop, &r);
-  cr_assert_eq(r.v, PT_V_OK);
+  cr_assert_eq(cancel(NULL, &r), PT_V_OK);
   pt_redis_lose_task(id);
   memset(&r, 0, sizeof r);
   cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),

@@ -764,14 +764,16 @@ Test(alipay, refusals_are_final) {
   bson_destroy(&out.result);
 }
 
+/* A query's answer: the trade paid, 12.34 yuan. */
+#define QUERY_PAID                                                           \
+  "{\"code\":\"10000\",\"msg\":\"Success\",\"out_trade_no\":\"" OTN          \
+  "\",\"trade_no\":\"2023111522001400001\",\"trade_status\":"              \
+  "\"TRADE_SUCCESS\",\"total_amount\":\"12.34\"}"
+
 Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
   pt_chan_res_t out;
-  char *body = alipay_answer(
-      "alipay_trade_query_response",
-      "{\"code\":\"10000\",\"msg\":\"Success\",\"out_trade_no\":\"" OTN
-      "\",\"trade_no\":\"2023111522001400001\",\"trade_status\":"
-      "\"TRADE_SUCCESS\",\"total_amount\":\"12.34\"}",
-      0);
+  char *body = alipay_answer("alipay_trade_query_response",
+                             QUERY_PAID, 0);
   alipay_parse_answer(PT_CHAN_QUERY, body, &out);
   cr_assert_eq(out.outcome, PT_OUTCOME_SUCCESS, "%s %s", out.code,
                out.message);
@@ -800,12 +802,8 @@ Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
 Test(alipay, a_trade_with_another_amount_settles_nothing) {
   pt_chan_res_t out;
   pt_task_t t;
-  char *body = alipay_answer(
-      "alipay_trade_query_response",
-      "{\"code\":\"10000\",\"msg\":\"Success\",\"out_trade_no\":\"" OTN
-      "\",\"trade_no\":\"2023111522001400001\",\"trade_status\":"
-      "\"TRADE_SUCCESS\",\"total_amount\":\"12.34\"}",
-      0);
+  char *body = alipay_answer("alipay_trade_query_response",
+                             QUERY_PAID, 0);
   task(&t, "alipay", NULL);
   parse("alipay", PT_CHAN_QUERY, &t, 0, 200, NULL, body, &out);
   cr_assert_eq(pt_chan_res_check_amount(&t, "alipay", &out), 0);
