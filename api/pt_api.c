@@ -49,6 +49,8 @@ typedef struct {
   size_t inflight;   /* requests not yet answered */
   int stopping;
   int exit_code; /* 1 after the node id lease was lost */
+  /* The types a client may not cancel (",query,close,notify,"). */
+  char internal_types[128];
 } api_t;
 
 /* A request in progress (submit, get, cancel). */
@@ -585,17 +587,9 @@ static void on_cancelled(int status, pt_verdict_t v, const char *detail,
 
 static void handle_cancel(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
-  /* The internal types (",query,close,notify,"): not a client's to cancel. */
-  char internal[128] = ",";
-  for (size_t i = 0; pt_runners[i] != NULL; i++)
-    if (pt_runners[i]->internal && strlen(internal) +
-                                           strlen(pt_runners[i]->type) + 2 <
-                                       sizeof internal) {
-      strcat(internal, pt_runners[i]->type);
-      strcat(internal, ",");
-    }
-  if (ac == NULL || pt_store_cancel(ac, op->id, pt_now_ms(), internal,
-                                    on_cancelled, op) != 0)
+  if (ac == NULL || pt_store_cancel(ac, op->id, pt_now_ms(),
+                                    op->api->internal_types, on_cancelled,
+                                    op) != 0)
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
 }
 
@@ -604,16 +598,24 @@ static void accepted(op_t *op, int taken);
 static void publish_task(op_t *op);
 static void on_retried_doc(op_t *op, const bson_t *doc);
 
+/* The confirm failed and nothing withdrew the task (why: "it could not be
+ * withdrawn", "its record is gone"): the broker may hold it. */
+static void outcome_unknown(op_t *op, const char *why) {
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "the message broker did not confirm the task and %s; it may still "
+           "run: retry with the same Idempotency-Key, or read the task, to "
+           "learn its state",
+           why);
+  op_error(op, 503, "submit_outcome_unknown", msg);
+}
+
 static void on_abandoned(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
   op_t *op = arg;
   if (status != 0) {
-    /* Nothing withdrew the task: the broker may hold it. */
     PT_ERROR("abandon_failed", "task_id=%s", op->id);
-    op_error(op, 503, "submit_outcome_unknown",
-             "the message broker did not confirm the task and it could not be "
-             "withdrawn; it may still run: retry with the same "
-             "Idempotency-Key, or read the task, to learn its state");
+    outcome_unknown(op, "it could not be withdrawn");
     return;
   }
   if (v == PT_V_CONFLICT) {
@@ -629,10 +631,7 @@ static void on_abandoned(int status, pt_verdict_t v, const char *detail,
     /* Gone from Redis with no trace of an end: nothing says whether it
      * reached the broker. */
     PT_ERROR("abandon_task_missing", "task_id=%s", op->id);
-    op_error(op, 503, "submit_outcome_unknown",
-             "the message broker did not confirm the task and its record is "
-             "gone; it may still run: retry with the same Idempotency-Key, "
-             "or read the task, to learn its state");
+    outcome_unknown(op, "its record is gone");
     return;
   }
   op_error(op, 503, "broker_unavailable",
@@ -1609,6 +1608,12 @@ int pt_api_run(const pt_config_t *cfg) {
   int port;
   memset(&api, 0, sizeof api);
   api.cfg = cfg;
+  /* The runners paytask schedules itself, for cancel to refuse. */
+  size_t n = snprintf(api.internal_types, sizeof api.internal_types, ",");
+  for (size_t i = 0; pt_runners[i] != NULL; i++)
+    if (pt_runners[i]->internal && n < sizeof api.internal_types)
+      n += snprintf(api.internal_types + n, sizeof api.internal_types - n,
+                    "%s,", pt_runners[i]->type);
   pt_config_hostport(cfg->api_listen, host, sizeof host, &port);
   if (strstr(cfg->api_tokens, DEV_TOKEN) != NULL && !pt_api_is_loopback(host)) {
     PT_ERROR("api_refused",
