@@ -1159,34 +1159,35 @@ static void on_amqp_lost(pt_amqp_t *c, int status, const pt_error_t *err,
     uv_timer_start(&w->retry_timer, on_retry_connect, 1000, 0);
 }
 
+/* Stops consuming and exits 1 once the jobs in flight have ended, so that
+ * the supervisor starts a worker afresh. */
+static void drain_to_restart(worker_t *w) {
+  if (w->draining)
+    return;
+  w->exit_code = 1;
+  w->draining = 1;
+  pt_amqp_cancel_consume(w->amqp);
+  maybe_finish_drain(w);
+}
+
 static void on_redis_lost(pt_redis_t *r, int status, const char *why,
                           void *arg) {
   worker_t *w = arg;
   (void)r;
   if (status != 0)
     PT_ERROR("redis_lost", "err=\"%s\"", why ? why : "");
-  /* Jobs that need Redis requeue themselves; the process exits so that its
-   * supervisor restarts it with a fresh connection. */
-  if (status != 0 && !w->draining) {
-    w->exit_code = 1;
-    w->draining = 1;
-    pt_amqp_cancel_consume(w->amqp);
-    maybe_finish_drain(w);
-  }
+  /* Jobs that need Redis requeue themselves; a new process gets a fresh
+   * connection. */
+  if (status != 0)
+    drain_to_restart(w);
 }
 
-/* Another process holds this worker's node id: stop issuing ids from it,
- * and exit as after losing Redis, so that the supervisor starts a worker
- * that leases a free one. */
+/* Another process holds this worker's node id: stop issuing ids from it;
+ * the new process leases a free one. */
 static void on_lease_lost(void *arg) {
   worker_t *w = arg;
   w->lease_lost = 1;
-  if (!w->draining) {
-    w->exit_code = 1;
-    w->draining = 1;
-    pt_amqp_cancel_consume(w->amqp);
-    maybe_finish_drain(w);
-  }
+  drain_to_restart(w);
 }
 
 static void close_all(worker_t *w) {
