@@ -226,7 +226,11 @@ static const char release_lua[] =
   "end\n"
 
 /* KEYS: task hash, sync stream, tombstone, outbox, trade hash ('' if none),
- * out_trade_no index ('' if none). ARGV: see pt_store_finish. A final
+ * out_trade_no index ('' if none). ARGV: see pt_store_finish. A hash gone
+ * with no tombstone (Redis lost it while the attempt ran) is 'lost': the
+ * outcome has nowhere to go, and the worker gives the delivery back so
+ * that the start rebuilds the hash from the message (see start_lua). A
+ * final
  * status also writes the task's result event to the outbox. A pay task
  * that created a trade creates the trade record and schedules its first
  * query and its close; a query or close applies what the channel said; a
@@ -234,6 +238,8 @@ static const char release_lua[] =
 static const char finish_lua[] =
     PT_LUA_APPLY_TRADE
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
+    "if not h[1] and redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  return {'lost', ''} end\n"
     "if h[1] ~= 'RUNNING' or tonumber(h[2]) ~= tonumber(ARGV[1]) then\n"
     "  return {'stale', h[1] or ''} end\n"
     "redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3],\n"
@@ -371,6 +377,7 @@ static const struct {
                 {"dead", PT_V_DEAD},
                 {"nospec", PT_V_NOSPEC},
                 {"stale", PT_V_STALE},
+                {"lost", PT_V_LOST},
                 {"notfound", PT_V_NOTFOUND},
                 {"conflict", PT_V_CONFLICT},
                 {"same", PT_V_SAME},

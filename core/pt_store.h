@@ -57,6 +57,8 @@ typedef enum {
   PT_V_DEAD,       /* start: redelivered too often after crashes */
   PT_V_NOSPEC,     /* start: the hash is lost; start again with the spec */
   PT_V_STALE,      /* finish: the task moved on without us */
+  PT_V_LOST,       /* finish: the hash is gone and no tombstone says the
+                      task ended: Redis lost it while the attempt ran */
   PT_V_NOTFOUND,   /* cancel */
   PT_V_CONFLICT,   /* cancel: not cancellable (detail holds the status) */
   PT_V_SAME,       /* trade: no step forward (detail: its status) */
@@ -142,6 +144,10 @@ typedef struct {
   const pt_store_trade_t *trade; /* MAY be NULL */
 } pt_store_finish_t;
 
+/* Records attempt f->attempt's outcome. PT_V_STALE if the task moved on
+ * (another delivery finished the attempt, or the task ended); PT_V_LOST if
+ * its hash is gone with no tombstone: nothing is written, and the delivery
+ * must go back so that the start rebuilds the hash and resumes. */
 int pt_store_finish(redisAsyncContext *ac, const char *id,
                     const pt_store_finish_t *f, pt_store_cb cb, void *arg);
 /* PENDING or RETRY_WAIT → CANCELLED. PT_V_CONFLICT with the status when

@@ -241,6 +241,16 @@ static void on_finished(int status, pt_verdict_t v, const char *detail,
     job_requeue_later(j);
     return;
   }
+  if (v == PT_V_LOST) {
+    /* Its outcome has nowhere to go: given back, the delivery rebuilds the
+     * hash from the message and resumes the attempt (query first). */
+    PT_ERROR("task_hash_lost", "task_id=%s attempt=%d status=%s note=\"Redis "
+             "lost the task's record while the attempt ran; the attempt is "
+             "given back and resumes\"", j->task.id_str, j->task.attempt,
+             j->status);
+    job_requeue_later(j);
+    return;
+  }
   if (v == PT_V_STALE) {
     log_job("finish_stale", j, "note=\"another delivery moved the task on\"");
   } else if (strcmp(j->status, "RETRY_WAIT") == 0) {

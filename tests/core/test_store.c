@@ -459,6 +459,28 @@ Test(store, a_lost_hash_with_a_redelivered_first_attempt_resumes) {
   cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
 }
 
+Test(store, a_finish_on_a_hash_lost_while_the_attempt_ran_says_lost) {
+  /* Nothing is written (a half record would read as a task without its
+   * spec): the worker gives the delivery back and the start rebuilds. */
+  submit();
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  pt_redis_lose_task(id);
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_LOST);
+  cr_assert(!pt_redis_has_task(id), "the finish wrote into a lost hash");
+  cr_assert_eq(start_spec(1, 1, NULL), PT_V_NOSPEC);
+  cr_assert_eq(start(1, 1), PT_V_RESUME);
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
+}
+
+Test(store, a_finish_after_the_task_ended_and_was_evicted_is_stale) {
+  submit();
+  cr_assert_eq(start(1, 0), PT_V_RUN);
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_OK);
+  pt_redis_lose_task(id); /* its tombstone stays */
+  cr_assert_eq(finish(1, "SUCCEEDED"), PT_V_STALE);
+  cr_assert(!pt_redis_has_task(id), "an ended task was written again");
+}
+
 static void on_hash(redisReply *reply, void *arg) {
   bson_t *doc = arg;
   int final = 0;

@@ -200,6 +200,44 @@ Test(pipeline, a_task_whose_hash_redis_lost_still_runs) {
   bson_destroy(&doc);
 }
 
+/* Redis lost the hash while the attempt was at the channel: the finish
+ * finds nothing to record the outcome in. The delivery goes back to the
+ * broker, the start rebuilds the hash from the message and the attempt
+ * resumes (query first), so the task ends SUCCEEDED with the payer's
+ * code instead of vanishing (the api answering 404 for a task it
+ * accepted, and a trade created at the channel that nobody follows). */
+Test(pipeline, a_task_whose_hash_redis_lost_while_it_ran_still_ends) {
+  char id[24];
+  bson_t doc;
+  const char *otn = pt_unique("LOSTRUN");
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 4322, "{\"latency_ms\": 1500}", NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  int running = 0;
+  for (int i = 0; i < 100 && !running; i++) {
+    char *out = NULL;
+    cr_assert_eq(pt_api_get(&stack, id, 0, &out), 200, "%s", out);
+    running = strstr(out, "\"RUNNING\"") != NULL;
+    free(out);
+    if (!running)
+      pt_test_sleep_ms(20);
+  }
+  cr_assert(running, "the task never ran");
+  pt_redis_lose_task(id);
+
+  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
+    pt_test_sleep_ms(100);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(&doc, "out_trade_no"), otn);
+  cr_assert_eq(pt_json_int(&doc, "amount", -1), 4322);
+  cr_assert_not_null(pt_json_str(&doc, "result.qr_code"),
+                     "the payer's code was lost");
+  cr_assert_eq(pt_sim_stat(&stack, otn, "creates_after_created"), 0);
+  bson_destroy(&doc);
+}
+
 /* Makes the broker refuse (nack) whatever is published to queue, in the
  * test's own virtual host. */
 static void refuse(const char *vhost, const char *queue) {
