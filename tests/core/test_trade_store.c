@@ -64,7 +64,9 @@ static void teardown(void) {
   for (size_t i = 0; i < r->elements; i++) {
     const redisReply *e = r->element[i];
     const char *tid = pt_store_hash_field(e->element[1], "task_id");
-    if (tid != NULL && (strcmp(tid, pay) == 0 || strcmp(tid, query) == 0))
+    const char *parent = pt_store_hash_field(e->element[1], "parent");
+    if ((tid != NULL && (strcmp(tid, pay) == 0 || strcmp(tid, query) == 0)) ||
+        (parent != NULL && strcmp(parent, pay) == 0))
       freeReplyObject(cmd("XDEL %s %s", PT_STREAM_OUTBOX, e->element[0]->str));
   }
   freeReplyObject(r);
@@ -224,4 +226,28 @@ Test(trade_store, a_notify_task_outliving_its_trade_makes_no_trade_record) {
   redisReply *r = cmd("EXISTS %s%s", PT_KEY_TRADE, pay);
   cr_assert_eq(r->integer, 0, "a trade record without expiry was made");
   freeReplyObject(r);
+}
+
+/* A reopened trade has two notifications: the one about the close, and
+ * the one about the payment. Only the latest one's end says whether the
+ * merchant was told what the trade is now. */
+Test(trade_store, only_the_latest_notification_sets_the_notify_status) {
+  char buf[64];
+  freeReplyObject(cmd("HSET %s%s notify_url https://merchant.example/n",
+                      PT_KEY_TRADE, pay));
+  late_query("CLOSED");
+  cr_assert_str_eq(trade_field("notify_task", buf, sizeof buf), "124");
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_REOPENED);
+  cr_assert_str_eq(trade_field("notify_task", buf, sizeof buf), "123");
+  cr_assert_str_eq(trade_field("notify_status", buf, sizeof buf), "PENDING");
+  /* A notification that is not the latest ends (finish_child's task is
+   * neither 123 nor 124). */
+  finish_child("notify", NULL);
+  cr_assert_str_eq(trade_field("notify_status", buf, sizeof buf), "PENDING",
+                   "an older notification's end spoke for the latest");
+  /* The latest one ends. */
+  freeReplyObject(cmd("HSET %s%s notify_task %s", PT_KEY_TRADE, pay, query));
+  finish_child("notify", NULL);
+  cr_assert_str_eq(trade_field("notify_status", buf, sizeof buf),
+                   "DELIVERED");
 }
