@@ -234,9 +234,10 @@ static const char release_lua[] =
  * status also writes the task's result event to the outbox. A pay task
  * that created a trade creates the trade record and schedules its first
  * query and its close; a query or close applies what the channel said; a
- * notify task records whether the merchant got it, if it is the trade's
- * latest notification (a reopened trade's first one, about the close,
- * may end after the one about the payment). */
+ * notify task records whether the merchant got it, unless it is older
+ * than the trade's latest notification (task ids grow with time; a
+ * reopened trade's first notice, about the close, may end after the one
+ * about the payment; a replay is newer than both). */
 static const char finish_lua[] =
     PT_LUA_APPLY_TRADE
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts')\n"
@@ -282,8 +283,9 @@ static const char finish_lua[] =
     "    '', ARGV[3], ARGV[15], ARGV[16])\n"
     "  if r[1] == 'reopened' then applied = 'reopened:' .. r[2] end\n"
     "end\n"
-    "if mode == 'notify' and tk ~= '' and\n"
-    "   redis.call('HGET', tk, 'notify_task') == ARGV[8] then\n"
+    "local nt = mode == 'notify' and tk ~= '' and\n"
+    "  redis.call('HGET', tk, 'notify_task')\n"
+    "if nt and (#ARGV[8] > #nt or (#ARGV[8] == #nt and ARGV[8] >= nt)) then\n"
     "  redis.call('HSET', tk, 'notify_status', ARGV[2] == 'SUCCEEDED' and\n"
     "    'DELIVERED' or 'NOTIFY_FAILED')\n"
     "end\n"
