@@ -787,14 +787,19 @@ static int connect_blocking(const pt_amqp_t *c, amqp_connection_state_t *out,
   amqp_set_rpc_timeout(conn, &tv);
   snprintf(what, sizeof what, "login to %s:%d", info.host, info.port);
   /* Ask for connection.blocked notices (librabbitmq does not by default),
-   * so that a resource alarm is known rather than felt as a stall. */
-  amqp_table_entry_t cap = {.key = amqp_cstring_bytes("connection.blocked"),
-                            .value = {.kind = AMQP_FIELD_KIND_BOOLEAN,
-                                      .value = {.boolean = 1}}};
+   * so that a resource alarm is known rather than felt as a stall, and for
+   * basic.cancel when the broker ends a consumer (its queue deleted, or
+   * the node holding it lost): without it the consumer is dropped without
+   * a word and the connection stays up, consuming nothing. */
+  amqp_table_entry_t cap[2] = {
+      {.key = amqp_cstring_bytes("connection.blocked"),
+       .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
+      {.key = amqp_cstring_bytes("consumer_cancel_notify"),
+       .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}}};
   amqp_table_entry_t prop = {
       .key = amqp_cstring_bytes("capabilities"),
       .value = {.kind = AMQP_FIELD_KIND_TABLE,
-                .value = {.table = {.num_entries = 1, .entries = &cap}}}};
+                .value = {.table = {.num_entries = 2, .entries = cap}}}};
   amqp_table_t props = {.num_entries = 1, .entries = &prop};
   rc = pt_amqp_reply_error(
       amqp_login_with_properties(conn, info.vhost, 0, FRAME_MAX, 0, &props,

@@ -305,6 +305,29 @@ Test(pipeline, a_dead_letter_no_queue_takes_is_not_lost) {
   cr_assert_eq(wait_depth("paytask.tasks", 0, 30), 0);
 }
 
+/* The work queue deleted under a running worker (an operator's mistake,
+ * or the node holding it lost): the broker tells its consumers only if
+ * they asked for consumer_cancel_notify. Without it the worker stayed
+ * connected, consuming nothing, while the api declared the queue again
+ * and answered 202 for tasks no worker would take. */
+Test(pipeline, a_worker_whose_queue_was_deleted_consumes_it_again) {
+  char id[24];
+  bson_t doc;
+  pt_stack_vhost(&stack); /* the queue deleted is this test's own */
+  pt_stack_start(&stack, 1, NULL);
+  pt_rabbitmqctl("delete_queue --vhost '%s' paytask.tasks", pt_amqp_vhost());
+  char otn[64], key[64];
+  snprintf(otn, sizeof otn, "%s", pt_unique("REQUEUE"));
+  snprintf(key, sizeof key, "%s", pt_unique("requeue"));
+  char *body = pt_task_body(otn, 777, NULL, NULL);
+  pt_submit_until_taken(&stack, body, key, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
+  bson_destroy(&doc);
+}
+
 /* The message of a new pay task on the sim channel, as the api publishes
  * it, but with no hash in Redis (the worker rebuilds it when the task
  * starts); its id into id. Free with bson_free. */
