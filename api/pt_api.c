@@ -607,6 +607,9 @@ static void outcome_unknown(op_t *op, const char *why) {
            "run: retry with the same Idempotency-Key, or read the task, to "
            "learn its state",
            why);
+  /* A replay that may have happened keeps its mark: run again, it is
+   * answered "already replayed" instead of making a second task. */
+  op->replay_marked = 0;
   op_error(op, 503, "submit_outcome_unknown", msg);
 }
 
