@@ -85,11 +85,22 @@ static int crash_loop(slot_t *s, time_t now) {
          now - s->crashes[0] < CRASH_WINDOW_S;
 }
 
+/* Slot i starts again after its backoff: 1 s, doubling up to 30 s. */
+static void schedule_restart(int i, time_t now) {
+  int b = slots[i].backoff_s ? slots[i].backoff_s * 2 : 1;
+  slots[i].backoff_s = b > BACKOFF_MAX_S ? BACKOFF_MAX_S : b;
+  slots[i].pid = 0;
+  slots[i].restart_at = now + slots[i].backoff_s;
+}
+
+/* A fork that fails (the unit's process limit, no memory) is tried again
+ * after the slot's backoff, as a crash is: retried at once, it made the
+ * loop spin and never reach the signals (SIGTERM, SIGCHLD). */
 static void spawn(const pt_config_t *cfg, sigset_t *old, int i, time_t now) {
   slots[i].pid = start_worker(cfg, old, i);
-  if (slots[i].pid < 0)
-    slots[i].pid = 0;
   slots[i].started_at = now;
+  if (slots[i].pid < 0)
+    schedule_restart(i, now);
 }
 
 static void stop_all(void) {
@@ -152,10 +163,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
           }
           if (now - slots[i].started_at >= CRASH_WINDOW_S)
             slots[i].backoff_s = 0;
-          int b = slots[i].backoff_s ? slots[i].backoff_s * 2 : 1;
-          slots[i].backoff_s = b > BACKOFF_MAX_S ? BACKOFF_MAX_S : b;
-          slots[i].pid = 0;
-          slots[i].restart_at = now + slots[i].backoff_s;
+          schedule_restart(i, now);
           PT_WARN("worker_restart_scheduled", "in_s=%d", slots[i].backoff_s);
         }
       }
