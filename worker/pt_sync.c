@@ -346,8 +346,15 @@ static long read_batch(pt_sync_t *s, item_t *items, size_t max,
       r->element[0]->type == REDIS_REPLY_ARRAY &&
       r->element[0]->elements == 2)
     n = collect(r->element[0]->element[1], items, max);
-  else if (r->type == REDIS_REPLY_ERROR)
+  if (r->type == REDIS_REPLY_ERROR) {
+    /* NOGROUP: the stream was deleted and made again by the next XADD,
+     * without the group. Taken as a failed command, it gets the caller's
+     * pause and reconnect, which creates the group again; read again at
+     * once, it spun and synced nothing more. */
     PT_ERROR("sync_read_failed", "err=\"%s\"", r->str);
+    freeReplyObject(r);
+    return -1;
+  }
   freeReplyObject(r);
   return process(s, items, n);
 }

@@ -202,3 +202,29 @@ Test(sync, the_workers_make_the_replay_index) {
   cr_assert(pt_mongo_has_index("status_1_created_at_1", 30),
             "no index on status and created_at in MongoDB");
 }
+
+/* The sync stream deleted under running workers (a FLUSHDB, an eviction,
+ * an operator): the next final task makes it again, without the sync's
+ * group. The sync reads NOGROUP, pauses and makes the group again, and
+ * the task still reaches MongoDB; before, it read again at once, for
+ * ever, and no task was synced any more. */
+Test(sync, a_deleted_sync_stream_is_made_again) {
+  char first[24], second[24];
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  pt_run_task(&stack, pt_unique("SYNCDEL"), 101, NULL, NULL, first, &doc);
+  bson_destroy(&doc);
+  cr_assert(pt_mongo_task(first, 30, &doc), "the first task was not synced");
+  bson_destroy(&doc);
+  redisContext *c = pt_test_redis();
+  freeReplyObject(redisCommand(c, "DEL pt:sync"));
+  redisFree(c);
+  pt_run_task(&stack, pt_unique("SYNCDEL"), 102, NULL, NULL, second, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  cr_assert(pt_mongo_task(second, 30, &doc),
+            "a task finished after the stream was deleted never reached "
+            "MongoDB");
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+}
