@@ -88,6 +88,15 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
       free_docs(items, i);
       return -1;
     }
+    if (r->type == REDIS_REPLY_ERROR) {
+      /* Not "gone" (-BUSY: a script running too long): the batch is
+       * read again later; taken as gone, its entries were acknowledged
+       * with no document written. */
+      PT_ERROR("sync_read_failed", "err=\"%s\"", r->str);
+      freeReplyObject(r);
+      free_docs(items, i);
+      return -1;
+    }
     int final = 0;
     pt_error_t err;
     bson_init(&items[i].doc);
