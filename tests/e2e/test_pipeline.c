@@ -172,6 +172,19 @@ Test(pipeline, cancel_before_start) {
                404);
 }
 
+/* Waits until a worker has rebuilt the lost hash of task id (until then
+ * the api knows no such task), then until the task is final: it must have
+ * SUCCEEDED with its out_trade_no and amount. The final task into doc. */
+static void wait_rebuilt_and_succeeded(const char *id, const char *otn,
+                                       int64_t amount, bson_t *doc) {
+  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
+    pt_test_sleep_ms(100);
+  pt_wait_final(&stack, id, 30, doc);
+  cr_assert_str_eq(pt_json_str(doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(doc, "out_trade_no"), otn);
+  cr_assert_eq(pt_json_int(doc, "amount", -1), amount);
+}
+
 /* Redis lost a queued task's hash (no tombstone either): the worker asks
  * the start script without the spec, is told the hash is gone, and starts
  * again with the spec from the message, so the task still runs once and
@@ -188,13 +201,7 @@ Test(pipeline, a_task_whose_hash_redis_lost_still_runs) {
   cr_assert(!pt_redis_has_task(id));
 
   pt_stack_add_worker(&stack);
-  /* Until the worker has rebuilt it, the api knows no such task. */
-  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
-    pt_test_sleep_ms(100);
-  pt_wait_final(&stack, id, 30, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
-  cr_assert_str_eq(pt_json_str(&doc, "out_trade_no"), otn);
-  cr_assert_eq(pt_json_int(&doc, "amount", -1), 4321);
+  wait_rebuilt_and_succeeded(id, otn, 4321, &doc);
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1);
   cr_assert_eq(pt_sim_stat(&stack, otn, "create_calls"), 1);
   bson_destroy(&doc);
@@ -226,12 +233,7 @@ Test(pipeline, a_task_whose_hash_redis_lost_while_it_ran_still_ends) {
   cr_assert(running, "the task never ran");
   pt_redis_lose_task(id);
 
-  for (int i = 0; i < 300 && !pt_redis_has_task(id); i++)
-    pt_test_sleep_ms(100);
-  pt_wait_final(&stack, id, 30, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
-  cr_assert_str_eq(pt_json_str(&doc, "out_trade_no"), otn);
-  cr_assert_eq(pt_json_int(&doc, "amount", -1), 4322);
+  wait_rebuilt_and_succeeded(id, otn, 4322, &doc);
   cr_assert_not_null(pt_json_str(&doc, "result.qr_code"),
                      "the payer's code was lost");
   cr_assert_eq(pt_sim_stat(&stack, otn, "creates_after_created"), 0);
