@@ -211,6 +211,11 @@ pt_httpd_t *pt_httpd_new(uv_loop_t *loop, const pt_httpd_opts_t *opts,
   srv->config.max_request_entity_size =
       srv->max_body <= SIZE_MAX / 4 ? 4 * srv->max_body : srv->max_body;
   srv->config.server_name = h2o_iovec_init(H2O_STRLIT("paytask"));
+  /* HTTP/1.1 only. h2o's default also takes cleartext HTTP/2 (prior
+   * knowledge, or Upgrade: h2c), which nothing here uses or checks: its
+   * streams buffer request bodies each up to the limit above, many to a
+   * connection. This setting turns off both ways in. */
+  srv->config.http1.upgrade_to_http2 = 0;
   h2o_hostconf_t *host = h2o_config_register_host(
       &srv->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);

@@ -400,6 +400,43 @@ Test(api_input, one_connection_carries_submits_refusals_and_reads) {
   curl_easy_cleanup(e);
 }
 
+/* The api speaks HTTP/1.1 only. h2o's default also took cleartext HTTP/2,
+ * whose streams each buffer a body up to the size limit, many to one
+ * connection. A client asking for h2c is answered in HTTP/1.1; one that
+ * opens with HTTP/2's preface is refused. */
+Test(api_input, the_api_speaks_http1_only) {
+  char url[128];
+  long code = 0, version = 0;
+  pt_buf_t out = {0};
+  pt_stack_start(&stack, 0, NULL);
+  snprintf(url, sizeof url, "%s/healthz", stack.api_url);
+  CURL *e = curl_easy_init();
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, pt_buf_curl_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &out);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT, 10L);
+
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_0);
+  cr_assert_eq(curl_easy_perform(e), CURLE_OK, "GET %s with Upgrade: h2c", url);
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+  cr_assert_eq(code, 200, "an h2c upgrade request was answered %ld", code);
+  cr_assert_eq(version, (long)CURL_HTTP_VERSION_1_1,
+               "an h2c upgrade request was answered in HTTP version %ld",
+               version);
+
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                   (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+  CURLcode rc = curl_easy_perform(e);
+  version = 0;
+  curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+  cr_assert(rc != CURLE_OK || version != (long)CURL_HTTP_VERSION_2_0,
+            "a request with HTTP/2's preface was served over HTTP/2");
+  free(out.data);
+  curl_easy_cleanup(e);
+}
+
 /* An api or a worker that cannot listen says why and exits 1, having
  * closed what it opened (under the sanitizers a leak would show here). */
 Test(api_input, busy_port_is_refused_at_start) {
