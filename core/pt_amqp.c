@@ -43,7 +43,9 @@ typedef struct {
   uint64_t at_ms; /* loop time of the publish */
   int mandatory;  /* published mandatory: the broker returns it unrouted */
   int returned;   /* it came back (basic.return): its ack reports that */
-  char mid[64];   /* its message_id, which a return is matched by */
+  char mid[64];   /* its message_id and */
+  uint64_t route; /* route_hash(exchange, routing key): what a return is
+                     matched by */
 } pending_t;
 
 /* A basic.return being received on the publish channel: its header and
@@ -51,7 +53,24 @@ typedef struct {
 typedef struct {
   int active, have_header;
   uint64_t body_size, got;
+  uint64_t route; /* route_hash of the exchange and key it was sent to */
 } returning_t;
+
+/* FNV-1a over the exchange, a NUL and the routing key: a return names
+ * both, so two publishes with one message_id on different routes (a dead
+ * copy and an early forward of one task) are told apart. */
+static uint64_t route_hash(const void *ex, size_t exlen, const void *rk,
+                           size_t rklen) {
+  uint64_t h = 14695981039346656037ULL;
+  const unsigned char *p = ex;
+  for (size_t i = 0; i < exlen; i++)
+    h = (h ^ p[i]) * 1099511628211ULL;
+  h = (h ^ 0) * 1099511628211ULL;
+  p = rk;
+  for (size_t i = 0; i < rklen; i++)
+    h = (h ^ p[i]) * 1099511628211ULL;
+  return h;
+}
 
 /* The message being assembled on the consumer channel: basic.deliver, then
  * a content header, then body frames until body_size bytes have come. */
@@ -464,7 +483,7 @@ static void on_deliver(pt_amqp_t *c, const amqp_basic_deliver_t *m) {
 /* A mandatory publish the broker could route to no queue comes back
  * (basic.return, then its header and body) before its ack. The return is
  * matched to the oldest unsettled mandatory publish with its message_id,
- * whose confirm then reports PT_EUNROUTED: a task that reached no queue is
+ * exchange and routing key, whose confirm then reports PT_EUNROUTED: a task that reached no queue is
  * not taken. */
 static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
   const amqp_basic_properties_t *props = f->payload.properties.decoded;
@@ -482,7 +501,7 @@ static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
   for (size_t i = 0; has_id && i < c->len && !matched; i++) {
     pending_t *p = &c->ring[(c->head + i) & (c->cap - 1)];
     if (!p->done && p->mandatory && !p->returned &&
-        id_len == strlen(p->mid) && memcmp(id, p->mid, id_len) == 0)
+        p->route == c->ret.route && id_len == strlen(p->mid) && memcmp(id, p->mid, id_len) == 0)
       matched = p->returned = 1;
   }
   if (!matched)
@@ -595,6 +614,8 @@ static void on_method(pt_amqp_t *c, amqp_channel_t ch, const amqp_method_t *m) {
       return;
     }
     c->ret.active = 1;
+    c->ret.route = route_hash(r->exchange.bytes, r->exchange.len,
+                              r->routing_key.bytes, r->routing_key.len);
     PT_WARN("amqp_returned", "exchange=\"%.*s\" routing_key=\"%.*s\" "
             "reply=\"%u %.*s\" note=\"no queue took the message\"",
             (int)r->exchange.len, (const char *)r->exchange.bytes,
@@ -1035,8 +1056,11 @@ int pt_amqp_publish(pt_amqp_t *c, const char *exchange, const char *routing_key,
   p->at_ms = uv_now(c->loop);
   p->mandatory = mandatory;
   p->returned = 0;
-  if (mandatory)
+  if (mandatory) {
     snprintf(p->mid, sizeof p->mid, "%s", msg->message_id);
+    p->route = route_hash(exchange, strlen(exchange), routing_key,
+                          strlen(routing_key));
+  }
   c->len++;
   c->unconfirmed++;
   after_write(c);

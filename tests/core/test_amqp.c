@@ -754,15 +754,13 @@ Test(amqp, refused_publish_is_nacked, .timeout = 30) {
  * its confirm reports PT_EUNROUTED, not success (a task published to a
  * deleted queue must not be answered 202). Without the flag the broker's
  * ack is all there is. */
-static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
-                              void *arg) {
-  tiny_t *t = arg;
+static void publish_routed_and_not(pt_amqp_t *c, tiny_t *t,
+                                   const char *routed_id,
+                                   const char *unrouted_id) {
   char none[128];
-  if (ready_failed(&t->ready, c, status, err))
-    return;
   snprintf(none, sizeof none, "%s-no-such-queue", t->queue);
-  pt_amqp_msg_t to_queue = {.message_id = "m-0", .mandatory = 1};
-  pt_amqp_msg_t to_none = {.message_id = "m-1", .mandatory = 1};
+  pt_amqp_msg_t to_queue = {.message_id = routed_id, .mandatory = 1};
+  pt_amqp_msg_t to_none = {.message_id = unrouted_id, .mandatory = 1};
   pt_amqp_msg_t no_id = {.mandatory = 1};
   cr_assert_eq(pt_amqp_publish(c, "", none, "{}", 2, &no_id, NULL, NULL),
                PT_EINVAL, "a mandatory publish needs its message_id");
@@ -783,15 +781,39 @@ static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
                0);
 }
 
-Test(amqp, a_mandatory_message_no_queue_takes_is_reported, .timeout = 30) {
+static void unrouted_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                              void *arg) {
+  if (!ready_failed(&((tiny_t *)arg)->ready, c, status, err))
+    publish_routed_and_not(c, arg, "m-0", "m-1");
+}
+
+/* One message_id on two routes, as a task's dead copy and an early forward
+ * of it can have: the return names the route it came back from, and only
+ * the publish on that route is reported unrouted. */
+static void same_id_on_ready(pt_amqp_t *c, int status, const pt_error_t *err,
+                             void *arg) {
+  if (!ready_failed(&((tiny_t *)arg)->ready, c, status, err))
+    publish_routed_and_not(c, arg, "m-same", "m-same");
+}
+
+/* Three publishes, one of them returned: only its confirm says so. */
+static void check_one_returned(pt_amqp_ready_cb on_ready) {
   tiny_t t = {0};
-  run_three_confirms(&t, declare_exclusive, "pt-test-mandatory",
-                     unrouted_on_ready, "RabbitMQ mandatory publishes");
+  run_three_confirms(&t, declare_exclusive, "pt-test-mandatory", on_ready,
+                     "RabbitMQ mandatory publishes");
   cr_assert_eq(t.status[0], 0, "routed: %s", pt_err_name(t.status[0]));
   cr_assert_eq(t.status[1], PT_EUNROUTED, "unrouted: %s",
                pt_err_name(t.status[1]));
   cr_assert_eq(t.status[2], 0, "not mandatory: %s", pt_err_name(t.status[2]));
   pt_test_close_loop(&loop);
+}
+
+Test(amqp, a_mandatory_message_no_queue_takes_is_reported, .timeout = 30) {
+  check_one_returned(unrouted_on_ready);
+}
+
+Test(amqp, a_return_is_matched_by_its_route_too, .timeout = 30) {
+  check_one_returned(same_id_on_ready);
 }
 
 /* A backlog consumed without a prefetch limit arrives faster than one
