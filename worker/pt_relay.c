@@ -18,7 +18,25 @@ struct pt_relay {
   char consumer[96];
   uv_timer_t timer;
   int group_ok, reading, closing, timer_closed;
+  int claiming; /* the read in flight is an XAUTOCLAIM */
   size_t inflight;
+  int handling; /* handle_entries is starting a batch's entries */
+  /* A batch with an entry that could not be relayed (a refused publish,
+   * a Redis error) is followed, after a backoff, by a pass over this
+   * relay's own pending entries in order (XREADGROUP from "0"), not by
+   * more new entries: a refusing broker does not pull the whole outbox
+   * into the pending list, and what failed is retried here within
+   * seconds, not claimed 40 s later. */
+  int batch_failed;
+  int own_pass;          /* reading own pending entries, from own_from */
+  char own_from[48];
+  long pass_ok, pass_failed;
+  int backoff_ms;        /* 0 while all goes well; 200 ms doubling to 5 s */
+  int64_t next_read_ms;  /* no read before this (a backoff) */
+  /* pt_relay_stop: no new reads; idle_cb once nothing is in flight */
+  int stopping;
+  void (*idle_cb)(void *);
+  void *idle_arg;
   long sent;
   int64_t last_claim_ms;
   char claim_from[48]; /* XAUTOCLAIM's cursor: where its next call starts */
@@ -63,8 +81,15 @@ static void flush_done(pt_relay_t *r) {
 }
 
 static void maybe_free(pt_relay_t *r) {
-  if (r->closing && r->timer_closed && r->inflight == 0 && !r->reading)
+  if (r->closing && r->timer_closed && r->inflight == 0 && !r->reading &&
+      !r->handling)
     free(r);
+}
+
+/* The wait after a batch that failed: 200 ms, doubling up to 5 s. */
+static int next_backoff_ms(const pt_relay_t *r) {
+  return r->backoff_ms == 0 ? 200 : r->backoff_ms >= 2500 ? 5000
+                                                          : 2 * r->backoff_ms;
 }
 
 /* ---- fields ------------------------------------------------------------- */
@@ -136,42 +161,76 @@ char *pt_relay_event_json(const char *entry_id, const redisReply *fields,
 
 /* ---- ending an entry ---------------------------------------------------- */
 
+static void add_done(pt_relay_t *r, const char *id) {
+  if (r->ndone == PT_RELAY_BATCH)
+    flush_done(r);
+  snprintf(r->done[r->ndone++], sizeof r->done[0], "%s", id);
+}
+
+/* Every entry of a batch has ended: acknowledge those done, and choose
+ * what to read next. */
+static void batch_end(pt_relay_t *r) {
+  flush_done(r);
+  if (r->batch_failed) {
+    r->backoff_ms = next_backoff_ms(r);
+    r->next_read_ms = pt_now_ms() + r->backoff_ms;
+    if (!r->own_pass) {
+      r->own_pass = 1;
+      snprintf(r->own_from, sizeof r->own_from, "0");
+      r->pass_ok = r->pass_failed = 0;
+    }
+  } else if (!r->own_pass) {
+    r->backoff_ms = 0;
+  }
+  r->batch_failed = 0;
+  if (!r->closing)
+    pt_relay_kick(r);
+}
+
 static void entry_end(entry_t *en, int done) {
   pt_relay_t *r = en->r;
-  redisAsyncContext *ac = pt_redis_ctx(r->redis);
-  (void)ac;
   if (done) {
-    if (r->ndone == PT_RELAY_BATCH)
-      flush_done(r);
-    snprintf(r->done[r->ndone++], sizeof r->done[0], "%s", en->id);
+    add_done(r, en->id);
     r->sent++;
+  } else {
+    /* It stays pending: this relay's next pass over its own pending
+     * entries retries it (or another relay claims it, if this one dies). */
+    r->batch_failed = 1;
   }
-  /* Not done: the entry stays pending and is claimed again later. */
+  if (r->own_pass) {
+    if (done)
+      r->pass_ok++;
+    else
+      r->pass_failed++;
+  }
   free(en->spec);
   free(en);
   r->inflight--;
-  if (r->inflight == 0)
-    flush_done(r);
-  if (!r->closing && r->inflight == 0)
-    pt_relay_kick(r);
+  if (r->inflight == 0 && !r->handling)
+    batch_end(r);
   maybe_free(r);
+}
+
+/* A failure is said for the first entry of a batch that fails; the rest
+ * of that batch fail alike, and the batch is retried after a backoff. */
+static void say_failed(entry_t *en, const char *event, int rc) {
+  if (!en->r->batch_failed)
+    PT_WARN(event, "entry=%s err=\"%s\" retry_in_ms=%d note=\"left pending; "
+            "this relay retries its pending entries\"", en->id,
+            pt_strerror(rc), next_backoff_ms(en->r));
 }
 
 static void on_confirmed(pt_amqp_t *c, int status, void *arg) {
   entry_t *en = arg;
   (void)c;
   if (status != 0)
-    PT_WARN("outbox_publish_unconfirmed", "entry=%s err=\"%s\"", en->id,
-            pt_strerror(status));
+    say_failed(en, "outbox_publish_unconfirmed", status);
   entry_end(en, status == 0);
 }
 
-/* An entry whose publish could not even start stays pending (claimed
- * again later); said once per entry, so a relay that cannot publish is
- * seen. */
+/* An entry whose publish could not even start stays pending. */
 static void publish_failed(entry_t *en, int rc) {
-  PT_WARN("outbox_publish_failed", "entry=%s err=\"%s\" note=\"left pending; "
-          "claimed again later\"", en->id, pt_strerror(rc));
+  say_failed(en, "outbox_publish_failed", rc);
   entry_end(en, 0);
 }
 
@@ -349,18 +408,33 @@ static void relay_spawn(entry_t *en, const redisReply *fields) {
 
 /* ---- reading ------------------------------------------------------------ */
 
-static void handle_entries(pt_relay_t *r, const redisReply *entries) {
+/* Starts every entry of a batch. Returns the number of entries listed,
+ * deleted ones included. */
+static size_t handle_entries(pt_relay_t *r, const redisReply *entries) {
+  size_t listed = 0;
   if (entries == NULL || entries->type != REDIS_REPLY_ARRAY)
-    return;
+    return 0;
+  r->handling = 1;
   for (size_t i = 0; i < entries->elements; i++) {
     const redisReply *e = entries->element[i];
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
         e->element[0]->type != REDIS_REPLY_STRING)
       continue; /* XAUTOCLAIM lists deleted entries as nil */
+    listed++;
+    if (r->own_pass)
+      snprintf(r->own_from, sizeof r->own_from, "%s", e->element[0]->str);
     const redisReply *fields = e->element[1];
+    if (fields->type != REDIS_REPLY_ARRAY) {
+      /* A pending entry since deleted (XREADGROUP from "0" lists it with
+       * no fields): nothing to relay, only to acknowledge. */
+      add_done(r, e->element[0]->str);
+      continue;
+    }
     entry_t *en = calloc(1, sizeof *en);
-    if (en == NULL)
-      return;
+    if (en == NULL) {
+      r->batch_failed = 1; /* the rest stay pending, read again */
+      break;
+    }
     en->r = r;
     snprintf(en->id, sizeof en->id, "%s", e->element[0]->str);
     r->inflight++;
@@ -374,6 +448,10 @@ static void handle_entries(pt_relay_t *r, const redisReply *entries) {
       entry_end(en, 1);
     }
   }
+  r->handling = 0;
+  if (r->inflight == 0)
+    batch_end(r);
+  return listed;
 }
 
 /* The outbox cannot be read (Redis refuses: out of memory, a wrong type):
@@ -387,6 +465,23 @@ static void read_failed(pt_relay_t *r, const char *why) {
            "tasks wait in pt:outbox\"", why);
 }
 
+/* A pass over this relay's own pending entries reached their end. If
+ * nothing in it could be relayed, the cause is not one entry (a refusing
+ * broker, Redis out of memory): the pass starts over after the backoff,
+ * and no new entries are read meanwhile. Otherwise new entries are read
+ * again; an entry that still fails waits for the next pass. */
+static void own_pass_done(pt_relay_t *r) {
+  if (r->pass_failed > 0 && r->pass_ok == 0) {
+    snprintf(r->own_from, sizeof r->own_from, "0");
+    r->pass_failed = 0;
+  } else {
+    r->own_pass = 0;
+    r->backoff_ms = 0;
+  }
+  if (!r->closing)
+    pt_relay_kick(r);
+}
+
 static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
   pt_relay_t *r = arg;
   redisReply *rep = reply;
@@ -397,24 +492,31 @@ static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
     return;
   }
   if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+    r->claiming = 0;
     if (rep != NULL && strstr(rep->str, "NOGROUP") != NULL)
       r->group_ok = 0;
     else
       read_failed(r, rep != NULL ? rep->str : "redis connection lost");
     return;
   }
-  if (rep->type != REDIS_REPLY_ARRAY)
-    return;
-  /* XREADGROUP: [[stream, entries]]; XAUTOCLAIM: [next, entries, …], whose
-   * next is the cursor of the following claim ("0-0": the stream is done,
-   * start again from its beginning). */
-  if (rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_STRING) {
+  int own = r->own_pass && !r->claiming;
+  r->claiming = 0;
+  size_t listed = 0;
+  /* XREADGROUP: [[stream, entries]] (nil: no new entries); XAUTOCLAIM:
+   * [next, entries, …], whose next is the cursor of the following claim
+   * ("0-0": the stream is done, start again from its beginning). */
+  if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 &&
+      rep->element[0]->type == REDIS_REPLY_STRING) {
     snprintf(r->claim_from, sizeof r->claim_from, "%s",
              rep->element[0]->str);
     handle_entries(r, rep->element[1]);
-  } else if (rep->elements == 1 && rep->element[0]->type == REDIS_REPLY_ARRAY &&
-           rep->element[0]->elements == 2)
-    handle_entries(r, rep->element[0]->element[1]);
+  } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+      rep->element[0]->type == REDIS_REPLY_ARRAY &&
+      rep->element[0]->elements == 2)
+    listed = handle_entries(r, rep->element[0]->element[1]);
+  if (own && listed == 0)
+    own_pass_done(r);
+  maybe_free(r);
 }
 
 static void on_group(redisAsyncContext *ac, void *reply, void *arg) {
@@ -441,16 +543,32 @@ static void on_group(redisAsyncContext *ac, void *reply, void *arg) {
 static void on_tick(uv_timer_t *t) {
   pt_relay_t *r = t->data;
   redisAsyncContext *ac = pt_redis_ctx(r->redis);
+  if (r->stopping) {
+    if (!r->reading && r->inflight == 0 && r->idle_cb != NULL) {
+      void (*cb)(void *) = r->idle_cb;
+      r->idle_cb = NULL;
+      uv_timer_stop(&r->timer);
+      cb(r->idle_arg);
+    }
+    return;
+  }
   if (r->closing || r->reading || r->inflight > 0 || ac == NULL ||
-      !pt_amqp_is_ready(r->amqp) || pt_amqp_is_blocked(r->amqp))
+      !pt_amqp_is_ready(r->amqp) || pt_amqp_is_blocked(r->amqp) ||
+      pt_now_ms() < r->next_read_ms)
     return; /* blocked: the entries wait in the outbox until it clears */
   r->reading = 1;
   int rc;
   if (!r->group_ok) {
     rc = redisAsyncCommand(ac, on_group, r, "XGROUP CREATE %s %s 0 MKSTREAM",
                            PT_STREAM_OUTBOX, PT_RELAY_GROUP);
+  } else if (r->own_pass) {
+    rc = redisAsyncCommand(ac, on_read, r,
+                           "XREADGROUP GROUP %s %s COUNT %d STREAMS %s %s",
+                           PT_RELAY_GROUP, r->consumer, PT_RELAY_BATCH,
+                           PT_STREAM_OUTBOX, r->own_from);
   } else if (pt_now_ms() - r->last_claim_ms > 5000) {
     r->last_claim_ms = pt_now_ms();
+    r->claiming = 1;
     /* Idle longer than a live relay may wait for its confirm, so only
      * entries of a relay that is gone are taken. */
     rc = redisAsyncCommand(ac, on_read, r,
@@ -466,7 +584,7 @@ static void on_tick(uv_timer_t *t) {
                            PT_STREAM_OUTBOX);
   }
   if (rc != REDIS_OK)
-    r->reading = 0;
+    r->reading = r->claiming = 0;
 }
 
 pt_relay_t *pt_relay_new(uv_loop_t *loop, const pt_config_t *cfg,
@@ -493,6 +611,15 @@ void pt_relay_kick(pt_relay_t *r) {
 }
 
 size_t pt_relay_inflight(const pt_relay_t *r) { return r ? r->inflight : 0; }
+
+void pt_relay_stop(pt_relay_t *r, void (*idle_cb)(void *), void *arg) {
+  if (r == NULL || r->closing)
+    return;
+  r->stopping = 1;
+  r->idle_cb = idle_cb;
+  r->idle_arg = arg;
+  uv_timer_start(&r->timer, on_tick, 0, 100);
+}
 
 long pt_relay_sent(const pt_relay_t *r) { return r ? r->sent : 0; }
 

@@ -12,7 +12,9 @@
  *               through the delay chain when it is due later
  *
  * Entries are read through the consumer group "relay" and acknowledged and
- * deleted only after the broker confirmed; those a dead worker had read are
+ * deleted only after the broker confirmed. Those that could not be relayed
+ * stay pending: after a backoff the relay reads its own pending entries
+ * again, before any new one. Those a dead worker had read are
  * claimed once idle for amqp.confirm_timeout_ms + PT_RELAY_CLAIM_IDLE_MS
  * (longer than a live relay waits for a confirm). A subscriber may see a
  * duplicate (same event_id), never a gap. */
@@ -40,6 +42,9 @@ void pt_relay_kick(pt_relay_t *r);
 size_t pt_relay_inflight(const pt_relay_t *r);
 /* Entries relayed since start. */
 long pt_relay_sent(const pt_relay_t *r);
+/* Stops reading new entries (a draining worker); idle_cb(arg) runs once
+ * from the loop when no read and no entry is in flight any more. */
+void pt_relay_stop(pt_relay_t *r, void (*idle_cb)(void *), void *arg);
 /* Stops reading; entries in flight are abandoned (another relay claims
  * them). Closes its timer: the loop must run for r to be freed. */
 void pt_relay_destroy(pt_relay_t *r);

@@ -33,6 +33,7 @@ typedef struct {
   pt_runner_env_t env;
   pt_sync_t *sync;
   pt_relay_t *relay;
+  int relay_stopping, relay_idle; /* draining: the relay's last entries */
   pt_idgen_t ids; /* follow-up task ids */
   pt_lease_t lease;
   int lease_lost; /* another process holds our node id: issue no ids */
@@ -1236,11 +1237,29 @@ static void on_drain_deadline(uv_timer_t *t) {
   w->http = NULL;
   w->env.http = NULL;
   pt_http_client_destroy(http);
+  maybe_finish_drain(w); /* if only the relay was still being waited for */
 }
 
+static void on_relay_idle(void *arg) {
+  worker_t *w = arg;
+  w->relay_idle = 1;
+  maybe_finish_drain(w);
+}
+
+/* Once no attempt is left, the relay stops reading and ends the entries
+ * it is publishing: closed with them in flight, it left them pending, to
+ * be claimed and sent again 40 s later (an event twice, a follow-up late).
+ * Past the drain deadline, nothing more is waited for. */
 static void maybe_finish_drain(worker_t *w) {
   if (w == NULL || !w->draining || w->inflight > 0 || w->amqp == NULL)
     return;
+  if (!w->relay_idle && !w->interrupting) {
+    if (!w->relay_stopping) {
+      w->relay_stopping = 1;
+      pt_relay_stop(w->relay, on_relay_idle, w);
+    }
+    return;
+  }
   PT_INFO("worker_drained", "exit_code=%d", w->exit_code);
   close_all(w);
 }

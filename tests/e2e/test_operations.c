@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include "core/pt_amqp.h"
+#include "core/pt_id.h"
+#include "core/pt_store.h"
+#include "worker/pt_relay.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -183,6 +186,64 @@ Test(operations, concurrency_bounds_calls_while_prefetch_holds_more) {
   cr_assert(most >= 1 && most <= K,
             "the channel saw %lld calls at once; worker.concurrency is %d",
             (long long)most, K);
+}
+
+/* A worker stopped while it relays results ends the publishes it began
+ * before it exits: closed with them in flight, it left the entries
+ * pending in the outbox, and another relay claimed and sent them again
+ * 40 s later (an event twice, a follow-up late). Here the outbox holds a
+ * backlog of events when the worker starts, and the SIGTERM comes once
+ * its relay has sent the first of them. */
+Test(operations, a_drained_worker_leaves_no_outbox_entry_pending) {
+  enum { EVENTS = 4000 };
+  static char ids[EVENTS][48];
+  char host[64] = "host", consumer[96], at[32];
+  redisContext *rc = pt_test_redis();
+  redisReply *r;
+  pt_stack_start(&stack, 0, NULL);
+  snprintf(at, sizeof at, "%lld", (long long)pt_now_ms());
+  for (int i = 0; i < EVENTS; i++)
+    redisAppendCommand(rc, "XADD %s * kind event subject task task_id %s "
+                       "status SUCCEEDED at %s spec {}",
+                       PT_STREAM_OUTBOX, pt_unique("backlog"), at);
+  for (int i = 0; i < EVENTS; i++) {
+    cr_assert_eq(redisGetReply(rc, (void **)&r), REDIS_OK);
+    cr_assert_eq(r->type, REDIS_REPLY_STRING, "XADD failed");
+    snprintf(ids[i], sizeof ids[i], "%s", r->str);
+    freeReplyObject(r);
+  }
+  int w = pt_stack_add_worker(&stack);
+  gethostname(host, sizeof host - 1);
+  snprintf(consumer, sizeof consumer, "%s-%ld", host,
+           (long)stack.workers[w]);
+  /* The first entries relayed are deleted from the stream. */
+  for (int i = 0; i < 3000; i++) {
+    r = redisCommand(rc, "XRANGE %s %s %s COUNT 1", PT_STREAM_OUTBOX, ids[0],
+                     ids[0]);
+    int gone = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 0;
+    freeReplyObject(r);
+    if (gone)
+      break;
+    cr_assert(i < 2999, "the worker relayed nothing in 30 s");
+    pt_test_sleep_ms(10);
+  }
+  cr_assert_eq(pt_stack_stop_worker(&stack, w, 60), 0,
+               "the worker did not drain and exit 0");
+  r = redisCommand(rc, "XPENDING %s %s - + 1000 %s", PT_STREAM_OUTBOX,
+                   PT_RELAY_GROUP, consumer);
+  cr_assert(r != NULL && r->type == REDIS_REPLY_ARRAY, "XPENDING failed");
+  size_t left = r->elements;
+  freeReplyObject(r);
+  cr_assert_eq(left, 0, "the stopped worker %s left %zu outbox entries "
+               "pending", consumer, left);
+  /* The backlog's rest is nobody's: removed for the tests after this. */
+  for (int i = 0; i < EVENTS; i++)
+    redisAppendCommand(rc, "XDEL %s %s", PT_STREAM_OUTBOX, ids[i]);
+  for (int i = 0; i < EVENTS; i++) {
+    cr_assert_eq(redisGetReply(rc, (void **)&r), REDIS_OK);
+    freeReplyObject(r);
+  }
+  redisFree(rc);
 }
 
 /* A scale-down that comes while the newest worker is still starting (an

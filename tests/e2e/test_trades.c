@@ -1005,6 +1005,40 @@ Test(trades, worker_killed_before_publish_event_still_once, .timeout = 120) {
   pt_stack_stop(&s);
 }
 
+/* A follow-up the broker returns (its delay queue deleted: an operator's
+ * mistake) stays pending in the outbox. The relay reads its own pending
+ * entries again after a short backoff, once its reconnect has declared
+ * the queue again: the trade's close is scheduled within seconds, where
+ * it used to wait 40 s for another relay to claim it. */
+Test(trades, a_refused_follow_up_is_sent_again_within_seconds,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], otn[64];
+  bson_t doc;
+  snprintf(otn, sizeof otn, "%s", pt_unique("refused"));
+  pt_stack_vhost(&s); /* the queue deleted is this test's own */
+  start(&s, "alipay", "1,1,1,1,1,1,1,1,1,1");
+  /* The close of a trade open for 600 s, due in a little less when it is
+   * made, waits in the 300 s level. */
+  pt_rabbitmqctl("delete_queue --vhost '%s' paytask.delay.300s",
+                 pt_amqp_vhost());
+  sim_rule(&s, otn, "\"callback\":\"withhold\"");
+  pay_body(body, sizeof body, "alipay", otn, 500, 0, 600);
+  pt_submit_ok(&s, body, id);
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  long depth = -1;
+  for (int i = 0; i < 150 && depth != 1; i++) {
+    usleep(100000);
+    depth = pt_queue_depth("paytask.delay.300s");
+  }
+  cr_assert_eq(depth, 1,
+               "the trade's close was not scheduled within 15 s (the delay "
+               "queue holds %ld)", depth);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 /* `paytask events tail --queue q` with its output redirected to file;
  * returns its exit status. */
 static int events_tail(const char *queue, const char *file) {
