@@ -25,6 +25,7 @@ struct pt_sync {
   mongoc_client_t *mongo;
   mongoc_collection_t *tasks;
   int64_t last_claim_ms;
+  char claim_from[48]; /* where the next XAUTOCLAIM starts */
   int indexed;           /* the replay index exists */
   int64_t last_index_ms; /* the last try, while it failed */
 };
@@ -368,16 +369,25 @@ static long read_batch(pt_sync_t *s, item_t *items, size_t max,
   return process(s, items, n);
 }
 
-/* Claims entries a dead consumer left pending. */
+/* Claims entries a dead consumer left pending. Each claim goes on from
+ * where the last one stopped (its cursor; "0-0" once the end is reached):
+ * always started at "0-0", claims saw only the first entries of the
+ * pending list, and entries refused again and again there (documents
+ * MongoDB will not take) hid those behind them. */
 static long claim_batch(pt_sync_t *s, item_t *items, size_t max) {
   redisReply *r = redisCommand(
-      s->redis, "XAUTOCLAIM %s %s %s %lld 0-0 COUNT %d", PT_STREAM_SYNC,
-      SYNC_GROUP, s->consumer, (long long)s->cfg->sync_claim_idle_ms, (int)max);
+      s->redis, "XAUTOCLAIM %s %s %s %lld %s COUNT %d", PT_STREAM_SYNC,
+      SYNC_GROUP, s->consumer, (long long)s->cfg->sync_claim_idle_ms,
+      s->claim_from, (int)max);
   if (r == NULL)
     return -1;
   size_t n = 0;
-  if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2)
+  if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2) {
+    if (r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[0]->len < sizeof s->claim_from)
+      snprintf(s->claim_from, sizeof s->claim_from, "%s", r->element[0]->str);
     n = collect(r->element[1], items, max);
+  }
   freeReplyObject(r);
   if (n > 0)
     PT_INFO("sync_claimed", "entries=%zu", n);
@@ -483,6 +493,7 @@ pt_sync_t *pt_sync_start(const pt_config_t *cfg, const char *consumer,
     return NULL;
   s->cfg = cfg;
   snprintf(s->consumer, sizeof s->consumer, "%s", consumer);
+  snprintf(s->claim_from, sizeof s->claim_from, "0-0");
   mongoc_uri_t *uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &e);
   if (uri == NULL) {
     pt_error_set(err, PT_DOMAIN_MONGO, PT_ECONFIG, "mongodb.uri: %s",

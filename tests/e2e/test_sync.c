@@ -194,6 +194,48 @@ Test(sync, a_document_mongodb_refuses_stays_in_redis) {
   redisFree(r);
 }
 
+/* Claims go on through the pending list: a consumer that is gone left
+ * two documents MongoDB refuses and a good one behind them. Each claim
+ * (sync.batch 2) used to start at the list's head and took the two refused
+ * ones again every time; the good one was never written. */
+Test(sync, claims_reach_what_refused_entries_stand_before) {
+  char a[24], b[24], d[24], e[24];
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_SYNC_CLAIM_IDLE_MS", "1000");
+  pt_stack_env(&stack, "PAYTASK_SYNC_BATCH", "2");
+  pt_stack_start(&stack, 1, NULL);
+  pt_run_task(&stack, pt_unique("CLAIMED"), 100, NULL, NULL, a, &doc);
+  bson_destroy(&doc);
+  cr_assert(pt_mongo_task(a, 30, &doc), "task %s never reached MongoDB", a);
+  bson_destroy(&doc);
+  cr_assert_eq(pt_stack_stop_worker(&stack, 0, 60), 0);
+
+  /* With no sync running, a consumer reads the three entries and dies. */
+  snprintf(b, sizeof b, "%llu", strtoull(a, NULL, 10) + 1);
+  snprintf(d, sizeof d, "%llu", strtoull(a, NULL, 10) + 2);
+  snprintf(e, sizeof e, "%llu", strtoull(a, NULL, 10) + 3);
+  plant_task_with_key(a, b, "");
+  plant_task_with_key(a, d, "");
+  plant_task_with_key(a, e, "fine");
+  redisContext *r = pt_test_redis();
+  redisReply *rep = redisCommand(r, "XREADGROUP GROUP paytask-sync gone "
+                                    "COUNT 3 STREAMS pt:sync >");
+  cr_assert(rep != NULL && rep->type == REDIS_REPLY_ARRAY &&
+                rep->element[0]->element[1]->elements == 3,
+            "the three entries were not read");
+  freeReplyObject(rep);
+  pt_test_sleep_ms(1500); /* idle past sync.claim_idle_ms */
+
+  pt_stack_add_worker(&stack);
+  cr_assert(pt_mongo_task(e, 30, &doc),
+            "the entry behind the refused ones was never claimed and written");
+  bson_destroy(&doc);
+  cr_assert(!pt_mongo_task(b, 0, &doc), "MongoDB took an empty key");
+  cr_assert_eq(pt_stack_stop(&stack), 0, "a process did not stop cleanly");
+  freeReplyObject(redisCommand(r, "DEL pt:task:%s pt:task:%s", b, d));
+  redisFree(r);
+}
+
 /* The index `paytask replay` selects by (FAILED tasks created in a time
  * range) is made by the workers' sync, so that a replay does not read
  * every task ever synced. */
