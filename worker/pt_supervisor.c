@@ -73,6 +73,15 @@ static int alive(void) {
   return n;
 }
 
+/* Seconds on the monotonic clock (never 0: restart_at 0 means "none"). A
+ * wall clock stepped back by NTP held restarts for as long as the step;
+ * stepped forward, it restarted at once and cut a crash loop short. */
+static time_t mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + 1;
+}
+
 /* 1 when more than CRASH_LIMIT crashes of slot s fell within
  * CRASH_WINDOW_S. */
 static int crash_loop(slot_t *s, time_t now) {
@@ -133,7 +142,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
           processes);
 
   for (;;) {
-    time_t now = time(NULL);
+    time_t now = mono_s();
     /* Reap every child that ended. */
     int status;
     pid_t pid;
