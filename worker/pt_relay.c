@@ -28,17 +28,22 @@ struct pt_relay {
    * into the pending list, and what failed is retried here within
    * seconds, not claimed 40 s later. */
   int batch_failed;
+  long batch_ok;
   int own_pass;          /* reading own pending entries, from own_from */
   char own_from[48];
   long pass_ok, pass_failed;
+  /* A pass in which nothing could be relayed is followed by one new entry
+   * (the probe): relayed, the cause was those entries alone, and new ones
+   * are read again; not, the pass starts over. */
+  int probing;
   int backoff_ms;        /* 0 while all goes well; 200 ms doubling to 5 s */
-  int64_t next_read_ms;  /* no read before this (a backoff) */
+  uint64_t next_read_ms; /* loop time (monotonic): no read before it */
   /* pt_relay_stop: no new reads; idle_cb once nothing is in flight */
   int stopping;
   void (*idle_cb)(void *);
   void *idle_arg;
   long sent;
-  int64_t last_claim_ms;
+  uint64_t last_claim_ms; /* loop time of the last XAUTOCLAIM */
   char claim_from[48]; /* XAUTOCLAIM's cursor: where its next call starts */
   int64_t last_error_ms; /* read errors are logged once per 10 s */
   /* entries done, acknowledged and deleted in one XACK and one XDEL when
@@ -171,9 +176,22 @@ static void add_done(pt_relay_t *r, const char *id) {
  * what to read next. */
 static void batch_end(pt_relay_t *r) {
   flush_done(r);
+  if (r->probing) {
+    /* The probe's one new entry: relayed, new entries flow again (what
+     * still fails is retried by the next pass or claimed); not, or none
+     * to read, the pass starts over. */
+    r->probing = 0;
+    if (r->batch_ok > 0) {
+      r->own_pass = 0;
+      r->backoff_ms = 0;
+    } else {
+      snprintf(r->own_from, sizeof r->own_from, "0");
+      r->pass_ok = r->pass_failed = 0;
+    }
+  }
   if (r->batch_failed) {
     r->backoff_ms = next_backoff_ms(r);
-    r->next_read_ms = pt_now_ms() + r->backoff_ms;
+    r->next_read_ms = uv_now(r->loop) + (uint64_t)r->backoff_ms;
     if (!r->own_pass) {
       r->own_pass = 1;
       snprintf(r->own_from, sizeof r->own_from, "0");
@@ -183,6 +201,7 @@ static void batch_end(pt_relay_t *r) {
     r->backoff_ms = 0;
   }
   r->batch_failed = 0;
+  r->batch_ok = 0;
   if (!r->closing)
     pt_relay_kick(r);
 }
@@ -192,6 +211,7 @@ static void entry_end(entry_t *en, int done) {
   if (done) {
     add_done(r, en->id);
     r->sent++;
+    r->batch_ok++;
   } else {
     /* It stays pending: this relay's next pass over its own pending
      * entries retries it (or another relay claims it, if this one dies). */
@@ -211,27 +231,35 @@ static void entry_end(entry_t *en, int done) {
   maybe_free(r);
 }
 
-/* A failure is said for the first entry of a batch that fails; the rest
- * of that batch fail alike, and the batch is retried after a backoff. */
-static void say_failed(entry_t *en, const char *event, int rc) {
-  if (!en->r->batch_failed)
-    PT_WARN(event, "entry=%s err=\"%s\" retry_in_ms=%d note=\"left pending; "
-            "this relay retries its pending entries\"", en->id,
-            pt_strerror(rc), next_backoff_ms(en->r));
+/* An entry that could not be relayed stays pending. The failure is said
+ * for the first entry of a batch that fails (the rest of a batch mostly
+ * fail alike), and the batch is retried after a backoff. */
+static void entry_failed(entry_t *en, const char *event, const char *err) {
+  pt_relay_t *r = en->r;
+  if (!r->batch_failed) {
+    if (r->closing || r->stopping)
+      PT_WARN(event, "entry=%s err=\"%s\" note=\"left pending; another "
+              "relay claims it\"", en->id, err);
+    else
+      PT_WARN(event, "entry=%s err=\"%s\" retry_in_ms=%d note=\"left "
+              "pending; this relay retries its pending entries\"", en->id,
+              err, next_backoff_ms(r));
+  }
+  entry_end(en, 0);
 }
 
 static void on_confirmed(pt_amqp_t *c, int status, void *arg) {
   entry_t *en = arg;
   (void)c;
   if (status != 0)
-    say_failed(en, "outbox_publish_unconfirmed", status);
-  entry_end(en, status == 0);
+    entry_failed(en, "outbox_publish_unconfirmed", pt_strerror(status));
+  else
+    entry_end(en, 1);
 }
 
-/* An entry whose publish could not even start stays pending. */
+/* An entry whose publish could not even start. */
 static void publish_failed(entry_t *en, int rc) {
-  say_failed(en, "outbox_publish_failed", rc);
-  entry_end(en, 0);
+  entry_failed(en, "outbox_publish_failed", pt_strerror(rc));
 }
 
 /* ---- events ------------------------------------------------------------- */
@@ -333,8 +361,7 @@ static void on_child_stored(int status, pt_verdict_t v, const char *detail,
     return;
   }
   if (status != 0) {
-    PT_WARN("outbox_store_failed", "entry=%s err=\"%s\"", en->id, detail);
-    entry_end(en, 0);
+    entry_failed(en, "outbox_store_failed", detail);
     return;
   }
   (void)v; /* OK or EXISTS (a relay before us stored it): publish either way;
@@ -351,9 +378,8 @@ static void on_parent_spec(redisAsyncContext *ac, void *reply, void *arg) {
     return;
   }
   if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
-    PT_WARN("outbox_store_failed", "entry=%s parent=%s err=\"%s\"", en->id,
-            en->parent, rep != NULL ? rep->str : "redis connection lost");
-    entry_end(en, 0);
+    entry_failed(en, "outbox_store_failed",
+                 rep != NULL ? rep->str : "redis connection lost");
     return;
   }
   if (rep->type != REDIS_REPLY_STRING) {
@@ -420,20 +446,21 @@ static size_t handle_entries(pt_relay_t *r, const redisReply *entries) {
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
         e->element[0]->type != REDIS_REPLY_STRING)
       continue; /* XAUTOCLAIM lists deleted entries as nil */
-    listed++;
-    if (r->own_pass)
-      snprintf(r->own_from, sizeof r->own_from, "%s", e->element[0]->str);
     const redisReply *fields = e->element[1];
-    if (fields->type != REDIS_REPLY_ARRAY) {
+    entry_t *en = NULL;
+    if (fields->type == REDIS_REPLY_ARRAY &&
+        (en = calloc(1, sizeof *en)) == NULL) {
+      r->batch_failed = 1; /* the rest stay pending, read again */
+      break;
+    }
+    listed++;
+    if (r->own_pass && !r->probing)
+      snprintf(r->own_from, sizeof r->own_from, "%s", e->element[0]->str);
+    if (en == NULL) {
       /* A pending entry since deleted (XREADGROUP from "0" lists it with
        * no fields): nothing to relay, only to acknowledge. */
       add_done(r, e->element[0]->str);
       continue;
-    }
-    entry_t *en = calloc(1, sizeof *en);
-    if (en == NULL) {
-      r->batch_failed = 1; /* the rest stay pending, read again */
-      break;
     }
     en->r = r;
     snprintf(en->id, sizeof en->id, "%s", e->element[0]->str);
@@ -466,14 +493,16 @@ static void read_failed(pt_relay_t *r, const char *why) {
 }
 
 /* A pass over this relay's own pending entries reached their end. If
- * nothing in it could be relayed, the cause is not one entry (a refusing
- * broker, Redis out of memory): the pass starts over after the backoff,
- * and no new entries are read meanwhile. Otherwise new entries are read
- * again; an entry that still fails waits for the next pass. */
+ * nothing in it could be relayed, the cause may be the broker or Redis
+ * (refusing everything) or those entries alone: one new entry is tried
+ * (the probe, see batch_end) before new entries are read again, so a
+ * refusing broker does not pull the outbox into the pending list, and
+ * one entry that keeps failing does not hold up the others. Otherwise
+ * new entries are read again; an entry that still fails waits for the
+ * next pass or a claim. */
 static void own_pass_done(pt_relay_t *r) {
   if (r->pass_failed > 0 && r->pass_ok == 0) {
-    snprintf(r->own_from, sizeof r->own_from, "0");
-    r->pass_failed = 0;
+    r->probing = 1;
   } else {
     r->own_pass = 0;
     r->backoff_ms = 0;
@@ -499,7 +528,8 @@ static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
       read_failed(r, rep != NULL ? rep->str : "redis connection lost");
     return;
   }
-  int own = r->own_pass && !r->claiming;
+  int probe = r->probing && !r->claiming;
+  int own = r->own_pass && !r->claiming && !probe;
   r->claiming = 0;
   size_t listed = 0;
   /* XREADGROUP: [[stream, entries]] (nil: no new entries); XAUTOCLAIM:
@@ -516,6 +546,13 @@ static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
     listed = handle_entries(r, rep->element[0]->element[1]);
   if (own && listed == 0)
     own_pass_done(r);
+  if (probe && listed == 0) { /* no new entry waits: the pass starts over */
+    r->probing = 0;
+    snprintf(r->own_from, sizeof r->own_from, "0");
+    r->pass_ok = r->pass_failed = 0;
+    if (!r->closing)
+      pt_relay_kick(r);
+  }
   maybe_free(r);
 }
 
@@ -554,20 +591,24 @@ static void on_tick(uv_timer_t *t) {
   }
   if (r->closing || r->reading || r->inflight > 0 || ac == NULL ||
       !pt_amqp_is_ready(r->amqp) || pt_amqp_is_blocked(r->amqp) ||
-      pt_now_ms() < r->next_read_ms)
+      uv_now(r->loop) < r->next_read_ms)
     return; /* blocked: the entries wait in the outbox until it clears */
   r->reading = 1;
   int rc;
   if (!r->group_ok) {
     rc = redisAsyncCommand(ac, on_group, r, "XGROUP CREATE %s %s 0 MKSTREAM",
                            PT_STREAM_OUTBOX, PT_RELAY_GROUP);
+  } else if (r->probing) {
+    rc = redisAsyncCommand(ac, on_read, r,
+                           "XREADGROUP GROUP %s %s COUNT 1 STREAMS %s >",
+                           PT_RELAY_GROUP, r->consumer, PT_STREAM_OUTBOX);
   } else if (r->own_pass) {
     rc = redisAsyncCommand(ac, on_read, r,
                            "XREADGROUP GROUP %s %s COUNT %d STREAMS %s %s",
                            PT_RELAY_GROUP, r->consumer, PT_RELAY_BATCH,
                            PT_STREAM_OUTBOX, r->own_from);
-  } else if (pt_now_ms() - r->last_claim_ms > 5000) {
-    r->last_claim_ms = pt_now_ms();
+  } else if (uv_now(r->loop) - r->last_claim_ms > 5000) {
+    r->last_claim_ms = uv_now(r->loop);
     r->claiming = 1;
     /* Idle longer than a live relay may wait for its confirm, so only
      * entries of a relay that is gone are taken. */

@@ -14,7 +14,7 @@
  * Entries are read through the consumer group "relay" and acknowledged and
  * deleted only after the broker confirmed. Those that could not be relayed
  * stay pending: after a backoff the relay reads its own pending entries
- * again, before any new one. Those a dead worker had read are
+ * again, before any new one (see batch_end and own_pass_done). Those a dead worker had read are
  * claimed once idle for amqp.confirm_timeout_ms + PT_RELAY_CLAIM_IDLE_MS
  * (longer than a live relay waits for a confirm). A subscriber may see a
  * duplicate (same event_id), never a gap. */

@@ -1249,11 +1249,13 @@ static void on_relay_idle(void *arg) {
 /* Once no attempt is left, the relay stops reading and ends the entries
  * it is publishing: closed with them in flight, it left them pending, to
  * be claimed and sent again 40 s later (an event twice, a follow-up late).
- * Past the drain deadline, nothing more is waited for. */
+ * Past the drain deadline, or with Redis gone (nothing could be
+ * acknowledged), nothing more is waited for. */
 static void maybe_finish_drain(worker_t *w) {
   if (w == NULL || !w->draining || w->inflight > 0 || w->amqp == NULL)
     return;
-  if (!w->relay_idle && !w->interrupting) {
+  if (!w->relay_idle && !w->interrupting &&
+      pt_redis_ctx(w->redis) != NULL) {
     if (!w->relay_stopping) {
       w->relay_stopping = 1;
       pt_relay_stop(w->relay, on_relay_idle, w);

@@ -1039,6 +1039,41 @@ Test(trades, a_refused_follow_up_is_sent_again_within_seconds,
   cr_assert_eq(pt_stack_stop(&s), 0);
 }
 
+/* An outbox entry that fails every time (here its trade's key holds the
+ * wrong type, so reading its spec fails) is retried, but does not hold up
+ * the entries after it: a task's result is still published. */
+Test(trades, an_entry_that_always_fails_does_not_hold_up_the_rest,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char q[64], id[24], entry[48], parent[32];
+  snprintf(q, sizeof q, "test.events.%s", pt_unique("q"));
+  events_queue(q);
+  snprintf(parent, sizeof parent, "%ld%ld", (long)getpid(),
+           (long)time(NULL)); /* a task id: digits */
+  redisContext *r = pt_test_redis();
+  freeReplyObject(redisCommand(r, "SET pt:trade:%s not-a-hash", parent));
+  redisReply *rep = redisCommand(r, "XADD pt:outbox * kind spawn type query "
+                                    "parent %s task_id 2 due 0", parent);
+  cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING);
+  snprintf(entry, sizeof entry, "%s", rep->str);
+  freeReplyObject(rep);
+  pt_stack_start(&s, 1, NULL);
+  pt_test_sleep_ms(2000); /* the entry has failed, and is being retried */
+  char *body = pt_task_body(pt_unique("behind"), 100, NULL, NULL);
+  pt_submit_ok(&s, body, id);
+  free(body);
+  int distinct, total;
+  count_events(q, id, "task.final", 15, &distinct, &total);
+  cr_assert_eq(distinct, 1, "the task's result was not published while an "
+               "entry before it kept failing");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  freeReplyObject(redisCommand(r, "XACK pt:outbox relay %s", entry));
+  freeReplyObject(redisCommand(r, "XDEL pt:outbox %s", entry));
+  freeReplyObject(redisCommand(r, "DEL pt:trade:%s", parent));
+  redisFree(r);
+}
+
 /* `paytask events tail --queue q` with its output redirected to file;
  * returns its exit status. */
 static int events_tail(const char *queue, const char *file) {
