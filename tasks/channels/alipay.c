@@ -437,6 +437,13 @@ static void read_success(pt_chan_op_t op, const pt_task_t *t,
       pt_chan_res_bad_reply(out, "total_amount is not an amount");
       return;
     }
+    if (map_status(status) == PT_TRADE_SUCCEEDED && total == NULL) {
+      /* Paid, but for how much? Not settled from it, as a notification
+       * without one is not. */
+      pt_chan_res_bad_reply(out, "the answer says paid but has no "
+                                 "total_amount");
+      return;
+    }
     out->trade_state = map_status(status);
     BSON_APPEND_UTF8(&out->result, "trade_status",
                      pt_trade_state_name(out->trade_state));

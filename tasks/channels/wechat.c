@@ -480,9 +480,17 @@ static void read_trade(const pt_task_t *t, const bson_t *doc,
     pt_chan_res_bad_reply(out, "transaction_id is too long");
     return;
   }
-  if (doc_count(doc, "amount.total", &out->amount) < 0) {
+  int has_amount = doc_count(doc, "amount.total", &out->amount);
+  if (has_amount < 0) {
     out->amount = -1;
     pt_chan_res_bad_reply(out, "amount.total is not an amount");
+    return;
+  }
+  if (has_amount == 0 && map_state(state) == PT_TRADE_SUCCEEDED) {
+    /* Paid, but for how much? Not settled from it, as a notification
+     * without one is not. */
+    pt_chan_res_bad_reply(out, "the answer says paid but has no "
+                               "amount.total");
     return;
   }
   snprintf(out->trade_no, sizeof out->trade_no, "%s", trade_no ? trade_no : "");

@@ -795,6 +795,19 @@ Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
   cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "a bad amount is no answer");
   bson_destroy(&out.result);
   free(body);
+
+  /* Paid, with no amount to check against the task's: settles nothing. */
+  body = alipay_answer("alipay_trade_query_response",
+                       "{\"code\":\"10000\",\"out_trade_no\":\"" OTN
+                       "\",\"trade_no\":\"2023111522001400001\","
+                       "\"trade_status\":\"TRADE_SUCCESS\"}",
+                       0);
+  alipay_parse_answer(PT_CHAN_QUERY, body, &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN,
+               "a payment without its amount was taken");
+  cr_assert_eq(out.trade_state, PT_TRADE_UNKNOWN);
+  bson_destroy(&out.result);
+  free(body);
 }
 
 /* A query's answer naming another amount than the task's is not the
@@ -1311,6 +1324,23 @@ Test(wechat, queries_map_trade_states) {
   wechat_parse_signed(PT_CHAN_QUERY, NULL, 200,
                       TRANSACTION(MCHID, "SOMETHING"), &out);
   cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN);
+  bson_destroy(&out.result);
+  /* Paid, with no amount to check against the task's: settles nothing;
+   * unpaid, it needs none. */
+  static const char *const no_amount[] = {
+      "{\"appid\":\"" APPID "\",\"mchid\":\"" MCHID "\",\"out_trade_no\":\"" OTN
+      "\",\"transaction_id\":\"4200001234202311150000000001\","
+      "\"trade_state\":\"SUCCESS\"}",
+      "{\"appid\":\"" APPID "\",\"mchid\":\"" MCHID "\",\"out_trade_no\":\"" OTN
+      "\",\"trade_state\":\"NOTPAY\"}"};
+  wechat_parse_signed(PT_CHAN_QUERY, NULL, 200, no_amount[0], &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN,
+               "a payment without its amount was taken");
+  cr_assert_eq(out.trade_state, PT_TRADE_UNKNOWN);
+  bson_destroy(&out.result);
+  wechat_parse_signed(PT_CHAN_QUERY, NULL, 200, no_amount[1], &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_SUCCESS, "%s", out.message);
+  cr_assert_eq(out.trade_state, PT_TRADE_NOTPAY);
   bson_destroy(&out.result);
 }
 
