@@ -21,6 +21,8 @@ struct pt_sync {
   atomic_long bulk_writes;
   const pt_config_t *cfg;
   char consumer[96];
+  char reply_err[160]; /* an error reply that failed the batch, said once by
+                          the caller with its retry */
   redisContext *redis;
   mongoc_client_t *mongo;
   mongoc_collection_t *tasks;
@@ -93,7 +95,7 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
       /* Not "gone" (-BUSY: a script running too long): the batch is
        * read again later; taken as gone, its entries were acknowledged
        * with no document written. */
-      PT_ERROR("sync_read_failed", "err=\"%s\"", r->str);
+      snprintf(s->reply_err, sizeof s->reply_err, "%s", r->str);
       freeReplyObject(r);
       free_docs(items, i);
       return -1;
@@ -361,7 +363,7 @@ static long read_batch(pt_sync_t *s, item_t *items, size_t max,
      * without the group. Taken as a failed command, it gets the caller's
      * pause and reconnect, which creates the group again; read again at
      * once, it spun and synced nothing more. */
-    PT_ERROR("sync_read_failed", "err=\"%s\"", r->str);
+    snprintf(s->reply_err, sizeof s->reply_err, "%s", r->str);
     freeReplyObject(r);
     return -1;
   }
@@ -462,7 +464,10 @@ static void *sync_main(void *arg) {
       break;
     if (n < 0) {
       PT_ERROR("sync_redis_failed", "err=\"%s\" retry_in_ms=1000",
-               s->redis->errstr[0] ? s->redis->errstr : "command failed");
+               s->redis->errstr[0] ? s->redis->errstr
+               : s->reply_err[0]   ? s->reply_err
+                                   : "command failed");
+      s->reply_err[0] = '\0';
       redisFree(s->redis);
       s->redis = NULL;
       for (int slept = 0; slept < 1000 && !atomic_load(&s->stop); slept += 50)

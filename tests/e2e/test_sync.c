@@ -269,4 +269,15 @@ Test(sync, a_deleted_sync_stream_is_made_again) {
             "MongoDB");
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
+  /* Said once, with Redis's reason (NOGROUP; or UNBLOCKED, when the
+   * deletion ended a read waiting on the stream) and the retry. */
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "grep -Eq 'event=sync_redis_failed err=\"(NOGROUP|UNBLOCKED).*"
+           "retry_in_ms' "
+           "%s/worker0.log && ! grep -q 'event=sync_read_failed' "
+           "%s/worker0.log",
+           stack.logdir, stack.logdir);
+  cr_assert_eq(system(cmd), 0, "the pause was not said once with its reason "
+               "(log: %s/worker0.log)", stack.logdir);
 }
