@@ -749,6 +749,16 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
     read_task(op);
     return;
   }
+  if (v == PT_V_TAKEN) {
+    char msg[PT_OUT_TRADE_NO_MAX + 256];
+    snprintf(msg, sizeof msg,
+             "out_trade_no \"%s\" is already used on channel %s by pay task "
+             "%.20s; to retry a submit, send it again with the same "
+             "Idempotency-Key; for a new trade, use a new out_trade_no",
+             op->task.out_trade_no, op->task.channel, detail);
+    op_error(op, 409, "out_trade_no_in_use", msg);
+    return;
+  }
   if (v != PT_V_OK) {
     op_error(op, 500, "internal_error", "task id collision; try again");
     return;
@@ -888,13 +898,20 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
   }
   size_t slen;
   char *spec = pt_task_spec_json(&op->task, 0, &slen);
+  char otn_key[PT_OUT_TRADE_NO_MAX + 64];
+  int pay = strcmp(op->task.type, "pay") == 0;
+  if (pay) /* a pay task takes its out_trade_no on its channel */
+    pt_store_otn_key(otn_key, sizeof otn_key, op->task.channel,
+                     op->task.out_trade_no);
   redisAsyncContext *ac = pt_redis_ctx(api->redis);
   int rc = ac == NULL ? PT_EREDIS
-                      : pt_store_submit(ac, op->id, spec, slen,
-                                        op->task.created_at_ms,
-                                        op->has_idem ? op->idem_key : NULL,
-                                        idem_val, api->cfg->api_idempotency_ttl,
-                                        on_submitted, op);
+                      : pt_store_submit_pay(ac, op->id, spec, slen,
+                                            op->task.created_at_ms,
+                                            op->has_idem ? op->idem_key : NULL,
+                                            idem_val,
+                                            api->cfg->api_idempotency_ttl,
+                                            pay ? otn_key : NULL,
+                                            on_submitted, op);
   bson_free(spec);
   if (rc != 0)
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");

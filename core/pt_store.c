@@ -12,13 +12,32 @@
 
 /* Records a new task PENDING. A task that exists, or that was final and
  * evicted (its tombstone KEYS[3] remains: a follow-up relayed a second
- * time), is not written again, and its Idempotency-Key is left alone. */
+ * time), is not written again, and its Idempotency-Key is left alone.
+ *
+ * A pay task also takes its out_trade_no on its channel (KEYS[4], the key
+ * callbacks find the trade by; ARGV[5] the task id, ARGV[6] its TTL).
+ * Another pay task holding it is 'taken' (detail: its id) unless that one
+ * ended FAILED or CANCELLED without a trade: a replay, or a new submit
+ * after a failure, takes it over. The holder's keys are named here, from
+ * its id. Two pay tasks with one out_trade_no both got the channel's one
+ * trade, and one payment settled both. */
 static const char submit_lua[] =
     "if KEYS[2] ~= '' then\n"
     "  local v = redis.call('GET', KEYS[2])\n"
     "  if v then return {'dup', v} end\n"
     "end\n"
     "if redis.call('EXISTS', KEYS[1], KEYS[3]) > 0 then return {'exists', ''} "
+    "end\n"
+    "if KEYS[4] ~= '' then\n"
+    "  local h = redis.call('GET', KEYS[4])\n"
+    "  if h and h ~= ARGV[5] then\n"
+    "    local st = redis.call('HGET', '" PT_KEY_TASK "' .. h, 'status') or\n"
+    "      redis.call('GET', '" PT_KEY_FIN "' .. h)\n"
+    "    if redis.call('EXISTS', '" PT_KEY_TRADE "' .. h) == 1 or\n"
+    "       (st and st ~= 'FAILED' and st ~= 'CANCELLED') then\n"
+    "      return {'taken', h} end\n"
+    "  end\n"
+    "  redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])\n"
     "end\n"
     "if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) "
     "end\n"
@@ -372,6 +391,7 @@ static const struct {
 } verdicts[] = {{"ok", PT_V_OK},
                 {"dup", PT_V_DUP},
                 {"exists", PT_V_EXISTS},
+                {"taken", PT_V_TAKEN},
                 {"run", PT_V_RUN},
                 {"resume", PT_V_RESUME},
                 {"skip:final", PT_V_SKIP_FINAL},
@@ -456,21 +476,34 @@ static void key(char *buf, size_t len, const char *prefix, const char *id) {
   snprintf(buf, len, "%s%s", prefix, id);
 }
 
-int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
-                    size_t spec_len, int64_t now_ms, const char *idem_key,
-                    const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
-                    void *arg) {
-  char k1[64], k2[320] = "", k3[64], now[24], ttl[24];
+int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
+                        const char *spec, size_t spec_len, int64_t now_ms,
+                        const char *idem_key, const char *idem_val,
+                        int64_t idem_ttl_s, const char *otn_key,
+                        pt_store_cb cb, void *arg) {
+  char k1[64], k2[320] = "", k3[64], now[24], ttl[24], trade_ttl[24];
   key(k1, sizeof k1, PT_KEY_TASK, id);
   if (idem_key != NULL)
     key(k2, sizeof k2, PT_KEY_IDEM, idem_key);
   key(k3, sizeof k3, PT_KEY_FIN, id);
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   snprintf(ttl, sizeof ttl, "%lld", (long long)idem_ttl_s);
-  const char *argv[] = {k1, k2, k3, spec, now, idem_val ? idem_val : "", ttl};
-  size_t lens[] = {strlen(k1), strlen(k2), strlen(k3), spec_len, strlen(now),
-                   strlen(argv[5]), strlen(ttl)};
-  return evalsha(ac, S_SUBMIT, 3, 7, argv, lens, cb, arg);
+  snprintf(trade_ttl, sizeof trade_ttl, "%d", PT_TRADE_TTL_S);
+  const char *k4 = otn_key != NULL ? otn_key : "";
+  const char *argv[] = {k1,  k2,  k3, k4, spec, now, idem_val ? idem_val : "",
+                        ttl, id, trade_ttl};
+  size_t lens[] = {strlen(k1), strlen(k2),      strlen(k3), strlen(k4),
+                   spec_len,   strlen(now),     strlen(argv[6]),
+                   strlen(ttl), strlen(id),     strlen(trade_ttl)};
+  return evalsha(ac, S_SUBMIT, 4, 10, argv, lens, cb, arg);
+}
+
+int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
+                    size_t spec_len, int64_t now_ms, const char *idem_key,
+                    const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
+                    void *arg) {
+  return pt_store_submit_pay(ac, id, spec, spec_len, now_ms, idem_key,
+                             idem_val, idem_ttl_s, NULL, cb, arg);
 }
 
 static int cancel_common(redisAsyncContext *ac, const char *id,

@@ -47,6 +47,8 @@ typedef enum {
   PT_V_OK = 0,
   PT_V_DUP,        /* submit: the idempotency key is known (value given) */
   PT_V_EXISTS,     /* submit: task id already used */
+  PT_V_TAKEN,      /* submit: another pay task holds this out_trade_no on
+                      its channel (detail: its id) */
   PT_V_RUN,        /* start: run the attempt */
   PT_V_RESUME,     /* start: run it again after a crash; outcome was unknown */
   PT_V_SKIP_FINAL, /* start: the task is final or cancelled */
@@ -77,6 +79,15 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
                     size_t spec_len, int64_t now_ms, const char *idem_key,
                     const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
                     void *arg);
+/* pt_store_submit for a pay task, which also takes its out_trade_no on its
+ * channel (otn_key: pt_store_otn_key; NULL takes nothing): PT_V_TAKEN when
+ * another pay task holds it and did not end FAILED or CANCELLED without a
+ * trade. */
+int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
+                        const char *spec, size_t spec_len, int64_t now_ms,
+                        const char *idem_key, const char *idem_val,
+                        int64_t idem_ttl_s, const char *otn_key,
+                        pt_store_cb cb, void *arg);
 /* A first submit's publish was not confirmed: withdraws the task (final
  * CANCELLED, error broker_unavailable) and frees its Idempotency-Key, but
  * only if no worker ever took it and no retry queued it: PT_V_CONFLICT

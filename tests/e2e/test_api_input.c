@@ -400,6 +400,62 @@ Test(api_input, one_connection_carries_submits_refusals_and_reads) {
   curl_easy_cleanup(e);
 }
 
+/* A pay task's out_trade_no is its trade at the channel: a second pay task
+ * with the same one (a client that tried again without its
+ * Idempotency-Key) is refused while the first may still make or has made
+ * that trade. Before, both ran, got the channel's one trade, and one
+ * payment settled both: two trade.final events, two notifications. One
+ * that ended FAILED gives its out_trade_no up. */
+Test(api_input, a_second_pay_task_for_one_out_trade_no_is_refused) {
+  char otn[64], first[24], again[24], key[64], *out = NULL;
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  snprintf(otn, sizeof otn, "%s", pt_unique("ONCE"));
+  snprintf(key, sizeof key, "%s", pt_unique("once-key"));
+  char *body = pt_task_body(otn, 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, body, key, &out), 202, "%s", out);
+  pt_json(out, &doc);
+  snprintf(first, sizeof first, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+
+  for (int round = 0; round < 2; round++) { /* PENDING or running, then
+                                               SUCCEEDED */
+    cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 409, "%s", out);
+    pt_json(out, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "error.code"), "out_trade_no_in_use");
+    cr_assert_not_null(strstr(pt_json_str(&doc, "error.message"), first),
+                       "the refusal does not name the task: %s", out);
+    bson_destroy(&doc);
+    free(out);
+    /* The same submit with its key is the first task, as before. */
+    cr_assert_eq(pt_api_submit(&stack, body, key, &out), 200, "%s", out);
+    pt_json(out, &doc);
+    cr_assert_str_eq(pt_json_str(&doc, "task_id"), first);
+    bson_destroy(&doc);
+    free(out);
+    if (round == 0) {
+      pt_wait_final(&stack, first, 30, &doc);
+      cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+      bson_destroy(&doc);
+    }
+  }
+  free(body);
+
+  /* Declined: FAILED with no trade; a new task may use it. */
+  snprintf(otn, sizeof otn, "%s", pt_unique("DECLINED"));
+  body = pt_task_body(otn, 100, "{\"decline\": true}", NULL);
+  pt_submit_ok(&stack, body, first);
+  pt_wait_final(&stack, first, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  bson_destroy(&doc);
+  pt_submit_ok(&stack, body, again);
+  cr_assert_str_neq(again, first);
+  free(body);
+  pt_wait_final(&stack, again, 30, &doc); /* nothing left in the queue */
+  bson_destroy(&doc);
+}
+
 /* The api speaks HTTP/1.1 only. h2o's default also took cleartext HTTP/2,
  * whose streams each buffer a body up to the size limit, many to one
  * connection. A client asking for h2c is answered in HTTP/1.1; one that

@@ -129,6 +129,20 @@ static void failed_task(char id[24]) {
   bson_destroy(&doc);
 }
 
+/* The replay in out (a 202's body) has ended: a replay takes its task's
+ * out_trade_no, so the next replay of one task waits for it to end
+ * (these are declined by the simulator: FAILED). */
+static void wait_replay_ended(pt_stack_t *s, const char *out) {
+  bson_t doc, fin;
+  char nid[24];
+  pt_json(out, &doc);
+  snprintf(nid, sizeof nid, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  pt_wait_final(s, nid, 30, &fin);
+  cr_assert_str_eq(pt_json_str(&fin, "status"), "FAILED");
+  bson_destroy(&fin);
+}
+
 /* Only a parameter named force, set to true, forces a second replay:
  * ?noforce=true does not. */
 Test(replay, only_force_true_forces_a_second_replay) {
@@ -137,6 +151,7 @@ Test(replay, only_force_true_forces_a_second_replay) {
   pt_stack_start(&stack, 1, NULL);
   failed_task(id);
   cr_assert_eq(replay(&stack, id, NULL, &out), 202, "%s", out);
+  wait_replay_ended(&stack, out);
   free(out);
   static const char *const not_force[] = {"noforce=true", "force=yes",
                                           "force", "x=force=true"};
@@ -168,6 +183,8 @@ static void replay_answers(pt_stack_t *s, const char *id, const char *query,
   else
     cr_assert_eq(pt_json_int(&doc, "replay_count", -1), count, "%s", out);
   bson_destroy(&doc);
+  if (status == 202)
+    wait_replay_ended(s, out);
   free(out);
 }
 
