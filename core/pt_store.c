@@ -209,7 +209,7 @@ static const char release_lua[] =
 #define PT_LUA_APPLY_TRADE                                                    \
   "local RANK = {NOTPAY=1, PAYING=2, SUCCEEDED=3, CLOSED=3, FAILED=3}\n"      \
   "local function apply_trade(tk, ob, st, src, tno, amt, nid, now, child,\n"  \
-  "                           ttl)\n"                                         \
+  "                           ttl, okey)\n"                                   \
   "  local h = redis.call('HMGET', tk, 'status', 'amount', 'notify_url',\n"   \
   "    'task_id', 'spec')\n"                                                  \
   "  if not h[1] then return {'notfound', ''} end\n"                          \
@@ -238,6 +238,8 @@ static const char release_lua[] =
   "        'parent', h[4], 'task_id', child, 'due', now)\n"                   \
   "    end\n"                                                                 \
   "    redis.call('EXPIRE', tk, ttl)\n"                                       \
+  "    if okey ~= '' and redis.call('GET', okey) == h[4] then\n"              \
+  "      redis.call('EXPIRE', okey, ttl) end\n"                               \
   "    redis.call('PUBLISH', 'pt:final', h[4])\n"                             \
   "  end\n"                                                                   \
   "  if verdict == 'reopened' then return {verdict, prev} end\n"             \
@@ -299,7 +301,7 @@ static const char finish_lua[] =
     "if tk ~= '' and ARGV[12] ~= '' and ARGV[12] ~= 'NOTPAY' and\n"
     "   ARGV[2] == 'SUCCEEDED' then\n"
     "  local r = apply_trade(tk, KEYS[4], ARGV[12], ARGV[13], ARGV[14], '',\n"
-    "    '', ARGV[3], ARGV[15], ARGV[16])\n"
+    "    '', ARGV[3], ARGV[15], ARGV[16], KEYS[6])\n"
     "  if r[1] == 'reopened' then applied = 'reopened:' .. r[2] end\n"
     "end\n"
     "local nt = mode == 'notify' and tk ~= '' and\n"
@@ -319,7 +321,7 @@ static const char notify_lua[] =
     "local id = redis.call('GET', KEYS[1])\n"
     "if not id then return {'notfound', ''} end\n"
     "local r = apply_trade('pt:trade:' .. id, KEYS[2], ARGV[1], 'callback',\n"
-    "  ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n"
+    "  ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], KEYS[1])\n"
     "if r[1] == 'reopened' then return {r[1], id .. ':' .. r[2]} end\n"
     "return {r[1], id}\n";
 
@@ -603,7 +605,11 @@ int pt_store_finish(redisAsyncContext *ac, const char *id,
   key(k3, sizeof k3, PT_KEY_FIN, id);
   if (t->trade_id != NULL)
     key(k5, sizeof k5, PT_KEY_TRADE, t->trade_id);
-  if (t->mode != NULL && strcmp(t->mode, "create") == 0)
+  /* The index: set by a create, its TTL renewed with the trade's by a
+   * query or close that settles it. */
+  if (((t->mode != NULL && strcmp(t->mode, "create") == 0) ||
+       t->trade_id != NULL) &&
+      t->channel != NULL && t->out_trade_no != NULL)
     pt_store_otn_key(k6, sizeof k6, t->channel, t->out_trade_no);
   snprintf(n, sizeof n, "%d", f->attempt);
   snprintf(now, sizeof now, "%lld", (long long)f->now_ms);

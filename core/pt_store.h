@@ -138,8 +138,11 @@ typedef struct {
   const char *trade_no;
   const char *notify_task_id; /* a fresh id, used if the trade becomes final
                                  and has a notify_url */
+  /* the trade's index (a create sets it; a settling query or close
+   * renews its TTL with the trade's) */
+  const char *channel, *out_trade_no;
   /* create only */
-  const char *channel, *out_trade_no, *notify_url, *spec_json;
+  const char *notify_url, *spec_json;
   int64_t amount, expire_at_ms, first_query_at_ms;
   const char *query_task_id, *close_task_id;
 } pt_store_trade_t;

@@ -473,6 +473,9 @@ static int prepare_trade(job_t *j, const pt_attempt_report_t *rep) {
     pt_id_format(t->parent_id, j->trade_id);
     tr->mode = t->type;
     tr->source = t->type;
+    /* The trade's index, whose TTL a settling query or close renews. */
+    tr->channel = t->channel;
+    tr->out_trade_no = t->out_trade_no;
   } else {
     return 0;
   }

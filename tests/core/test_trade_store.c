@@ -115,7 +115,9 @@ static void finish_child(const char *mode, const char *state) {
                          .trade_id = pay,
                          .state = state,
                          .source = "query",
-                         .notify_task_id = "124"};
+                         .notify_task_id = "124",
+                         .channel = "alipay",
+                         .out_trade_no = otn};
   pt_store_finish_t f = {.attempt = 1,
                          .status = "SUCCEEDED",
                          .history_json = h,
@@ -252,4 +254,29 @@ Test(trade_store, an_older_notification_does_not_set_the_notify_status) {
   finish_child("notify", NULL);
   cr_assert_str_eq(trade_field("notify_status", buf, sizeof buf),
                    "DELIVERED");
+}
+
+/* The index from the channel's out_trade_no to the trade lives as long as
+ * the trade: a settled trade's TTL starts again, and so does its index's
+ * (it expired first, and a late callback found no trade, or a new pay
+ * task was let take the out_trade_no of a trade still kept). */
+static long long otn_ttl(void) {
+  redisReply *r = cmd("TTL %salipay:%s", PT_KEY_OTN, otn);
+  long long t = r->integer;
+  freeReplyObject(r);
+  return t;
+}
+
+Test(trade_store, a_settled_trade_keeps_its_index_as_long_as_itself) {
+  freeReplyObject(cmd("EXPIRE %salipay:%s 100", PT_KEY_OTN, otn));
+  late_query("CLOSED");
+  cr_assert_gt(otn_ttl(), PT_TRADE_TTL_S - 60, "settled by a query: TTL %lld",
+               otn_ttl());
+}
+
+Test(trade_store, a_paid_trade_keeps_its_index_as_long_as_itself) {
+  freeReplyObject(cmd("EXPIRE %salipay:%s 100", PT_KEY_OTN, otn));
+  cr_assert_eq(notify(otn, "SUCCEEDED", 1500), PT_V_OK);
+  cr_assert_gt(otn_ttl(), PT_TRADE_TTL_S - 60,
+               "settled by a callback: TTL %lld", otn_ttl());
 }
