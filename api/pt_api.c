@@ -750,12 +750,15 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
     return;
   }
   if (v == PT_V_TAKEN) {
-    char msg[PT_OUT_TRADE_NO_MAX + 256];
+    char msg[PT_OUT_TRADE_NO_MAX + 512];
     snprintf(msg, sizeof msg,
              "out_trade_no \"%s\" is already used on channel %s by pay task "
              "%.20s; to retry a submit, send it again with the same "
-             "Idempotency-Key; for a new trade, use a new out_trade_no",
-             op->task.out_trade_no, op->task.channel, detail);
+             "Idempotency-Key; if that task is one whose submit was "
+             "answered 5xx and it is to run no more, cancel it "
+             "(POST /v1/tasks/%.20s/cancel) and submit again; for a new "
+             "trade, use a new out_trade_no",
+             op->task.out_trade_no, op->task.channel, detail, detail);
     op_error(op, 409, "out_trade_no_in_use", msg);
     return;
   }
