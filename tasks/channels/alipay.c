@@ -499,6 +499,13 @@ static void read_response(pt_chan_op_t op, const pt_task_t *t,
     }
     out->not_found = 1;
     pt_chan_res_set(out, PT_OUTCOME_FAIL, sub_code, why);
+  } else if (strcmp(code, "40004") == 0 && sub_code != NULL &&
+             (strcmp(sub_code, "ACQ.SYSTEM_ERROR") == 0 ||
+              strcmp(sub_code, "aop.ACQ.SYSTEM_ERROR") == 0)) {
+    /* Alipay's own fault, answered "try again": whether it did anything is
+     * unknown, so the next attempt queries before it creates. */
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, sub_code,
+                    why ? why : "Alipay had a system error");
   } else if (strcmp(code, "40001") == 0 || strcmp(code, "40002") == 0 ||
              strcmp(code, "40004") == 0 || strcmp(code, "40006") == 0) {
     /* E.g. ACQ.TRADE_STATUS_ERROR on close: the trade was paid; the runner

@@ -762,6 +762,18 @@ Test(alipay, refusals_are_final) {
   cr_assert_str_eq(out.code, "isv.invalid-signature");
   cr_assert_str_eq(out.message, "bad sign");
   bson_destroy(&out.result);
+  /* Alipay's own system error says "try again": not a refusal. */
+  body = alipay_answer(
+      "alipay_trade_precreate_response",
+      "{\"code\":\"40004\",\"msg\":\"Business Failed\",\"sub_code\":\"ACQ."
+      "SYSTEM_ERROR\",\"sub_msg\":\"system error\"}",
+      0);
+  alipay_parse_answer(PT_CHAN_CREATE, body, &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN,
+               "a system error ended the pay task for good");
+  cr_assert_str_eq(out.code, "ACQ.SYSTEM_ERROR");
+  bson_destroy(&out.result);
+  free(body);
 }
 
 /* A query's answer: the trade paid, 12.34 yuan. */
