@@ -319,6 +319,9 @@ static int wechat_build(pt_chan_op_t op, const pt_task_t *t,
     base_len--;
   const char *host = strstr(base, "://");
   host = host != NULL ? host + 3 : base;
+  if ((size_t)(host - base) >= base_len) /* "https://": read past its end */
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "channel.wechat.base_url has no host: \"%s\"", base);
   const char *prefix = memchr(host, '/', base_len - (size_t)(host - base));
   if (prefix != NULL) {
     prefix_len = base_len - (size_t)(prefix - base);

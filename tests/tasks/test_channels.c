@@ -1170,6 +1170,26 @@ Test(wechat, jsapi_create_names_the_payer) {
   pt_task_destroy(&t);
 }
 
+/* A base URL with no host is refused by name, not read past its end. */
+Test(wechat, a_base_url_without_a_host_is_refused) {
+  pt_task_t t;
+  pt_chan_req_t req;
+  pt_error_t e = {0};
+  task(&t, "wechat", NULL);
+  static const char *const bad[] = {"https://", "https:///", "http://"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    set("channel.wechat.base_url", bad[i]);
+    pt_chan_req_init(&req);
+    req.now_s = NOW;
+    cr_assert_neq(chan("wechat")->build(PT_CHAN_QUERY, &t, &cfg, &req, &e), 0,
+                  "%s was taken", bad[i]);
+    cr_assert_not_null(strstr(e.message, "channel.wechat.base_url"), "%s",
+                       e.message);
+    pt_chan_req_clear(&req);
+  }
+  pt_task_destroy(&t);
+}
+
 Test(wechat, query_and_close_are_signed_on_path_and_query) {
   pt_task_t t;
   pt_chan_req_t req;
