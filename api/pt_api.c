@@ -1304,7 +1304,9 @@ static void handle_channel_notify(op_t *op, const char *code, size_t clen) {
   if (op->chan->notify_parse(api->cfg, &in, &op->note, &err) != 0) {
     PT_WARN("callback_refused", "channel=%s reason=\"%s\"", op->chan->code,
             err.message);
-    notify_answer(op, 0, err.message, "refused");
+    /* Which check failed is for the log, not for a caller whose
+     * notification could not be verified (it may be forging one). */
+    notify_answer(op, 0, "the notification could not be verified", "refused");
     return;
   }
   uint64_t child;

@@ -844,6 +844,9 @@ Test(trades, alipay_forged_replayed_mismatched_callbacks, .timeout = 120) {
   cr_assert_eq(pt_stack_stop(&s), 0);
 }
 
+/* The body of the api's last answer to post_wechat. */
+static char wechat_ack[512];
+
 static long post_wechat(pt_stack_t *s, const char *body, const char *ts,
                         const char *nonce, const char *sig,
                         const char *serial) {
@@ -854,7 +857,11 @@ static long post_wechat(pt_stack_t *s, const char *body, const char *ts,
   snprintf(h3, sizeof h3, "Wechatpay-Nonce: %s", nonce);
   snprintf(h4, sizeof h4, "Wechatpay-Serial: %s", serial);
   const char *h[] = {"Content-Type: application/json", h1, h2, h3, h4, NULL};
-  return pt_http("POST", url, NULL, body, h, NULL);
+  char *out = NULL;
+  long st = pt_http("POST", url, NULL, body, h, &out);
+  snprintf(wechat_ack, sizeof wechat_ack, "%s", out ? out : "");
+  free(out);
+  return st;
 }
 
 /* A WeChat Pay notification for otn, encrypted with the APIv3 key and
@@ -930,6 +937,10 @@ Test(trades, wechat_forged_stale_mismatched_callbacks, .timeout = 120) {
   char *sig = wechat_sign(merch, now, "nonce-forged", n);
   cr_assert_geq(post_wechat(&s, n, now, "nonce-forged", sig, serial), 400,
                 "a forged notification was taken");
+  /* Which check failed is in paytask's log, not told to the forger. */
+  cr_assert_not_null(strstr(wechat_ack, "could not be verified"), "%s",
+                     wechat_ack);
+  cr_assert_null(strstr(wechat_ack, "ignature"), "%s", wechat_ack);
   free(sig);
   sig = wechat_sign(plat, stale, "nonce-stale", n);
   cr_assert_geq(post_wechat(&s, n, stale, "nonce-stale", sig, serial), 400,
