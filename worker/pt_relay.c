@@ -57,6 +57,7 @@ typedef struct {
   char id[48];
   char type[16], parent[21], task_id[21];
   int64_t due_ms;
+  int64_t wait_ms;    /* a follow-up: how long until it is due, when sent */
   int64_t created_ms; /* the follow-up's creation time, the same in its
                          stored spec and in its message */
   char *spec;
@@ -251,10 +252,14 @@ static void entry_failed(entry_t *en, const char *event, const char *err) {
 static void on_confirmed(pt_amqp_t *c, int status, void *arg) {
   entry_t *en = arg;
   (void)c;
-  if (status != 0)
+  if (status != 0) {
     entry_failed(en, "outbox_publish_unconfirmed", pt_strerror(status));
-  else
-    entry_end(en, 1);
+    return;
+  }
+  if (en->type[0] != '\0') /* a follow-up, said once the broker has it */
+    PT_INFO("task_scheduled", "task_id=%s type=%s parent=%s in_ms=%lld",
+            en->task_id, en->type, en->parent, (long long)en->wait_ms);
+  entry_end(en, 1);
 }
 
 /* An entry whose publish could not even start. */
@@ -345,12 +350,9 @@ static void publish_child(entry_t *en) {
   int rc = pt_amqp_publish(r->amqp, route.exchange, route.routing_key, body,
                            len, &msg, on_confirmed, en);
   bson_free(body);
+  en->wait_ms = wait > 0 ? wait : 0;
   if (rc != 0)
     publish_failed(en, rc);
-  else
-    PT_INFO("task_scheduled", "task_id=%s type=%s parent=%s in_ms=%lld",
-            en->task_id, en->type, en->parent,
-            (long long)(wait > 0 ? wait : 0));
 }
 
 static void on_child_stored(int status, pt_verdict_t v, const char *detail,

@@ -1048,6 +1048,14 @@ Test(trades, a_refused_follow_up_is_sent_again_within_seconds,
                "the trade's close was not scheduled within 15 s (the delay "
                "queue holds %ld)", depth);
   cr_assert_eq(pt_stack_stop(&s), 0);
+  /* Said scheduled once, when it was: not also when it was refused. */
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "test \"$(grep -c 'event=task_scheduled .*type=close' "
+           "%s/worker0.log)\" -eq 1",
+           s.logdir);
+  cr_assert_eq(system(cmd), 0, "the close was not said scheduled once (log: "
+               "%s/worker0.log)", s.logdir);
 }
 
 /* An outbox entry that fails every time (here its trade's key holds the
