@@ -173,38 +173,45 @@ static void add_done(pt_relay_t *r, const char *id) {
   snprintf(r->done[r->ndone++], sizeof r->done[0], "%s", id);
 }
 
+/* A pass over this relay's own pending entries, from the first. */
+static void start_pass(pt_relay_t *r) {
+  r->own_pass = 1;
+  r->probing = 0;
+  snprintf(r->own_from, sizeof r->own_from, "0");
+  r->pass_ok = r->pass_failed = 0;
+}
+
+/* Back to new entries, with no backoff. */
+static void end_pass(pt_relay_t *r) {
+  r->own_pass = 0;
+  r->probing = 0;
+  r->backoff_ms = 0;
+}
+
 /* Every entry of a batch has ended: acknowledge those done, and choose
  * what to read next. */
 static void batch_end(pt_relay_t *r) {
   flush_done(r);
   if (r->probing) {
     /* The probe's one new entry: relayed, new entries flow again (what
-     * still fails is retried by the next pass or claimed); not, or none
-     * to read, the pass starts over. */
-    r->probing = 0;
-    if (r->batch_ok > 0) {
-      r->own_pass = 0;
-      r->backoff_ms = 0;
-    } else {
-      snprintf(r->own_from, sizeof r->own_from, "0");
-      r->pass_ok = r->pass_failed = 0;
-    }
+     * still fails is retried by the next pass or claimed); not, the pass
+     * starts over. */
+    if (r->batch_ok > 0)
+      end_pass(r);
+    else
+      start_pass(r);
   }
   if (r->batch_failed) {
     r->backoff_ms = next_backoff_ms(r);
     r->next_read_ms = uv_now(r->loop) + (uint64_t)r->backoff_ms;
-    if (!r->own_pass) {
-      r->own_pass = 1;
-      snprintf(r->own_from, sizeof r->own_from, "0");
-      r->pass_ok = r->pass_failed = 0;
-    }
+    if (!r->own_pass)
+      start_pass(r);
   } else if (!r->own_pass) {
     r->backoff_ms = 0;
   }
   r->batch_failed = 0;
   r->batch_ok = 0;
-  if (!r->closing)
-    pt_relay_kick(r);
+  pt_relay_kick(r);
 }
 
 static void entry_end(entry_t *en, int done) {
@@ -503,14 +510,11 @@ static void read_failed(pt_relay_t *r, const char *why) {
  * new entries are read again; an entry that still fails waits for the
  * next pass or a claim. */
 static void own_pass_done(pt_relay_t *r) {
-  if (r->pass_failed > 0 && r->pass_ok == 0) {
+  if (r->pass_failed > 0 && r->pass_ok == 0)
     r->probing = 1;
-  } else {
-    r->own_pass = 0;
-    r->backoff_ms = 0;
-  }
-  if (!r->closing)
-    pt_relay_kick(r);
+  else
+    end_pass(r);
+  pt_relay_kick(r);
 }
 
 static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
@@ -549,11 +553,8 @@ static void on_read(redisAsyncContext *ac, void *reply, void *arg) {
   if (own && listed == 0)
     own_pass_done(r);
   if (probe && listed == 0) { /* no new entry waits: the pass starts over */
-    r->probing = 0;
-    snprintf(r->own_from, sizeof r->own_from, "0");
-    r->pass_ok = r->pass_failed = 0;
-    if (!r->closing)
-      pt_relay_kick(r);
+    start_pass(r);
+    pt_relay_kick(r);
   }
   maybe_free(r);
 }
