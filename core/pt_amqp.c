@@ -56,20 +56,21 @@ typedef struct {
   uint64_t route; /* route_hash of the exchange and key it was sent to */
 } returning_t;
 
+/* FNV-1a of n bytes, going on from h. */
+static uint64_t fnv1a(uint64_t h, const void *bytes, size_t n) {
+  const unsigned char *p = bytes;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ p[i]) * 1099511628211ULL;
+  return h;
+}
+
 /* FNV-1a over the exchange, a NUL and the routing key: a return names
  * both, so two publishes with one message_id on different routes (a dead
  * copy and an early forward of one task) are told apart. */
 static uint64_t route_hash(const void *ex, size_t exlen, const void *rk,
                            size_t rklen) {
-  uint64_t h = 14695981039346656037ULL;
-  const unsigned char *p = ex;
-  for (size_t i = 0; i < exlen; i++)
-    h = (h ^ p[i]) * 1099511628211ULL;
-  h = (h ^ 0) * 1099511628211ULL;
-  p = rk;
-  for (size_t i = 0; i < rklen; i++)
-    h = (h ^ p[i]) * 1099511628211ULL;
-  return h;
+  uint64_t h = fnv1a(14695981039346656037ULL, ex, exlen);
+  return fnv1a(fnv1a(h, "", 1), rk, rklen);
 }
 
 /* The message being assembled on the consumer channel: basic.deliver, then
@@ -483,8 +484,8 @@ static void on_deliver(pt_amqp_t *c, const amqp_basic_deliver_t *m) {
 /* A mandatory publish the broker could route to no queue comes back
  * (basic.return, then its header and body) before its ack. The return is
  * matched to the oldest unsettled mandatory publish with its message_id,
- * exchange and routing key, whose confirm then reports PT_EUNROUTED: a task that reached no queue is
- * not taken. */
+ * exchange and routing key, whose confirm then reports PT_EUNROUTED: a
+ * task that reached no queue is not taken. */
 static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
   const amqp_basic_properties_t *props = f->payload.properties.decoded;
   if (!c->ret.active || c->ret.have_header) {
@@ -501,7 +502,8 @@ static void on_return_header(pt_amqp_t *c, const amqp_frame_t *f) {
   for (size_t i = 0; has_id && i < c->len && !matched; i++) {
     pending_t *p = &c->ring[(c->head + i) & (c->cap - 1)];
     if (!p->done && p->mandatory && !p->returned &&
-        p->route == c->ret.route && id_len == strlen(p->mid) && memcmp(id, p->mid, id_len) == 0)
+        p->route == c->ret.route && id_len == strlen(p->mid) &&
+        memcmp(id, p->mid, id_len) == 0)
       matched = p->returned = 1;
   }
   if (!matched)
