@@ -782,6 +782,17 @@ Test(alipay, refusals_are_final) {
   "\",\"trade_no\":\"2023111522001400001\",\"trade_status\":"              \
   "\"TRADE_SUCCESS\",\"total_amount\":\"12.34\"}"
 
+/* A signed query answer that settles nothing: outcome unknown, no state. */
+static void query_answer_is_unknown(const char *response, const char *why) {
+  pt_chan_res_t out;
+  char *body = alipay_answer("alipay_trade_query_response", response, 0);
+  alipay_parse_answer(PT_CHAN_QUERY, body, &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "%s", why);
+  cr_assert_eq(out.trade_state, PT_TRADE_UNKNOWN, "%s", why);
+  bson_destroy(&out.result);
+  free(body);
+}
+
 Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
   pt_chan_res_t out;
   char *body = alipay_answer("alipay_trade_query_response",
@@ -798,28 +809,15 @@ Test(alipay, a_paid_trade_is_succeeded_with_its_amount) {
   bson_destroy(&out.result);
   free(body);
 
-  body = alipay_answer("alipay_trade_query_response",
-                       "{\"code\":\"10000\",\"out_trade_no\":\"" OTN
-                       "\",\"trade_status\":\"WAIT_BUYER_PAY\","
-                       "\"total_amount\":\"12.345\"}",
-                       0);
-  alipay_parse_answer(PT_CHAN_QUERY, body, &out);
-  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "a bad amount is no answer");
-  bson_destroy(&out.result);
-  free(body);
-
+  query_answer_is_unknown("{\"code\":\"10000\",\"out_trade_no\":\"" OTN
+                          "\",\"trade_status\":\"WAIT_BUYER_PAY\","
+                          "\"total_amount\":\"12.345\"}",
+                          "a bad amount is no answer");
   /* Paid, with no amount to check against the task's: settles nothing. */
-  body = alipay_answer("alipay_trade_query_response",
-                       "{\"code\":\"10000\",\"out_trade_no\":\"" OTN
-                       "\",\"trade_no\":\"2023111522001400001\","
-                       "\"trade_status\":\"TRADE_SUCCESS\"}",
-                       0);
-  alipay_parse_answer(PT_CHAN_QUERY, body, &out);
-  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN,
-               "a payment without its amount was taken");
-  cr_assert_eq(out.trade_state, PT_TRADE_UNKNOWN);
-  bson_destroy(&out.result);
-  free(body);
+  query_answer_is_unknown("{\"code\":\"10000\",\"out_trade_no\":\"" OTN
+                          "\",\"trade_no\":\"2023111522001400001\","
+                          "\"trade_status\":\"TRADE_SUCCESS\"}",
+                          "a payment without its amount was taken");
 }
 
 /* A query's answer naming another amount than the task's is not the
