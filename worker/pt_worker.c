@@ -93,6 +93,10 @@ typedef struct job {
   int busy_polls; /* times start answered that another worker runs it */
   int copy_attempt; /* the copy publish_copy waits to publish while the */
   int copy_dead;    /* broker blocks publishers (to the dead queue) */
+  /* why this worker cannot run the task (its configuration lacks the
+   * channel, say): it ends FAILED once started, see fail_refused */
+  int refused;
+  pt_input_error_t refusal;
 } job_t;
 
 static void admit_waiting(worker_t *w);
@@ -655,6 +659,42 @@ static void wait_for_owner(job_t *j, const char *owner) {
   job_after_a_second(j, ask_owner_again);
 }
 
+/* Ends the attempt FAILED without running it (code and message say why),
+ * and sends a copy to the dead queue; the state is written once the copy
+ * is confirmed. */
+static void fail_to_dead(job_t *j, const char *code, const char *message) {
+  j->status = "FAILED";
+  j->error_json = pt_store_error_json(code, message);
+  j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),
+                                          pt_now_ms(), "failed", code,
+                                          message);
+  publish_copy(j, j->task.attempt, NULL);
+}
+
+/* A task that this worker cannot run although the api took it: the two
+ * were configured differently (a channel configured at the api only, a
+ * newer api's task type). Left as it was, the task would stay PENDING for
+ * good while its message sat in the dead queue. It ends FAILED, loudly,
+ * with no channel called, and its copy goes to the dead queue: once the
+ * workers' configuration is fixed, `paytask replay --error-code
+ * worker_refused` runs it again. */
+static void fail_refused(job_t *j) {
+  char extra[400];
+  count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
+        "reason=\"worker_refused\"");
+  snprintf(extra, sizeof extra, "code=%s err=\"%s\" note=\"this worker's "
+           "configuration cannot run the task; FAILED and sent to the dead "
+           "queue, to be replayed once fixed\"",
+           j->refusal.code, j->refusal.message);
+  PT_ERROR("task_refused", "task_id=%s type=%s channel=%s attempt=%d %s",
+           j->task.id_str, j->task.type, j->task.channel, j->task.attempt,
+           extra);
+  char message[300];
+  snprintf(message, sizeof message, "a worker could not run the task: %s",
+           j->refusal.message);
+  fail_to_dead(j, "worker_refused", message);
+}
+
 static void on_started(int status, pt_verdict_t v, const char *detail,
                        void *arg) {
   job_t *j = arg;
@@ -688,6 +728,10 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
       interrupt_job(j);
       return;
     }
+    if (j->refused) {
+      fail_refused(j);
+      return;
+    }
     if (v == PT_V_RESUME)
       log_job("attempt_resumed", j, "note=\"redelivered after a crash\"");
     if (j->task.parent_id != 0 && (strcmp(j->task.type, "query") == 0 ||
@@ -707,14 +751,9 @@ static void on_started(int status, pt_verdict_t v, const char *detail,
           "reason=\"redelivery_limit\"");
     snprintf(extra, sizeof extra, "crashes=%s", detail);
     log_job("redelivery_limit", j, extra);
-    j->status = "FAILED";
-    j->error_json = pt_store_error_json(
-        "redelivery_limit",
-        "the task was redelivered too many times after worker crashes");
-    j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),
-                                            pt_now_ms(), "failed",
-                                            "redelivery_limit", NULL);
-    publish_copy(j, j->task.attempt, NULL);
+    fail_to_dead(j, "redelivery_limit",
+                 "the task was redelivered too many times after worker "
+                 "crashes");
     return;
   default:
     snprintf(extra, sizeof extra, "verdict=%d status=%s", (int)v,
@@ -1018,12 +1057,10 @@ static void process_delivery(worker_t *w, const pt_amqp_delivery_t *d) {
     reject_message(w, d, &ie);
     return;
   }
-  if (pt_registry_check(&j->task, w->cfg, &ie) != 0) {
-    pt_task_destroy(&j->task);
-    free(j);
-    reject_message(w, d, &ie);
-    return;
-  }
+  /* A task this worker cannot run is still a task: it is started, and
+   * ends FAILED (fail_refused) instead of waiting PENDING for good. */
+  if (pt_registry_check(&j->task, w->cfg, &j->refusal) != 0)
+    j->refused = 1;
   j->w = w;
   w->working++;
   j->gen = w->gen;

@@ -1058,6 +1058,58 @@ Test(trades, a_refused_follow_up_is_sent_again_within_seconds,
                "%s/worker0.log)", s.logdir);
 }
 
+/* A worker whose configuration lacks a channel that the api has (a
+ * configuration rolled out to the api first, say) cannot run that
+ * channel's task. The task ends FAILED (worker_refused), loudly and with no
+ * channel call, instead of staying PENDING for good while its message sat
+ * in the dead queue; once a rightly configured worker runs, an SRE's
+ * replay of it goes through. */
+Test(trades, a_task_a_worker_cannot_run_fails_and_is_replayed,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], rid[24], otn[64], url[160], *out = NULL;
+  bson_t doc;
+  snprintf(otn, sizeof otn, "%s", pt_unique("skew"));
+  pt_stack_vhost(&s); /* the dead queue counted is this test's own */
+  channel_env(&s, "alipay", "30");
+  pt_stack_start(&s, 0, NULL);
+  pt_stack_env(&s, "PAYTASK_CHANNEL_ALIPAY_APP_ID", "");
+  int unconfigured = pt_stack_add_worker(&s);
+  pay_body(body, sizeof body, "alipay", otn, 700, 0, 600);
+  pt_submit_ok(&s, body, id);
+  pt_wait_final(&s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "worker_refused");
+  const char *msg = pt_json_str(&doc, "error.message");
+  cr_assert(msg != NULL && strstr(msg, "channel.alipay.app_id") != NULL,
+            "the error does not say what the worker lacks: %s",
+            msg ? msg : "(none)");
+  bson_destroy(&doc);
+  cr_assert_eq(pt_sim_stat(&s, otn, "create_ok"), -1,
+               "the channel was called for a task the worker refused");
+  cr_assert_eq(pt_queue_depth("paytask.dead"), 1,
+               "the refused task is not in the dead queue");
+  cr_assert_eq(pt_stack_stop_worker(&s, unconfigured, 20), 0);
+
+  /* The workers' configuration is fixed; the SRE replays the task. */
+  pt_stack_env(&s, "PAYTASK_CHANNEL_ALIPAY_APP_ID", "2021000000000001");
+  pt_stack_add_worker(&s);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", s.api_url, id);
+  cr_assert_eq(pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &out), 202,
+               "%s", out);
+  pt_json(out, &doc);
+  free(out);
+  snprintf(rid, sizeof rid, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  pt_wait_final(&s, rid, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(&doc, "replay_of"), id);
+  bson_destroy(&doc);
+  cr_assert_eq(pt_sim_stat(&s, otn, "create_ok"), 1);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 /* An outbox entry that fails every time (here its trade's key holds the
  * wrong type, so reading its spec fails) is retried, but does not hold up
  * the entries after it: a task's result is still published. */
