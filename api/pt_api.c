@@ -51,6 +51,12 @@ typedef struct {
   int exit_code; /* 1 after the node id lease was lost */
   /* The types a client may not cancel (",query,close,notify,"). */
   char internal_types[128];
+  /* First submits whose submit script got no answer, to be withdrawn
+   * (see remember_unanswered) */
+  struct unanswered *unanswered;
+  size_t nunanswered;
+  size_t withdrawing; /* their abandon scripts in flight */
+  uv_timer_t withdraw_timer;
 } api_t;
 
 /* A request in progress (submit, get, cancel). */
@@ -644,9 +650,12 @@ static void on_abandoned(int status, pt_verdict_t v, const char *detail,
 
 static void abandon(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
-  if (ac == NULL || pt_store_abandon(ac, op->id,
-                                     op->has_idem ? op->idem_key : NULL,
-                                     pt_now_ms(), on_abandoned, op) != 0)
+  if (ac == NULL ||
+      pt_store_abandon(ac, op->id, op->has_idem ? op->idem_key : NULL,
+                       pt_now_ms(), "broker_unavailable",
+                       "the broker did not confirm the task; it was not "
+                       "queued",
+                       on_abandoned, op) != 0)
     on_abandoned(PT_EREDIS, PT_V_OK, "", op);
 }
 
@@ -720,10 +729,127 @@ static void accepted(op_t *op, int taken) {
   reply_accepted(op);
 }
 
+/* ---- submits Redis did not answer ----------------------------------------
+ *
+ * A first submit whose submit script got no answer (Redis's connection
+ * dropped once the command was sent) is answered 503, and nothing is
+ * published; but the script may have run. Its task would then wait
+ * PENDING for good, never queued, holding its out_trade_no (a new submit
+ * of it answered 409) and its Idempotency-Key. So the api keeps the ids
+ * of such submits and, once Redis answers again, withdraws each with the
+ * abandon script: only a task still untouched (PENDING, never taken, not
+ * queued by a retry with its key) becomes CANCELLED, which frees both. A
+ * retry with the key that queued it first keeps it. Kept in this process
+ * only: an api that stops with some left logs their ids. */
+
+#define UNANSWERED_MAX 10000
+
+typedef struct unanswered {
+  struct unanswered *next;
+  api_t *api;
+  char id[21];
+  char idem_key[256];
+  int has_idem;
+} unanswered_t;
+
+static void withdraw_unanswered(uv_timer_t *t);
+
+static void unanswered_push(api_t *api, unanswered_t *u) {
+  u->next = api->unanswered;
+  api->unanswered = u;
+  api->nunanswered++;
+  if (!api->stopping && !uv_is_active((uv_handle_t *)&api->withdraw_timer))
+    uv_timer_start(&api->withdraw_timer, withdraw_unanswered, 1000, 0);
+}
+
+static void remember_unanswered(op_t *op) {
+  api_t *api = op->api;
+  unanswered_t *u =
+      api->nunanswered < UNANSWERED_MAX ? calloc(1, sizeof *u) : NULL;
+  if (u == NULL) {
+    PT_ERROR("submit_unanswered_not_kept", "task_id=%s note=\"the task may be "
+             "recorded PENDING and never queued; cancel it (POST "
+             "/v1/tasks/%s/cancel)\"", op->id, op->id);
+    return;
+  }
+  u->api = api;
+  memcpy(u->id, op->id, sizeof u->id);
+  if (op->has_idem) {
+    memcpy(u->idem_key, op->idem_key, sizeof u->idem_key);
+    u->has_idem = 1;
+  }
+  PT_WARN("submit_unanswered", "task_id=%s note=\"Redis did not answer the "
+          "submit script; if it recorded the task, it is withdrawn once "
+          "Redis answers\"", u->id);
+  unanswered_push(api, u);
+}
+
+static void on_unanswered_withdrawn(int status, pt_verdict_t v,
+                                    const char *detail, void *arg) {
+  unanswered_t *u = arg;
+  api_t *api = u->api;
+  api->withdrawing--;
+  if (status != 0 && !api->stopping) {
+    unanswered_push(api, u); /* tried again in a second */
+    return;
+  }
+  if (status != 0)
+    PT_ERROR("submit_not_withdrawn", "task_id=%s note=\"the api stopped; the "
+             "task may be recorded PENDING and never queued: cancel it\"",
+             u->id);
+  else if (v == PT_V_OK)
+    PT_WARN("submit_withdrawn", "task_id=%s note=\"recorded although its "
+            "submit was answered 503; withdrawn (CANCELLED), its "
+            "out_trade_no and Idempotency-Key freed\"", u->id);
+  else if (v == PT_V_CONFLICT)
+    PT_INFO("submit_unanswered_kept", "task_id=%s status=%s note=\"queued by "
+            "a retry with its Idempotency-Key\"", u->id, detail);
+  /* PT_V_NOTFOUND: the script never ran; there is nothing to withdraw. */
+  free(u);
+  maybe_stop(api);
+}
+
+static void withdraw_unanswered(uv_timer_t *t) {
+  api_t *api = t->data;
+  redisAsyncContext *ac = pt_redis_ctx(api->redis);
+  if (ac == NULL) { /* Redis still away: ask again in a second */
+    uv_timer_start(&api->withdraw_timer, withdraw_unanswered, 1000, 0);
+    return;
+  }
+  unanswered_t *list = api->unanswered;
+  api->unanswered = NULL;
+  api->nunanswered = 0;
+  while (list != NULL) {
+    unanswered_t *u = list;
+    list = u->next;
+    api->withdrawing++;
+    if (pt_store_abandon(ac, u->id, u->has_idem ? u->idem_key : NULL,
+                         pt_now_ms(), "store_unavailable",
+                         "the task cache did not answer its submit, which was "
+                         "answered 503; it was not queued",
+                         on_unanswered_withdrawn, u) != 0)
+      on_unanswered_withdrawn(PT_EREDIS, PT_V_OK, "", u);
+  }
+}
+
+/* At the api's end: the submits not withdrawn, for an operator to cancel. */
+static void drop_unanswered(api_t *api) {
+  while (api->unanswered != NULL) {
+    unanswered_t *u = api->unanswered;
+    api->unanswered = u->next;
+    PT_ERROR("submit_not_withdrawn", "task_id=%s note=\"the api stopped "
+             "before Redis answered again; the task may be recorded PENDING "
+             "and never queued: cancel it\"", u->id);
+    free(u);
+  }
+  api->nunanswered = 0;
+}
+
 static void on_submitted(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
   op_t *op = arg;
   if (status != 0) {
+    remember_unanswered(op);
     op_error(op, 503, "store_unavailable",
              "the task cache (Redis) is unavailable; nothing was accepted");
     return;
@@ -1561,6 +1687,8 @@ static void close_all(api_t *api) {
   uv_close((uv_handle_t *)&api->amqp_retry, NULL);
   uv_close((uv_handle_t *)&api->stop_timer, NULL);
   uv_close((uv_handle_t *)&api->redis_retry, NULL);
+  uv_close((uv_handle_t *)&api->withdraw_timer, NULL);
+  drop_unanswered(api);
   redisAsyncContext *ac = pt_redis_ctx(api->redis);
   pt_lease_release(&api->lease, ac);
   pt_amqp_destroy(api->amqp);
@@ -1575,7 +1703,7 @@ static void close_all(api_t *api) {
  * for its confirm still gets its 202. */
 static void maybe_stop(api_t *api) {
   if (!api->stopping || api->inflight > 0 || api->amqp == NULL ||
-      api->waiters != NULL)
+      api->waiters != NULL || api->withdrawing > 0)
     return;
   pt_httpd_destroy(api->httpd);
   api->httpd = NULL;
@@ -1604,6 +1732,11 @@ static void begin_stop(api_t *api, const char *why) {
     waiter_remove(api, api->waiters->list);
   uv_timer_start(&api->stop_timer, on_stop_deadline, 10000, 0);
   uv_unref((uv_handle_t *)&api->stop_timer);
+  /* Submits Redis did not answer are withdrawn now if it answers again
+   * (the stop waits for those scripts); otherwise their ids are logged. */
+  uv_timer_stop(&api->withdraw_timer);
+  if (api->unanswered != NULL)
+    withdraw_unanswered(&api->withdraw_timer);
   maybe_stop(api);
 }
 
@@ -1697,7 +1830,9 @@ int pt_api_run(const pt_config_t *cfg) {
   uv_timer_start(&api.depth_timer, on_depth_timer, 0, 5000);
   uv_timer_init(api.loop, &api.amqp_retry);
   uv_timer_init(api.loop, &api.stop_timer);
+  uv_timer_init(api.loop, &api.withdraw_timer);
   api.lease_timer.data = api.amqp_retry.data = api.stop_timer.data = &api;
+  api.withdraw_timer.data = &api;
   if (api.lease.key[0])
     uv_timer_start(&api.lease_timer, on_lease_renew, 20000, 20000);
   uv_signal_init(api.loop, &api.sigterm);

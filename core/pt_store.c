@@ -528,11 +528,9 @@ static int cancel_common(redisAsyncContext *ac, const char *id,
 }
 
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
-                     const char *idem_key, int64_t now_ms, pt_store_cb cb,
-                     void *arg) {
-  char *err = pt_store_error_json(
-      "broker_unavailable",
-      "the broker did not confirm the task; it was not queued");
+                     const char *idem_key, int64_t now_ms, const char *code,
+                     const char *message, pt_store_cb cb, void *arg) {
+  char *err = pt_store_error_json(code, message);
   int rc = cancel_common(ac, id, idem_key, now_ms, err, NULL, cb, arg);
   bson_free(err);
   return rc;

@@ -88,14 +88,16 @@ int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
                         const char *idem_key, const char *idem_val,
                         int64_t idem_ttl_s, const char *otn_key,
                         pt_store_cb cb, void *arg);
-/* A first submit's publish was not confirmed: withdraws the task (final
- * CANCELLED, error broker_unavailable) and frees its Idempotency-Key, but
- * only if no worker ever took it and no retry queued it: PT_V_CONFLICT
- * (detail: its status) otherwise, when it was accepted after all;
- * PT_V_NOTFOUND when it is gone from Redis with no trace of an end. */
+/* A first submit that was not queued (its publish not confirmed, or its
+ * submit script unanswered): withdraws the task (final CANCELLED, with the
+ * error code and message) and frees its Idempotency-Key, but only if no
+ * worker ever took it and no retry queued it:
+ * PT_V_CONFLICT (detail: its status) otherwise, when it was accepted after
+ * all; PT_V_NOTFOUND when it is gone from Redis with no trace of an end
+ * (or was never recorded). */
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
-                     const char *idem_key, int64_t now_ms, pt_store_cb cb,
-                     void *arg);
+                     const char *idem_key, int64_t now_ms, const char *code,
+                     const char *message, pt_store_cb cb, void *arg);
 /* A retry (same Idempotency-Key) published a PENDING task again and the
  * broker confirmed it: marks it so that abandon leaves it. PT_V_OK,
  * detail: the task's status ("" if gone). */

@@ -318,6 +318,7 @@ Test(store, cancel_refuses_the_types_it_is_told_to) {
 static pt_verdict_t abandon(const char *idem) {
   pt_test_verdict_t r = {0};
   return waited(pt_store_abandon(pt_redis_ctx(redis), id, idem, pt_now_ms(),
+                                 "broker_unavailable", "not queued",
                                  pt_test_on_verdict, &r),
                 &r);
 }

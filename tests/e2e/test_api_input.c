@@ -17,6 +17,7 @@
 #include "core/pt_http_client.h"
 #include "core/pt_httpd.h"
 #include "core/pt_store.h"
+#include "tests/support/pt_proxy.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -457,6 +458,79 @@ Test(api_input, a_second_pay_task_for_one_out_trade_no_is_refused) {
   free(body);
   pt_wait_final(&stack, again, 30, &doc); /* nothing left in the queue */
   bson_destroy(&doc);
+}
+
+/* A submit whose script Redis ran but whose answer was lost (the
+ * connection dropped) is answered 503, and nothing is published. Its task,
+ * recorded PENDING, would hold its out_trade_no for good (every new submit
+ * of it answered 409); it is withdrawn once Redis answers again, and the
+ * submit, sent again, runs. */
+Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
+  char otn[64], id[24], again[24], uri[128], db[16] = "0", *out = NULL;
+  bson_t doc;
+  int port = 0;
+  snprintf(otn, sizeof otn, "%s", pt_unique("LOSTREPLY"));
+  const char *real = getenv("PAYTASK_REDIS_URI");
+  cr_assert(real != NULL &&
+                sscanf(real, "redis://127.0.0.1:%d/%15s", &port, db) >= 1,
+            "PAYTASK_REDIS_URI is not redis://127.0.0.1:PORT/DB: %s",
+            real ? real : "(unset)");
+  /* The api's (and the worker's) Redis connections go through a proxy
+   * that loses the answer to the one command naming otn. */
+  pt_proxy_t *px = pt_proxy_start("127.0.0.1", port, otn, 300);
+  snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/%s", pt_proxy_port(px), db);
+  pt_stack_env(&stack, "PAYTASK_REDIS_URI", uri);
+  pt_stack_start(&stack, 1, NULL);
+  char *body = pt_task_body(otn, 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 503, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "store_unavailable");
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_proxy_fired(px), 1, "the submit script was not sent");
+
+  /* The script ran: the out_trade_no names the task it recorded. */
+  redisContext *r = pt_test_redis();
+  redisReply *rep = redisCommand(r, "GET %ssim:%s", PT_KEY_OTN, otn);
+  cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING,
+            "the submit script did not run (nothing to withdraw)");
+  snprintf(id, sizeof id, "%s", rep->str);
+  freeReplyObject(rep);
+  redisFree(r);
+  const char *st = NULL;
+  for (int i = 0; i < 150; i++) {
+    long code = pt_api_get(&stack, id, 0, &out);
+    if (code == 503) { /* the api has not reconnected to Redis yet */
+      free(out);
+      pt_test_sleep_ms(100);
+      continue;
+    }
+    cr_assert_eq(code, 200, "%s", out);
+    pt_json(out, &doc);
+    free(out);
+    st = pt_json_str(&doc, "status");
+    if (st != NULL && strcmp(st, "PENDING") != 0)
+      break;
+    bson_destroy(&doc);
+    st = NULL;
+    pt_test_sleep_ms(100);
+  }
+  cr_assert_not_null(st, "the unanswered submit's task is still PENDING "
+                         "after 15 s");
+  cr_assert_str_eq(st, "CANCELLED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "store_unavailable");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 0, "it ran");
+  bson_destroy(&doc);
+
+  /* Its out_trade_no is free: the submit sent again runs. */
+  pt_submit_ok(&stack, body, again);
+  cr_assert_str_neq(again, id);
+  pt_wait_final(&stack, again, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  free(body);
+  cr_assert_eq(pt_stack_stop(&stack), 0);
+  pt_proxy_stop(px);
 }
 
 /* The api speaks HTTP/1.1 only. h2o's default also took cleartext HTTP/2,
