@@ -12,17 +12,21 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
   lease->key[0] = '\0';
   lease->lost = NULL;
   lease->lost_arg = NULL;
-  if (cfg->node_id >= 0) {
-    pt_idgen_init(ids, (int)cfg->node_id);
-    return 0;
-  }
+  /* A configured node.id is leased too, that one only: two processes
+   * given the same one (a worker pool started with it, or the api and a
+   * worker sharing an environment) would issue the same task ids, and the
+   * start script would drop one of two follow-ups with one id. */
+  int first = 0, last = PT_ID_MAX_NODE;
+  if (cfg->node_id >= 0)
+    first = last = (int)cfg->node_id;
   redisContext *rc = pt_redis_connect_sync(cfg->redis_uri, 2000, err);
   if (rc == NULL)
     return PT_EREDIS;
   gethostname(host, sizeof host - 1);
   snprintf(lease->val, sizeof lease->val, "%s:%ld", host, (long)getpid());
   int node = -1;
-  for (int n = 0; n <= PT_ID_MAX_NODE && node < 0; n++) {
+  char holder[96] = "";
+  for (int n = first; n <= last && node < 0; n++) {
     snprintf(lease->key, sizeof lease->key, "pt:node:%d", n);
     redisReply *r =
         redisCommand(rc, "SET %s %s NX EX 60", lease->key, lease->val);
@@ -32,9 +36,21 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
       node = n;
     freeReplyObject(r);
   }
+  if (node < 0 && cfg->node_id >= 0) {
+    redisReply *r = redisCommand(rc, "GET %s", lease->key);
+    if (r != NULL && r->type == REDIS_REPLY_STRING)
+      snprintf(holder, sizeof holder, "%s", r->str);
+    freeReplyObject(r);
+  }
   redisFree(rc);
   if (node < 0) {
     lease->key[0] = '\0';
+    if (cfg->node_id >= 0)
+      return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
+                          "node.id %d is in use by another process (%s): its "
+                          "task ids would collide; give each process a "
+                          "node.id of its own, or -1 to lease a free one",
+                          (int)cfg->node_id, holder[0] ? holder : "unknown");
     return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
                         "no free node id could be leased in Redis");
   }

@@ -11,7 +11,7 @@
 #include "core/pt_id.h"
 
 typedef struct {
-  char key[32]; /* "" when node.id is configured: nothing leased */
+  char key[32]; /* "" before a lease */
   char val[96];
   /* Called when a renewal finds the node id leased by another process
    * (this one lost Redis for over a minute and another took it): ids
@@ -20,8 +20,9 @@ typedef struct {
   void *lost_arg;
 } pt_lease_t;
 
-/* Before the loop runs (it blocks): initialises ids with node.id, or with
- * the first free node id leased in Redis. */
+/* Before the loop runs (it blocks): initialises ids with node.id, leased
+ * in Redis (PT_EBUSY, said in err, if another process holds it), or with
+ * the first free node id leased there. */
 int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
                   pt_error_t *err);
 

@@ -11,6 +11,7 @@
 #include "core/pt_config.h"
 #include "core/pt_lease.h"
 #include "core/pt_redis.h"
+#include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
 #define N 10000
@@ -274,6 +275,37 @@ static void lease_value(uv_loop_t *loop, redisAsyncContext *ac,
   for (int i = 0; i < 5000 && out[0] == '\0'; i++)
     uv_run(loop, UV_RUN_ONCE);
   cr_assert(out[0] != '\0', "Redis did not answer");
+}
+
+/* A configured node.id is leased as well: a second process given the
+ * same one (a worker pool started with it) would issue the same task ids,
+ * and one of two follow-ups with one id would be dropped. It is refused
+ * at start, naming the node id and who holds it. */
+Test(redis, a_configured_node_id_in_use_is_refused, .timeout = 30) {
+  pt_error_t err;
+  pt_config_t cfg;
+  pt_idgen_t ids;
+  pt_lease_t first, second;
+  pt_config_defaults(&cfg);
+  /* High ids: the processes of other tests lease from 0 upwards. */
+  cfg.node_id = 1000 + getpid() % 24;
+  snprintf(cfg.redis_uri, sizeof cfg.redis_uri, "%s",
+           pt_test_uri("PAYTASK_REDIS_URI", "Redis"));
+  redisContext *rc = pt_test_redis();
+  freeReplyObject(redisCommand(rc, "DEL pt:node:%d", (int)cfg.node_id));
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &first, &err), 0, "%s", err.message);
+  char want[32];
+  snprintf(want, sizeof want, "pt:node:%d", (int)cfg.node_id);
+  cr_assert_str_eq(first.key, want, "the configured node id was not leased");
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &second, &err), PT_EBUSY,
+               "a node id in use was given to a second process");
+  cr_assert_not_null(strstr(err.message, "node.id"), "%s", err.message);
+  cr_assert_not_null(strstr(err.message, first.val), "%s", err.message);
+  freeReplyObject(redisCommand(rc, "DEL %s", want));
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &second, &err), 0,
+               "a free configured node id was refused: %s", err.message);
+  freeReplyObject(redisCommand(rc, "DEL %s", want));
+  redisFree(rc);
 }
 
 /* A process cut off from Redis for over a minute finds its node id leased
