@@ -187,6 +187,74 @@ static int next_entry(const char **p, const char **e, size_t *n) {
   return 1;
 }
 
+/* One scope's bit, or 0 for a name that is not a scope. */
+static int scope_bit(const char *p, size_t k) {
+  if (k == 6 && memcmp(p, "submit", 6) == 0)
+    return PT_SCOPE_SUBMIT;
+  if (k == 4 && memcmp(p, "read", 4) == 0)
+    return PT_SCOPE_READ;
+  if (k == 5 && memcmp(p, "admin", 5) == 0)
+    return PT_SCOPE_ADMIN;
+  return 0;
+}
+
+/* A client name (api.tokens' CLIENT, notify.secrets' CLIENT): what a task
+ * records and its notifications' secret is found by. */
+static int client_ok(const char *c, size_t n) {
+  if (n == 0 || n > PT_CLIENT_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)c[i]) && c[i] != '_' && c[i] != '-' &&
+        c[i] != '.')
+      return 0;
+  return 1;
+}
+
+#define CLIENT_RULE "1 to 31 letters, digits, '_', '-' or '.'"
+
+/* api.tokens: TOKEN[:SCOPES[:CLIENT]] entries. A mistake here used to
+ * pass silently: a misspelt scope dropped, a long client name turned into
+ * "default" (whose secret then signed that client's notifications), a
+ * space kept in a token. Entries are named by number: they are secrets. */
+static int check_tokens(const char *key, const char *value, pt_error_t *err) {
+  const char *p = value, *e;
+  size_t n;
+  for (int i = 1; next_entry(&p, &e, &n); i++) {
+    if (n == 0 || memchr(e, ' ', n) != NULL || memchr(e, '\t', n) != NULL)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: entry %d is empty or holds a space (entries are "
+                          "TOKEN[:SCOPES[:CLIENT]], separated by commas)",
+                          key, i);
+    const char *colon = memchr(e, ':', n);
+    if (colon == e)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: entry %d has no token", key, i);
+    if (colon == NULL)
+      continue;
+    const char *rest = colon + 1, *end = e + n;
+    const char *c2 = memchr(rest, ':', (size_t)(end - rest));
+    const char *scopes_end = c2 ? c2 : end;
+    while (rest < scopes_end) {
+      const char *plus = memchr(rest, '+', (size_t)(scopes_end - rest));
+      size_t k = (size_t)((plus ? plus : scopes_end) - rest);
+      if (scope_bit(rest, k) == 0)
+        return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                            "%s: entry %d: \"%.*s\" is not a scope (submit, "
+                            "read, admin, joined by '+')",
+                            key, i, (int)(k > 32 ? 32 : k), rest);
+      rest += k + (plus != NULL);
+      if (plus != NULL && rest == scopes_end)
+        return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                            "%s: entry %d: a scope list ends with '+'", key,
+                            i);
+    }
+    if (c2 != NULL && !client_ok(c2 + 1, (size_t)(end - c2 - 1)))
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: entry %d: a client is " CLIENT_RULE, key, i);
+  }
+  return 0;
+}
+
 static int check_value(const cfg_key_t *k, const char *value,
                        pt_error_t *err) {
   if (strcmp(k->key, "amqp.queue_type") == 0 &&
@@ -211,14 +279,28 @@ static int check_value(const cfg_key_t *k, const char *value,
     /* CLIENT=SECRET pairs, comma-separated, neither side empty. */
     const char *p = value, *e;
     size_t n;
-    while (next_entry(&p, &e, &n)) {
+    for (int i = 1; next_entry(&p, &e, &n); i++) {
       const char *eq = memchr(e, '=', n);
       if (eq == NULL || eq == e || eq == e + n - 1)
         return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                             "%s: expected CLIENT=SECRET pairs separated by "
                             "commas",
                             k->key);
+      if (!client_ok(e, (size_t)(eq - e)))
+        return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                            "%s: entry %d: a client is " CLIENT_RULE, k->key,
+                            i);
+      if (eq[1] == ' ' || e[n - 1] == ' ')
+        return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                            "%s: entry %d: the secret starts or ends with a "
+                            "space",
+                            k->key, i);
     }
+  }
+  if (strcmp(k->key, "api.tokens") == 0) {
+    int rc = check_tokens(k->key, value, err);
+    if (rc != 0)
+      return rc;
   }
   if (strcmp(k->key, "channel.wechat.apiv3_key") == 0 && value[0] != '\0' &&
       strlen(value) != 32)
@@ -410,12 +492,7 @@ static int parse_scopes(const char *p, size_t n) {
   while (n > 0) {
     const char *plus = memchr(p, '+', n);
     size_t k = plus ? (size_t)(plus - p) : n;
-    if (k == 6 && memcmp(p, "submit", 6) == 0)
-      scopes |= PT_SCOPE_SUBMIT;
-    else if (k == 4 && memcmp(p, "read", 4) == 0)
-      scopes |= PT_SCOPE_READ;
-    else if (k == 5 && memcmp(p, "admin", 5) == 0)
-      scopes |= PT_SCOPE_ADMIN;
+    scopes |= scope_bit(p, k);
     if (plus == NULL)
       break;
     n -= k + 1;

@@ -99,6 +99,8 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port);
 #define PT_SCOPE_READ 2
 #define PT_SCOPE_ADMIN 4
 #define PT_SCOPE_ALL 7
+/* The longest client name (api.tokens' CLIENT, notify.secrets' CLIENT). */
+#define PT_CLIENT_MAX 31
 
 /* The scopes of the bearer token (0 if it is not configured); compared in
  * constant time per token. */

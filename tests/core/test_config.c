@@ -96,6 +96,53 @@ Test(config, token_clients_and_notify_secrets) {
                PT_ENOTFOUND);
 }
 
+/* A mistake in api.tokens or notify.secrets stops the process, naming the
+ * key and the entry (by number: a token is a secret). Before, a misspelt
+ * scope was dropped, a long client name became "default" (and its
+ * notifications were signed with the default secret), and a space stayed
+ * in a token or a secret. */
+Test(config, token_and_secret_mistakes_are_errors) {
+  pt_config_t cfg;
+  pt_error_t err;
+  pt_config_defaults(&cfg);
+  const char *bad_tokens[] = {
+      "t1:admn",                     /* misspelt scope */
+      "t1:submit+raed",              /* one misspelt of two */
+      "t1:submit+",                  /* a dangling '+' */
+      "t1:submit:0123456789012345678901234567890123456789", /* long client */
+      "t1:submit:sh op",             /* a space in the client */
+      "t1:read:shop:x",              /* a ':' in the client */
+      "t1 ,t2",                      /* a space after a token */
+      "t1,,t2",                      /* an empty entry */
+      ":read",                       /* no token */
+  };
+  for (size_t i = 0; i < sizeof bad_tokens / sizeof bad_tokens[0]; i++) {
+    cr_assert_neq(pt_config_set(&cfg, "api.tokens", bad_tokens[i], &err), 0,
+                  "api.tokens \"%s\" was taken", bad_tokens[i]);
+    cr_assert(strstr(err.message, "api.tokens: entry") != NULL, "%s",
+              err.message);
+    cr_assert(strstr(err.message, "t1") == NULL && strstr(err.message, "t2")
+                  == NULL, "the error shows a token: %s", err.message);
+  }
+  cr_assert_eq(pt_config_set(&cfg, "api.tokens",
+                             "t1:submit+read:shop.cn-1, t2:admin,t3,t4::x",
+                             &err), 0, "%s", err.message);
+  cr_assert_eq(pt_config_set(&cfg, "api.tokens", "", &err), 0, "%s",
+               err.message);
+  const char *bad_secrets[] = {
+      "default=abc ,shop=xyz", /* a space after a secret */
+      "default= abc",          /* a space before one */
+      "0123456789012345678901234567890123456789=s", /* a long client */
+      "sh op=s",               /* a space in a client */
+  };
+  for (size_t i = 0; i < sizeof bad_secrets / sizeof bad_secrets[0]; i++) {
+    cr_assert_neq(pt_config_set(&cfg, "notify.secrets", bad_secrets[i], &err),
+                  0, "notify.secrets \"%s\" was taken", bad_secrets[i]);
+    cr_assert(strstr(err.message, "notify.secrets") != NULL, "%s",
+              err.message);
+  }
+}
+
 Test(config, environment_overrides_file) {
   pt_config_t cfg;
   pt_error_t err;
