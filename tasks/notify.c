@@ -92,9 +92,14 @@ static void on_trade(redisReply *reply, void *arg) {
   }
   const char *secret;
   size_t slen;
+  /* A client without a secret is this worker's configuration missing one
+   * (a token given a new client before notify.secrets has it): retried on
+   * notify.schedule like a refused delivery, so that the fix has hours to
+   * arrive, then given up loudly (dead queue, NOTIFY_FAILED). It used to
+   * fail at once, with no copy to replay. */
   if (pt_config_notify_secret(env->cfg, t->client[0] ? t->client : "default",
                               &secret, &slen) != 0) {
-    pt_attempt_done(n->attempt, PT_OUTCOME_FAIL, NULL, "no_notify_secret",
+    pt_attempt_done(n->attempt, PT_OUTCOME_RETRY, NULL, "no_notify_secret",
                     "notify.secrets has no secret for this task's client");
     return;
   }

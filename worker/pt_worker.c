@@ -663,6 +663,18 @@ static void wait_for_owner(job_t *j, const char *owner) {
  * and sends a copy to the dead queue; the state is written once the copy
  * is confirmed. */
 static void fail_to_dead(job_t *j, const char *code, const char *message) {
+  /* Its trade learns of the end as of any other: a notification ended
+   * this way is NOTIFY_FAILED, as one that ran out of tries (it stayed
+   * PENDING, where no operator looks). */
+  bson_t none = BSON_INITIALIZER;
+  pt_attempt_report_t rep = {PT_OUTCOME_FAIL, &none,      code,
+                             message,         pt_now_ms(), pt_now_ms()};
+  int rc = prepare_trade(j, &rep);
+  bson_destroy(&none);
+  if (rc != 0) {
+    job_requeue_later(j); /* no ids for its follow-ups: resumed later */
+    return;
+  }
   j->status = "FAILED";
   j->error_json = pt_store_error_json(code, message);
   j->history_json = pt_store_history_json(j->task.attempt, pt_now_ms(),

@@ -702,6 +702,128 @@ Test(trades, notify_given_up_then_replayed, .timeout = 120) {
   receiver_stop(&r);
 }
 
+/* Stack s started with the channels' configuration (channel_env) and the
+ * extra variables given (NAME, VALUE pairs, NULL-ended), which win over
+ * channel_env's; then an alipay trade for otn is created and paid, with
+ * its notifications going to receiver r. */
+static void paid_with_notify(pt_stack_t *s, receiver_t *r, const char *otn,
+                             char id[24], const char *const *env) {
+  char body[512];
+  bson_t doc;
+  channel_env(s, "alipay", "30");
+  for (; env != NULL && env[0] != NULL; env += 2)
+    pt_stack_env(s, env[0], env[1]);
+  pt_stack_start(s, 1, "--notify-schedule-ms=300,300,600,1000");
+  pay_body(body, sizeof body, "alipay", otn, 400, r->port, 600);
+  pt_submit_ok(s, body, id);
+  pt_wait_final(s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(s, otn);
+}
+
+/* A notification that ends in the dead queue without running out of
+ * tries (here its retry reaches a worker that cannot run it) is given up
+ * as loudly as one that ran out: its trade says NOTIFY_FAILED, not
+ * PENDING for good. */
+Test(trades, a_notification_sent_to_the_dead_queue_is_notify_failed,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char id[24], nid[24] = "", *out = NULL;
+  bson_t doc;
+  const char *env[] = {"PAYTASK_NOTIFY_SCHEDULE", "5", NULL};
+  receiver_start(&r, 1);
+  /* Queues of its own: no retry left by another test reaches the
+   * receiver (its port may be one that test's receiver had). */
+  pt_stack_vhost(&s);
+  paid_with_notify(&s, &r, pt_unique("deadnote"), id, env);
+  /* The first try is refused by the merchant: the notification waits 5 s
+   * for its retry. */
+  const char *st = NULL;
+  char seen[64] = "no notify task";
+  for (int i = 0; i < 200 && st == NULL; i++) {
+    pt_api_get(&s, id, 0, &out);
+    pt_json(out, &doc);
+    free(out);
+    const char *n = pt_json_str(&doc, "trade.notify_task");
+    if (n != NULL)
+      snprintf(nid, sizeof nid, "%s", n);
+    bson_destroy(&doc);
+    /* Read once the relay has submitted it: a task not yet in Redis is
+     * looked for in MongoDB too, which may take long. */
+    if (nid[0] != '\0' && pt_redis_has_task(nid)) {
+      long code = pt_api_get(&s, nid, 0, &out);
+      pt_json(out, &doc);
+      free(out);
+      const char *ns = pt_json_str(&doc, "status");
+      snprintf(seen, sizeof seen, "%ld %s", code, ns ? ns : "-");
+      if (ns != NULL && strcmp(ns, "RETRY_WAIT") == 0)
+        st = "RETRY_WAIT";
+      bson_destroy(&doc);
+    }
+    if (st == NULL)
+      usleep(100000);
+  }
+  cr_assert_not_null(st, "the notification never waited for a retry (last "
+                         "seen: %s)", seen);
+  /* Its retry reaches a worker without the alipay channel. */
+  cr_assert_eq(pt_stack_stop_worker(&s, 0, 20), 0);
+  pt_stack_env(&s, "PAYTASK_CHANNEL_ALIPAY_APP_ID", "");
+  pt_stack_add_worker(&s);
+  pt_wait_final(&s, nid, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "worker_refused");
+  bson_destroy(&doc);
+  wait_trade(&s, id, "SUCCEEDED", 5, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "NOTIFY_FAILED");
+  bson_destroy(&doc);
+  cr_assert_eq(receiver_count(&r), 1);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
+/* A notification whose client has no secret at the worker (a token given
+ * a new client before notify.secrets has it) is not sent unsigned, and is
+ * not dropped either: it is retried on notify.schedule, then given up
+ * loudly, to be replayed once the secret is there. */
+Test(trades, a_notification_without_its_secret_is_retried_then_dead,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char id[24], nid[24], mid[48], *out = NULL;
+  bson_t doc;
+  const char *env[] = {"PAYTASK_API_TOKENS", PT_TEST_TOKEN ":submit+read:shop",
+                       "PAYTASK_NOTIFY_SCHEDULE", "1", NULL};
+  receiver_start(&r, 0);
+  pt_stack_vhost(&s); /* the dead queue counted is this test's own */
+  paid_with_notify(&s, &r, pt_unique("nosecret"), id, env);
+  wait_trade(&s, id, "SUCCEEDED", 10, &doc);
+  snprintf(nid, sizeof nid, "%s", pt_json_str(&doc, "trade.notify_task"));
+  bson_destroy(&doc);
+  /* The relay submits it a moment after the trade settled. */
+  for (int i = 0; i < 100 && !pt_redis_has_task(nid); i++)
+    usleep(100000);
+  pt_wait_final(&s, nid, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "no_notify_secret");
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 2,
+               "not retried on notify.schedule (1 retry)");
+  bson_destroy(&doc);
+  pt_api_get(&s, id, 0, &out);
+  pt_json(out, &doc);
+  free(out);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "NOTIFY_FAILED");
+  bson_destroy(&doc);
+  cr_assert_eq(receiver_count(&r), 0, "a notification was sent unsigned");
+  snprintf(mid, sizeof mid, "%s:2", nid);
+  cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
+               "the notification is not in the dead queue to be replayed");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
 /* ---- callbacks that must be refused ---------------------------------------- */
 
 static char *read_file(const char *path) {
