@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "core/pt_id.h"
+#include "tests/support/pt_simproc.h"
 #include "tests/support/pt_stack.h"
+#include "tests/support/pt_test.h"
 
 #define N 200
 
@@ -281,4 +283,41 @@ Test(replay, times_with_offsets_and_dead_copies_of_replayed_tasks) {
   snprintf(mid, sizeof mid, "%s:1", id);
   cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 0,
                "the dead copy of a replayed task was put back");
+}
+
+/* An api that answers a replay 200 replayed it: that is its answer when
+ * the broker's confirm of the new task was lost but a worker had already
+ * taken it. The CLI counts it replayed and exits 0. Before, it counted it
+ * failed and kept the dead copy, and running it again as told made a
+ * second replay. (The api here is a stand-in that gives that answer,
+ * which needs a lost confirm to come from the real one.) */
+Test(replay, a_replay_answered_200_counts_as_replayed) {
+  char id[24], args[256], out[4096];
+  pt_stack_start(&stack, 1, NULL);
+  failed_task(id);
+  snprintf(args, sizeof args, "--id %s --dry-run", id);
+  int found = 0;
+  for (int i = 0; i < 60 && !found; i++) {
+    cr_assert_eq(replay_cli(args, out, sizeof out), 0, "%s", out);
+    found = strstr(out, "1 failed task(s) match") != NULL;
+    if (!found)
+      pt_test_sleep_ms(500);
+  }
+  cr_assert(found, "the failed task was not synced to MongoDB: %s", out);
+  pt_sink_t api;
+  const int status[] = {200};
+  const char *answer[] = {"{\"task_id\":\"123456789\",\"status\":"
+                          "\"SUCCEEDED\"}"};
+  pt_sink_start(&api, 1, status, answer);
+  snprintf(args, sizeof args, "--id %s --api http://127.0.0.1:%d", id,
+           api.port);
+  int st = replay_cli(args, out, sizeof out);
+  cr_assert_eq(pt_sink_count(&api), 1, "the replay was not asked for: %s",
+               out);
+  pt_sink_stop(&api);
+  cr_assert_eq(st, 0, "%s", out);
+  cr_assert(strstr(out, "replayed " ) != NULL &&
+                strstr(out, "-> 123456789") != NULL,
+            "%s", out);
+  cr_assert(strstr(out, "summary: 1 replayed") != NULL, "%s", out);
 }
