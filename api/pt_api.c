@@ -22,6 +22,7 @@
 #include "tasks/pt_registry.h"
 
 #define DEV_TOKEN "dev-token-change-me"
+#define DEV_NOTIFY_SECRET "dev-notify-secret"
 
 typedef struct waiter waiter_t;
 
@@ -1778,6 +1779,17 @@ int pt_api_run(const pt_config_t *cfg) {
              "err=\"the development token %s is configured but api.listen "
              "(%s) is not a loopback address; set api.tokens\"",
              DEV_TOKEN, cfg->api_listen);
+    return 2;
+  }
+  /* The shipped notification secret is public: a merchant checking with
+   * it would take anyone's forged notification for paytask's. */
+  if (strstr(cfg->notify_secrets, DEV_NOTIFY_SECRET) != NULL &&
+      !pt_api_is_loopback(host)) {
+    PT_ERROR("api_refused",
+             "err=\"the development notification secret %s is configured "
+             "but api.listen (%s) is not a loopback address; set "
+             "notify.secrets\"",
+             DEV_NOTIFY_SECRET, cfg->api_listen);
     return 2;
   }
   if (pt_lease_node(api.cfg, &api.ids, &api.lease, &err) != 0 ||

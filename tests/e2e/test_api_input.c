@@ -533,6 +533,37 @@ Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
   pt_proxy_stop(px);
 }
 
+/* Runs `paytask api` with the environment given (before the command) and
+ * returns its exit status, its output in out. */
+static int api_exit(const char *env, char *out, size_t len) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s timeout 20 %s api 2>&1",
+           env, getenv("PAYTASK_BIN"));
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t n = fread(out, 1, len - 1, p);
+  out[n] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The shipped development token and notification secret are public: an
+ * api listening beyond loopback with either refuses to start, naming the
+ * key to set. The address is one of TEST-NET (RFC 5737), on no interface
+ * here: an api that went past the check could not listen on it either. */
+Test(api_input, public_dev_credentials_off_loopback_are_refused) {
+  char out[4096], env[512];
+  int port = pt_test_free_port();
+  snprintf(env, sizeof env, "PAYTASK_API_LISTEN=192.0.2.1:%d", port);
+  cr_assert_eq(api_exit(env, out, sizeof out), 2, "%s", out);
+  cr_assert(strstr(out, "set api.tokens") != NULL, "%s", out);
+  snprintf(env, sizeof env,
+           "PAYTASK_API_LISTEN=192.0.2.1:%d PAYTASK_API_TOKENS=a-real-token",
+           port);
+  cr_assert_eq(api_exit(env, out, sizeof out), 2, "%s", out);
+  cr_assert(strstr(out, "set notify.secrets") != NULL, "%s", out);
+}
+
 /* The api speaks HTTP/1.1 only. h2o's default also took cleartext HTTP/2,
  * whose streams each buffer a body up to the size limit, many to one
  * connection. A client asking for h2c is answered in HTTP/1.1; one that
