@@ -130,6 +130,24 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
              MAX_PROCESSES);
     return 2;
   }
+  /* Worker i serves its metrics on worker.metrics_listen's port + i: no
+   * more workers than ports up to 65535 (past it, a worker failed at
+   * start, or listened on a port nobody scrapes). */
+  int most = MAX_PROCESSES;
+  char host[256];
+  int port = 0;
+  if (cfg->worker_metrics_listen[0] != '\0' &&
+      pt_config_hostport(cfg->worker_metrics_listen, host, sizeof host,
+                         &port) == 0 &&
+      port > 0 && 65535 - port + 1 < most)
+    most = 65535 - port + 1;
+  if (processes > most) {
+    PT_ERROR("supervisor_refused", "err=\"worker.metrics_listen's port %d "
+             "leaves room for %d worker(s) (worker i listens on port + i, "
+             "at most 65535), not %d\"",
+             port, most, processes);
+    return 2;
+  }
   wanted = processes;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -221,7 +239,7 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
       shutting_down = 1;
       stop_all();
     } else if (sig == SIGTTIN && !shutting_down) {
-      wanted = wanted < MAX_PROCESSES ? wanted + 1 : wanted;
+      wanted = wanted < most ? wanted + 1 : wanted;
       PT_INFO("supervisor_scale", "processes=%d", wanted);
     } else if (sig == SIGTTOU && !shutting_down) {
       wanted = wanted > 1 ? wanted - 1 : 1;

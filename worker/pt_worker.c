@@ -1165,6 +1165,11 @@ static int start_metrics(worker_t *w, int index, pt_error_t *err) {
                          &port) != 0)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "worker.metrics_listen: expected address:port");
+  if (port > 0 && port + index > 65535)
+    return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                        "worker.metrics_listen: port %d + worker index %d is "
+                        "past 65535",
+                        port, index);
   pt_httpd_opts_t o = {.host = host,
                        .port = port ? port + index : 0,
                        .max_body = 1024,
