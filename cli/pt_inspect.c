@@ -15,13 +15,16 @@
 #include "core/pt_store.h"
 #include "runner/pt_topology.h"
 
-static void show_queues(const pt_config_t *cfg) {
+/* Each part returns 0, or -1 when it could not see what it shows: the
+ * command then exits 1, so that a script or a probe does not take an
+ * unreachable server for a healthy one. */
+static int show_queues(const pt_config_t *cfg) {
   pt_error_t err;
   printf("%-24s %10s %10s\n", "queue", "messages", "consumers");
   amqp_connection_state_t c = pt_amqp_connect_sync(cfg->amqp_uri, 3000, &err);
   if (c == NULL) {
     printf("  (%s)\n", err.message);
-    return;
+    return -1;
   }
   pt_queue_depth_t q[PT_TOPOLOGY_QUEUES];
   int n = pt_topology_queue_depths(c, q);
@@ -33,17 +36,27 @@ static void show_queues(const pt_config_t *cfg) {
   }
   amqp_connection_close(c, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(c);
+  return n > 0 ? 0 : -1;
 }
 
-static void show_redis(const pt_config_t *cfg) {
+static int show_redis(const pt_config_t *cfg) {
   pt_error_t err;
   redisContext *c = pt_redis_connect_sync(cfg->redis_uri, 2000, &err);
   if (c == NULL) {
     printf("\n(Redis unreachable: %s)\n", err.message);
-    return;
+    return -1;
   }
   redisReply *r = redisCommand(c, "XLEN %s", PT_STREAM_SYNC);
-  long long backlog = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+  if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+    printf("\n(Redis: %s)\n",
+           r == NULL ? c->errstr
+                     : r->type == REDIS_REPLY_ERROR ? r->str : "unexpected "
+                                                               "reply");
+    freeReplyObject(r);
+    redisFree(c);
+    return -1;
+  }
+  long long backlog = r->integer;
   freeReplyObject(r);
   long long lag_ms = 0;
   r = redisCommand(c, "XRANGE %s - + COUNT 1", PT_STREAM_SYNC);
@@ -86,6 +99,7 @@ static void show_redis(const pt_config_t *cfg) {
   if (workers == 0)
     printf("  (no live worker)\n");
   redisFree(c);
+  return 0;
 }
 
 int pt_inspect_main(int argc, char **argv) {
@@ -127,11 +141,11 @@ int pt_inspect_main(int argc, char **argv) {
       printf("\033[H\033[2J"); /* clear the screen between refreshes */
     pt_time_rfc3339(pt_now_ms(), ts);
     printf("paytask inspect  %s\n\n", ts);
-    show_queues(&cfg);
-    show_redis(&cfg);
+    int bad = show_queues(&cfg) != 0;
+    bad |= show_redis(&cfg) != 0;
     fflush(stdout);
     if (!watch)
-      return 0;
+      return bad ? 1 : 0;
     sleep((unsigned)watch);
   }
 }

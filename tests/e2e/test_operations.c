@@ -384,3 +384,32 @@ Test(operations, a_pool_past_the_last_metrics_port_is_refused) {
             "the pool was not refused (status %d): %s", st, out);
   cr_assert(strstr(out, "leaves room for 1 worker") != NULL, "%s", out);
 }
+
+/* Runs `paytask inspect` with the environment given; its exit status, and
+ * its output in out. */
+static int inspect(const char *env, char *out, size_t len) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s %s inspect 2>&1", env,
+           getenv("PAYTASK_BIN"));
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t n = fread(out, 1, len - 1, p);
+  out[n] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `paytask inspect` exits 1 when it cannot see a server, so that a script
+ * or a probe does not take an unreachable one for a healthy one. */
+Test(operations, inspect_fails_when_a_server_is_unreachable) {
+  char out[8192], env[256];
+  int port = pt_test_free_port(); /* nothing listens there */
+  cr_assert_eq(inspect("", out, sizeof out), 0, "%s", out);
+  cr_assert(strstr(out, "paytask.tasks") != NULL, "%s", out);
+  snprintf(env, sizeof env, "PAYTASK_REDIS_URI=redis://127.0.0.1:%d/0", port);
+  cr_assert_eq(inspect(env, out, sizeof out), 1, "%s", out);
+  cr_assert(strstr(out, "Redis unreachable") != NULL, "%s", out);
+  snprintf(env, sizeof env, "PAYTASK_AMQP_URI=amqp://guest:guest@127.0.0.1:%d/",
+           port);
+  cr_assert_eq(inspect(env, out, sizeof out), 1, "%s", out);
+}
