@@ -416,8 +416,41 @@ static void env_name(const char *key, char *out, size_t len) {
   out[j] = '\0';
 }
 
+/* The PAYTASK_ variables that are not configuration keys: read by the
+ * commands themselves (the config file, the api's address and token for
+ * the client commands, a test's fault) and by the test suite. */
+static const char *const env_not_keys[] = {
+    "PAYTASK_CONFIG", "PAYTASK_API_URL", "PAYTASK_TOKEN", "PAYTASK_FAULT",
+    "PAYTASK_BIN",    "PAYTASK_SOURCE_DIR", NULL};
+
+/* A PAYTASK_ variable that names no key (PAYTASK_REDIS_URL for
+ * PAYTASK_REDIS_URI) was ignored without a word, and the process ran on
+ * the default: it is said, once per load. */
+static void warn_unknown_env(void) {
+  extern char **environ;
+  for (char **e = environ; e != NULL && *e != NULL; e++) {
+    if (strncmp(*e, "PAYTASK_", 8) != 0)
+      continue;
+    size_t n = strcspn(*e, "=");
+    int known = 0;
+    char name[128];
+    for (size_t i = 0; !known && i < sizeof keys / sizeof keys[0]; i++) {
+      env_name(keys[i].key, name, sizeof name);
+      known = strlen(name) == n && memcmp(name, *e, n) == 0;
+    }
+    for (size_t i = 0; !known && env_not_keys[i] != NULL; i++)
+      known = strlen(env_not_keys[i]) == n &&
+              memcmp(env_not_keys[i], *e, n) == 0;
+    if (!known)
+      PT_WARN("config_env_unknown", "name=%.*s note=\"no configuration key "
+              "has this name; it is ignored (keys: paytask config check)\"",
+              (int)(n > 64 ? 64 : n), *e);
+  }
+}
+
 int pt_config_load(pt_config_t *cfg, const char *path, pt_error_t *err) {
   pt_config_defaults(cfg);
+  warn_unknown_env();
   if (path == NULL)
     path = getenv("PAYTASK_CONFIG");
   if (path == NULL || *path == '\0') {

@@ -194,3 +194,23 @@ Test(config, token_scopes) {
   cr_assert_eq(pt_config_token_scopes(&cfg, "all", 3), PT_SCOPE_ALL);
   cr_assert_eq(pt_config_token_scopes(&cfg, "submit", 6), 0);
 }
+
+/* A PAYTASK_ variable that names no key (a typo) is said, not silently
+ * ignored while the process runs on the default. */
+Test(config, an_unknown_paytask_variable_is_said) {
+  char cmd[512], out[16384];
+  const char *bin = getenv("PAYTASK_BIN");
+  cr_assert_not_null(bin, "PAYTASK_BIN is not set (run through ctest)");
+  snprintf(cmd, sizeof cmd,
+           "PAYTASK_CONFIG=/dev/null PAYTASK_REDIS_URL=redis://elsewhere "
+           "%s config check 2>&1", bin);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t n = fread(out, 1, sizeof out - 1, p);
+  out[n] = '\0';
+  pclose(p);
+  cr_assert(strstr(out, "config_env_unknown name=PAYTASK_REDIS_URL") != NULL,
+            "%s", out);
+  cr_assert(strstr(out, "name=PAYTASK_CONFIG") == NULL,
+            "a variable paytask reads was called unknown: %s", out);
+}
