@@ -262,11 +262,38 @@ static int drop_dead_copy(amqp_connection_state_t c, found_t *f) {
   return -1;
 }
 
+/* Whether the channel holding the dead-queue messages still stands. The
+ * broker closes it when a message was held past its consumer_timeout (30
+ * minutes by default): the messages go back to the queue, and the
+ * acknowledgements sent after that are dropped without an answer. A
+ * passive declare is an exchange with the broker that tells. */
+static int dead_channel_alive(amqp_connection_state_t c) {
+  amqp_queue_declare(c, 1, amqp_cstring_bytes(PT_QUEUE_DEAD), 1, 0, 0, 0,
+                     amqp_empty_table);
+  return amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL;
+}
+
 /* Returns the held dead-queue messages not acknowledged (the others, and
- * the copies of tasks not replayed). */
-static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
+ * the copies of tasks not replayed). Returns -1 (said) if the broker had
+ * closed their channel: the dead copies of replayed tasks may be back in
+ * the dead queue. */
+static int settle_dead(amqp_connection_state_t c, found_t *f, long n) {
   if (c == NULL)
-    return;
+    return 0;
+  if (!dead_channel_alive(c)) {
+    fprintf(stderr, "paytask replay: the broker closed the channel that held "
+                    "the dead queue's messages (held past its consumer_timeout,"
+                    " 30 minutes by default?): they are back in %s, the dead "
+                    "copies of tasks replayed here too. Run the same command "
+                    "again: it answers those \"already replayed\" and takes "
+                    "their copies out\n",
+            PT_QUEUE_DEAD);
+    free(others);
+    others = NULL;
+    nothers = cap_others = 0;
+    pt_amqp_close_sync(c);
+    return -1;
+  }
   for (long i = 0; i < nothers; i++)
     amqp_basic_nack(c, 1, others[i], 0, 1);
   free(others);
@@ -276,6 +303,7 @@ static void settle_dead(amqp_connection_state_t c, found_t *f, long n) {
     if (f[i].dead)
       amqp_basic_nack(c, 1, f[i].tag, 0, 1);
   pt_amqp_close_sync(c);
+  return 0;
 }
 
 static long replay_one(const char *api, const char *token, const char *id,
@@ -449,9 +477,9 @@ int pt_replay_main(int argc, char **argv) {
              f[i].channel, f[i].type, f[i].otn, (long long)f[i].amount,
              f[i].code, f[i].created, f[i].dead ? "yes" : "no");
     printf("dry run: nothing replayed\n");
-    settle_dead(dead, f, n);
+    int rc = settle_dead(dead, f, n);
     free(f);
-    return 0;
+    return rc == 0 ? 0 : 1;
   }
   long ok = 0, already = 0, failed = 0, unknown = 0, kept = 0;
   int tty = isatty(2);
@@ -491,13 +519,16 @@ int pt_replay_main(int argc, char **argv) {
   }
   if (tty)
     fputc('\n', stderr);
-  settle_dead(dead, f, n);
+  int lost = settle_dead(dead, f, n) != 0;
   printf("summary: %ld replayed, %ld already replayed (--force replays "
          "them again), %ld failed, %ld outcome unknown\n",
          ok, already, failed, unknown);
   if (kept > 0)
     printf("%ld dead copies of replayed tasks stay in %s\n", kept,
            PT_QUEUE_DEAD);
+  if (lost)
+    printf("dead copies of replayed tasks may stay in %s: run again\n",
+           PT_QUEUE_DEAD);
   free(f);
-  return failed == 0 && unknown == 0 ? 0 : 1;
+  return failed == 0 && unknown == 0 && !lost ? 0 : 1;
 }
