@@ -1,10 +1,37 @@
 #include "core/pt_lease.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "core/pt_log.h"
 #include "core/pt_redis.h"
+
+/* Sets the lease to ARGV[2] only if ARGV[1] still holds it. */
+static const char takeover_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[2], 'EX', 60)\n"
+    "return 1\n";
+
+/* 1 if holder ("host:pid", a lease's value) is a process of this host
+ * that no longer runs: one that crashed, whose lease has not lapsed yet.
+ * A restart of a process with a configured node.id (a supervisor's
+ * worker, an api under systemd) takes it over instead of failing for up
+ * to 60 s (and a supervisor's crash-loop rule stopping the pool). */
+static int holder_gone(const char *holder, const char *host) {
+  const char *colon = strrchr(holder, ':');
+  if (colon == NULL || (size_t)(colon - holder) != strlen(host) ||
+      strncmp(holder, host, strlen(host)) != 0)
+    return 0;
+  char *end;
+  long pid = strtol(colon + 1, &end, 10);
+  if (end == colon + 1 || *end != '\0' || pid <= 0)
+    return 0;
+  return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
 
 int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
                   pt_error_t *err) {
@@ -41,6 +68,17 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
     if (r != NULL && r->type == REDIS_REPLY_STRING)
       snprintf(holder, sizeof holder, "%s", r->str);
     freeReplyObject(r);
+    if (holder_gone(holder, host) &&
+        (r = redisCommand(rc, "EVAL %s 1 %s %s %s", takeover_lua, lease->key,
+                          holder, lease->val)) != NULL) {
+      if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
+        node = (int)cfg->node_id;
+        PT_WARN("node_lease_taken_over", "node=%d from=%s note=\"its holder, "
+                "a process of this host, is gone (a crash: its lease had not "
+                "lapsed yet)\"", node, holder);
+      }
+      freeReplyObject(r);
+    }
   }
   redisFree(rc);
   if (node < 0) {
@@ -49,7 +87,9 @@ int pt_lease_node(const pt_config_t *cfg, pt_idgen_t *ids, pt_lease_t *lease,
       return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
                           "node.id %d is in use by another process (%s): its "
                           "task ids would collide; give each process a "
-                          "node.id of its own, or -1 to lease a free one",
+                          "node.id of its own, or -1 to lease a free one (a "
+                          "holder that died on another host lets its lease "
+                          "lapse within 60 s)",
                           (int)cfg->node_id, holder[0] ? holder : "unknown");
     return pt_error_set(err, PT_DOMAIN_REDIS, PT_EBUSY,
                         "no free node id could be leased in Redis");

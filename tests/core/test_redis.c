@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/pt_config.h"
@@ -304,6 +305,23 @@ Test(redis, a_configured_node_id_in_use_is_refused, .timeout = 30) {
   freeReplyObject(redisCommand(rc, "DEL %s", want));
   cr_assert_eq(pt_lease_node(&cfg, &ids, &second, &err), 0,
                "a free configured node id was refused: %s", err.message);
+  /* A holder of this host that is gone (a crash, its lease not lapsed):
+   * the restarted process takes the id over. One of another host is
+   * refused until its lease lapses. */
+  char host[64] = "host";
+  gethostname(host, sizeof host - 1);
+  pid_t gone = fork();
+  if (gone == 0)
+    _exit(0);
+  waitpid(gone, NULL, 0);
+  freeReplyObject(redisCommand(rc, "SET %s %s:%ld EX 60", want, host,
+                               (long)gone));
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &second, &err), 0,
+               "the id of a process gone was not taken over: %s", err.message);
+  freeReplyObject(redisCommand(rc, "SET %s other-host:%ld EX 60", want,
+                               (long)gone));
+  cr_assert_eq(pt_lease_node(&cfg, &ids, &second, &err), PT_EBUSY,
+               "another host's lease was taken over");
   freeReplyObject(redisCommand(rc, "DEL %s", want));
   redisFree(rc);
 }
