@@ -751,7 +751,18 @@ typedef struct unanswered {
   char id[21];
   char idem_key[256];
   int has_idem;
+  /* a replay's: its source and the mark it set (see unmark_lua) */
+  uint64_t replay_of;
+  int replay_count;
 } unanswered_t;
+
+/* Takes the mark back only if it is still the one this replay set: DEL for
+ * the first replay, DECR for a forced one, nothing if another replay has
+ * marked the source since. */
+static const char unmark_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end\n"
+    "return redis.call('DECR', KEYS[1])\n";
 
 static void withdraw_unanswered(uv_timer_t *t);
 
@@ -779,6 +790,10 @@ static void remember_unanswered(op_t *op) {
     memcpy(u->idem_key, op->idem_key, sizeof u->idem_key);
     u->has_idem = 1;
   }
+  if (op->replay_marked) {
+    u->replay_of = op->task.replay_of;
+    u->replay_count = op->task.replay_count;
+  }
   PT_WARN("submit_unanswered", "task_id=%s note=\"Redis did not answer the "
           "submit script; if it recorded the task, it is withdrawn once "
           "Redis answers\"", u->id);
@@ -798,10 +813,21 @@ static void on_unanswered_withdrawn(int status, pt_verdict_t v,
     PT_ERROR("submit_not_withdrawn", "task_id=%s note=\"the api stopped; the "
              "task may be recorded PENDING and never queued: cancel it\"",
              u->id);
-  else if (v == PT_V_OK)
+  else if (v == PT_V_OK) {
     PT_WARN("submit_withdrawn", "task_id=%s note=\"recorded although its "
             "submit was answered 503; withdrawn (CANCELLED), its "
             "out_trade_no and Idempotency-Key freed\"", u->id);
+    /* A replay withdrawn: its mark goes too (taking it back when the 503
+     * was answered failed with the connection), or the next replay of
+     * its source would be answered "already replayed" although nothing
+     * runs. */
+    redisAsyncContext *ac = pt_redis_ctx(api->redis);
+    char source[21];
+    pt_id_format(u->replay_of, source);
+    if (u->replay_of != 0 && ac != NULL)
+      redisAsyncCommand(ac, NULL, NULL, "EVAL %s 1 pt:replays:%s %d",
+                        unmark_lua, source, u->replay_count);
+  }
   else if (v == PT_V_CONFLICT)
     PT_INFO("submit_unanswered_kept", "task_id=%s status=%s note=\"queued by "
             "a retry with its Idempotency-Key\"", u->id, detail);
@@ -820,6 +846,10 @@ static void withdraw_unanswered(uv_timer_t *t) {
   unanswered_t *list = api->unanswered;
   api->unanswered = NULL;
   api->nunanswered = 0;
+  /* Held for the loop: a script that fails at once calls back here, and
+   * while stopping, the last callback could otherwise close the api (and
+   * free ac) before the rest of the list was sent. */
+  api->withdrawing++;
   while (list != NULL) {
     unanswered_t *u = list;
     list = u->next;
@@ -831,6 +861,8 @@ static void withdraw_unanswered(uv_timer_t *t) {
                          on_unanswered_withdrawn, u) != 0)
       on_unanswered_withdrawn(PT_EREDIS, PT_V_OK, "", u);
   }
+  api->withdrawing--;
+  maybe_stop(api);
 }
 
 /* At the api's end: the submits not withdrawn, for an operator to cancel. */
@@ -1055,13 +1087,6 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
  * fails takes its mark back, or a retry would be refused as a second
  * replay although nothing was replayed. */
 
-/* Takes the mark back only if it is still the one this replay set: DEL for
- * the first replay, DECR for a forced one, nothing if another replay has
- * marked the source since. */
-static const char unmark_lua[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
-    "if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end\n"
-    "return redis.call('DECR', KEYS[1])\n";
 
 /* The error answer of a replay that waits for its mark to be taken back:
  * a client that tries again once answered finds no mark. */

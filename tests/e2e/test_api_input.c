@@ -465,39 +465,35 @@ Test(api_input, a_second_pay_task_for_one_out_trade_no_is_refused) {
  * recorded PENDING, would hold its out_trade_no for good (every new submit
  * of it answered 409); it is withdrawn once Redis answers again, and the
  * submit, sent again, runs. */
-Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
-  char otn[64], id[24], again[24], uri[128], db[16] = "0", *out = NULL;
-  bson_t doc;
+/* Starts the stack (one worker) with its Redis connections through a
+ * proxy that loses the answer to the first command naming marker. */
+static pt_proxy_t *stack_through_proxy(const char *marker) {
+  char uri[128], db[16] = "0";
   int port = 0;
-  snprintf(otn, sizeof otn, "%s", pt_unique("LOSTREPLY"));
   const char *real = getenv("PAYTASK_REDIS_URI");
   cr_assert(real != NULL &&
                 sscanf(real, "redis://127.0.0.1:%d/%15s", &port, db) >= 1,
             "PAYTASK_REDIS_URI is not redis://127.0.0.1:PORT/DB: %s",
             real ? real : "(unset)");
-  /* The api's (and the worker's) Redis connections go through a proxy
-   * that loses the answer to the one command naming otn. */
-  pt_proxy_t *px = pt_proxy_start("127.0.0.1", port, otn, 300);
+  pt_proxy_t *px = pt_proxy_start("127.0.0.1", port, marker, 300);
   snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/%s", pt_proxy_port(px), db);
   pt_stack_env(&stack, "PAYTASK_REDIS_URI", uri);
   pt_stack_start(&stack, 1, NULL);
-  char *body = pt_task_body(otn, 100, NULL, NULL);
-  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 503, "%s", out);
-  pt_json(out, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "store_unavailable");
-  bson_destroy(&doc);
-  free(out);
-  cr_assert_eq(pt_proxy_fired(px), 1, "the submit script was not sent");
+  return px;
+}
 
-  /* The script ran: the out_trade_no names the task it recorded. */
+/* The task holding pay out_trade_no otn on the sim channel, in id; waits
+ * until its status (read through the api) is no longer PENDING and
+ * returns it in doc. Fails the test after 15 s. */
+static void otn_holder_settled(const char *otn, char id[24], bson_t *doc) {
+  char *out = NULL;
   redisContext *r = pt_test_redis();
   redisReply *rep = redisCommand(r, "GET %ssim:%s", PT_KEY_OTN, otn);
   cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING,
             "the submit script did not run (nothing to withdraw)");
-  snprintf(id, sizeof id, "%s", rep->str);
+  snprintf(id, 24, "%s", rep->str);
   freeReplyObject(rep);
   redisFree(r);
-  const char *st = NULL;
   for (int i = 0; i < 150; i++) {
     long code = pt_api_get(&stack, id, 0, &out);
     if (code == 503) { /* the api has not reconnected to Redis yet */
@@ -506,18 +502,36 @@ Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
       continue;
     }
     cr_assert_eq(code, 200, "%s", out);
-    pt_json(out, &doc);
+    pt_json(out, doc);
     free(out);
-    st = pt_json_str(&doc, "status");
+    const char *st = pt_json_str(doc, "status");
     if (st != NULL && strcmp(st, "PENDING") != 0)
-      break;
-    bson_destroy(&doc);
-    st = NULL;
+      return;
+    bson_destroy(doc);
     pt_test_sleep_ms(100);
   }
-  cr_assert_not_null(st, "the unanswered submit's task is still PENDING "
-                         "after 15 s");
-  cr_assert_str_eq(st, "CANCELLED");
+  cr_assert_fail("task %s is still PENDING after 15 s", id);
+}
+
+Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
+  char otn[64], id[24], again[24], *out = NULL;
+  bson_t doc;
+  snprintf(otn, sizeof otn, "%s", pt_unique("LOSTREPLY"));
+  /* The api's (and the worker's) Redis connections go through a proxy
+   * that loses the answer to the one command naming otn. */
+  pt_proxy_t *px = stack_through_proxy(otn);
+  char *body = pt_task_body(otn, 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 503, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "store_unavailable");
+  bson_destroy(&doc);
+  free(out);
+  cr_assert_eq(pt_proxy_fired(px), 1, "the submit script was not sent");
+
+  /* The script ran: the out_trade_no names the task it recorded, which
+   * is withdrawn. */
+  otn_holder_settled(otn, id, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "CANCELLED");
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "store_unavailable");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 0, "it ran");
   bson_destroy(&doc);
@@ -529,6 +543,42 @@ Test(api_input, a_submit_whose_answer_redis_lost_is_withdrawn) {
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
   free(body);
+  cr_assert_eq(pt_stack_stop(&stack), 0);
+  pt_proxy_stop(px);
+}
+
+/* A replay whose submit lost its Redis answer (503) is withdrawn as any
+ * such submit, and its source's replay mark goes with it: the replay run
+ * again is taken, not answered "already replayed" while nothing runs. */
+Test(api_input, a_replay_whose_answer_redis_lost_can_be_run_again) {
+  char otn[64], id[24], rid[24], url[160], *out = NULL;
+  bson_t doc;
+  snprintf(otn, sizeof otn, "%s", pt_unique("LOSTREPLAY"));
+  pt_proxy_t *px = stack_through_proxy(""); /* armed below */
+  char *body = pt_task_body(otn, 100, "{\"decline\": true}", NULL);
+  pt_submit_ok(&stack, body, id);
+  free(body);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  bson_destroy(&doc);
+  pt_proxy_arm(px, otn);
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", stack.api_url, id);
+  cr_assert_eq(pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &out), 503, "%s",
+               out);
+  free(out);
+  cr_assert_eq(pt_proxy_fired(px), 1, "the replay's submit was not sent");
+  otn_holder_settled(otn, rid, &doc);
+  cr_assert_str_neq(rid, id, "the replay's submit did not run");
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "CANCELLED");
+  bson_destroy(&doc);
+  long st = pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &out);
+  cr_assert_eq(st, 202, "the replay run again was refused: %s", out);
+  pt_json(out, &doc);
+  free(out);
+  snprintf(rid, sizeof rid, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  pt_wait_final(&stack, rid, 30, &doc); /* declined again: FAILED */
+  bson_destroy(&doc);
   cr_assert_eq(pt_stack_stop(&stack), 0);
   pt_proxy_stop(px);
 }

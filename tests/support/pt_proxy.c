@@ -91,7 +91,7 @@ static int pass(pt_proxy_t *p, int i, int from_client) {
   if (write_all(to, buf, n) != 0)
     return -1;
   pthread_mutex_lock(&p->mu);
-  int fire = from_client && !p->fired &&
+  int fire = from_client && !p->fired && p->marker[0] != '\0' &&
              memmem(buf, (size_t)n, p->marker, strlen(p->marker)) != NULL;
   if (fire)
     p->fired = 1;
@@ -123,8 +123,10 @@ static void *run(void *arg) {
      * the last into its place) skips none. */
     for (int i = p->npairs - 1; i >= 0; i--) {
       short rc = fds[2 + 2 * i].revents, rs = fds[3 + 2 * i].revents;
+      /* The server's side first: answers that arrived before the marker
+       * was read pass; only those after it are lost. */
       if ((p->pairs[i].doomed && now >= p->pairs[i].close_at) ||
-          (rc && pass(p, i, 1) != 0) || (rs && pass(p, i, 0) != 0))
+          (rs && pass(p, i, 0) != 0) || (rc && pass(p, i, 1) != 0))
         drop_pair(p, i);
     }
     if (fds[1].revents)
@@ -163,6 +165,12 @@ pt_proxy_t *pt_proxy_start(const char *host, int port, const char *marker,
 }
 
 int pt_proxy_port(const pt_proxy_t *p) { return p->port; }
+
+void pt_proxy_arm(pt_proxy_t *p, const char *marker) {
+  pthread_mutex_lock(&p->mu);
+  snprintf(p->marker, sizeof p->marker, "%s", marker);
+  pthread_mutex_unlock(&p->mu);
+}
 
 int pt_proxy_fired(pt_proxy_t *p) {
   pthread_mutex_lock(&p->mu);

@@ -13,6 +13,9 @@ typedef struct pt_proxy pt_proxy_t;
 pt_proxy_t *pt_proxy_start(const char *host, int port, const char *marker,
                            int delay_ms);
 int pt_proxy_port(const pt_proxy_t *p);
+/* Sets the marker from now on (the one given at start MAY be "": none
+ * until armed). */
+void pt_proxy_arm(pt_proxy_t *p, const char *marker);
 /* How many times an answer was lost (0 or 1). */
 int pt_proxy_fired(pt_proxy_t *p);
 void pt_proxy_stop(pt_proxy_t *p);
