@@ -237,11 +237,11 @@ static int check_tokens(const char *key, const char *value, pt_error_t *err) {
     while (rest < scopes_end) {
       const char *plus = memchr(rest, '+', (size_t)(scopes_end - rest));
       size_t k = (size_t)((plus ? plus : scopes_end) - rest);
-      if (scope_bit(rest, k) == 0)
+      if (scope_bit(rest, k) == 0) /* not shown: it may be a token */
         return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
-                            "%s: entry %d: \"%.*s\" is not a scope (submit, "
-                            "read, admin, joined by '+')",
-                            key, i, (int)(k > 32 ? 32 : k), rest);
+                            "%s: entry %d names a scope that is not submit, "
+                            "read or admin (joined by '+')",
+                            key, i);
       rest += k + (plus != NULL);
       if (plus != NULL && rest == scopes_end)
         return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
