@@ -209,7 +209,9 @@ int pt_supervisor_run(const pt_config_t *cfg, int processes) {
         while (i < MAX_PROCESSES &&
                (slots[i].pid > 0 || slots[i].restart_at > 0))
           i++;
-        if (i == MAX_PROCESSES)
+        /* A slot still draining holds its index (its metrics port): past
+         * `most`, wait for it. */
+        if (i >= most)
           break;
         memset(&slots[i], 0, sizeof slots[i]);
         spawn(cfg, &old, i, now);
