@@ -1000,8 +1000,15 @@ static void handle_submit(op_t *op) {
                "Idempotency-Key must be 1 to 200 visible ASCII characters");
       return;
     }
-    memcpy(op->idem_key, key, klen);
-    op->idem_key[klen] = '\0';
+    /* Keys are per client (a token's CLIENT): two clients that happen to
+     * use one key must neither get each other's task nor a 409. The
+     * default client's keys are stored as they always were; another's as
+     * "CLIENT KEY", which no key can be (a key holds no space). */
+    if (strcmp(op->client, "default") == 0)
+      snprintf(op->idem_key, sizeof op->idem_key, "%.*s", (int)klen, key);
+    else
+      snprintf(op->idem_key, sizeof op->idem_key, "%s %.*s", op->client,
+               (int)klen, key);
     op->has_idem = 1;
   }
   if (pt_task_parse(body, blen, PT_PARSE_SUBMIT, api->cfg->api_max_amount,

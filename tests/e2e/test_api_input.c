@@ -583,6 +583,48 @@ Test(api_input, a_replay_whose_answer_redis_lost_can_be_run_again) {
   pt_proxy_stop(px);
 }
 
+/* A submit as token tok with Idempotency-Key key; the task id answered
+ * (202 or 200, which it returns) goes to id. */
+static long submit_as(const char *tok, const char *body, const char *key,
+                      char id[24]) {
+  char url[160], hdr[300], *out = NULL;
+  const char *headers[] = {hdr, NULL};
+  bson_t doc;
+  snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
+  snprintf(hdr, sizeof hdr, "Idempotency-Key: %s", key);
+  long st = pt_http("POST", url, tok, body, headers, &out);
+  cr_assert(st == 200 || st == 202, "HTTP %ld: %s", st, out);
+  pt_json(out, &doc);
+  snprintf(id, 24, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  return st;
+}
+
+/* Idempotency keys are per client (tokens naming different clients): two
+ * clients that happen to use one key each get a task of their own, not
+ * the other's task nor a 409; each one's repeat answers its own task. */
+Test(api_input, idempotency_keys_are_per_client) {
+  char key[64], a[24], b[24], again[24];
+  pt_stack_env(&stack, "PAYTASK_API_TOKENS",
+               "tok-a:submit+read:shop-a,tok-b:submit+read:shop-b,"
+               PT_TEST_TOKEN);
+  pt_stack_start(&stack, 1, NULL);
+  snprintf(key, sizeof key, "%s", pt_unique("shared-key"));
+  char *body_a = pt_task_body(pt_unique("PERCLIENT-A"), 100, NULL, NULL);
+  char *body_b = pt_task_body(pt_unique("PERCLIENT-B"), 200, NULL, NULL);
+  cr_assert_eq(submit_as("tok-a", body_a, key, a), 202);
+  cr_assert_eq(submit_as("tok-b", body_b, key, b), 202,
+               "client b's first submit with its key was not taken");
+  cr_assert_str_neq(a, b);
+  cr_assert_eq(submit_as("tok-b", body_b, key, again), 200);
+  cr_assert_str_eq(again, b);
+  cr_assert_eq(submit_as("tok-a", body_a, key, again), 200);
+  cr_assert_str_eq(again, a);
+  free(body_a);
+  free(body_b);
+}
+
 /* Runs `paytask api` with the environment given (before the command) and
  * returns its exit status, its output in out. */
 static int api_exit(const char *env, char *out, size_t len) {
