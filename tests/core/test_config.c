@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "core/pt_config.h"
+#include "tests/support/pt_test.h"
 
 static const char *write_tmp(const char *text) {
   static char path[64];
@@ -198,17 +199,9 @@ Test(config, token_scopes) {
 /* A PAYTASK_ variable that names no key (a typo) is said, not silently
  * ignored while the process runs on the default. */
 Test(config, an_unknown_paytask_variable_is_said) {
-  char cmd[512], out[16384];
-  const char *bin = getenv("PAYTASK_BIN");
-  cr_assert_not_null(bin, "PAYTASK_BIN is not set (run through ctest)");
-  snprintf(cmd, sizeof cmd,
-           "PAYTASK_CONFIG=/dev/null PAYTASK_REDIS_URL=redis://elsewhere "
-           "%s config check 2>&1", bin);
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t n = fread(out, 1, sizeof out - 1, p);
-  out[n] = '\0';
-  pclose(p);
+  char out[16384];
+  pt_test_paytask("PAYTASK_REDIS_URL=redis://elsewhere", 0, "config check",
+                  out, sizeof out);
   cr_assert(strstr(out, "config_env_unknown name=PAYTASK_REDIS_URL") != NULL,
             "%s", out);
   cr_assert(strstr(out, "name=PAYTASK_CONFIG") == NULL,

@@ -625,18 +625,10 @@ Test(api_input, idempotency_keys_are_per_client) {
   free(body_b);
 }
 
-/* Runs `paytask api` with the environment given (before the command) and
- * returns its exit status, its output in out. */
+/* Runs `paytask api` with the environment given and returns its exit
+ * status, its output in out. */
 static int api_exit(const char *env, char *out, size_t len) {
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s timeout 20 %s api 2>&1",
-           env, getenv("PAYTASK_BIN"));
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t n = fread(out, 1, len - 1, p);
-  out[n] = '\0';
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return pt_test_paytask(env, 20, "api", out, len);
 }
 
 /* The shipped development token and notification secret are public: an

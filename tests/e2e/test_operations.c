@@ -3,7 +3,6 @@
 #include <amqp.h>
 #include <criterion/criterion.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,33 +369,18 @@ Test(operations, every_worker_of_a_pool_dying_once_is_not_a_crash_loop) {
  * before, worker 1 of two at 65535 listened on a random port (0), and one
  * far past it failed at start until the crash-loop rule stopped the pool. */
 Test(operations, a_pool_past_the_last_metrics_port_is_refused) {
-  char cmd[512], out[4096];
-  snprintf(cmd, sizeof cmd,
-           "PAYTASK_CONFIG=/dev/null PAYTASK_WORKER_METRICS_LISTEN="
-           "127.0.0.1:65535 timeout 5 %s worker --processes 2 2>&1",
-           getenv("PAYTASK_BIN"));
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t n = fread(out, 1, sizeof out - 1, p);
-  out[n] = '\0';
-  int st = pclose(p);
-  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2,
-            "the pool was not refused (status %d): %s", st, out);
+  char out[4096];
+  int st = pt_test_paytask("PAYTASK_WORKER_METRICS_LISTEN=127.0.0.1:65535",
+                           5, "worker --processes 2", out, sizeof out);
+  cr_assert_eq(st, 2, "the pool was not refused (exit status %d): %s", st,
+               out);
   cr_assert(strstr(out, "leaves room for 1 worker") != NULL, "%s", out);
 }
 
 /* Runs `paytask inspect` with the environment given; its exit status, and
  * its output in out. */
 static int inspect(const char *env, char *out, size_t len) {
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s %s inspect 2>&1", env,
-           getenv("PAYTASK_BIN"));
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t n = fread(out, 1, len - 1, p);
-  out[n] = '\0';
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return pt_test_paytask(env, 0, "inspect", out, len);
 }
 
 /* `paytask inspect` exits 1 when it cannot see a server, so that a script

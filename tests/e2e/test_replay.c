@@ -222,16 +222,10 @@ static void time_in_shanghai(int64_t ms, char out[40]) {
 /* Runs `paytask replay ARGS`; returns its exit status and its output
  * (stdout and stderr) in out. */
 static int replay_cli(const char *args, char *out, size_t len) {
-  char cmd[768];
-  snprintf(cmd, sizeof cmd,
-           "PAYTASK_CONFIG=/dev/null PAYTASK_API_URL=%s %s replay %s 2>&1",
-           stack.api_url, getenv("PAYTASK_BIN"), args);
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t n = fread(out, 1, len - 1, p);
-  out[n] = '\0';
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  char env[128], cmd[640];
+  snprintf(env, sizeof env, "PAYTASK_API_URL=%s", stack.api_url);
+  snprintf(cmd, sizeof cmd, "replay %s", args);
+  return pt_test_paytask(env, 0, cmd, out, len);
 }
 
 /* --since and --until take RFC 3339 times with any offset; a task

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -95,6 +96,23 @@ void pt_test_wait_verdict(uv_loop_t *loop, pt_test_verdict_t *r) {
   while (r->n == 0)
     uv_run(loop, UV_RUN_ONCE);
   cr_assert_eq(r->status, 0, "redis: %s", r->detail);
+}
+
+int pt_test_paytask(const char *env, int timeout_s, const char *args,
+                    char *out, size_t len) {
+  const char *bin = getenv("PAYTASK_BIN");
+  char cmd[2048], limit[32] = "";
+  cr_assert_not_null(bin, "PAYTASK_BIN is not set (run through ctest)");
+  if (timeout_s > 0)
+    snprintf(limit, sizeof limit, "timeout %d ", timeout_s);
+  snprintf(cmd, sizeof cmd, "PAYTASK_CONFIG=/dev/null %s %s%s %s 2>&1", env,
+           limit, bin, args);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t n = fread(out, 1, len - 1, p);
+  out[n] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 long pt_test_http(const char *method, const char *url,

@@ -39,6 +39,14 @@ void pt_test_sleep_ms(int ms);
  * page, or -1 when absent. */
 double pt_test_metric(const char *text, const char *series);
 
+/* Runs `$PAYTASK_BIN ARGS` through the shell, with PAYTASK_CONFIG=/dev/null
+ * and the extra environment env ("NAME=value ...", "" for none), cut off
+ * after timeout_s seconds (0: never). Its output, stdout and stderr, goes
+ * to out (len bytes with the NUL); returns its exit status, or -1 if it
+ * did not exit. */
+int pt_test_paytask(const char *env, int timeout_s, const char *args,
+                    char *out, size_t len);
+
 /* One blocking HTTP request (libcurl easy) with the given headers
  * (NULL-terminated, MAY be NULL) and body_len bytes of body (body NULL:
  * none). Returns the status, or -1 when nothing answered; *out_body and
