@@ -86,7 +86,7 @@ typedef struct op {
   /* A replay that set its source's mark (pt:replays:{source}) to
    * task.replay_count: an error answer takes the mark back first. */
   int replay_marked;
-  char client[32]; /* the token's client */
+  char client[PT_CLIENT_MAX + 1]; /* the token's client */
   const pt_channel_ops_t *chan; /* a channel notification */
   pt_chan_notify_t note;
 } op_t;
@@ -764,6 +764,16 @@ static const char unmark_lua[] =
     "if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end\n"
     "return redis.call('DECR', KEYS[1])\n";
 
+/* Runs unmark_lua for the mark a replay of source replay_of set
+ * (replay_count); cb MAY be NULL. */
+static int send_unmark(redisAsyncContext *ac, uint64_t replay_of,
+                       int replay_count, redisCallbackFn *cb, void *arg) {
+  char source[21];
+  pt_id_format(replay_of, source);
+  return redisAsyncCommand(ac, cb, arg, "EVAL %s 1 pt:replays:%s %d",
+                           unmark_lua, source, replay_count);
+}
+
 static void withdraw_unanswered(uv_timer_t *t);
 
 static void unanswered_push(api_t *api, unanswered_t *u) {
@@ -809,11 +819,11 @@ static void on_unanswered_withdrawn(int status, pt_verdict_t v,
     unanswered_push(api, u); /* tried again in a second */
     return;
   }
-  if (status != 0)
+  if (status != 0) {
     PT_ERROR("submit_not_withdrawn", "task_id=%s note=\"the api stopped; the "
              "task may be recorded PENDING and never queued: cancel it\"",
              u->id);
-  else if (v == PT_V_OK) {
+  } else if (v == PT_V_OK) {
     PT_WARN("submit_withdrawn", "task_id=%s note=\"recorded although its "
             "submit was answered 503; withdrawn (CANCELLED), its "
             "out_trade_no and Idempotency-Key freed\"", u->id);
@@ -822,15 +832,12 @@ static void on_unanswered_withdrawn(int status, pt_verdict_t v,
      * its source would be answered "already replayed" although nothing
      * runs. */
     redisAsyncContext *ac = pt_redis_ctx(api->redis);
-    char source[21];
-    pt_id_format(u->replay_of, source);
     if (u->replay_of != 0 && ac != NULL)
-      redisAsyncCommand(ac, NULL, NULL, "EVAL %s 1 pt:replays:%s %d",
-                        unmark_lua, source, u->replay_count);
-  }
-  else if (v == PT_V_CONFLICT)
+      send_unmark(ac, u->replay_of, u->replay_count, NULL, NULL);
+  } else if (v == PT_V_CONFLICT) {
     PT_INFO("submit_unanswered_kept", "task_id=%s status=%s note=\"queued by "
             "a retry with its Idempotency-Key\"", u->id, detail);
+  }
   /* PT_V_NOTFOUND: the script never ran; there is nothing to withdraw. */
   free(u);
   maybe_stop(api);
@@ -1124,7 +1131,6 @@ static void unmark_replay(op_t *op, int status, const char *code,
                           const char *message) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   unmark_t *u = malloc(sizeof *u);
-  char source[21];
   op->replay_marked = 0;
   if (u == NULL) {
     op_error(op, status, code, message);
@@ -1134,12 +1140,10 @@ static void unmark_replay(op_t *op, int status, const char *code,
   u->status = status;
   u->code = code;
   pt_utf8_copy(u->message, sizeof u->message, message);
-  pt_id_format(op->task.replay_of, source);
   int rc = ac == NULL ? REDIS_ERR
-                      : redisAsyncCommand(ac, on_replay_unmarked, u,
-                                          "EVAL %s 1 pt:replays:%s %d",
-                                          unmark_lua, source,
-                                          op->task.replay_count);
+                      : send_unmark(ac, op->task.replay_of,
+                                    op->task.replay_count, on_replay_unmarked,
+                                    u);
   if (rc != REDIS_OK)
     on_replay_unmarked(ac, NULL, u);
 }
