@@ -74,8 +74,10 @@ typedef struct op {
   int answered;
   int status_ok; /* HTTP status of a successful answer (200) */
   /* A submit with ?wait answers 202, not status_ok, when the task is not
-   * final yet. */
-  int pending_202;
+   * final yet: PT_SUBMITTED when this request queued it (a failed read
+   * answers the 202 of an accepted task), PT_REPEATED when it found the
+   * task past PENDING (a failed read is an error: its state is unknown). */
+  enum { PT_NOT_SUBMIT, PT_SUBMITTED, PT_REPEATED } pending_202;
   bson_t mongo_doc;
   int mongo_found;
   /* When set, a task read (Redis, then MongoDB) goes here instead of to
@@ -293,8 +295,10 @@ static void on_task_hash(redisReply *reply, void *arg) {
   bson_t doc = BSON_INITIALIZER;
   int final = 0;
   pt_error_t err;
-  if (op->pending_202) {
-    if (reply == NULL || pt_store_doc_from_hash(reply, &doc, &final, &err)) {
+  int rc = reply == NULL ? PT_EREDIS
+                         : pt_store_doc_from_hash(reply, &doc, &final, &err);
+  if (op->pending_202 == PT_SUBMITTED) {
+    if (rc != 0) {
       /* A submit with ?wait whose read failed: the task was accepted all
        * the same, and the client must not take an error for a refusal. */
       bson_destroy(&doc);
@@ -313,7 +317,6 @@ static void on_task_hash(redisReply *reply, void *arg) {
              "the task cache (Redis) is unavailable; try again");
     return;
   }
-  int rc = pt_store_doc_from_hash(reply, &doc, &final, &err);
   if (rc == PT_ENOTFOUND) {
     bson_destroy(&doc);
     read_from_mongo(op);
@@ -325,6 +328,8 @@ static void on_task_hash(redisReply *reply, void *arg) {
     op_error(op, 500, "internal_error", "the task's record is damaged");
     return;
   }
+  if (op->pending_202 == PT_REPEATED && !final)
+    op->status_ok = 202;
   if (op->on_doc != NULL) {
     op->on_doc(op, &doc);
     bson_destroy(&doc);
@@ -338,7 +343,7 @@ static void read_task(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   if (ac != NULL && pt_store_get(ac, op->id, on_task_hash, op) == 0)
     return;
-  if (op->pending_202)
+  if (op->pending_202 == PT_SUBMITTED)
     reply_accepted(op);
   else
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
@@ -470,6 +475,14 @@ static void start_wait(op_t *op) {
  * stopping (then it answers at once). */
 static int will_wait(const op_t *op) {
   return op->wait_s > 0 && !op->api->stopping;
+}
+
+/* A submit with ?wait, first or repeated: the answer waits for the final
+ * state (200) or the end of the wait (202 with the state then), so that
+ * 200 always means final. */
+static void wait_for_submit(op_t *op, int repeated) {
+  op->pending_202 = repeated ? PT_REPEATED : PT_SUBMITTED;
+  start_wait(op);
 }
 
 /* Answers with the task: once it is final if the request waits, at once
@@ -692,8 +705,12 @@ static void on_marked_queued(int status, pt_verdict_t v, const char *detail,
   (void)detail;
   if (status != 0)
     PT_WARN("submit_mark_queued_failed", "task_id=%s", op->id);
-  /* A retried submit answers as any repeat does: 200 with the task. */
-  read_task_maybe_waiting(op);
+  /* A retried submit answers as any repeat does: 200 with the task, or
+   * with ?wait as a first submit does. */
+  if (will_wait(op))
+    wait_for_submit(op, 0);
+  else
+    read_task(op);
 }
 
 /* The broker has the task: count it and answer. taken: a worker took it
@@ -716,14 +733,11 @@ static void accepted(op_t *op, int taken) {
   pt_metrics_inc(op->api->metrics, "paytask_tasks_submitted_total",
                  "tasks accepted (the broker confirmed them)", labels, 1);
   if (will_wait(op)) {
-    /* Accepted; the answer waits for the final state (200) or the end of
-     * the wait (202 with the state then). */
-    op->pending_202 = 1;
-    start_wait(op);
+    wait_for_submit(op, 0);
     return;
   }
   if (taken) {
-    op->pending_202 = 1;
+    op->pending_202 = PT_SUBMITTED;
     read_task(op);
     return;
   }
@@ -950,7 +964,7 @@ static void on_retried_doc(op_t *op, const bson_t *doc) {
       strcmp(bson_iter_utf8(&it, NULL), "PENDING") != 0 ||
       pt_id_parse(op->id, strlen(op->id), &id) != 0) {
     if (will_wait(op))
-      start_wait(op);
+      wait_for_submit(op, 1);
     else
       reply_task(op, doc);
     return;

@@ -516,7 +516,7 @@ Test(pipeline, wait_holds_until_final_and_unknown_id_is_404) {
 Test(pipeline, submit_with_wait_answers_final_or_accepted) {
   char *out = NULL, key[96];
   bson_t doc;
-  pt_stack_env(&stack, "PAYTASK_WORKER_ATTEMPT_TIMEOUT_MS", "3000");
+  pt_stack_env(&stack, "PAYTASK_WORKER_ATTEMPT_TIMEOUT_MS", "6000");
   pt_stack_start(&stack, 1, NULL);
 
   /* Final within the wait: 200 with the final task. */
@@ -542,14 +542,24 @@ Test(pipeline, submit_with_wait_answers_final_or_accepted) {
 
   /* Not final when the wait ends: 202 with the state then, and the task
    * goes on (here to FAILED at the attempt timeout). */
+  snprintf(key, sizeof key, "%s", pt_unique("subhang"));
   body = pt_task_body(pt_unique("SUBHANG"), 100, "{\"timeout\": true}",
                       "{\"need_retry\": false}");
-  cr_assert_eq(pt_api_submit_query(&stack, body, NULL, "wait=1", &out), 202,
+  cr_assert_eq(pt_api_submit_query(&stack, body, key, "wait=1", &out), 202,
                "%s", out);
   pt_json(out, &doc);
   const char *st = pt_json_str(&doc, "status");
   cr_assert(strcmp(st, "PENDING") == 0 || strcmp(st, "RUNNING") == 0, "%s", st);
   snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  /* The same key and body again, waiting, while the attempt still runs:
+   * 202 too, since 200 means final. */
+  cr_assert_eq(pt_api_submit_query(&stack, body, key, "wait=1", &out), 202,
+               "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "RUNNING", "%s", out);
   bson_destroy(&doc);
   free(out);
   free(body);
