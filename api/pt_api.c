@@ -78,6 +78,8 @@ typedef struct op {
    * answers the 202 of an accepted task), PT_REPEATED when it found the
    * task past PENDING (a failed read is an error: its state is unknown). */
   enum { PT_NOT_SUBMIT, PT_SUBMITTED, PT_REPEATED } pending_202;
+  /* Why a submit is refused while the broker cannot take it (a literal). */
+  const char *broker_refusal;
   bson_t mongo_doc;
   int mongo_found;
   /* When set, a task read (Redis, then MongoDB) goes here instead of to
@@ -678,8 +680,8 @@ static void abandon(op_t *op) {
  * 202). The task stays PENDING for the next retry. */
 static void republish_failed(op_t *op) {
   op_error(op, 503, "broker_unavailable",
-           "the message broker did not confirm the task; it may have been "
-           "queued by an earlier submit: retry with the same "
+           "the message broker did not take the task again; it may have "
+           "been queued by an earlier submit: retry with the same "
            "Idempotency-Key, or read the task, to learn its state");
 }
 
@@ -899,6 +901,29 @@ static void drop_unanswered(api_t *api) {
   api->nunanswered = 0;
 }
 
+/* A submit whose Idempotency-Key is known: detail is the key's value,
+ * "<sha256 of the body>:<task id>". The same body answers its task;
+ * another is a conflict. */
+static void repeat_of_key(op_t *op, const char *detail) {
+  const char *colon = strchr(detail, ':');
+  size_t blen;
+  const char *body = pt_httpd_body(op->req, &blen);
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  char hex[65];
+  SHA256((const unsigned char *)body, blen, md);
+  for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  if (colon == NULL || (size_t)(colon - detail) != 64 ||
+      memcmp(detail, hex, 64) != 0 || strlen(colon + 1) > 20) {
+    op_error(op, 409, "idempotency_conflict",
+             "this Idempotency-Key was used with a different body");
+    return;
+  }
+  snprintf(op->id, sizeof op->id, "%s", colon + 1);
+  op->on_doc = on_retried_doc;
+  read_task(op);
+}
+
 static void on_submitted(int status, pt_verdict_t v, const char *detail,
                          void *arg) {
   op_t *op = arg;
@@ -909,24 +934,7 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
     return;
   }
   if (v == PT_V_DUP) {
-    /* detail is "<sha256 of the body>:<task id>". */
-    const char *colon = strchr(detail, ':');
-    size_t blen;
-    const char *body = pt_httpd_body(op->req, &blen);
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65];
-    SHA256((const unsigned char *)body, blen, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-      snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    if (colon == NULL || (size_t)(colon - detail) != 64 ||
-        memcmp(detail, hex, 64) != 0 || strlen(colon + 1) > 20) {
-      op_error(op, 409, "idempotency_conflict",
-               "this Idempotency-Key was used with a different body");
-      return;
-    }
-    snprintf(op->id, sizeof op->id, "%s", colon + 1);
-    op->on_doc = on_retried_doc;
-    read_task(op);
+    repeat_of_key(op, detail);
     return;
   }
   if (v == PT_V_TAKEN) {
@@ -1006,6 +1014,17 @@ static int idem_key_ok(const char *k, size_t n) {
 
 static void submit_task(op_t *op, const char *body, size_t blen);
 
+/* The broker cannot take a new task: a known key answers as a repeat
+ * (a task still PENDING is published again, which fails and says so). */
+static void on_idem_read(int status, pt_verdict_t v, const char *detail,
+                         void *arg) {
+  op_t *op = arg;
+  if (status == 0 && v == PT_V_DUP)
+    repeat_of_key(op, detail);
+  else
+    op_error(op, 503, "broker_unavailable", op->broker_refusal);
+}
+
 static void handle_submit(op_t *op) {
   api_t *api = op->api;
   pt_input_error_t ie;
@@ -1056,16 +1075,19 @@ static void handle_submit(op_t *op) {
  * compares (MAY be empty). */
 static void submit_task(op_t *op, const char *body, size_t blen) {
   api_t *api = op->api;
-  if (!pt_amqp_is_ready(api->amqp)) {
-    op_error(op, 503, "broker_unavailable",
-             "the message broker is unreachable; nothing was accepted");
-    return;
-  }
-  if (pt_amqp_is_blocked(api->amqp)) {
-    /* A publish now would stall the loop until the alarm clears. */
-    op_error(op, 503, "broker_unavailable",
-             "the message broker refuses publishes (a memory or disk "
-             "alarm); nothing was accepted, try again later");
+  if (!pt_amqp_is_ready(api->amqp) || pt_amqp_is_blocked(api->amqp)) {
+    /* Nothing new can be queued (a publish to a blocked broker would stall
+     * the loop until the alarm clears). A repeat of a submit that was
+     * accepted is still answered its task. */
+    op->broker_refusal =
+        !pt_amqp_is_ready(api->amqp)
+            ? "the message broker is unreachable; nothing was accepted"
+            : "the message broker refuses publishes (a memory or disk "
+              "alarm); nothing was accepted, try again later";
+    redisAsyncContext *ac = pt_redis_ctx(api->redis);
+    if (!op->has_idem || ac == NULL ||
+        pt_store_idem_get(ac, op->idem_key, on_idem_read, op) != 0)
+      op_error(op, 503, "broker_unavailable", op->broker_refusal);
     return;
   }
   if (pt_idgen_next(&api->ids, &op->task.id) != 0) {

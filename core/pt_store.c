@@ -478,6 +478,39 @@ static void key(char *buf, size_t len, const char *prefix, const char *id) {
   snprintf(buf, len, "%s%s", prefix, id);
 }
 
+static void on_idem_reply(redisAsyncContext *ac, void *r, void *privdata) {
+  call_t *c = privdata;
+  redisReply *reply = r;
+  (void)ac;
+  if (reply == NULL)
+    c->cb(PT_EREDIS, PT_V_OK, "redis connection lost", c->arg);
+  else if (reply->type == REDIS_REPLY_ERROR)
+    c->cb(PT_EREDIS, PT_V_OK, reply->str, c->arg);
+  else if (reply->type == REDIS_REPLY_NIL)
+    c->cb(0, PT_V_NOTFOUND, "", c->arg);
+  else if (reply->type == REDIS_REPLY_STRING)
+    c->cb(0, PT_V_DUP, reply->str, c->arg);
+  else
+    c->cb(PT_EPROTO, PT_V_OK, "unexpected reply", c->arg);
+  free(c);
+}
+
+int pt_store_idem_get(redisAsyncContext *ac, const char *idem_key,
+                      pt_store_cb cb, void *arg) {
+  char k[320];
+  call_t *c = malloc(sizeof *c);
+  if (c == NULL)
+    return PT_ENOMEM;
+  key(k, sizeof k, PT_KEY_IDEM, idem_key);
+  c->cb = cb;
+  c->arg = arg;
+  if (redisAsyncCommand(ac, on_idem_reply, c, "GET %s", k) != REDIS_OK) {
+    free(c);
+    return PT_EREDIS;
+  }
+  return 0;
+}
+
 int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
                         const char *spec, size_t spec_len, int64_t now_ms,
                         const char *idem_key, const char *idem_val,

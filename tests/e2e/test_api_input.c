@@ -22,8 +22,12 @@
 #include "tests/support/pt_test.h"
 
 static pt_stack_t stack;
+static pt_stack_t nobroker; /* an api that cannot reach the broker */
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) {
+  pt_stack_stop(&stack);
+  pt_stack_stop(&nobroker);
+}
 
 TestSuite(api_input, .fini = fini, .timeout = 120);
 
@@ -258,6 +262,85 @@ Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   cr_assert_str_eq(pt_json_str(&doc, "broker"), "unreachable");
   bson_destroy(&doc);
   free(out);
+}
+
+/* A client retrying a submit whose answer it lost, while the broker is
+ * down: the submit was accepted, so the retry answers its task, not "503,
+ * nothing was accepted" (which would send the client to a new trade). A
+ * task still PENDING cannot be queued again: 503, saying it may have been
+ * queued. A new key is refused as before. */
+Test(api_input, a_repeat_while_the_broker_is_down_answers_its_task) {
+  char *out = NULL, done_key[64], pending_key[64], id[24], pending_id[24];
+  bson_t doc;
+  pt_stack_vhost(&stack); /* the PENDING task stays in a queue of its own */
+  pt_stack_start(&stack, 1, NULL);
+  snprintf(done_key, sizeof done_key, "%s", pt_unique("downdone"));
+  char *done = pt_task_body(pt_unique("DOWNDONE"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, done, done_key, &out), 202, "%s", out);
+  pt_json(out, &doc);
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+  pt_wait_final(&stack, id, 30, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  /* No worker from here on: the next task stays PENDING. */
+  cr_assert_eq(pt_stack_stop_worker(&stack, 0, 20), 0);
+  snprintf(pending_key, sizeof pending_key, "%s", pt_unique("downpend"));
+  char *pending = pt_task_body(pt_unique("DOWNPEND"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, pending, pending_key, &out), 202, "%s",
+               out);
+  pt_json(out, &doc);
+  snprintf(pending_id, sizeof pending_id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(out);
+
+  pt_stack_env(&nobroker, "PAYTASK_AMQP_URI",
+               "amqp://guest:guest@127.0.0.1:1/");
+  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
+  pt_stack_start(&nobroker, 0, NULL);
+  unsetenv("PT_STACK_NO_READY_WAIT");
+
+  cr_assert_eq(pt_api_submit(&nobroker, done, done_key, &out), 200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  free(out);
+  /* With ?wait, the same final task. */
+  cr_assert_eq(pt_api_submit_query(&nobroker, done, done_key, "wait=2", &out),
+               200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "task_id"), id);
+  bson_destroy(&doc);
+  free(out);
+  /* The key with another body is a conflict, as ever. */
+  char *other = pt_task_body(pt_unique("DOWNOTHER"), 100, NULL, NULL);
+  long st = pt_api_submit(&nobroker, other, done_key, &out);
+  expect_error(st, out, 409, "idempotency_conflict");
+  free(out);
+  /* PENDING: it cannot be queued again now. */
+  st = pt_api_submit(&nobroker, pending, pending_key, &out);
+  expect_error(st, out, 503, "broker_unavailable");
+  cr_assert_not_null(strstr(out, "earlier submit"), "%s", out);
+  free(out);
+  cr_assert_eq(pt_api_get(&stack, pending_id, 0, &out), 200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING");
+  bson_destroy(&doc);
+  free(out);
+  /* A new key, and no key: nothing is accepted. */
+  char new_key[64];
+  snprintf(new_key, sizeof new_key, "%s", pt_unique("downnew"));
+  st = pt_api_submit(&nobroker, other, new_key, &out);
+  expect_error(st, out, 503, "broker_unavailable");
+  free(out);
+  st = pt_api_submit(&nobroker, other, NULL, &out);
+  expect_error(st, out, 503, "broker_unavailable");
+  free(out);
+  free(done);
+  free(pending);
+  free(other);
 }
 
 /* RabbitMQ's default memory watermark, which the alarm test moved. */
