@@ -244,10 +244,8 @@ Test(api_input, auth_size_and_routes) {
 Test(api_input, broker_unreachable_is_503_and_nothing_accepted) {
   char *out = NULL, url[128];
   bson_t doc;
-  pt_stack_env(&stack, "PAYTASK_AMQP_URI", "amqp://guest:guest@127.0.0.1:1/");
   /* The api starts, but its broker connection cannot be made. */
-  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
-  pt_stack_start(&stack, 0, NULL);
+  pt_stack_start_without_broker(&stack);
   char *body = pt_task_body(pt_unique("NOBROKER"), 100, NULL, NULL);
   {
     long st_ = pt_api_submit(&stack, body, NULL, &out);
@@ -295,11 +293,7 @@ Test(api_input, a_repeat_while_the_broker_is_down_answers_its_task) {
   bson_destroy(&doc);
   free(out);
 
-  pt_stack_env(&nobroker, "PAYTASK_AMQP_URI",
-               "amqp://guest:guest@127.0.0.1:1/");
-  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
-  pt_stack_start(&nobroker, 0, NULL);
-  unsetenv("PT_STACK_NO_READY_WAIT");
+  pt_stack_start_without_broker(&nobroker);
 
   cr_assert_eq(pt_api_submit(&nobroker, done, done_key, &out), 200, "%s", out);
   pt_json(out, &doc);

@@ -198,11 +198,7 @@ Test(replay, a_replay_whose_submit_failed_can_be_tried_again) {
   char id[24];
   pt_stack_start(&stack, 1, NULL);
   failed_task(id);
-  pt_stack_env(&nobroker, "PAYTASK_AMQP_URI",
-               "amqp://guest:guest@127.0.0.1:1/");
-  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
-  pt_stack_start(&nobroker, 0, NULL);
-  unsetenv("PT_STACK_NO_READY_WAIT");
+  pt_stack_start_without_broker(&nobroker);
 
   replay_answers(&nobroker, id, NULL, 503, "broker_unavailable", 0);
   replay_answers(&stack, id, NULL, 202, NULL, 1);

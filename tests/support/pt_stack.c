@@ -246,6 +246,13 @@ static int stop_pid(pid_t pid, const char *name) {
   return 1;
 }
 
+void pt_stack_start_without_broker(pt_stack_t *s) {
+  pt_stack_env(s, "PAYTASK_AMQP_URI", "amqp://guest:guest@127.0.0.1:1/");
+  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
+  pt_stack_start(s, 0, NULL);
+  unsetenv("PT_STACK_NO_READY_WAIT");
+}
+
 int pt_stack_stop(pt_stack_t *s) {
   int bad = 0;
   for (int i = 0; i < s->nworkers; i++) {

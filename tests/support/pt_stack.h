@@ -37,6 +37,9 @@ void pt_stack_env(pt_stack_t *s, const char *name, const char *value);
 void pt_stack_start(pt_stack_t *s, int nworkers, const char *sim_args);
 /* Starts one more worker; returns its index. */
 int pt_stack_add_worker(pt_stack_t *s);
+/* Starts an api (no worker) whose broker is unreachable, on the same
+ * Redis and MongoDB. */
+void pt_stack_start_without_broker(pt_stack_t *s);
 /* Starts `paytask worker --processes N` (a supervisor and its pool) as one
  * more worker entry; returns its index. */
 int pt_stack_add_pool(pt_stack_t *s, int processes);
