@@ -18,11 +18,14 @@ typedef struct {
 } client_t;
 
 /* The api's base URL and a token: flags, then PAYTASK_API_URL and
- * PAYTASK_TOKEN, then the configuration (api.listen, first api.tokens). */
-static int client_init(client_t *c, const char *api, const char *token) {
+ * PAYTASK_TOKEN, then the configuration (conf_path, or as
+ * pt_config_load finds it): api.listen, and the first token of api.tokens
+ * with the scopes the command needs. */
+static int client_init(client_t *c, const char *conf_path, const char *api,
+                       const char *token, int scopes) {
   pt_config_t cfg;
   pt_error_t err;
-  if (pt_config_load(&cfg, NULL, &err) != 0) {
+  if (pt_config_load(&cfg, conf_path, &err) != 0) {
     fprintf(stderr, "paytask: %s\n", err.message);
     return -1;
   }
@@ -36,11 +39,12 @@ static int client_init(client_t *c, const char *api, const char *token) {
     token = getenv("PAYTASK_TOKEN");
   if (token != NULL) {
     snprintf(c->token, sizeof c->token, "%s", token);
-  } else {
-    snprintf(c->token, sizeof c->token, "%s", cfg.api_tokens);
-    char *comma = strchr(c->token, ',');
-    if (comma != NULL)
-      *comma = '\0';
+  } else if (pt_config_token_for(&cfg, scopes, c->token, sizeof c->token) !=
+             0) {
+    fprintf(stderr, "paytask: no token of api.tokens has the %s scope; give "
+                    "--token or PAYTASK_TOKEN\n",
+            scopes == PT_SCOPE_SUBMIT ? "submit" : "read");
+    return -1;
   }
   return 0;
 }
@@ -88,7 +92,7 @@ static void submit_usage(void) {
           "        [--retry-times N] [--no-retry] [--params JSON]\n"
           "options: --idempotency-key KEY --wait SECONDS (answer once the\n"
           "         task is final, or with its state after SECONDS)\n"
-          "         --api URL --token TOKEN\n");
+          "         --api URL --token TOKEN --config FILE\n");
 }
 
 int pt_cli_submit(int argc, char **argv) {
@@ -108,11 +112,13 @@ int pt_cli_submit(int argc, char **argv) {
       {"api", required_argument, 0, 'A'},
       {"token", required_argument, 0, 'T'},
       {"wait", required_argument, 0, 'w'},
+      {"config", required_argument, 0, 'c'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *file = NULL, *type = "pay", *channel = "sim", *otn = NULL,
              *currency = "CNY", *subject = NULL, *notify = NULL,
-             *params = NULL, *idem = NULL, *api = NULL, *token = NULL;
+             *params = NULL, *idem = NULL, *api = NULL, *token = NULL,
+             *conf = NULL;
   long long amount = 0;
   long retry_times = -1, wait = 0;
   int no_retry = 0, c;
@@ -147,6 +153,7 @@ int pt_cli_submit(int argc, char **argv) {
     case 'k': idem = optarg; break;
     case 'A': api = optarg; break;
     case 'T': token = optarg; break;
+    case 'c': conf = optarg; break;
     case 'w':
       wait = strtol(optarg, &end, 10);
       if (*end != '\0' || optarg[0] == '\0' || wait < 0 || wait > 300) {
@@ -160,7 +167,7 @@ int pt_cli_submit(int argc, char **argv) {
     }
   }
   client_t cl;
-  if (client_init(&cl, api, token) != 0)
+  if (client_init(&cl, conf, api, token, PT_SCOPE_SUBMIT) != 0)
     return 2;
   char *body;
   if (file != NULL) {
@@ -214,9 +221,10 @@ int pt_cli_get(int argc, char **argv) {
   static const struct option opts[] = {{"wait", required_argument, 0, 'w'},
                                        {"api", required_argument, 0, 'A'},
                                        {"token", required_argument, 0, 'T'},
+                                       {"config", required_argument, 0, 'c'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *api = NULL, *token = NULL;
+  const char *api = NULL, *token = NULL, *conf = NULL;
   long wait = 0;
   int c;
   char *end;
@@ -231,9 +239,10 @@ int pt_cli_get(int argc, char **argv) {
       break;
     case 'A': api = optarg; break;
     case 'T': token = optarg; break;
+    case 'c': conf = optarg; break;
     default:
       fprintf(stderr, "usage: paytask get TASK_ID [--wait SECONDS] "
-                      "[--api URL] [--token TOKEN]\n");
+                      "[--api URL] [--token TOKEN] [--config FILE]\n");
       return c == 'h' ? 0 : 2;
     }
   }
@@ -242,7 +251,7 @@ int pt_cli_get(int argc, char **argv) {
     return 2;
   }
   client_t cl;
-  if (client_init(&cl, api, token) != 0)
+  if (client_init(&cl, conf, api, token, PT_SCOPE_READ) != 0)
     return 2;
   char path[128];
   for (const char *p = argv[optind]; *p; p++)

@@ -234,12 +234,13 @@ int pt_demo_main(int argc, char **argv) {
   static const struct option opts[] = {{"tasks", required_argument, 0, 'n'},
                                        {"api", required_argument, 0, 'a'},
                                        {"trades", no_argument, 0, 't'},
+                                       {"config", required_argument, 0, 'c'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   long n = 2000;
   int c;
   char *end, api[PT_CFG_STR_MAX + 16], token[PT_CFG_STR_MAX];
-  const char *api_arg = NULL;
+  const char *api_arg = NULL, *conf = NULL;
   pt_config_t cfg;
   pt_error_t err;
   int trades = 0;
@@ -254,22 +255,27 @@ int pt_demo_main(int argc, char **argv) {
       }
     } else if (c == 'a') {
       api_arg = optarg;
+    } else if (c == 'c') {
+      conf = optarg;
     } else {
-      fprintf(stderr,
-              "usage: paytask demo [--tasks N] [--api URL] [--trades]\n");
+      fprintf(stderr, "usage: paytask demo [--tasks N] [--api URL] [--trades] "
+                      "[--config FILE]\n");
       return c == 'h' ? 0 : 2;
     }
   }
-  if (pt_config_load(&cfg, NULL, &err) != 0) {
+  if (pt_config_load(&cfg, conf, &err) != 0) {
     fprintf(stderr, "paytask demo: %s\n", err.message);
     return 2;
   }
   snprintf(api, sizeof api, "%s", api_arg ? api_arg : "");
   if (api_arg == NULL)
     snprintf(api, sizeof api, "http://%s", cfg.api_listen);
-  snprintf(token, sizeof token, "%s", cfg.api_tokens);
-  if (strchr(token, ',') != NULL)
-    *strchr(token, ',') = '\0';
+  if (pt_config_token_for(&cfg, PT_SCOPE_SUBMIT | PT_SCOPE_READ, token,
+                          sizeof token) != 0) {
+    fprintf(stderr, "paytask demo: no token of api.tokens has the submit "
+                    "and read scopes\n");
+    return 2;
+  }
 
   /* Every 10th task fails once, every 25th twice, every 50th is declined:
    * the rest succeed at the first attempt. */

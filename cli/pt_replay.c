@@ -337,7 +337,8 @@ static void usage(void) {
           "  --id ID (repeatable)  --ids-file FILE  --since RFC3339\n"
           "  --until RFC3339  --channel C  --type T  --error-code CODE\n"
           "  --rate N   replays per second (default 50)\n"
-          "  --api URL --token TOKEN (a token with the admin scope)\n");
+          "  --api URL --token TOKEN (a token with the admin scope)\n"
+          "  --config FILE (MongoDB, and the api and token when not given)\n");
 }
 
 int pt_replay_main(int argc, char **argv) {
@@ -348,11 +349,12 @@ int pt_replay_main(int argc, char **argv) {
       {"error-code", required_argument, 0, 'e'}, {"dry-run", no_argument, 0, 'n'},
       {"force", no_argument, 0, 'F'},          {"rate", required_argument, 0, 'r'},
       {"api", required_argument, 0, 'A'},      {"token", required_argument, 0, 'T'},
-      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+      {"config", required_argument, 0, 'c'},   {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   static char ids[MAX_IDS][24];
   long nids = 0;
   const char *since = NULL, *until = NULL, *channel = NULL, *type = NULL,
-             *code = NULL, *api = NULL, *token = NULL;
+             *code = NULL, *api = NULL, *token = NULL, *conf = NULL;
   int dry = 0, force = 0, c, filters = 0;
   double rate = 50;
   char *end, line[64], since_buf[32], until_buf[32];
@@ -416,6 +418,7 @@ int pt_replay_main(int argc, char **argv) {
       break;
     case 'A': api = optarg; break;
     case 'T': token = optarg; break;
+    case 'c': conf = optarg; break;
     default:
       usage();
       return c == 'h' ? 0 : 2;
@@ -429,7 +432,7 @@ int pt_replay_main(int argc, char **argv) {
   }
   pt_config_t cfg;
   pt_error_t err;
-  if (pt_config_load(&cfg, NULL, &err) != 0) {
+  if (pt_config_load(&cfg, conf, &err) != 0) {
     fprintf(stderr, "paytask replay: %s\n", err.message);
     return 2;
   }
@@ -443,10 +446,12 @@ int pt_replay_main(int argc, char **argv) {
   if (token == NULL)
     token = getenv("PAYTASK_TOKEN");
   if (token == NULL) {
-    snprintf(tokbuf, sizeof tokbuf, "%s", cfg.api_tokens);
-    char *cut = strpbrk(tokbuf, ",:");
-    if (cut)
-      *cut = '\0';
+    if (pt_config_token_for(&cfg, PT_SCOPE_ADMIN, tokbuf, sizeof tokbuf) !=
+        0) {
+      fprintf(stderr, "paytask replay: no token of api.tokens has the admin "
+                      "scope; give --token or PAYTASK_TOKEN\n");
+      return 2;
+    }
     token = tokbuf;
   }
   found_t *f = calloc(MAX_IDS, sizeof *f);

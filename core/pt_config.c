@@ -567,6 +567,29 @@ int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
   return found;
 }
 
+int pt_config_token_for(const pt_config_t *cfg, int scopes, char *out,
+                        size_t len) {
+  const char *p = cfg->api_tokens, *e;
+  size_t n;
+  while (next_entry(&p, &e, &n)) {
+    const char *colon = memchr(e, ':', n);
+    size_t tn = colon ? (size_t)(colon - e) : n;
+    size_t sn = colon ? n - tn - 1 : 0;
+    const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
+    if (c2 != NULL)
+      sn = (size_t)(c2 - colon - 1);
+    int has = colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
+    if (tn > 0 && tn < len && (has & scopes) == scopes) {
+      memcpy(out, e, tn);
+      out[tn] = '\0';
+      return 0;
+    }
+  }
+  if (len > 0)
+    out[0] = '\0';
+  return PT_ENOTFOUND;
+}
+
 int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
                            size_t len) {
   return pt_config_token_lookup(cfg, token, len, NULL, 0);

@@ -111,6 +111,10 @@ int pt_config_token_scopes(const pt_config_t *cfg, const char *token,
  * client the token belongs to (TOKEN:SCOPES:CLIENT), else "default". */
 int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
                            size_t len, char *client, size_t clen);
+/* The first configured token that has every scope of `scopes`, for the
+ * command-line tools: 0, or PT_ENOTFOUND (out is then empty). */
+int pt_config_token_for(const pt_config_t *cfg, int scopes, char *out,
+                        size_t len);
 /* 1 if the token is configured at all. */
 int pt_config_token_ok(const pt_config_t *cfg, const char *token, size_t len);
 

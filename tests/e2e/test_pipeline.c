@@ -615,6 +615,46 @@ Test(pipeline, submit_with_wait_answers_final_or_accepted) {
   cr_assert_eq(succeeded, 1, "paytask submit --wait did not print the final task");
 }
 
+/* The command-line tools read --config FILE, and take from its api.tokens
+ * the first token with the scopes the command needs: a read-only token
+ * listed first is not sent with a submit (it was, whole with its
+ * ":read", and every submit and get was refused 401). */
+Test(pipeline, the_cli_takes_config_and_a_token_with_the_scope_it_needs) {
+  static const char tokens[] = "look:read,send:submit+read:shop";
+  char conf[64], args[512], out[8192], id[24] = "";
+  pt_stack_env(&stack, "PAYTASK_API_TOKENS", tokens);
+  pt_stack_start(&stack, 1, NULL);
+  snprintf(conf, sizeof conf, "/tmp/%s.conf", pt_unique("cliconf"));
+  FILE *f = fopen(conf, "w");
+  cr_assert_not_null(f);
+  fprintf(f, "api.listen = %s\napi.tokens = %s\n",
+          stack.api_url + strlen("http://"), tokens);
+  fclose(f);
+
+  snprintf(args, sizeof args,
+           "submit --config %s --out-trade-no %s --amount 100 --subject cli "
+           "--wait 20", conf, pt_unique("CLICONF"));
+  int st = pt_test_paytask("", 60, args, out, sizeof out);
+  cr_assert_eq(st, 0, "paytask submit --config: %d: %s", st, out);
+  bson_t doc;
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED", "%s", out);
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+
+  snprintf(args, sizeof args, "get %s --config %s", id, conf);
+  st = pt_test_paytask("", 60, args, out, sizeof out);
+  cr_assert_eq(st, 0, "paytask get --config: %d: %s", st, out);
+  cr_assert_not_null(strstr(out, id), "%s", out);
+
+  /* No token of the file may replay: said, exit 2, nothing sent. */
+  snprintf(args, sizeof args, "replay --config %s --id %s", conf, id);
+  st = pt_test_paytask("", 60, args, out, sizeof out);
+  cr_assert_eq(st, 2, "paytask replay: %d: %s", st, out);
+  cr_assert_not_null(strstr(out, "admin scope"), "%s", out);
+  unlink(conf);
+}
+
 /* Leaves in Redis what a submit with Idempotency-Key key leaves when its
  * api dies before it publishes (or its client got a 503 whose Redis reply
  * was lost): the PENDING task and the key, and no message. */
