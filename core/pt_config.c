@@ -1,5 +1,6 @@
 #include "core/pt_config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
@@ -321,6 +322,11 @@ static int check_value(const cfg_key_t *k, const char *value,
       return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                           "%s: expected address:port, got \"%s\"", k->key,
                           value);
+    unsigned char a[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
+                          "%s: the address must be numeric (127.0.0.1, "
+                          "0.0.0.0, [::1]), got \"%s\"", k->key, host);
   }
   return 0;
 }
@@ -514,8 +520,13 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port) {
   long p = strtol(colon + 1, &end, 10);
   if (end == colon + 1 || *end != '\0' || p < 0 || p > 65535)
     return PT_EINVAL;
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = '\0';
+  size_t hn = (size_t)(colon - s);
+  if (s[0] == '[' && hn >= 2 && s[hn - 1] == ']') { /* [::1]:8080 */
+    s++;
+    hn -= 2;
+  }
+  memcpy(host, s, hn);
+  host[hn] = '\0';
   *port = (int)p;
   return 0;
 }
