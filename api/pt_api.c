@@ -19,6 +19,7 @@
 #include "core/pt_redis.h"
 #include "core/pt_store.h"
 #include "runner/pt_topology.h"
+#include "tasks/pt_chan_util.h"
 #include "tasks/pt_registry.h"
 
 #define DEV_TOKEN "dev-token-change-me"
@@ -1862,6 +1863,18 @@ int pt_api_run(const pt_config_t *cfg) {
              "but api.listen (%s) is not a loopback address; set "
              "notify.secrets\"",
              DEV_NOTIFY_SECRET, cfg->api_listen);
+    return 2;
+  }
+  /* So are the channel keys conf/paytask.conf ships for the simulator:
+   * with them, a forged "paid" notification passes as the channel's. */
+  char dev_key[64];
+  if (!pt_api_is_loopback(host) &&
+      pt_chan_dev_credentials(cfg, dev_key, sizeof dev_key)) {
+    PT_ERROR("api_refused",
+             "err=\"%s is a development credential (conf/dev-keys or the "
+             "sample APIv3 key), public with paytask's source, but api.listen "
+             "(%s) is not a loopback address; set the channel's own\"",
+             dev_key, cfg->api_listen);
     return 2;
   }
   if (pt_lease_node(api.cfg, &api.ids, &api.lease, &err) != 0 ||

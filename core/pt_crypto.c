@@ -10,6 +10,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 struct pt_crypto_key {
@@ -164,6 +165,16 @@ int pt_crypto_key_new_public(const char *pem, size_t len,
 int pt_crypto_key_new_from_cert(const char *pem, size_t len,
                                 pt_crypto_key_t **out, pt_error_t *err) {
   return load_key(pem, len, PEM_CERT, out, err);
+}
+
+int pt_crypto_key_sha256(const pt_crypto_key_t *key, unsigned char out[32]) {
+  unsigned char *der = NULL;
+  int n = key != NULL ? i2d_PUBKEY(key->pkey, &der) : -1;
+  if (n <= 0)
+    return PT_ECRYPTO;
+  SHA256(der, (size_t)n, out);
+  OPENSSL_free(der);
+  return 0;
 }
 
 void pt_crypto_key_destroy(pt_crypto_key_t *key) {

@@ -48,6 +48,11 @@ int pt_crypto_key_new_public(const char *pem, size_t len,
 int pt_crypto_key_new_from_cert(const char *pem, size_t len,
                                 pt_crypto_key_t **out, pt_error_t *err);
 
+/* SHA-256 of the key's public half in DER (SubjectPublicKeyInfo): the
+ * same for a key read from a PEM public key, a certificate or a private
+ * key. Returns 0 or PT_ECRYPTO. */
+int pt_crypto_key_sha256(const pt_crypto_key_t *key, unsigned char out[32]);
+
 /* Frees a key; NULL does nothing. */
 void pt_crypto_key_destroy(pt_crypto_key_t *key);
 

@@ -156,6 +156,57 @@ int pt_chan_load_key(const char *name, const char *path,
   return 0;
 }
 
+/* SHA-256 of the public halves (DER) of conf/dev-keys/alipay_platform_public.pem
+ * and conf/dev-keys/wechat_platform_public.pem, whose private halves ship
+ * beside them for the simulator (test_channels checks these against the
+ * files). */
+static const char *const dev_platform_keys[] = {
+    "86f0bac312bd4702b97081bc7e0a706fa7b18a83a58684b9521faffb4adfcce7",
+    "fbc01f536a5dcbaf2ac125d6e249e1145e2d77b7411677a28e674546ce00e1c7",
+};
+#define DEV_APIV3_KEY "dev-apiv3-key-0123456789abcdefgh"
+
+static int is_dev_key(const char *name, const char *path,
+                      pt_chan_key_kind_t kind) {
+  pt_crypto_key_t *key;
+  pt_error_t err;
+  unsigned char md[32];
+  char hex[65];
+  if (path[0] == '\0' || pt_chan_load_key(name, path, kind, &key, &err) != 0)
+    return 0;
+  int rc = pt_crypto_key_sha256(key, md);
+  pt_crypto_key_destroy(key);
+  if (rc != 0)
+    return 0;
+  for (int i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  for (size_t i = 0; i < sizeof dev_platform_keys / sizeof *dev_platform_keys;
+       i++)
+    if (strcmp(hex, dev_platform_keys[i]) == 0)
+      return 1;
+  return 0;
+}
+
+int pt_chan_dev_credentials(const pt_config_t *cfg, char *what, size_t len) {
+  const char *name = NULL;
+  if (cfg->alipay_app_id[0] != '\0' &&
+      is_dev_key("channel.alipay.public_key_file", cfg->alipay_public_key_file,
+                 PT_CHAN_KEY_PUBLIC))
+    name = "channel.alipay.public_key_file";
+  else if (cfg->wechat_mchid[0] != '\0' &&
+           is_dev_key("channel.wechat.platform_public_key_file",
+                      cfg->wechat_platform_public_key_file,
+                      PT_CHAN_KEY_PUBLIC_OR_CERT))
+    name = "channel.wechat.platform_public_key_file";
+  else if (cfg->wechat_mchid[0] != '\0' &&
+           strcmp(cfg->wechat_apiv3_key, DEV_APIV3_KEY) == 0)
+    name = "channel.wechat.apiv3_key";
+  if (name == NULL)
+    return 0;
+  snprintf(what, len, "%s", name);
+  return 1;
+}
+
 /* ---- requests ---- */
 
 void pt_chan_req_reset(pt_chan_req_t *req) {

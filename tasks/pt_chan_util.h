@@ -71,6 +71,14 @@ int pt_chan_load_key(const char *name, const char *path,
                      pt_chan_key_kind_t kind, pt_crypto_key_t **key,
                      pt_error_t *err);
 
+/* The shipped development credentials (conf/dev-keys, the sample APIv3
+ * key) are public: whoever has the repository can sign a "paid"
+ * notification that a channel configured with them accepts. Returns 1 and
+ * names the setting in `what` when a configured channel uses one, else 0
+ * (a key that cannot be read is left to the channel's init to report).
+ * It blocks (reads files): call it at start only. */
+int pt_chan_dev_credentials(const pt_config_t *cfg, char *what, size_t len);
+
 /* ---- requests ---- */
 
 /* Clears req at the start of a build, as pt_chan_req_init does, but keeps

@@ -723,6 +723,23 @@ Test(api_input, public_dev_credentials_off_loopback_are_refused) {
            port);
   cr_assert_eq(api_exit(env, out, sizeof out), 2, "%s", out);
   cr_assert(strstr(out, "set notify.secrets") != NULL, "%s", out);
+  /* The shipped channel keys are public too (a forged "paid" notification
+   * would verify), wherever the file is. */
+  const char *src = getenv("PAYTASK_SOURCE_DIR");
+  cr_assert_not_null(src, "PAYTASK_SOURCE_DIR is not set (run through ctest)");
+  snprintf(env, sizeof env,
+           "PAYTASK_API_LISTEN=192.0.2.1:%d PAYTASK_API_TOKENS=a-real-token "
+           "PAYTASK_NOTIFY_SECRETS=default=a-real-secret "
+           "PAYTASK_CHANNEL_ALIPAY_APP_ID=2021000000000000 "
+           "PAYTASK_CHANNEL_ALIPAY_PRIVATE_KEY_FILE=%s/conf/dev-keys/"
+           "alipay_app_private.pem "
+           "PAYTASK_CHANNEL_ALIPAY_PUBLIC_KEY_FILE=%s/conf/dev-keys/"
+           "alipay_platform_public.pem",
+           port, src, src);
+  cr_assert_eq(api_exit(env, out, sizeof out), 2, "%s", out);
+  cr_assert(strstr(out, "channel.alipay.public_key_file is a development "
+                        "credential") != NULL,
+            "%s", out);
 }
 
 /* The api speaks HTTP/1.1 only. h2o's default also took cleartext HTTP/2,
