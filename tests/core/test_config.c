@@ -180,8 +180,11 @@ Test(config, print_masks_secrets) {
   pt_config_t cfg;
   char buf[8192] = "";
   pt_config_defaults(&cfg);
-  pt_config_set(&cfg, "api.tokens", "s3cret-token", NULL);
-  pt_config_set(&cfg, "amqp.uri", "amqp://user:hunter2@10.0.0.1:5672/", NULL);
+  cr_assert_eq(pt_config_set(&cfg, "api.tokens", "s3cret-token", NULL), 0);
+  cr_assert_eq(
+      pt_config_set(&cfg, "amqp.uri", "amqp://user:hunter2@10.0.0.1:5672/",
+                    NULL),
+      0);
   FILE *f = fmemopen(buf, sizeof buf - 1, "w");
   pt_config_print(&cfg, f);
   fclose(f);

@@ -26,15 +26,37 @@ Test(id, layout_and_order) {
   cr_assert(pt_id_time_ms(a) <= now && pt_id_time_ms(a) > now - 1000);
 }
 
+/* A clock that stays in one millisecond for its first `until` reads. */
+typedef struct {
+  int64_t base;
+  long reads, until;
+} slow_clock_t;
+
+static int64_t slow(void *arg) {
+  slow_clock_t *c = arg;
+  return ++c->reads <= c->until ? c->base : c->base + 1;
+}
+
 Test(id, sequence_overflow_waits_for_next_millisecond) {
+  const long per_ms = 1L << PT_ID_SEQ_BITS;
+  slow_clock_t c = {1704067300000, 0, per_ms + 20};
   pt_idgen_t g;
   uint64_t id, prev = 0;
   pt_idgen_init(&g, 1);
-  for (int i = 0; i < 10000; i++) {
+  g.clock = slow;
+  g.clock_arg = &c;
+  for (long i = 0; i < per_ms; i++) {
     cr_assert_eq(pt_idgen_next(&g, &id), 0);
     cr_assert_gt(id, prev, "ids must be unique and increasing");
+    cr_assert_eq(pt_id_time_ms(id), c.base, "id %ld left the millisecond", i);
     prev = id;
   }
+  /* The millisecond is full: the next id waits for the clock to move. */
+  cr_assert_eq(pt_idgen_next(&g, &id), 0);
+  cr_assert_gt(id, prev);
+  cr_assert_eq(pt_id_time_ms(id), c.base + 1);
+  cr_assert_eq(id & (uint64_t)(per_ms - 1), 0, "the sequence starts again");
+  cr_assert_gt(c.reads, per_ms, "the generator did not wait on the clock");
 }
 
 Test(id, small_clock_step_back_is_waited_out) {

@@ -109,8 +109,8 @@ Test(mongo, bulk_insert_and_read_back_without_blocking_the_loop,
   cr_assert_eq(c.found, N, "read back %ld of %d documents", c.found, N);
   cr_assert_eq(c.sum, (long)N * (N - 1) / 2, "contents differ");
   /* A blocked loop would not have ticked at all while the work ran. */
-  cr_assert_gt(c.ticks_during_work, 5, "the loop ticked only %d times",
-               c.ticks_during_work);
+  cr_assert_gt(c.ticks_during_work, 0, "the loop never ticked while MongoDB "
+               "worked");
   cr_assert_eq(pt_mongo_pending(c.m), 0);
   pt_mongo_destroy(c.m);
   pt_test_close_loop(&loop);

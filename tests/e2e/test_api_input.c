@@ -25,8 +25,8 @@ static pt_stack_t stack;
 static pt_stack_t nobroker; /* an api that cannot reach the broker */
 
 static void fini(void) {
-  pt_stack_stop(&stack);
-  pt_stack_stop(&nobroker);
+  pt_stack_fini(&stack);
+  pt_stack_fini(&nobroker);
 }
 
 TestSuite(api_input, .fini = fini, .timeout = 120);
@@ -340,7 +340,7 @@ Test(api_input, a_repeat_while_the_broker_is_down_answers_its_task) {
 /* RabbitMQ's default memory watermark, which the alarm test moved. */
 static void lift_alarm(void) {
   pt_rabbitmqctl("set_vm_memory_high_watermark 0.4");
-  pt_stack_stop(&stack);
+  pt_stack_fini(&stack);
 }
 
 /* What readyz says of the broker, waiting up to 20 s for want. */

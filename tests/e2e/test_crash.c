@@ -16,7 +16,7 @@
 
 static pt_stack_t stack;
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) { pt_stack_fini(&stack); }
 
 TestSuite(crash, .fini = fini, .timeout = 300);
 

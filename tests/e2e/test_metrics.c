@@ -15,7 +15,7 @@
 
 static pt_stack_t stack;
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) { pt_stack_fini(&stack); }
 
 TestSuite(metrics, .fini = fini, .timeout = 120);
 

@@ -17,7 +17,7 @@
 
 static pt_stack_t stack;
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) { pt_stack_fini(&stack); }
 
 TestSuite(operations, .fini = fini, .timeout = 240);
 
@@ -60,6 +60,16 @@ Test(operations, scale_1_4_1_under_load_then_sigterm) {
            "grep -c worker_spawned %s/worker0.log | grep -qx 4",
            stack.logdir);
   cr_assert_eq(system(logcmd), 0, "the pool did not grow to 4 workers");
+  /* And shrank back: three workers stopped on SIGTTOU, each exiting 0
+   * (the draining stop leaves the last one). */
+  snprintf(logcmd, sizeof logcmd,
+           "grep -c worker_scaled_down %s/worker0.log | grep -qx 3",
+           stack.logdir);
+  cr_assert_eq(system(logcmd), 0, "the pool did not shrink back to 1 worker");
+  snprintf(logcmd, sizeof logcmd,
+           "grep worker_exited %s/worker0.log | grep -v 'status=0 ' | "
+           "grep -q .", stack.logdir);
+  cr_assert_neq(system(logcmd), 0, "a worker of the pool did not exit 0");
 }
 
 #define M 10
@@ -78,7 +88,22 @@ Test(operations, drain_deadline_returns_attempts_uncounted) {
     pt_submit_ok(&stack, body, ids[i]);
     free(body);
   }
-  sleep(1); /* the calls are in flight at the channel */
+  /* The attempts are running (their calls held 3 s at the channel) when
+   * the worker is told to stop. */
+  for (int i = 0; i < M; i++) {
+    int running = 0;
+    for (int t = 0; t < 100 && !running; t++) {
+      char *out = NULL;
+      cr_assert_eq(pt_api_get(&stack, ids[i], 0, &out), 200);
+      pt_json(out, &doc);
+      running = strcmp(pt_json_str(&doc, "status"), "RUNNING") == 0;
+      bson_destroy(&doc);
+      free(out);
+      if (!running)
+        pt_test_sleep_ms(20);
+    }
+    cr_assert(running, "task %d never ran before the stop", i);
+  }
   cr_assert_eq(pt_stack_stop_worker(&stack, 0, 20), 0,
                "the worker did not exit 0 after its drain deadline");
   for (int i = 0; i < M; i++) {

@@ -19,8 +19,8 @@ static pt_stack_t stack;
 static pt_stack_t nobroker; /* an api that cannot reach the broker */
 
 static void fini(void) {
-  pt_stack_stop(&stack);
-  pt_stack_stop(&nobroker);
+  pt_stack_fini(&stack);
+  pt_stack_fini(&nobroker);
 }
 
 TestSuite(replay, .fini = fini, .timeout = 300);
@@ -39,6 +39,8 @@ Test(replay, failed_tasks_replayed_by_error_code) {
   bson_t doc;
   pt_time_rfc3339(pt_now_ms() - 1000, since);
   snprintf(prefix, sizeof prefix, "%s", pt_unique("REPLAY"));
+  pt_stack_env(&stack, "PAYTASK_API_TOKENS",
+               PT_TEST_TOKEN ",reader:submit+read");
   pt_stack_start(&stack, 1, NULL);
   outage(1);
   for (int i = 0; i < N; i++) {
@@ -55,10 +57,16 @@ Test(replay, failed_tasks_replayed_by_error_code) {
   cr_assert_eq(pt_mongo_count_tasks(ids, N, 60), N, "not all synced");
   outage(0); /* the cause is removed */
 
-  /* An api token without the admin scope may not replay. */
-  char url[160];
+  /* An unknown token may not replay (401), nor one without the admin
+   * scope (403), and neither replays anything. */
+  char url[160], *out = NULL;
   snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", stack.api_url, ids[0]);
   cr_assert_eq(pt_http("POST", url, "wrong", "", NULL, NULL), 401);
+  cr_assert_eq(pt_http("POST", url, "reader", "", NULL, &out), 403, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "forbidden", "%s", out);
+  bson_destroy(&doc);
+  free(out);
 
   snprintf(cmd, sizeof cmd,
            "PAYTASK_CONFIG=/dev/null PAYTASK_API_URL=%s %s replay "

@@ -14,7 +14,7 @@
 
 static pt_stack_t stack;
 
-static void fini(void) { pt_stack_stop(&stack); }
+static void fini(void) { pt_stack_fini(&stack); }
 
 TestSuite(sync, .fini = fini, .timeout = 240);
 
@@ -240,9 +240,27 @@ Test(sync, claims_reach_what_refused_entries_stand_before) {
  * range) is made by the workers' sync, so that a replay does not read
  * every task ever synced. */
 Test(sync, the_workers_make_the_replay_index) {
+  /* A database of its own, which no earlier worker gave the index. */
+  char db[64], uri[512];
+  const char *base = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  const char *host = strstr(base, "://");
+  cr_assert_not_null(host, "%s", base);
+  const char *path = strchr(host + 3, '/');
+  const char *query = strchr(host + 3, '?');
+  int n = path != NULL ? (int)(path - base)
+                       : query != NULL ? (int)(query - base) : (int)strlen(base);
+  pt_test_unique("pt_index", db, sizeof db);
+  for (char *p = db; *p; p++)
+    if (*p == '-')
+      *p = '_';
+  snprintf(uri, sizeof uri, "%.*s/%s%s", n, base, db, query ? query : "");
+  setenv("PAYTASK_MONGODB_URI", uri, 1);
+  cr_assert(!pt_mongo_has_index("status_1_created_at_1", 0),
+            "a new database has the index already");
   pt_stack_start(&stack, 1, NULL);
   cr_assert(pt_mongo_has_index("status_1_created_at_1", 30),
             "no index on status and created_at in MongoDB");
+  pt_mongo_drop_database();
 }
 
 /* The sync stream deleted under running workers (a FLUSHDB, an eviction,

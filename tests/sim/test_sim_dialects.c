@@ -136,11 +136,14 @@ static int64_t stat_of(pt_simproc_t *sim, const char *no, const char *key) {
   char path[160];
   bson_t d;
   snprintf(path, sizeof path, "/v1/sim/trades/%s", no);
-  if (control(sim, "GET", path, NULL, &d) != 200) {
+  long st = control(sim, "GET", path, NULL, &d);
+  if (st == 404) { /* no such trade */
     bson_destroy(&d);
     return -1;
   }
+  cr_assert_eq(st, 200, "the simulator answered %ld for trade %s", st, no);
   int64_t v = num(&d, key);
+  cr_assert_geq(v, 0, "trade %s has no %s", no, key);
   bson_destroy(&d);
   return v;
 }

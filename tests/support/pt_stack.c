@@ -271,6 +271,12 @@ int pt_stack_stop(pt_stack_t *s) {
   return bad;
 }
 
+void pt_stack_fini(pt_stack_t *s) {
+  int bad = pt_stack_stop(s);
+  cr_expect_eq(bad, 0, "a process did not stop cleanly (logs: %s)",
+               s->logdir);
+}
+
 const char *pt_amqp_vhost(void) {
   static char copy[512], vhost[256];
   struct amqp_connection_info info;
@@ -465,12 +471,18 @@ int64_t pt_sim_stat(pt_stack_t *s, const char *out_trade_no, const char *key) {
   bson_t doc;
   snprintf(url, sizeof url, "%s/v1/sim/trades/%s", s->sim_url, out_trade_no);
   long st = pt_http("GET", url, NULL, NULL, NULL, &out);
-  if (st != 200) {
+  if (st == 404) { /* the simulator holds no such trade */
     free(out);
     return -1;
   }
+  /* Any other failure is not "no trade": a test expecting none would
+   * pass. */
+  cr_assert_eq(st, 200, "the simulator answered %ld for trade %s: %s", st,
+               out_trade_no, out ? out : "");
   pt_json(out, &doc);
-  int64_t v = pt_json_int(&doc, key, -1);
+  int64_t v = pt_json_int(&doc, key, INT64_MIN);
+  cr_assert_neq(v, INT64_MIN, "trade %s has no %s: %s", out_trade_no, key,
+                out);
   bson_destroy(&doc);
   free(out);
   return v;
@@ -537,14 +549,20 @@ int pt_queue_drain_count(const char *queue, const char *message_id) {
   for (;;) {
     amqp_rpc_reply_t r =
         amqp_basic_get(c, 1, amqp_cstring_bytes(queue), 0 /* no_ack */);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL ||
-        r.reply.id != AMQP_BASIC_GET_OK_METHOD)
+    /* Empty ends the count; anything else (no such queue, a closed
+     * channel) would make "none found" a lie. */
+    cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL,
+                 "basic.get on %s failed", queue);
+    if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD)
       break;
+    cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD,
+                 "basic.get on %s: unexpected reply", queue);
     amqp_basic_get_ok_t *g = r.reply.decoded;
     uint64_t tag = g->delivery_tag;
     amqp_message_t m;
-    if (amqp_read_message(c, 1, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
-      break;
+    cr_assert_eq(amqp_read_message(c, 1, &m, 0).reply_type,
+                 AMQP_RESPONSE_NORMAL, "reading a message of %s failed",
+                 queue);
     if (m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG &&
         m.properties.message_id.len == strlen(message_id) &&
         memcmp(m.properties.message_id.bytes, message_id,
@@ -628,6 +646,23 @@ int pt_mongo_has_index(const char *name, int timeout_s) {
   return found;
 }
 
+void pt_mongo_drop_database(void) {
+  const char *uri = pt_test_uri("PAYTASK_MONGODB_URI", "MongoDB");
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
+  cr_assert_not_null(u, "MongoDB: %s", e.message);
+  const char *name = mongoc_uri_get_database(u);
+  cr_assert(name != NULL && strcmp(name, "paytask") != 0,
+            "refusing to drop the shared database (%s)", uri);
+  mongoc_client_t *cl = mongoc_client_new_from_uri(u);
+  mongoc_database_t *d = mongoc_client_get_database(cl, name);
+  if (!mongoc_database_drop(d, &e))
+    cr_log_warn("dropDatabase: %s", e.message);
+  mongoc_database_destroy(d);
+  mongoc_client_destroy(cl);
+  mongoc_uri_destroy(u);
+}
+
 int pt_mongo_task(const char *id, int timeout_s, bson_t *doc) {
   bson_error_t e;
   mongoc_client_t *cl;
@@ -707,7 +742,11 @@ redisContext *pt_test_redis(void) {
 int pt_redis_has_key(const char *key) {
   redisContext *c = pt_test_redis();
   redisReply *r = redisCommand(c, "EXISTS %s", key);
-  int has = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+  /* An error is not "absent": a test asserting absence would pass. */
+  cr_assert(r != NULL && r->type == REDIS_REPLY_INTEGER, "EXISTS %s: %s", key,
+            r == NULL ? c->errstr
+                      : r->type == REDIS_REPLY_ERROR ? r->str : "not a number");
+  int has = r->integer == 1;
   freeReplyObject(r);
   redisFree(c);
   return has;

@@ -52,6 +52,9 @@ void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
  * virtual host of pt_stack_vhost. Returns the number of processes that did
  * not exit 0 by themselves. */
 int pt_stack_stop(pt_stack_t *s);
+/* A suite's fini: pt_stack_stop, and the test fails if a process did not
+ * exit 0 by itself (a crash, a sanitizer's report, a hang on SIGTERM). */
+void pt_stack_fini(pt_stack_t *s);
 
 /* The virtual host that PAYTASK_AMQP_URI names ("/" for an empty path). */
 const char *pt_amqp_vhost(void);
@@ -117,8 +120,7 @@ void pt_assert_created_once(pt_stack_t *s, char otns[][64], int n);
 /* Messages waiting in a queue (passive declare), or -1. */
 long pt_queue_depth(const char *queue);
 /* Takes every message from queue, acknowledging it; returns how many
- * carried message_id (or whose body contains needle when message_id is
- * NULL). */
+ * carried message_id. The test fails if the queue cannot be read. */
 int pt_queue_drain_count(const char *queue, const char *message_id);
 
 /* The task's document in MongoDB (collection tasks), waiting up to
@@ -130,6 +132,8 @@ long pt_mongo_count_tasks(char ids[][24], int n, int timeout_s);
 /* Whether the tasks collection has the index called name, waiting up to
  * timeout_s for it. */
 int pt_mongo_has_index(const char *name, int timeout_s);
+/* Drops the database of PAYTASK_MONGODB_URI (a test's own). */
+void pt_mongo_drop_database(void);
 /* A connection to the test Redis (fails the test when there is none). */
 redisContext *pt_test_redis(void);
 /* Whether the task's hash is still in Redis. */
