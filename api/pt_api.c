@@ -485,7 +485,10 @@ static int will_wait(const op_t *op) {
  * 200 always means final. */
 static void wait_for_submit(op_t *op, int repeated) {
   op->pending_202 = repeated ? PT_REPEATED : PT_SUBMITTED;
-  start_wait(op);
+  if (will_wait(op))
+    start_wait(op);
+  else
+    read_task(op); /* the api is stopping: the state now, 202 if not final */
 }
 
 /* Answers with the task: once it is final if the request waits, at once
@@ -710,7 +713,7 @@ static void on_marked_queued(int status, pt_verdict_t v, const char *detail,
     PT_WARN("submit_mark_queued_failed", "task_id=%s", op->id);
   /* A retried submit answers as any repeat does: 200 with the task, or
    * with ?wait as a first submit does. */
-  if (will_wait(op))
+  if (op->wait_s > 0)
     wait_for_submit(op, 0);
   else
     read_task(op);
@@ -965,6 +968,15 @@ static void on_submitted(int status, pt_verdict_t v, const char *detail,
  * first submit's does. A second copy is harmless: the start script runs
  * one copy of an attempt. Past PENDING, a worker took it: the answer is
  * the task. */
+static int doc_is_final(const bson_t *doc) {
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, doc, "status") || !BSON_ITER_HOLDS_UTF8(&it))
+    return 0;
+  const char *s = bson_iter_utf8(&it, NULL);
+  return strcmp(s, "SUCCEEDED") == 0 || strcmp(s, "FAILED") == 0 ||
+         strcmp(s, "CANCELLED") == 0;
+}
+
 static void on_retried_doc(op_t *op, const bson_t *doc) {
   bson_iter_t it;
   uint64_t id;
@@ -972,7 +984,7 @@ static void on_retried_doc(op_t *op, const bson_t *doc) {
   if (!bson_iter_init_find(&it, doc, "status") || !BSON_ITER_HOLDS_UTF8(&it) ||
       strcmp(bson_iter_utf8(&it, NULL), "PENDING") != 0 ||
       pt_id_parse(op->id, strlen(op->id), &id) != 0) {
-    if (will_wait(op))
+    if (op->wait_s > 0 && !doc_is_final(doc))
       wait_for_submit(op, 1);
     else
       reply_task(op, doc);
@@ -1015,6 +1027,15 @@ static int idem_key_ok(const char *k, size_t n) {
 
 static void submit_task(op_t *op, const char *body, size_t blen);
 
+/* Neither the broker nor Redis can answer: a repeat cannot be told from a
+ * new submit. */
+static void idem_unchecked(op_t *op) {
+  op_error(op, 503, "store_unavailable",
+           "the message broker cannot take tasks and the Idempotency-Key "
+           "could not be checked (Redis); nothing new was accepted: send "
+           "this again with the same key");
+}
+
 /* The broker cannot take a new task: a known key answers as a repeat
  * (a task still PENDING is published again, which fails and says so). */
 static void on_idem_read(int status, pt_verdict_t v, const char *detail,
@@ -1022,8 +1043,10 @@ static void on_idem_read(int status, pt_verdict_t v, const char *detail,
   op_t *op = arg;
   if (status == 0 && v == PT_V_DUP)
     repeat_of_key(op, detail);
-  else
+  else if (status == 0)
     op_error(op, 503, "broker_unavailable", op->broker_refusal);
+  else
+    idem_unchecked(op);
 }
 
 static void handle_submit(op_t *op) {
@@ -1086,9 +1109,11 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
             : "the message broker refuses publishes (a memory or disk "
               "alarm); nothing was accepted, try again later";
     redisAsyncContext *ac = pt_redis_ctx(api->redis);
-    if (!op->has_idem || ac == NULL ||
-        pt_store_idem_get(ac, op->idem_key, on_idem_read, op) != 0)
+    if (!op->has_idem)
       op_error(op, 503, "broker_unavailable", op->broker_refusal);
+    else if (ac == NULL ||
+             pt_store_idem_get(ac, op->idem_key, on_idem_read, op) != 0)
+      idem_unchecked(op);
     return;
   }
   if (pt_idgen_next(&api->ids, &op->task.id) != 0) {

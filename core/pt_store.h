@@ -79,16 +79,16 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
                     size_t spec_len, int64_t now_ms, const char *idem_key,
                     const char *idem_val, int64_t idem_ttl_s, pt_store_cb cb,
                     void *arg);
-/* pt_store_submit for a pay task, which also takes its out_trade_no on its
- * channel (otn_key: pt_store_otn_key; NULL takes nothing): PT_V_TAKEN when
- * another pay task holds it and did not end FAILED or CANCELLED without a
- * trade. */
 /* Reads an Idempotency-Key without recording anything: PT_V_DUP with the
  * value the submit script stored ("<sha256 of the body>:<task id>"), or
  * PT_V_NOTFOUND. */
 int pt_store_idem_get(redisAsyncContext *ac, const char *idem_key,
                       pt_store_cb cb, void *arg);
 
+/* pt_store_submit for a pay task, which also takes its out_trade_no on its
+ * channel (otn_key: pt_store_otn_key; NULL takes nothing): PT_V_TAKEN when
+ * another pay task holds it and did not end FAILED or CANCELLED without a
+ * trade. */
 int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
                         const char *spec, size_t spec_len, int64_t now_ms,
                         const char *idem_key, const char *idem_val,
