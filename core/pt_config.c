@@ -521,9 +521,13 @@ int pt_config_hostport(const char *s, char *host, size_t hostlen, int *port) {
   if (end == colon + 1 || *end != '\0' || p < 0 || p > 65535)
     return PT_EINVAL;
   size_t hn = (size_t)(colon - s);
-  if (s[0] == '[' && hn >= 2 && s[hn - 1] == ']') { /* [::1]:8080 */
+  if (s[0] == '[') { /* an IPv6 address: [::1]:8080 */
+    if (hn < 3 || s[hn - 1] != ']' || memchr(s + 1, ':', hn - 2) == NULL)
+      return PT_EINVAL;
     s++;
     hn -= 2;
+  } else if (memchr(s, ':', hn) != NULL) {
+    return PT_EINVAL; /* IPv6 without brackets: where does the port start? */
   }
   memcpy(host, s, hn);
   host[hn] = '\0';

@@ -70,6 +70,11 @@ Test(config, bad_values_are_errors) {
   cr_assert_str_eq(host, "::1");
   cr_assert_eq(port, 8080);
   cr_assert_eq(pt_config_set(&cfg, "api.listen", "0.0.0.0:8080", &err), 0);
+  /* Brackets exactly around IPv6. */
+  cr_assert_neq(pt_config_set(&cfg, "api.listen", "::1:8080", &err), 0);
+  cr_assert_neq(pt_config_set(&cfg, "api.listen", "[127.0.0.1]:8080", &err),
+                0);
+  cr_assert_neq(pt_config_set(&cfg, "api.listen", "[]:8080", &err), 0);
   cr_assert_neq(pt_config_set(&cfg, "log.level", "loud", &err), 0);
   cr_assert_eq(pt_config_set(&cfg, "amqp.queue_type", "quorum", &err), 0);
   /* The trade and channel keys. */
