@@ -94,6 +94,7 @@ ParameterizedTest(bad_t *c, api_input, bad_bodies) {
   char *out = NULL, key[96], idem[128];
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
+  cr_assert_geq(before, 0, "the work queue cannot be read");
   snprintf(key, sizeof key, "%s", pt_unique("bad"));
   long st = pt_api_submit(&stack, c->body, key, &out);
   expect_error(st, out, c->status, c->code);
@@ -156,6 +157,7 @@ Test(api_input, auth_size_and_routes) {
   pt_stack_vhost(&stack);
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
+  cr_assert_geq(before, 0, "the work queue cannot be read");
   char *body = pt_task_body(pt_unique("AUTH"), 100, NULL, NULL);
   snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
   {
@@ -389,6 +391,7 @@ Test(api_input, a_broker_alarm_is_503_and_nothing_accepted,
   pt_stack_vhost(&stack); /* a queue no other test's leftovers reach */
   pt_stack_start(&stack, 0, NULL);
   long before = pt_queue_depth("paytask.tasks");
+  cr_assert_geq(before, 0, "the work queue cannot be read");
   pt_rabbitmqctl("set_vm_memory_high_watermark absolute 1");
   char *first = pt_task_body(pt_unique("ALARM"), 100, NULL, NULL);
   submit_arg_t a = {first, 0, NULL};

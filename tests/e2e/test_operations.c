@@ -92,7 +92,7 @@ Test(operations, drain_deadline_returns_attempts_uncounted) {
    * the worker is told to stop. */
   for (int i = 0; i < M; i++) {
     int running = 0;
-    for (int t = 0; t < 100 && !running; t++) {
+    for (int t = 0; t < 500 && !running; t++) {
       char *out = NULL;
       cr_assert_eq(pt_api_get(&stack, ids[i], 0, &out), 200);
       pt_json(out, &doc);
@@ -183,18 +183,37 @@ Test(operations, concurrency_bounds_calls_while_prefetch_holds_more) {
   snprintf(prefix, sizeof prefix, "%s", pt_unique("CONC"));
   pt_stack_env(&stack, "PAYTASK_WORKER_CONCURRENCY", "8");
   pt_stack_env(&stack, "PAYTASK_AMQP_PREFETCH", "100");
-  pt_stack_start(&stack, 1, "--latency-ms=100");
+  /* Calls slow enough (120 tasks × 0.5 s over 8 slots) that deliveries
+   * pile up behind the slots as the tasks are submitted. */
+  pt_stack_start(&stack, 1, "--latency-ms=500");
   for (int i = 0; i < TASKS; i++) {
     snprintf(otn, sizeof otn, "%s-%d", prefix, i);
     char *body = pt_task_body(otn, 100 + i, NULL, NULL);
     pt_submit_ok(&stack, body, ids[i]);
     free(body);
   }
-  /* Stop the worker while most tasks still wait for a slot: it drains
-   * them (drain_timeout_ms is 30 s by default) before it exits 0. */
-  usleep(300 * 1000);
+  /* Stop the worker while its prefetch holds more deliveries than it has
+   * slots (its heartbeat says how many wait): it drains them
+   * (drain_timeout_ms is 30 s by default) before it exits 0. */
+  long waiting = -1;
+  for (int i = 0; i < 100 && waiting <= K; i++) {
+    pt_test_sleep_ms(100);
+    waiting = pt_worker_heartbeat(stack.workers[0], "waiting");
+  }
+  cr_assert_gt(waiting, K, "the worker never held more deliveries (%ld "
+               "waiting) than its %d slots", waiting, K);
   cr_assert_eq(pt_stack_stop_worker(&stack, 0, 60), 0,
                "the worker did not drain and exit 0");
+  int done = 0;
+  for (int i = 0; i < TASKS; i++) {
+    cr_assert_eq(pt_api_get(&stack, ids[i], 0, &out), 200, "%s", out);
+    pt_json(out, &doc);
+    done += strcmp(pt_json_str(&doc, "status"), "SUCCEEDED") == 0;
+    bson_destroy(&doc);
+    free(out);
+  }
+  cr_assert_geq(done, waiting, "the stopped worker finished %d tasks, fewer "
+                "than the %ld it held waiting", done, waiting);
   pt_stack_add_worker(&stack);
   for (int i = 0; i < TASKS; i++) {
     pt_wait_final(&stack, ids[i], 120, &doc);

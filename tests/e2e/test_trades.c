@@ -21,6 +21,7 @@
 
 #include "core/pt_amqp.h"
 #include "core/pt_crypto.h"
+#include "core/pt_id.h"
 #include "tests/support/pt_stack.h"
 #include "tests/support/pt_test.h"
 
@@ -534,8 +535,10 @@ Test(trades, close_due_while_at_concurrency_limit_waits_then_runs,
   snprintf(otn, sizeof otn, "%s", pt_unique("lim")); /* a static buffer */
   snprintf(slow_otn, sizeof slow_otn, "%s", pt_unique("slow"));
   pt_stack_env(&s, "PAYTASK_WORKER_CONCURRENCY", "1");
+  pt_stack_vhost(&s); /* queues no other test's leftovers reach */
   start(&s, "alipay", "60");
   pay_body(body, sizeof body, "alipay", otn, 800, 0, 5);
+  int64_t t0 = pt_now_ms();
   pt_submit_ok(&s, body, id);
   bson_t doc;
   pt_wait_final(&s, id, 20, &doc);
@@ -549,8 +552,19 @@ Test(trades, close_due_while_at_concurrency_limit_waits_then_runs,
     usleep(100000);
     waiting = pt_worker_heartbeat(s.workers[0], "waiting");
   }
-  /* (Tasks other tests left in the shared queue may wait with it.) */
   cr_assert_geq(waiting, 1, "the close never waited for the slot");
+  /* Past the close's due time (5 s), the slow call still holds the slot:
+   * the close has not run. */
+  int64_t due_past = t0 + 6000 - pt_now_ms();
+  if (due_past > 0)
+    pt_test_sleep_ms((int)due_past);
+  char *out = NULL;
+  cr_assert_eq(pt_api_get(&s, slow_id, 0, &out), 200, "%s", out);
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "RUNNING",
+                   "the slow call no longer holds the slot: %s", out);
+  bson_destroy(&doc);
+  free(out);
   cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 0,
                "the close ran while the only slot was taken");
   pt_wait_final(&s, slow_id, 20, &doc);
@@ -1233,6 +1247,28 @@ Test(trades, a_task_a_worker_cannot_run_fails_and_is_replayed,
   cr_assert_eq(pt_stack_stop(&s), 0);
 }
 
+/* How many times the relay's group read outbox entry `entry` (0: not
+ * pending), waiting up to timeout_s for at least `want`. */
+static long outbox_deliveries(redisContext *r, const char *entry, long want,
+                              int timeout_s) {
+  long n = 0;
+  for (int t = 0; t <= timeout_s * 10; t++) {
+    redisReply *rep =
+        redisCommand(r, "XPENDING pt:outbox relay %s %s 1", entry, entry);
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_ARRAY, "XPENDING: %s",
+              rep != NULL && rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                            : r->errstr);
+    n = rep->elements == 1 && rep->element[0]->elements == 4
+            ? (long)rep->element[0]->element[3]->integer
+            : 0;
+    freeReplyObject(rep);
+    if (n >= want || t == timeout_s * 10)
+      break;
+    pt_test_sleep_ms(100);
+  }
+  return n;
+}
+
 /* An outbox entry that fails every time (here its trade's key holds the
  * wrong type, so reading its spec fails) is retried, but does not hold up
  * the entries after it: a task's result is still published. */
@@ -1253,7 +1289,9 @@ Test(trades, an_entry_that_always_fails_does_not_hold_up_the_rest,
   snprintf(entry, sizeof entry, "%s", rep->str);
   freeReplyObject(rep);
   pt_stack_start(&s, 1, NULL);
-  pt_test_sleep_ms(2000); /* the entry has failed, and is being retried */
+  /* The entry has failed and is being retried: read twice, still pending. */
+  cr_assert_geq(outbox_deliveries(r, entry, 2, 20), 2,
+                "the failing entry was not read again");
   char *body = pt_task_body(pt_unique("behind"), 100, NULL, NULL);
   pt_submit_ok(&s, body, id);
   free(body);
@@ -1261,6 +1299,9 @@ Test(trades, an_entry_that_always_fails_does_not_hold_up_the_rest,
   count_events(q, id, "task.final", 15, &distinct, &total);
   cr_assert_eq(distinct, 1, "the task's result was not published while an "
                "entry before it kept failing");
+  /* Neither dropped nor taken for done. */
+  cr_assert_geq(outbox_deliveries(r, entry, 1, 0), 1,
+                "the failing entry is no longer pending");
   cr_assert_eq(pt_stack_stop(&s), 0);
   freeReplyObject(redisCommand(r, "XACK pt:outbox relay %s", entry));
   freeReplyObject(redisCommand(r, "XDEL pt:outbox %s", entry));

@@ -137,8 +137,9 @@ static int64_t stat_of(pt_simproc_t *sim, const char *no, const char *key) {
   bson_t d;
   snprintf(path, sizeof path, "/v1/sim/trades/%s", no);
   long st = control(sim, "GET", path, NULL, &d);
-  if (st == 404) { /* no such trade */
-    bson_destroy(&d);
+  const char *code = str(&d, "code");
+  if (st == 404 && code != NULL && strcmp(code, "TRADE_NOT_EXIST") == 0) {
+    bson_destroy(&d); /* no such trade */
     return -1;
   }
   cr_assert_eq(st, 200, "the simulator answered %ld for trade %s", st, no);

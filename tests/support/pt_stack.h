@@ -52,8 +52,14 @@ void pt_stack_signal_worker(pt_stack_t *s, int i, int sig);
  * virtual host of pt_stack_vhost. Returns the number of processes that did
  * not exit 0 by themselves. */
 int pt_stack_stop(pt_stack_t *s);
-/* A suite's fini: pt_stack_stop, and the test fails if a process did not
- * exit 0 by itself (a crash, a sanitizer's report, a hang on SIGTERM). */
+/* Waits up to timeout_s for a line of the stack's log file (worker0.log,
+ * api.log…) holding every one of the NULL-terminated needles; returns 1 if
+ * one came. */
+int pt_stack_log_wait(pt_stack_t *s, const char *file,
+                      const char *const *needles, int timeout_s);
+/* A suite's fini: pt_stack_stop, and the test program fails (aborts) if a
+ * process did not exit 0 by itself (a crash, a sanitizer's report, a hang
+ * on SIGTERM). */
 void pt_stack_fini(pt_stack_t *s);
 
 /* The virtual host that PAYTASK_AMQP_URI names ("/" for an empty path). */
