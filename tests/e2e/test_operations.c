@@ -271,6 +271,23 @@ Test(operations, a_drained_worker_leaves_no_outbox_entry_pending) {
     cr_assert(i < 2999, "the worker relayed nothing in 30 s");
     pt_test_sleep_ms(10);
   }
+  /* The worker reads as the consumer named here (else "none pending"
+   * below would hold of a name nobody uses). */
+  r = redisCommand(rc, "XINFO CONSUMERS %s %s", PT_STREAM_OUTBOX,
+                   PT_RELAY_GROUP);
+  cr_assert(r != NULL && r->type == REDIS_REPLY_ARRAY, "XINFO CONSUMERS");
+  int named = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    redisReply *c = r->element[i];
+    for (size_t k = 0; c->type == REDIS_REPLY_ARRAY && k + 1 < c->elements;
+         k += 2)
+      named |= c->element[k]->type == REDIS_REPLY_STRING &&
+               strcmp(c->element[k]->str, "name") == 0 &&
+               c->element[k + 1]->type == REDIS_REPLY_STRING &&
+               strcmp(c->element[k + 1]->str, consumer) == 0;
+  }
+  freeReplyObject(r);
+  cr_assert(named, "no consumer %s in the relay's group", consumer);
   cr_assert_eq(pt_stack_stop_worker(&stack, w, 60), 0,
                "the worker did not drain and exit 0");
   r = redisCommand(rc, "XPENDING %s %s - + 1000 %s", PT_STREAM_OUTBOX,
