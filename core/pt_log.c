@@ -82,8 +82,25 @@ void pt_log_write(pt_log_level_t level, const char *event, const char *fmt,
             ts, (long)(tv.tv_usec / 1000), level_name(level), log_component,
             event, esc);
   } else {
+    /* One event, one line: a control character in a field (a newline in
+     * a message from the queue or a channel) is written escaped, so that
+     * nothing a field holds can end the line or forge another. */
+    char esc[4200];
+    size_t j = 0;
+    for (size_t i = 0; fields[i] != '\0' && j + 5 < sizeof esc; i++) {
+      unsigned char c = (unsigned char)fields[i];
+      if (c == '\n' || c == '\r' || c == '\t') {
+        esc[j++] = '\\';
+        esc[j++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+      } else if (c < 0x20 || c == 0x7f) {
+        j += (size_t)snprintf(esc + j, sizeof esc - j, "\\x%02x", c);
+      } else {
+        esc[j++] = (char)c;
+      }
+    }
+    esc[j] = '\0';
     fprintf(stderr, "ts=%s.%03ldZ level=%s comp=%s event=%s %s\n", ts,
             (long)(tv.tv_usec / 1000), level_name(level), log_component,
-            event, fields);
+            event, esc);
   }
 }
