@@ -35,7 +35,8 @@
  *        can prove that nothing was created or charged twice
  *   GET  /v1/sim/stats              totals
  *   POST /v1/sim/outage {"on": true|false}   every new create fails with
- *        the dialect's system error (503, 20000, 500 SYSTEM_ERROR)
+ *        the dialect's system error (503, 20000, 500 SYSTEM_ERROR), and in
+ *        the alipay and wechat dialects every query and close too
  *   GET  /healthz
  * Flags: --listen, --latency-ms, --error-rate, --pay-after-ms (default -1:
  * the buyer pays only when told), --notify-schedule-ms (default

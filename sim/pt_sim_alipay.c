@@ -18,7 +18,8 @@
  * - Bad or missing biz_content fields answer 40004 ACQ.INVALID_PARAMETER.
  * - `timestamp` must be within 15 minutes of now (GMT+8).
  * - A system error (outage, create_fail_times, --error-rate) is HTTP 200
- *   with code 20000 isp.unknow-error, signed, as Alipay answers it. */
+ *   with code 20000 isp.unknow-error, signed, as Alipay answers it. An
+ *   outage fails queries and closes too. */
 #include <bson/bson.h>
 #include <ctype.h>
 #include <stdio.h>
@@ -401,6 +402,11 @@ static void query(pt_sim_t *sim, alipay_t *a, pt_httpd_req_t *req,
   int delay = pt_sim_latency(sim, t);
   char total[32], when[20];
   pt_sim_count(sim, t, PT_SIM_CALL_QUERY);
+  if (pt_sim_outage(sim)) { /* an outage fails every call */
+    reply_error(sim, a, req, method, "20000", "isp.unknow-error", "系统繁忙",
+                NULL, delay);
+    return;
+  }
   if (!visible(t)) {
     reply_error(sim, a, req, method, "40004", "ACQ.TRADE_NOT_EXIST",
                 "交易不存在", biz_str(biz, "out_trade_no"), delay);
@@ -430,6 +436,11 @@ static void close_trade(pt_sim_t *sim, alipay_t *a, pt_httpd_req_t *req,
   pt_sim_trade_t *t = named_trade(sim, biz);
   int delay = pt_sim_latency(sim, t);
   pt_sim_count(sim, t, PT_SIM_CALL_CLOSE);
+  if (pt_sim_outage(sim)) {
+    reply_error(sim, a, req, method, "20000", "isp.unknow-error", "系统繁忙",
+                NULL, delay);
+    return;
+  }
   if (!visible(t)) {
     if (t != NULL)
       pt_sim_trade_close(sim, t); /* the QR code is void from now on */

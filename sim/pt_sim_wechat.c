@@ -23,7 +23,8 @@
  *   USERPAYING.
  * - Errors: 400 PARAM_ERROR (field named in message), 400
  *   APPID_MCHID_NOT_MATCH, 401 SIGN_ERROR, 404 ORDER_NOT_EXIST / NOT_FOUND,
- *   500 SYSTEM_ERROR (outage, create_fail_times, --error-rate). */
+ *   500 SYSTEM_ERROR (outage, create_fail_times, --error-rate); an outage
+ *   fails queries and closes too. */
 #include <bson/bson.h>
 #include <ctype.h>
 #include <stdio.h>
@@ -424,6 +425,10 @@ static void query(pt_sim_t *sim, const wechat_t *w, pt_httpd_req_t *req,
   int delay = pt_sim_latency(sim, t);
   size_t mlen = strlen(cfg->wechat_mchid);
   pt_sim_count(sim, t, PT_SIM_CALL_QUERY);
+  if (pt_sim_outage(sim)) { /* an outage fails every call */
+    reply_error(sim, w, req, 500, "SYSTEM_ERROR", "系统错误", delay);
+    return;
+  }
   if (q == NULL || qlen != 6 + mlen || memcmp(q, "mchid=", 6) != 0 ||
       memcmp(q + 6, cfg->wechat_mchid, mlen) != 0) {
     reply_error(sim, w, req, 400, "PARAM_ERROR",
@@ -450,6 +455,10 @@ static void close_trade(pt_sim_t *sim, const wechat_t *w, pt_httpd_req_t *req,
   bson_t doc;
   pt_input_error_t ie;
   pt_sim_count(sim, t, PT_SIM_CALL_CLOSE);
+  if (pt_sim_outage(sim)) {
+    reply_error(sim, w, req, 500, "SYSTEM_ERROR", "系统错误", delay);
+    return;
+  }
   if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
     reply_error(sim, w, req, 400, "PARAM_ERROR", ie.message, delay);
     return;

@@ -650,9 +650,16 @@ Test(sim_alipay, rules_drive_the_buyer_and_the_channel, .timeout = 60) {
   cr_assert_eq(pt_sink_count(&sink), 2);
   cr_assert_eq(stat_of(&sim, b, "callbacks_sent"), 0);
 
-  /* An outage: every create answers 20000. */
+  /* An outage: every create answers 20000, and so does a query or a
+   * close of a trade that exists (b, paid above). */
   cr_assert_eq(control(&sim, "POST", "/v1/sim/outage", "{\"on\":true}", NULL),
                200);
+  alipay_ok(&sim, "alipay.trade.query", b, NULL, NULL, &r);
+  str_eq(&r, "code", "20000");
+  bson_destroy(&r);
+  alipay_ok(&sim, "alipay.trade.close", b, NULL, NULL, &r);
+  str_eq(&r, "code", "20000");
+  bson_destroy(&r);
   unique_no(b, sizeof b, "AR");
   alipay_ok(&sim, "alipay.trade.precreate", b, "4.00", &o, &r);
   str_eq(&r, "code", "20000");
