@@ -130,6 +130,10 @@ static const cfg_key_t keys[] = {
      "is closed at the channel when it ends unpaid"},
     {"query.schedule", S(query_schedule), "5,10,30,60,600,1200", 0, 0, 0,
      "seconds between the queries of a created trade, until it is final"},
+    {"close.schedule", S(close_schedule), "5,10,30,60,300,600,1800,3600", 0,
+     0, 0,
+     "seconds before each retry of a trade's close at the channel; after the "
+     "last one the close task fails to the dead queue"},
     {"notify.schedule", S(notify_schedule),
      "15,15,30,180,600,1200,1800,3600,7200,21600", 0, 0, 0,
      "seconds before each retry of a merchant notification; after the last "
@@ -268,6 +272,7 @@ static int check_value(const cfg_key_t *k, const char *value,
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: must be plain, alipay or wechat", k->key);
   if ((strcmp(k->key, "query.schedule") == 0 ||
+       strcmp(k->key, "close.schedule") == 0 ||
        strcmp(k->key, "notify.schedule") == 0) &&
       pt_config_schedule(value, NULL, 0) <= 0)
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,

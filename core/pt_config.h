@@ -60,6 +60,7 @@ typedef struct {
   /* the life of a trade */
   int64_t trade_expire_in;
   char query_schedule[PT_CFG_STR_MAX];
+  char close_schedule[PT_CFG_STR_MAX];
   char notify_schedule[PT_CFG_STR_MAX];
   char notify_secrets[PT_CFG_STR_MAX];
   int64_t notify_timeout_ms;

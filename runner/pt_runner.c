@@ -85,6 +85,16 @@ void pt_runner_run(const pt_runner_ops_t *ops, const pt_runner_env_t *env,
   }
 }
 
+int pt_schedule_retry_delay(const char *schedule, int attempt,
+                            pt_outcome_t o) {
+  int64_t s[PT_SCHEDULE_MAX];
+  int n = pt_config_schedule(schedule, s, PT_SCHEDULE_MAX);
+  if (o == PT_OUTCOME_SUCCESS || o == PT_OUTCOME_FAIL || attempt < 1 ||
+      attempt > n)
+    return -1;
+  return (int)s[attempt - 1];
+}
+
 int pt_retry_delay(const pt_task_t *t, int attempt, pt_outcome_t o) {
   if (o != PT_OUTCOME_RETRY && o != PT_OUTCOME_UNKNOWN)
     return -1;

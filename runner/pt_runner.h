@@ -100,4 +100,9 @@ void pt_runner_run(const pt_runner_ops_t *ops, const pt_runner_env_t *env,
  * 1 + retry_times attempts. */
 int pt_retry_delay(const pt_task_t *t, int attempt, pt_outcome_t o);
 
+/* A retry policy on a schedule ("15,30,60", pt_config_schedule): after
+ * attempt k ended with a retryable outcome, schedule[k-1] seconds; -1
+ * after a success or a final failure, or once the schedule is spent. */
+int pt_schedule_retry_delay(const char *schedule, int attempt, pt_outcome_t o);
+
 #endif

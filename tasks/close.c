@@ -65,9 +65,20 @@ static int close_do_task(pt_attempt_t *a) {
   return pt_chan_call(c, PT_CHAN_CLOSE);
 }
 
+/* Retry k waits close.schedule[k-1] seconds; after the last, the close
+ * fails to the dead queue. (The retry policy of submitted tasks, 1 to 5
+ * seconds, gave a channel outage 15 s at a trade's expiry before the
+ * close was given up and the trade left unclosed.) */
+static int close_retry_delay(const pt_task_t *t, const pt_config_t *cfg,
+                             int attempt, pt_outcome_t o) {
+  (void)t;
+  return pt_schedule_retry_delay(cfg->close_schedule, attempt, o);
+}
+
 const pt_runner_ops_t pt_close_runner = {
     .type = "close",
     .priv_size = sizeof(pt_chan_call_t),
     .do_task = close_do_task,
+    .retry_delay = close_retry_delay,
     .internal = 1,
 };

@@ -156,12 +156,8 @@ static int notify_do_task(pt_attempt_t *a) {
 /* Retry k waits notify.schedule[k-1] seconds; after the last, give up. */
 static int notify_retry_delay(const pt_task_t *t, const pt_config_t *cfg,
                               int attempt, pt_outcome_t o) {
-  int64_t s[PT_SCHEDULE_MAX];
-  int n = pt_config_schedule(cfg->notify_schedule, s, PT_SCHEDULE_MAX);
   (void)t;
-  if (o == PT_OUTCOME_SUCCESS || o == PT_OUTCOME_FAIL || attempt > n)
-    return -1;
-  return (int)s[attempt - 1];
+  return pt_schedule_retry_delay(cfg->notify_schedule, attempt, o);
 }
 
 const pt_runner_ops_t pt_notify_runner = {

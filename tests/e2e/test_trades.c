@@ -457,6 +457,39 @@ Test(trades, wechat_closed_at_expiry, .timeout = 120) {
   closed_at_expiry("wechat");
 }
 
+/* A channel outage at the end of a trade's window: the close is retried on
+ * close.schedule until the channel answers. The retry policy of submitted
+ * tasks gave it six tries within 15 s, then the dead queue, and the trade
+ * stayed NOTPAY. */
+Test(trades, a_close_during_an_outage_is_retried_until_it_goes_through,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24];
+  const char *otn = pt_unique("outclose");
+  pt_stack_env(&s, "PAYTASK_CLOSE_SCHEDULE",
+               "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1");
+  start(&s, "wechat", "60");
+  pay_body(body, sizeof body, "wechat", otn, 650, 0, 5);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  cr_assert_eq(sim_post(&s, "/v1/sim/outage", "{\"on\":true}"), 200);
+  /* More failed closes than the old policy ever made. */
+  int64_t closes = 0;
+  for (int i = 0; i < 600 && closes < 8; i++) {
+    usleep(100000);
+    closes = pt_sim_stat(&s, otn, "closes");
+  }
+  cr_assert_geq(closes, 8, "the close was tried %lld times in the outage",
+                (long long)closes);
+  cr_assert_eq(sim_post(&s, "/v1/sim/outage", "{\"on\":false}"), 200);
+  wait_closed_after_window(&s, id, 30);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 static void paid_just_before_close(const char *dialect) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);

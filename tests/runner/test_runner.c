@@ -80,6 +80,25 @@ ParameterizedTest(size_t *i, tables, runners) {
       cr_assert_str_neq(pt_runners[j]->type, r->type, "duplicate type");
 }
 
+/* close and notify retry on their schedules: entry k after attempt k,
+ * nothing after a success, a final failure or the schedule's end. */
+Test(tables, a_schedule_gives_the_delay_of_each_retry) {
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 1, PT_OUTCOME_RETRY), 5);
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 2, PT_OUTCOME_UNKNOWN), 10);
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 3, PT_OUTCOME_RETRY), -1);
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 1, PT_OUTCOME_SUCCESS), -1);
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 1, PT_OUTCOME_FAIL), -1);
+  cr_assert_eq(pt_schedule_retry_delay("5,10", 0, PT_OUTCOME_RETRY), -1);
+  pt_config_t cfg;
+  pt_config_defaults(&cfg);
+  cr_assert_eq(pt_runner_find("close")->retry_delay(NULL, &cfg, 8,
+                                                    PT_OUTCOME_RETRY),
+               3600, "close.schedule's default ends at an hour");
+  cr_assert_eq(pt_runner_find("close")->retry_delay(NULL, &cfg, 9,
+                                                    PT_OUTCOME_RETRY),
+               -1);
+}
+
 Test(tables, unknown_codes_are_null_and_checked) {
   pt_task_t t;
   pt_input_error_t ie;
