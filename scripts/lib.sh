@@ -22,6 +22,13 @@ rabbitmq-server redis-server"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# port_answers PORT: 0 if something accepts connections on 127.0.0.1:PORT
+# (a connect bounded to 2 s: a port whose packets are dropped counts as
+# free, not as a 2-minute wait).
+port_answers() {
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
