@@ -16,8 +16,8 @@
 /* Levels of objects and arrays params may nest, itself included. */
 #define PT_PARAMS_DEPTH 32
 #define PT_RETRY_MAX 5
-/* Scheduled kinds (query, notify) follow their own schedules, longer than
- * a client's retries. */
+/* Scheduled kinds (query, close, notify) follow their own schedules,
+ * longer than a client's retries. */
 #define PT_ATTEMPT_MAX 40
 #define PT_RETRY_DEFAULT 3
 

@@ -66,7 +66,7 @@ typedef struct sim {
   uv_signal_t sigterm, sigint;
   unsigned rng;
   struct later *laters;
-  int outage; /* every create answers a system error while set */
+  int outage; /* every call answers a system error while set (plain: creates) */
   int stopping;
 } sim_t;
 

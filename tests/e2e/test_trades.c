@@ -477,6 +477,8 @@ Test(trades, a_close_during_an_outage_is_retried_until_it_goes_through,
   cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
   bson_destroy(&doc);
   cr_assert_eq(sim_post(&s, "/v1/sim/outage", "{\"on\":true}"), 200);
+  cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 0,
+               "the close ran before the outage began");
   /* More failed closes than the old policy ever made. */
   int64_t closes = 0;
   for (int i = 0; i < 600 && closes < 8; i++) {
