@@ -1,7 +1,6 @@
 #include "api/pt_api.h"
 
 #include <getopt.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +9,7 @@
 
 #include "api/pt_api_reply.h"
 #include "core/pt_amqp.h"
+#include "core/pt_crypto.h"
 #include "core/pt_httpd.h"
 #include "core/pt_id.h"
 #include "core/pt_lease.h"
@@ -912,13 +912,11 @@ static void repeat_of_key(op_t *op, const char *detail) {
   const char *colon = strchr(detail, ':');
   size_t blen;
   const char *body = pt_httpd_body(op->req, &blen);
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  char hex[65];
-  SHA256((const unsigned char *)body, blen, md);
-  for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-    snprintf(hex + 2 * i, 3, "%02x", md[i]);
-  if (colon == NULL || (size_t)(colon - detail) != 64 ||
-      memcmp(detail, hex, 64) != 0 || strlen(colon + 1) > 20) {
+  char hex[PT_CRYPTO_SHA256_HEX_LEN + 1];
+  pt_crypto_sha256_hex(body, blen, hex);
+  if (colon == NULL || (size_t)(colon - detail) != PT_CRYPTO_SHA256_HEX_LEN ||
+      memcmp(detail, hex, PT_CRYPTO_SHA256_HEX_LEN) != 0 ||
+      strlen(colon + 1) > 20) {
     op_error(op, 409, "idempotency_conflict",
              "this Idempotency-Key was used with a different body");
     return;
@@ -1128,11 +1126,9 @@ static void submit_task(op_t *op, const char *body, size_t blen) {
 
   char idem_val[100] = "";
   if (op->has_idem) {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)body, blen, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-      snprintf(idem_val + 2 * i, 3, "%02x", md[i]);
-    snprintf(idem_val + 64, sizeof idem_val - 64, ":%s", op->id);
+    pt_crypto_sha256_hex(body, blen, idem_val);
+    snprintf(idem_val + PT_CRYPTO_SHA256_HEX_LEN,
+             sizeof idem_val - PT_CRYPTO_SHA256_HEX_LEN, ":%s", op->id);
   }
   size_t slen;
   char *spec = pt_task_spec_json(&op->task, 0, &slen);

@@ -167,12 +167,13 @@ int pt_crypto_key_new_from_cert(const char *pem, size_t len,
   return load_key(pem, len, PEM_CERT, out, err);
 }
 
-int pt_crypto_key_sha256(const pt_crypto_key_t *key, unsigned char out[32]) {
+int pt_crypto_key_sha256_hex(const pt_crypto_key_t *key,
+                             char hex[PT_CRYPTO_SHA256_HEX_LEN + 1]) {
   unsigned char *der = NULL;
   int n = key != NULL ? i2d_PUBKEY(key->pkey, &der) : -1;
   if (n <= 0)
     return PT_ECRYPTO;
-  SHA256(der, (size_t)n, out);
+  pt_crypto_sha256_hex(der, (size_t)n, hex);
   OPENSSL_free(der);
   return 0;
 }
@@ -395,11 +396,29 @@ int pt_crypto_wechat_decrypt(const char *api_v3_key, const char *nonce,
 
 /* ---- HMAC ---- */
 
+/* The 32 bytes of a SHA-256 digest or HMAC as lowercase hex, with the
+ * NUL. */
+static void digest_hex(const unsigned char md[32],
+                       char hex[PT_CRYPTO_SHA256_HEX_LEN + 1]) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < 32; i++) {
+    hex[2 * i] = digits[md[i] >> 4];
+    hex[2 * i + 1] = digits[md[i] & 0xf];
+  }
+  hex[PT_CRYPTO_SHA256_HEX_LEN] = '\0';
+}
+
+void pt_crypto_sha256_hex(const void *data, size_t len,
+                          char hex[PT_CRYPTO_SHA256_HEX_LEN + 1]) {
+  unsigned char md[32];
+  SHA256(data != NULL ? data : (const void *)"", len, md);
+  digest_hex(md, hex);
+}
+
 int pt_crypto_hmac_sha256_hex(const void *key, size_t key_len,
                               const void *data, size_t len,
                               char hex[PT_CRYPTO_HMAC_SHA256_HEX_LEN + 1],
                               pt_error_t *err) {
-  static const char digits[] = "0123456789abcdef";
   unsigned char mac[32];
   size_t mac_len = 0;
   hex[0] = '\0';
@@ -410,11 +429,7 @@ int pt_crypto_hmac_sha256_hex(const void *key, size_t key_len,
                 &mac_len) == NULL ||
       mac_len != sizeof mac)
     return ossl_fail(err, PT_ECRYPTO, "hmac: HMAC-SHA256 failed");
-  for (size_t i = 0; i < sizeof mac; i++) {
-    hex[2 * i] = digits[mac[i] >> 4];
-    hex[2 * i + 1] = digits[mac[i] & 0xf];
-  }
-  hex[PT_CRYPTO_HMAC_SHA256_HEX_LEN] = '\0';
+  digest_hex(mac, hex);
   return 0;
 }
 

@@ -34,6 +34,9 @@ int pt_crypto_base64_decode(const char *text, size_t len, unsigned char **out,
 /* An RSA key, private (which can also verify) or public only. Opaque. */
 typedef struct pt_crypto_key pt_crypto_key_t;
 
+/* A SHA-256 digest written in hex, without the NUL. */
+#define PT_CRYPTO_SHA256_HEX_LEN 64
+
 /* Loads a private key from PEM text: PKCS#8 "PRIVATE KEY" or PKCS#1
  * "RSA PRIVATE KEY". Encrypted keys are refused (no passphrase prompt). */
 int pt_crypto_key_new_private(const char *pem, size_t len,
@@ -48,10 +51,11 @@ int pt_crypto_key_new_public(const char *pem, size_t len,
 int pt_crypto_key_new_from_cert(const char *pem, size_t len,
                                 pt_crypto_key_t **out, pt_error_t *err);
 
-/* SHA-256 of the key's public half in DER (SubjectPublicKeyInfo): the
- * same for a key read from a PEM public key, a certificate or a private
- * key. Returns 0 or PT_ECRYPTO. */
-int pt_crypto_key_sha256(const pt_crypto_key_t *key, unsigned char out[32]);
+/* SHA-256 of the key's public half in DER (SubjectPublicKeyInfo), as
+ * lowercase hex: the same for a key read from a PEM public key, a
+ * certificate or a private key. Returns 0 or PT_ECRYPTO. */
+int pt_crypto_key_sha256_hex(const pt_crypto_key_t *key,
+                             char hex[PT_CRYPTO_SHA256_HEX_LEN + 1]);
 
 /* Frees a key; NULL does nothing. */
 void pt_crypto_key_destroy(pt_crypto_key_t *key);
@@ -101,9 +105,14 @@ int pt_crypto_wechat_decrypt(const char *api_v3_key, const char *nonce,
                              const char *ciphertext_b64, char **plain,
                              size_t *plain_len, pt_error_t *err);
 
-/* ---- HMAC ---- */
+/* ---- hashes and HMAC ---- */
 
-#define PT_CRYPTO_HMAC_SHA256_HEX_LEN 64
+#define PT_CRYPTO_HMAC_SHA256_HEX_LEN PT_CRYPTO_SHA256_HEX_LEN
+
+/* SHA-256 of data as lowercase hex into hex (65 bytes, with the NUL);
+ * data may be NULL when len is 0. */
+void pt_crypto_sha256_hex(const void *data, size_t len,
+                          char hex[PT_CRYPTO_SHA256_HEX_LEN + 1]);
 
 /* HMAC-SHA256 of data under key as lowercase hex into hex (65 bytes, with
  * the NUL). key and data may be NULL when their lengths are 0. */

@@ -170,16 +170,13 @@ static int is_dev_key(const char *name, const char *path,
                       pt_chan_key_kind_t kind) {
   pt_crypto_key_t *key;
   pt_error_t err;
-  unsigned char md[32];
-  char hex[65];
+  char hex[PT_CRYPTO_SHA256_HEX_LEN + 1];
   if (path[0] == '\0' || pt_chan_load_key(name, path, kind, &key, &err) != 0)
     return 0;
-  int rc = pt_crypto_key_sha256(key, md);
+  int rc = pt_crypto_key_sha256_hex(key, hex);
   pt_crypto_key_destroy(key);
   if (rc != 0)
     return 0;
-  for (int i = 0; i < 32; i++)
-    snprintf(hex + 2 * i, 3, "%02x", md[i]);
   for (size_t i = 0; i < sizeof dev_platform_keys / sizeof *dev_platform_keys;
        i++)
     if (strcmp(hex, dev_platform_keys[i]) == 0)

@@ -216,6 +216,17 @@ Test(crypto, base64_decode_is_strict) {
   }
 }
 
+/* FIPS 180-2's examples, and the empty input. */
+Test(crypto, sha256_hex) {
+  char hex[PT_CRYPTO_SHA256_HEX_LEN + 1];
+  pt_crypto_sha256_hex("abc", 3, hex);
+  cr_assert_str_eq(
+      hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  pt_crypto_sha256_hex(NULL, 0, hex);
+  cr_assert_str_eq(
+      hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
 Test(crypto, hmac_sha256_rfc4231) {
   char hex[PT_CRYPTO_HMAC_SHA256_HEX_LEN + 1];
   unsigned char k1[20];
