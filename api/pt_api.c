@@ -970,9 +970,8 @@ static int doc_is_final(const bson_t *doc) {
   bson_iter_t it;
   if (!bson_iter_init_find(&it, doc, "status") || !BSON_ITER_HOLDS_UTF8(&it))
     return 0;
-  const char *s = bson_iter_utf8(&it, NULL);
-  return strcmp(s, "SUCCEEDED") == 0 || strcmp(s, "FAILED") == 0 ||
-         strcmp(s, "CANCELLED") == 0;
+  int st = pt_status_parse(bson_iter_utf8(&it, NULL));
+  return st >= 0 && pt_status_final((pt_status_t)st);
 }
 
 static void on_retried_doc(op_t *op, const bson_t *doc) {
