@@ -554,6 +554,31 @@ static int parse_scopes(const char *p, size_t n) {
   return scopes;
 }
 
+/* One api.tokens entry, TOKEN[:SCOPES[:CLIENT]], split: the token is the
+ * entry's first tn bytes; no scopes listed is every scope; client is
+ * NULL (cn 0) when the entry names none. */
+typedef struct {
+  size_t tn;
+  int scopes;
+  const char *client;
+  size_t cn;
+} token_entry_t;
+
+static void split_token_entry(const char *e, size_t n, token_entry_t *t) {
+  const char *colon = memchr(e, ':', n);
+  t->tn = colon ? (size_t)(colon - e) : n;
+  size_t sn = colon ? n - t->tn - 1 : 0;
+  const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
+  t->client = NULL;
+  t->cn = 0;
+  if (c2 != NULL) {
+    t->client = c2 + 1;
+    t->cn = n - (size_t)(c2 + 1 - e);
+    sn = (size_t)(c2 - colon - 1);
+  }
+  t->scopes = colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
+}
+
 int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
                            size_t len, char *client, size_t clen) {
   const char *p = cfg->api_tokens, *e;
@@ -562,27 +587,20 @@ int pt_config_token_lookup(const pt_config_t *cfg, const char *token,
   if (client != NULL && clen > 0)
     snprintf(client, clen, "default");
   while (next_entry(&p, &e, &n)) {
-    /* TOKEN[:SCOPES[:CLIENT]] */
-    const char *colon = memchr(e, ':', n);
-    size_t tn = colon ? (size_t)(colon - e) : n;
-    if (tn != len || tn == 0)
+    token_entry_t t;
+    split_token_entry(e, n, &t);
+    if (t.tn != len || t.tn == 0)
       continue;
     unsigned char diff = 0;
-    for (size_t i = 0; i < tn; i++)
+    for (size_t i = 0; i < t.tn; i++)
       diff |= (unsigned char)(e[i] ^ token[i]);
     if (diff != 0)
       continue;
-    size_t sn = colon ? n - tn - 1 : 0;
-    const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
-    if (c2 != NULL) {
-      size_t cn = n - (size_t)(c2 + 1 - e);
-      sn = (size_t)(c2 - colon - 1);
-      if (client != NULL && cn > 0 && cn < clen) {
-        memcpy(client, c2 + 1, cn);
-        client[cn] = '\0';
-      }
+    if (client != NULL && t.cn > 0 && t.cn < clen) {
+      memcpy(client, t.client, t.cn);
+      client[t.cn] = '\0';
     }
-    found |= colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
+    found |= t.scopes;
   }
   return found;
 }
@@ -592,16 +610,11 @@ int pt_config_token_for(const pt_config_t *cfg, int scopes, char *out,
   const char *p = cfg->api_tokens, *e;
   size_t n;
   while (next_entry(&p, &e, &n)) {
-    const char *colon = memchr(e, ':', n);
-    size_t tn = colon ? (size_t)(colon - e) : n;
-    size_t sn = colon ? n - tn - 1 : 0;
-    const char *c2 = colon ? memchr(colon + 1, ':', sn) : NULL;
-    if (c2 != NULL)
-      sn = (size_t)(c2 - colon - 1);
-    int has = colon && sn > 0 ? parse_scopes(colon + 1, sn) : PT_SCOPE_ALL;
-    if (tn > 0 && tn < len && (has & scopes) == scopes) {
-      memcpy(out, e, tn);
-      out[tn] = '\0';
+    token_entry_t t;
+    split_token_entry(e, n, &t);
+    if (t.tn > 0 && t.tn < len && (t.scopes & scopes) == scopes) {
+      memcpy(out, e, t.tn);
+      out[t.tn] = '\0';
       return 0;
     }
   }
