@@ -410,15 +410,44 @@ static const struct {
                 {"mismatch", PT_V_MISMATCH},
                 {"reopened", PT_V_REOPENED}};
 
+/* A reply that is no answer (the connection lost, an error reply): told to
+ * the caller, and 1. */
+static int reply_failed(const call_t *c, const redisReply *reply) {
+  if (reply == NULL)
+    c->cb(PT_EREDIS, PT_V_OK, "redis connection lost", c->arg);
+  else if (reply->type == REDIS_REPLY_ERROR)
+    c->cb(PT_EREDIS, PT_V_OK, reply->str, c->arg);
+  else
+    return 0;
+  return 1;
+}
+
+/* Sends a command (argv, binary-safe) whose reply fn turns into cb's
+ * verdict. */
+static int send_call(redisAsyncContext *ac, redisCallbackFn *fn, int argc,
+                     const char **av, const size_t *al, pt_store_cb cb,
+                     void *arg) {
+  call_t *c = malloc(sizeof *c);
+  if (c == NULL)
+    return PT_ENOMEM;
+  c->cb = cb;
+  c->arg = arg;
+  if (redisAsyncCommandArgv(ac, fn, c, argc, av, al) != REDIS_OK) {
+    free(c);
+    return PT_EREDIS;
+  }
+  return 0;
+}
+
 static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata) {
   call_t *c = privdata;
   redisReply *reply = r;
   (void)ac;
-  if (reply == NULL) {
-    c->cb(PT_EREDIS, PT_V_OK, "redis connection lost", c->arg);
-  } else if (reply->type == REDIS_REPLY_ERROR) {
-    c->cb(PT_EREDIS, PT_V_OK, reply->str, c->arg);
-  } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+  if (reply_failed(c, reply)) {
+    free(c);
+    return;
+  }
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
              reply->element[0]->type != REDIS_REPLY_STRING ||
              reply->element[1]->type != REDIS_REPLY_STRING) {
     c->cb(PT_EPROTO, PT_V_OK, "unexpected script reply", c->arg);
@@ -443,7 +472,6 @@ static int evalsha(redisAsyncContext *ac, int script, int nkeys, int argc,
   const char *av[40];
   size_t al[40];
   char nk[8];
-  call_t *c;
 
   if (scripts[script].sha[0] == '\0')
     compute_shas();
@@ -458,17 +486,7 @@ static int evalsha(redisAsyncContext *ac, int script, int nkeys, int argc,
     av[3 + i] = argv[i];
     al[3 + i] = lens ? lens[i] : strlen(argv[i]);
   }
-  c = malloc(sizeof *c);
-  if (c == NULL)
-    return PT_ENOMEM;
-  c->cb = cb;
-  c->arg = arg;
-  if (redisAsyncCommandArgv(ac, on_script_reply, c, argc + 3, av, al) !=
-      REDIS_OK) {
-    free(c);
-    return PT_EREDIS;
-  }
-  return 0;
+  return send_call(ac, on_script_reply, argc + 3, av, al, cb, arg);
 }
 
 static int hgetall(redisAsyncContext *ac, const char *k, pt_store_hash_cb cb,
@@ -482,11 +500,11 @@ static void on_idem_reply(redisAsyncContext *ac, void *r, void *privdata) {
   call_t *c = privdata;
   redisReply *reply = r;
   (void)ac;
-  if (reply == NULL)
-    c->cb(PT_EREDIS, PT_V_OK, "redis connection lost", c->arg);
-  else if (reply->type == REDIS_REPLY_ERROR)
-    c->cb(PT_EREDIS, PT_V_OK, reply->str, c->arg);
-  else if (reply->type == REDIS_REPLY_NIL)
+  if (reply_failed(c, reply)) {
+    free(c);
+    return;
+  }
+  if (reply->type == REDIS_REPLY_NIL)
     c->cb(0, PT_V_NOTFOUND, "", c->arg);
   else if (reply->type == REDIS_REPLY_STRING)
     c->cb(0, PT_V_DUP, reply->str, c->arg);
@@ -498,17 +516,10 @@ static void on_idem_reply(redisAsyncContext *ac, void *r, void *privdata) {
 int pt_store_idem_get(redisAsyncContext *ac, const char *idem_key,
                       pt_store_cb cb, void *arg) {
   char k[320];
-  call_t *c = malloc(sizeof *c);
-  if (c == NULL)
-    return PT_ENOMEM;
   key(k, sizeof k, PT_KEY_IDEM, idem_key);
-  c->cb = cb;
-  c->arg = arg;
-  if (redisAsyncCommand(ac, on_idem_reply, c, "GET %s", k) != REDIS_OK) {
-    free(c);
-    return PT_EREDIS;
-  }
-  return 0;
+  const char *av[] = {"GET", k};
+  const size_t al[] = {3, strlen(k)};
+  return send_call(ac, on_idem_reply, 2, av, al, cb, arg);
 }
 
 int pt_store_submit_pay(redisAsyncContext *ac, const char *id,
