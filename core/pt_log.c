@@ -43,6 +43,35 @@ static const char *level_name(pt_log_level_t l) {
   }
 }
 
+/* The escaped JSON string of a line's fields is cut at this size. */
+#define JSON_FIELDS_MAX 2100
+
+/* Writes the fields as the format allows (at most size bytes, the NUL
+ * included). JSON: a string's escapes (quote, backslash, \u00XX for a
+ * control character). logfmt: one event, one line: a control character
+ * (a newline in a message from the queue or a channel) is written \n,
+ * \r, \t or \xXX, so that nothing a field holds can end the line or
+ * forge another. */
+static void escape_fields(const char *in, int json, char *out, size_t size) {
+  size_t j = 0;
+  for (size_t i = 0; in[i] != '\0' && j + 7 < size; i++) {
+    unsigned char c = (unsigned char)in[i];
+    if (json && (c == '"' || c == '\\')) {
+      out[j++] = '\\';
+      out[j++] = (char)c;
+    } else if (!json && (c == '\n' || c == '\r' || c == '\t')) {
+      out[j++] = '\\';
+      out[j++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+    } else if (c < 0x20 || (!json && c == 0x7f)) {
+      j += (size_t)snprintf(out + j, size - j, json ? "\\u%04x" : "\\x%02x",
+                            c);
+    } else {
+      out[j++] = (char)c;
+    }
+  }
+  out[j] = '\0';
+}
+
 void pt_log_write(pt_log_level_t level, const char *event, const char *fmt,
                   ...) {
   char fields[1024];
@@ -59,46 +88,18 @@ void pt_log_write(pt_log_level_t level, const char *event, const char *fmt,
   va_end(ap);
   /* One fprintf per line: stdio locks the stream, so lines from several
    * threads never interleave. */
+  char esc[4200];
   if (log_format == PT_LOG_JSON) {
     /* JSON lines: the key=value fields are carried in one string field so
      * that the line stays valid JSON whatever the fields hold. */
-    char esc[2100];
-    size_t j = 0;
-    for (size_t i = 0; fields[i] != '\0' && j + 7 < sizeof esc; i++) {
-      unsigned char c = (unsigned char)fields[i];
-      if (c == '"' || c == '\\') {
-        esc[j++] = '\\';
-        esc[j++] = (char)c;
-      } else if (c < 0x20) {
-        j += (size_t)snprintf(esc + j, sizeof esc - j, "\\u%04x", c);
-      } else {
-        esc[j++] = (char)c;
-      }
-    }
-    esc[j] = '\0';
+    escape_fields(fields, 1, esc, JSON_FIELDS_MAX);
     fprintf(stderr,
             "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"comp\":\"%s\","
             "\"event\":\"%s\",\"fields\":\"%s\"}\n",
             ts, (long)(tv.tv_usec / 1000), level_name(level), log_component,
             event, esc);
   } else {
-    /* One event, one line: a control character in a field (a newline in
-     * a message from the queue or a channel) is written escaped, so that
-     * nothing a field holds can end the line or forge another. */
-    char esc[4200];
-    size_t j = 0;
-    for (size_t i = 0; fields[i] != '\0' && j + 5 < sizeof esc; i++) {
-      unsigned char c = (unsigned char)fields[i];
-      if (c == '\n' || c == '\r' || c == '\t') {
-        esc[j++] = '\\';
-        esc[j++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
-      } else if (c < 0x20 || c == 0x7f) {
-        j += (size_t)snprintf(esc + j, sizeof esc - j, "\\x%02x", c);
-      } else {
-        esc[j++] = (char)c;
-      }
-    }
-    esc[j] = '\0';
+    escape_fields(fields, 0, esc, sizeof esc);
     fprintf(stderr, "ts=%s.%03ldZ level=%s comp=%s event=%s %s\n", ts,
             (long)(tv.tv_usec / 1000), level_name(level), log_component,
             event, esc);
