@@ -559,6 +559,41 @@ Test(trades, wechat_create_answered_too_late_still_gives_the_code_url,
   cr_assert_eq(pt_stack_stop(&s), 0);
 }
 
+/* Waits until the trade of pay task id names its notify task (into nid)
+ * and that task waits for a retry (RETRY_WAIT in its Redis hash), for up to
+ * timeout_s in all. */
+static void wait_notify_retry(pt_stack_t *s, const char *id, char nid[24],
+                              int timeout_s) {
+  char st[32] = "";
+  bson_t doc;
+  nid[0] = '\0';
+  for (int i = 0; i < timeout_s * 50 && strcmp(st, "RETRY_WAIT") != 0; i++) {
+    if (nid[0] == '\0') {
+      char *out = NULL;
+      pt_api_get(s, id, 0, &out);
+      pt_json(out, &doc);
+      free(out);
+      const char *nt = pt_json_str(&doc, "trade.notify_task");
+      if (nt != NULL)
+        snprintf(nid, 24, "%s", nt);
+      bson_destroy(&doc);
+    }
+    if (nid[0] != '\0') {
+      redisContext *rc = pt_test_redis();
+      redisReply *rr = redisCommand(rc, "HGET pt:task:%s status", nid);
+      snprintf(st, sizeof st, "%s",
+               rr != NULL && rr->str != NULL ? rr->str : "");
+      freeReplyObject(rr);
+      redisFree(rc);
+    }
+    if (strcmp(st, "RETRY_WAIT") != 0)
+      usleep(20000);
+  }
+  cr_assert(nid[0] != '\0', "the trade never named its notify task");
+  cr_assert_str_eq(st, "RETRY_WAIT", "the notify task %s never waited to "
+                   "retry (last status \"%s\")", nid, st);
+}
+
 /* A close waits out the last second of its window held in the worker; when
  * it falls due while the worker's only slot (worker.concurrency = 1) is in a
  * slow call, it waits for the slot and then runs, once. */
@@ -628,29 +663,8 @@ Test(trades, notify_retried_until_success, .timeout = 120) {
   /* The notify task is paytask's own: a client cannot cancel it (which
    * would leave the merchant never told). Asked while it waits for its
    * next try, when a client's task could be cancelled. */
-  char notify_task[24] = "", url[160], st[32] = "";
-  for (int i = 0; i < 300 && notify_task[0] == '\0'; i++) {
-    char *out = NULL;
-    pt_api_get(&s, id, 0, &out);
-    pt_json(out, &doc);
-    free(out);
-    const char *nt = pt_json_str(&doc, "trade.notify_task");
-    if (nt != NULL)
-      snprintf(notify_task, sizeof notify_task, "%s", nt);
-    bson_destroy(&doc);
-    usleep(20000);
-  }
-  cr_assert(notify_task[0] != '\0', "the trade never named its notify task");
-  for (int i = 0; i < 500 && strcmp(st, "RETRY_WAIT") != 0; i++) {
-    redisContext *rc = pt_test_redis();
-    redisReply *rr = redisCommand(rc, "HGET pt:task:%s status", notify_task);
-    snprintf(st, sizeof st, "%s", rr != NULL && rr->str != NULL ? rr->str : "");
-    freeReplyObject(rr);
-    redisFree(rc);
-    if (strcmp(st, "RETRY_WAIT") != 0)
-      usleep(10000);
-  }
-  cr_assert_str_eq(st, "RETRY_WAIT", "the notify task never waited to retry");
+  char notify_task[24], url[160];
+  wait_notify_retry(&s, id, notify_task, 11);
   char *refusal = NULL;
   snprintf(url, sizeof url, "%s/v1/tasks/%s/cancel", s.api_url, notify_task);
   cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &refusal),
@@ -780,7 +794,7 @@ Test(trades, a_notification_sent_to_the_dead_queue_is_notify_failed,
   pt_stack_t s;
   memset(&s, 0, sizeof s);
   receiver_t r;
-  char id[24], nid[24] = "", *out = NULL;
+  char id[24], nid[24] = "";
   bson_t doc;
   const char *env[] = {"PAYTASK_NOTIFY_SCHEDULE", "5", NULL};
   receiver_start(&r, 1);
@@ -790,33 +804,7 @@ Test(trades, a_notification_sent_to_the_dead_queue_is_notify_failed,
   paid_with_notify(&s, &r, pt_unique("deadnote"), id, env);
   /* The first try is refused by the merchant: the notification waits 5 s
    * for its retry. */
-  const char *st = NULL;
-  char seen[64] = "no notify task";
-  for (int i = 0; i < 200 && st == NULL; i++) {
-    pt_api_get(&s, id, 0, &out);
-    pt_json(out, &doc);
-    free(out);
-    const char *n = pt_json_str(&doc, "trade.notify_task");
-    if (n != NULL)
-      snprintf(nid, sizeof nid, "%s", n);
-    bson_destroy(&doc);
-    /* Read once the relay has submitted it: a task not yet in Redis is
-     * looked for in MongoDB too, which may take long. */
-    if (nid[0] != '\0' && pt_redis_has_task(nid)) {
-      long code = pt_api_get(&s, nid, 0, &out);
-      pt_json(out, &doc);
-      free(out);
-      const char *ns = pt_json_str(&doc, "status");
-      snprintf(seen, sizeof seen, "%ld %s", code, ns ? ns : "-");
-      if (ns != NULL && strcmp(ns, "RETRY_WAIT") == 0)
-        st = "RETRY_WAIT";
-      bson_destroy(&doc);
-    }
-    if (st == NULL)
-      usleep(100000);
-  }
-  cr_assert_not_null(st, "the notification never waited for a retry (last "
-                         "seen: %s)", seen);
+  wait_notify_retry(&s, id, nid, 20);
   /* Its retry reaches a worker without the alipay channel. */
   cr_assert_eq(pt_stack_stop_worker(&s, 0, 20), 0);
   pt_stack_env(&s, "PAYTASK_CHANNEL_ALIPAY_APP_ID", "");

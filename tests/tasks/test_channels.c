@@ -368,45 +368,30 @@ Test(channel_table, a_missing_key_file_names_the_key_and_the_file) {
  * fingerprints compiled in match the files), by content: a copy of them
  * elsewhere is too. Another key, or an unconfigured channel, is not. */
 Test(channel_table, the_shipped_development_credentials_are_recognised) {
-  pt_config_t dc;
-  pt_error_t err;
-  char buf[4096], what[64];
-  pt_config_defaults(&dc);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 0);
-  cr_assert_eq(pt_config_set(&dc, "channel.alipay.app_id", "2021000000000000",
-                             &err), 0);
-  cr_assert_eq(pt_config_set(&dc, "channel.alipay.public_key_file",
-                             key_file("alipay_app_public.pem", buf, sizeof buf),
-                             &err), 0);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 0,
+  char what[64];
+  pt_config_defaults(&cfg);
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 0);
+  set("channel.alipay.app_id", "2021000000000000");
+  set_key("channel.alipay.public_key_file", "alipay_app_public.pem");
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 0,
                "a key whose private half does not ship: %s", what);
-  cr_assert_eq(pt_config_set(&dc, "channel.alipay.public_key_file",
-                             key_file("alipay_platform_public.pem", buf,
-                                      sizeof buf),
-                             &err), 0);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 1);
+  set_key("channel.alipay.public_key_file", "alipay_platform_public.pem");
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 1);
   cr_assert_str_eq(what, "channel.alipay.public_key_file");
 
-  pt_config_defaults(&dc);
-  cr_assert_eq(pt_config_set(&dc, "channel.wechat.mchid", "1900000001", &err),
-               0);
-  cr_assert_eq(pt_config_set(&dc, "channel.wechat.platform_public_key_file",
-                             key_file("wechat_platform_public.pem", buf,
-                                      sizeof buf),
-                             &err), 0);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 1);
+  pt_config_defaults(&cfg);
+  set("channel.wechat.mchid", "1900000001");
+  set_key("channel.wechat.platform_public_key_file",
+          "wechat_platform_public.pem");
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 1);
   cr_assert_str_eq(what, "channel.wechat.platform_public_key_file");
-  cr_assert_eq(pt_config_set(&dc, "channel.wechat.platform_public_key_file",
-                             key_file("wechat_merchant_public.pem", buf,
-                                      sizeof buf),
-                             &err), 0);
-  cr_assert_eq(pt_config_set(&dc, "channel.wechat.apiv3_key",
-                             "dev-apiv3-key-0123456789abcdefgh", &err), 0);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 1);
+  set_key("channel.wechat.platform_public_key_file",
+          "wechat_merchant_public.pem");
+  set("channel.wechat.apiv3_key", "dev-apiv3-key-0123456789abcdefgh");
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 1);
   cr_assert_str_eq(what, "channel.wechat.apiv3_key");
-  cr_assert_eq(pt_config_set(&dc, "channel.wechat.apiv3_key",
-                             "a-real-apiv3-key-0123456789abcde", &err), 0);
-  cr_assert_eq(pt_chan_dev_credentials(&dc, what, sizeof what), 0, "%s",
+  set("channel.wechat.apiv3_key", "a-real-apiv3-key-0123456789abcde");
+  cr_assert_eq(pt_chan_dev_credentials(&cfg, what, sizeof what), 0, "%s",
                what);
 }
 
