@@ -144,6 +144,10 @@ static const cfg_key_t keys[] = {
      "notifications of each client (a token's client, see api.tokens)"},
     {"notify.timeout_ms", I(notify_timeout_ms), "5000", 100, 60000, 0,
      "longest one merchant notification may take"},
+    {"notify.allow_networks", S(notify_allow_networks), "", 0, 0, 0,
+     "comma-separated networks (10.1.0.0/16, fd00::/8, 127.0.0.1) a "
+     "notify_url may reach besides the public internet; any other "
+     "loopback, private, link-local or reserved address is refused"},
     {"events.exchange", S(events_exchange), "paytask.results", 0, 0, 0,
      "durable fanout exchange the final results are published to"},
     {"sim.listen", S(sim_listen), "127.0.0.1:8090", 0, 0, 0,
@@ -278,6 +282,12 @@ static int check_value(const cfg_key_t *k, const char *value,
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: expected comma-separated seconds (1..86400, at "
                         "most %d), got \"%s\"", k->key, PT_SCHEDULE_MAX, value);
+  if (strcmp(k->key, "notify.allow_networks") == 0) {
+    char why[160];
+    if (pt_net_list_parse(value, NULL, why, sizeof why) != 0)
+      return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG, "%s: %s",
+                          k->key, why);
+  }
   if (strcmp(k->key, "events.exchange") == 0 && value[0] == '\0')
     return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                         "%s: must name an exchange", k->key);
@@ -352,6 +362,8 @@ int pt_config_set(pt_config_t *cfg, const char *key, const char *value,
       return pt_error_set(err, PT_DOMAIN_CONFIG, PT_ECONFIG,
                           "%s: value longer than %zu bytes", key, k->size - 1);
     memcpy(field, value, n + 1);
+    if (strcmp(key, "notify.allow_networks") == 0)
+      pt_net_list_parse(value, &cfg->notify_allow, NULL, 0); /* checked */
     return 0;
   }
   char *end = NULL;

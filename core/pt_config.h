@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "core/pt_error.h"
+#include "core/pt_net.h"
 
 #define PT_CFG_STR_MAX 512
 
@@ -64,6 +65,8 @@ typedef struct {
   char notify_schedule[PT_CFG_STR_MAX];
   char notify_secrets[PT_CFG_STR_MAX];
   int64_t notify_timeout_ms;
+  char notify_allow_networks[PT_CFG_STR_MAX];
+  pt_net_list_t notify_allow; /* notify.allow_networks, parsed */
   char events_exchange[128];
   /* simulator */
   char sim_listen[PT_CFG_STR_MAX];
