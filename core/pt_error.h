@@ -27,7 +27,8 @@
   XX(EHTTP, -17, "http error")                                               \
   XX(ECRYPTO, -18, "cryptographic failure")                                  \
   XX(ECLOCK, -19, "clock moved backwards")                                   \
-  XX(EUNROUTED, -20, "the broker routed the message to no queue")
+  XX(EUNROUTED, -20, "the broker routed the message to no queue")          \
+  XX(EREFUSED, -21, "refused to connect to that address")
 
 typedef enum {
   PT_OK = 0,

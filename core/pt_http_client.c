@@ -2,7 +2,10 @@
 
 #include "core/pt_buf.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -42,6 +45,9 @@ struct xfer {
   struct curl_slist *hdrs;
   pt_buf_t body, headers;
   const char *too_large; /* why the answer was cut off, or NULL */
+  const pt_net_list_t *public_only;
+  char refused[128]; /* why an address was refused, or empty */
+  int opened;        /* a socket was opened to an address not refused */
   char errbuf[CURL_ERROR_SIZE];
   xfer_t *prev, *next;
 };
@@ -135,12 +141,67 @@ static void check_done(pt_http_client_t *c) {
     else if (rc != CURLE_OK)
       status = PT_EHTTP;
     const char *error = NULL;
-    if (rc == CURLE_WRITE_ERROR && x->too_large != NULL)
+    if (rc != CURLE_OK && x->refused[0] != '\0' && !x->opened) {
+      status = PT_EREFUSED;
+      error = x->refused;
+    } else if (rc == CURLE_WRITE_ERROR && x->too_large != NULL)
       error = x->too_large;
     else if (rc != CURLE_OK)
       error = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
     finish(x, status, error);
   }
+}
+
+/* Notes why x may not reach sa; 1 if it may not. */
+static int refuse(xfer_t *x, const struct sockaddr *sa) {
+  const char *kind = pt_net_refused(sa, x->public_only);
+  if (kind == NULL)
+    return 0;
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
+              ip, sizeof ip);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6,
+              &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, ip,
+              sizeof ip);
+  snprintf(x->refused, sizeof x->refused,
+           "refused to connect to %s: a %s address, not a public one", ip,
+           kind);
+  return 1;
+}
+
+/* A new connection of a checked request: its address is checked before
+ * the socket exists, so not even a SYN reaches a refused one. */
+static curl_socket_t on_open_socket(void *arg, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  xfer_t *x = arg;
+  (void)purpose;
+  if (refuse(x, &a->addr))
+    return CURL_SOCKET_BAD;
+  x->opened = 1;
+  return socket(a->family, a->socktype, a->protocol);
+}
+
+/* Every connection of a checked request, a reused one too (opened by an
+ * unchecked request to the same host and port), before the request is
+ * sent on it. */
+static int on_prereq(void *arg, char *ip, char *local_ip, int port,
+                     int local_port) {
+  xfer_t *x = arg;
+  struct sockaddr_storage ss;
+  (void)local_ip;
+  (void)port;
+  (void)local_port;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *in = (struct sockaddr_in *)(void *)&ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)(void *)&ss;
+  if (inet_pton(AF_INET, ip, &in->sin_addr) == 1)
+    ss.ss_family = AF_INET;
+  else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1)
+    ss.ss_family = AF_INET6;
+  return refuse(x, (struct sockaddr *)&ss) ? CURL_PREREQFUNC_ABORT
+                                           : CURL_PREREQFUNC_OK;
 }
 
 static void on_poll(uv_poll_t *h, int status, int events) {
@@ -276,6 +337,14 @@ int pt_http_request(pt_http_client_t *c, const pt_http_request_t *req,
    * worker's memory with thousands of calls in flight. 1 KiB is curl's
    * minimum: a larger answer just takes more reads. */
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
+  if (req->public_only != NULL) {
+    x->public_only = req->public_only;
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+  }
   for (int i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
     x->hdrs = curl_slist_append(x->hdrs, req->headers[i]);
   /* No "Expect: 100-continue" round trip for small JSON bodies. */

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "core/pt_error.h"
+#include "core/pt_net.h"
 
 typedef struct pt_http_client pt_http_client_t;
 
@@ -27,12 +28,19 @@ typedef struct {
   const void *body;          /* copied; MAY be NULL */
   size_t body_len;
   long timeout_ms;           /* whole request; 0: 10000 */
+  /* Non-NULL: reach only public addresses and those inside these networks
+   * (pt_net_refused). Another is refused before anything is sent to it,
+   * and a kept connection to one is not reused: status PT_EREFUSED. No
+   * proxy from the environment is used, so that the address checked is
+   * the receiver's. NULL: any address (the configured channels). */
+  const pt_net_list_t *public_only;
 } pt_http_request_t;
 
 typedef struct {
   int status;            /* 0 on success (an HTTP answer arrived), or PT_ETIMEDOUT,
                             PT_ECONNECT, PT_EHTTP for transport failures
-                            and answers over the limits above */
+                            and answers over the limits above, PT_EREFUSED
+                            for an address public_only refuses */
   long http_code;        /* HTTP status when status == 0 */
   const char *body;      /* NUL-terminated for convenience */
   size_t body_len;

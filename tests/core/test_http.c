@@ -332,3 +332,85 @@ Test(http, no_more_connections_kept_than_asked, .timeout = 60) {
   run_bursts(4, sizes, 2, 12,
              "8 connections for the first burst, 4 of them kept for the second");
 }
+
+/* ---- only public addresses (a merchant's notify_url) ---------------------- */
+
+typedef struct {
+  int status;
+  long code;
+  char error[256];
+  int *left;
+  uv_loop_t *loop;
+} checked_t;
+
+static void on_checked(const pt_http_response_t *res, void *arg) {
+  checked_t *o = arg;
+  o->status = res->status;
+  o->code = res->http_code;
+  snprintf(o->error, sizeof o->error, "%s", res->error ? res->error : "");
+  if (--*o->left == 0)
+    uv_stop(o->loop);
+}
+
+/* Sends GET url limited to public addresses and `allow` (NULL: unchecked)
+ * and runs the loop until it is answered. */
+static void get_checked(ctx_t *c, const char *url, const pt_net_list_t *allow,
+                        int unchecked, checked_t *o) {
+  int left = 1;
+  memset(o, 0, sizeof *o);
+  o->left = &left;
+  o->loop = c->loop;
+  pt_http_request_t r = {.url = url, .timeout_ms = 10000,
+                         .public_only = unchecked ? NULL : allow};
+  cr_assert_eq(pt_http_request(c->cli, &r, on_checked, o), 0);
+  pt_test_run_loop(c->loop, 20000, url);
+  cr_assert_eq(left, 0);
+}
+
+/* A request that may reach only public addresses never reaches a loopback
+ * one: not by its address, not by a name that resolves to it, and not on
+ * a connection kept from an unchecked request to the same host and port.
+ * A listed network is reached. */
+Test(http, a_request_for_public_addresses_only_reaches_no_other, .timeout = 60) {
+  uv_loop_t loop;
+  ctx_t c;
+  char byaddr[96], byname[96];
+  checked_t o;
+  pt_net_list_t none = {0}, lo;
+  cr_assert_eq(pt_net_list_parse("127.0.0.0/8", &lo, NULL, 0), 0);
+  setup(&c, &loop, 0);
+  snprintf(byaddr, sizeof byaddr, "http://127.0.0.1:%d/r/0",
+           pt_httpd_port(c.srv));
+  snprintf(byname, sizeof byname, "http://localhost:%d/r/0",
+           pt_httpd_port(c.srv));
+
+  get_checked(&c, byaddr, &none, 0, &o);
+  cr_assert_eq(o.status, PT_EREFUSED, "status %d: %s", o.status, o.error);
+  cr_assert_str_eq(o.error,
+                   "refused to connect to 127.0.0.1: a loopback address, "
+                   "not a public one");
+  get_checked(&c, byname, &none, 0, &o);
+  cr_assert_eq(o.status, PT_EREFUSED, "status %d: %s", o.status, o.error);
+  cr_assert_eq(pt_httpd_accepted(c.srv), 0,
+               "a refused address was connected to");
+
+  /* An unchecked call leaves a connection to 127.0.0.1 open; a checked
+   * one to the same place must not be sent on it. */
+  get_checked(&c, byaddr, NULL, 1, &o);
+  cr_assert_eq(o.code, 200, "status %d: %s", o.status, o.error);
+  cr_assert_eq(pt_httpd_accepted(c.srv), 1);
+  get_checked(&c, byaddr, &none, 0, &o);
+  cr_assert_eq(o.status, PT_EREFUSED, "a kept connection was reused: %d %ld",
+               o.status, o.code);
+
+  /* Listed: reached, by address and by name (whose ::1, not listed, is
+   * passed over for 127.0.0.1). */
+  get_checked(&c, byaddr, &lo, 0, &o);
+  cr_assert_eq(o.code, 200, "status %d: %s", o.status, o.error);
+  get_checked(&c, byname, &lo, 0, &o);
+  cr_assert_eq(o.code, 200, "status %d: %s", o.status, o.error);
+  pt_http_client_destroy(c.cli);
+  pt_httpd_destroy(c.srv);
+  pt_test_run_loop(&loop, 10000, "closing the client and server");
+  pt_test_close_loop(&loop);
+}
