@@ -1078,7 +1078,9 @@ static void handle_submit(op_t *op) {
     return;
   }
   op->has_task = 1;
-  if (pt_registry_check(&op->task, op->api->cfg, &ie) != 0) {
+  if (pt_registry_check(&op->task, op->api->cfg, &ie) != 0 ||
+      pt_task_check_notify_url(&op->task, &op->api->cfg->notify_allow,
+                               &ie) != 0) {
     op_error(op, 400, ie.code, ie.message);
     return;
   }
@@ -1251,7 +1253,9 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
   bson_destroy(&req);
   int rc = pt_task_parse(json, len, PT_PARSE_SUBMIT, 0, &op->task, &ie);
   bson_free(json);
-  if (rc != 0 || pt_registry_check(&op->task, op->api->cfg, &ie) != 0) {
+  if (rc != 0 || pt_registry_check(&op->task, op->api->cfg, &ie) != 0 ||
+      pt_task_check_notify_url(&op->task, &op->api->cfg->notify_allow,
+                               &ie) != 0) {
     if (rc == 0)
       pt_task_destroy(&op->task);
     op_error(op, 409, "task_not_replayable", ie.message);

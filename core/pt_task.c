@@ -239,6 +239,27 @@ static int url_usable(const char *url) {
   return ok;
 }
 
+int pt_task_check_notify_url(const pt_task_t *t, const pt_net_list_t *allow,
+                             pt_input_error_t *ie) {
+  if (t->notify_url == NULL)
+    return 0;
+  CURLU *u = curl_url();
+  char *host = NULL;
+  const char *kind = NULL;
+  if (u != NULL &&
+      curl_url_set(u, CURLUPART_URL, t->notify_url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+    kind = pt_net_refused_host(host, allow);
+  int rc = kind == NULL ? 0
+                        : fail(ie, "invalid_notify_url",
+                               "notify_url names a %s address (%s), which "
+                               "notify.allow_networks does not list",
+                               kind, host);
+  curl_free(host);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 /* The top-level fields, one bit each. parse_fields dispatches on the bit,
  * and names a missing required field from the table below, the first in
  * its order. */

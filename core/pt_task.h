@@ -4,6 +4,8 @@
 #ifndef PT_TASK_H
 #define PT_TASK_H
 
+#include "core/pt_net.h"
+
 #include <bson/bson.h>
 #include <stdint.h>
 
@@ -86,6 +88,13 @@ int pt_task_set_str(char **field, const char *s);
  * bounds the amount (0: no bound beyond int64). */
 int pt_task_parse(const char *json, size_t len, pt_parse_mode_t mode,
                   int64_t max_amount, pt_task_t *t, pt_input_error_t *ie);
+
+/* A submitted notify_url that names a refused address outright (an IP
+ * literal or localhost, see pt_net_refused_host): PT_EINVAL with *ie
+ * filled, nothing else checked. A host name is checked by the worker when
+ * it connects. 0 without a notify_url. */
+int pt_task_check_notify_url(const pt_task_t *t, const pt_net_list_t *allow,
+                             pt_input_error_t *ie);
 
 /* Parses text that must be exactly one JSON object (no trailing data) into
  * *doc (initialised by this call); returns 0 or PT_EINVAL with *ie filled. */
