@@ -28,7 +28,17 @@ typedef struct {
 
 static void on_delivered(const pt_http_response_t *res, void *arg) {
   notify_t *n = arg;
-  char msg[160];
+  char msg[200];
+  /* Not a receiver's failure that a later try may not meet: the address
+   * is the task's own, and only an operator's notify.allow_networks can
+   * let it through. Given up at once, loudly, for replay once allowed. */
+  if (res->status == PT_EREFUSED) {
+    snprintf(msg, sizeof msg, "%s (notify.allow_networks does not list it)",
+             res->error);
+    pt_attempt_done(n->attempt, PT_OUTCOME_FAIL, NULL, "notify_url_refused",
+                    msg);
+    return;
+  }
   if (res->status != 0) {
     pt_attempt_done(n->attempt, PT_OUTCOME_RETRY, NULL, "notify_unreachable",
                     res->error ? res->error : pt_strerror(res->status));
@@ -130,7 +140,8 @@ static void on_trade(redisReply *reply, void *arg) {
                           .headers = headers,
                           .body = body,
                           .body_len = len,
-                          .timeout_ms = env->cfg->notify_timeout_ms};
+                          .timeout_ms = env->cfg->notify_timeout_ms,
+                          .public_only = &env->cfg->notify_allow};
   if (rc != 0 || env->http == NULL ||
       pt_http_request(env->http, &hr, on_delivered, n) != 0)
     pt_attempt_done(n->attempt, PT_OUTCOME_RETRY, NULL, "start_failed",

@@ -549,6 +549,15 @@ static void on_attempt_done(const pt_attempt_report_t *rep, void *arg) {
       rep->error_code ? rep->error_code : "unknown_error", rep->error_message);
   if (rep->outcome == PT_OUTCOME_FAIL) {
     j->status = "FAILED";
+    /* A notification that ends without being delivered (its address
+     * refused, its trade gone) is given up as one that ran out of tries
+     * is: dead-lettered too. */
+    if (strcmp(j->task.type, "notify") == 0) {
+      count(j, "paytask_tasks_dead_total", "tasks sent to the dead queue",
+            "reason=\"notify_failed\"");
+      publish_copy(j, j->task.attempt, NULL);
+      return;
+    }
     write_finish(j);
     return;
   }

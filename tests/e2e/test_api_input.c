@@ -73,6 +73,14 @@ ParameterizedTestParameters(api_input, bad_bodies) {
       {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,"
        "\"params\":{\"a\":[{\"b.c\":1}]}}",
        400, "invalid_params"},
+      /* A notify_url at an address that is neither public nor listed
+       * (the stack lists 127.0.0.0/8 only). */
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,"
+       "\"notify_url\":\"http://169.254.169.254/latest/meta-data/\"}",
+       400, "invalid_notify_url"},
+      {"{" B ",\"out_trade_no\":\"A1\",\"amount\":1,"
+       "\"notify_url\":\"http://[::1]:8080/n\"}",
+       400, "invalid_notify_url"},
       /* The message echoes the key, cut to fit: on a character boundary. */
       {"{\"" ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 ZH10 "\":1}", 400,
        "unknown_field"},

@@ -695,6 +695,31 @@ Test(trades, notify_retried_until_success, .timeout = 120) {
   receiver_stop(&r);
 }
 
+/* The SRE replays notification task nid of pay task id: the replay is
+ * delivered, the receiver has had `received` notifications in all, and
+ * the trade says DELIVERED. */
+static void replay_notification(pt_stack_t *s, receiver_t *r, const char *id,
+                                const char *nid, int received) {
+  char url[160], rid[24], *out = NULL;
+  bson_t doc;
+  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", s->api_url, nid);
+  cr_assert_eq(pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &out), 202, "%s",
+               out);
+  pt_json(out, &doc);
+  free(out);
+  snprintf(rid, sizeof rid, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  pt_wait_final(s, rid, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  cr_assert_str_eq(pt_json_str(&doc, "replay_of"), nid);
+  bson_destroy(&doc);
+  cr_assert_eq(receiver_count(r), received);
+  check_notification(r, id);
+  wait_trade(s, id, "SUCCEEDED", 5, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "DELIVERED");
+  bson_destroy(&doc);
+}
+
 /* A merchant that never answers "success": the notification is given up
  * loudly after the last retry, and an SRE replays it once the merchant is
  * fixed. */
@@ -702,7 +727,7 @@ Test(trades, notify_given_up_then_replayed, .timeout = 120) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
   receiver_t r;
-  char body[512], id[24], nid[24], url[160], *out = NULL;
+  char body[512], id[24], nid[24], *out = NULL;
   const char *otn = pt_unique("gvup");
   receiver_start(&r, 1000);
   start(&s, "wechat", "30");
@@ -741,23 +766,7 @@ Test(trades, notify_given_up_then_replayed, .timeout = 120) {
   pthread_mutex_lock(&r.mu);
   r.fail_first = 0;
   pthread_mutex_unlock(&r.mu);
-  snprintf(url, sizeof url, "%s/v1/tasks/%s/replay", s.api_url, nid);
-  cr_assert_eq(pt_http("POST", url, "dev-token-change-me", "", NULL, &out),
-               202, "%s", out);
-  pt_json(out, &doc);
-  free(out);
-  char rid[24];
-  snprintf(rid, sizeof rid, "%s", pt_json_str(&doc, "task_id"));
-  bson_destroy(&doc);
-  pt_wait_final(&s, rid, 20, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
-  cr_assert_str_eq(pt_json_str(&doc, "replay_of"), nid);
-  bson_destroy(&doc);
-  cr_assert_eq(receiver_count(&r), 7);
-  check_notification(&r, id);
-  wait_trade(&s, id, "SUCCEEDED", 5, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "DELIVERED");
-  bson_destroy(&doc);
+  replay_notification(&s, &r, id, nid, 7);
   char mid[48];
   snprintf(mid, sizeof mid, "%s:6", nid);
   cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
@@ -821,6 +830,19 @@ Test(trades, a_notification_sent_to_the_dead_queue_is_notify_failed,
   receiver_stop(&r);
 }
 
+/* Waits for the paid trade of pay task id to settle and for its
+ * notification task (nid) to end, within 30 s; doc is that task. */
+static void wait_notification_final(pt_stack_t *s, const char *id,
+                                    char nid[24], bson_t *doc) {
+  wait_trade(s, id, "SUCCEEDED", 10, doc);
+  snprintf(nid, 24, "%s", pt_json_str(doc, "trade.notify_task"));
+  bson_destroy(doc);
+  /* The relay submits it a moment after the trade settled. */
+  for (int i = 0; i < 100 && !pt_redis_has_task(nid); i++)
+    usleep(100000);
+  pt_wait_final(s, nid, 30, doc);
+}
+
 /* A notification whose client has no secret at the worker (a token given
  * a new client before notify.secrets has it) is not sent unsigned, and is
  * not dropped either: it is retried on notify.schedule, then given up
@@ -837,13 +859,7 @@ Test(trades, a_notification_without_its_secret_is_retried_then_dead,
   receiver_start(&r, 0);
   pt_stack_vhost(&s); /* the dead queue counted is this test's own */
   paid_with_notify(&s, &r, pt_unique("nosecret"), id, env);
-  wait_trade(&s, id, "SUCCEEDED", 10, &doc);
-  snprintf(nid, sizeof nid, "%s", pt_json_str(&doc, "trade.notify_task"));
-  bson_destroy(&doc);
-  /* The relay submits it a moment after the trade settled. */
-  for (int i = 0; i < 100 && !pt_redis_has_task(nid); i++)
-    usleep(100000);
-  pt_wait_final(&s, nid, 30, &doc);
+  wait_notification_final(&s, id, nid, &doc);
   cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
   cr_assert_str_eq(pt_json_str(&doc, "error.code"), "no_notify_secret");
   cr_assert_eq(pt_json_int(&doc, "attempts", -1), 2,
@@ -858,6 +874,62 @@ Test(trades, a_notification_without_its_secret_is_retried_then_dead,
   snprintf(mid, sizeof mid, "%s:2", nid);
   cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
                "the notification is not in the dead queue to be replayed");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
+/* A notify_url at an address the workers may not reach (a name that
+ * resolves to an internal address; here the api lists loopback and the
+ * worker does not) is never connected to. The notification is given up at
+ * once and loudly, not retried for hours, and it is replayed once the
+ * operator lists the network. */
+Test(trades, a_notification_to_a_refused_address_is_given_up_then_replayed,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char body[512], id[24], nid[24], mid[48];
+  bson_t doc;
+  const char *otn = pt_unique("refused");
+  receiver_start(&r, 0);
+  pt_stack_vhost(&s); /* the dead queue counted is this test's own */
+  channel_env(&s, "alipay", "30");
+  pt_stack_start(&s, 0, "--notify-schedule-ms=300,300,600,1000");
+  pt_stack_env(&s, "PAYTASK_NOTIFY_ALLOW_NETWORKS", "");
+  pt_stack_add_worker(&s);
+  pay_body(body, sizeof body, "alipay", otn, 400, r.port, 600);
+  pt_submit_ok(&s, body, id);
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  buyer_pays(&s, otn);
+  /* notify.schedule is the default (15 s, 15 s, …): a retry would keep it
+   * from ending within 30 s. */
+  wait_notification_final(&s, id, nid, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "FAILED");
+  cr_assert_str_eq(pt_json_str(&doc, "error.code"), "notify_url_refused");
+  const char *msg = pt_json_str(&doc, "error.message");
+  cr_assert(msg != NULL && strstr(msg, "127.0.0.1") != NULL &&
+                strstr(msg, "loopback") != NULL &&
+                strstr(msg, "notify.allow_networks") != NULL,
+            "the error does not say what was refused: %s", msg);
+  cr_assert_eq(pt_json_int(&doc, "attempts", -1), 1, "it was retried");
+  bson_destroy(&doc);
+  wait_trade(&s, id, "SUCCEEDED", 5, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.notify_status"), "NOTIFY_FAILED");
+  bson_destroy(&doc);
+  const char *given_up[] = {"notify_given_up", nid, NULL};
+  cr_assert(pt_stack_log_wait(&s, "worker0.log", given_up, 5),
+            "the worker did not log the notification given up");
+  cr_assert_eq(receiver_count(&r), 0, "the refused address was reached");
+  snprintf(mid, sizeof mid, "%s:1", nid);
+  cr_assert_eq(pt_queue_drain_count("paytask.dead", mid), 1,
+               "the notification is not in the dead queue to be replayed");
+
+  /* The operator lists the merchant's network; the SRE replays. */
+  cr_assert_eq(pt_stack_stop_worker(&s, 0, 20), 0);
+  pt_stack_env(&s, "PAYTASK_NOTIFY_ALLOW_NETWORKS", "127.0.0.1");
+  pt_stack_add_worker(&s);
+  replay_notification(&s, &r, id, nid, 1);
   cr_assert_eq(pt_stack_stop(&s), 0);
   receiver_stop(&r);
 }
