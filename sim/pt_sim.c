@@ -67,6 +67,7 @@ typedef struct sim {
   unsigned rng;
   struct later *laters;
   int outage; /* every call answers a system error while set (plain: creates) */
+  int64_t clock_behind_ms; /* the channel's clock, this far behind ours */
   int stopping;
 } sim_t;
 
@@ -208,6 +209,10 @@ const pt_config_t *pt_sim_config(const pt_sim_t *sim) { return sim->cfg; }
 
 int pt_sim_outage(const pt_sim_t *sim) { return sim->outage; }
 
+int64_t pt_sim_channel_now_ms(const pt_sim_t *sim) {
+  return pt_sim_now_ms() - sim->clock_behind_ms;
+}
+
 const char *pt_sim_state_name(pt_sim_state_t s) {
   static const char *const names[] = {
       [PT_SIM_NONE] = "NONE",       [PT_SIM_CREATED] = "CREATED",
@@ -254,10 +259,11 @@ static void stop_pay_timer(trade_t *t) {
     uv_timer_stop(&t->pay_timer);
 }
 
-/* Closes an unpaid trade whose expiry has passed, as the channels do. */
-static void refresh(trade_t *t) {
+/* Closes an unpaid trade whose expiry has passed by the channel's clock,
+ * as the channels do. */
+static void refresh(const sim_t *sim, trade_t *t) {
   if ((t->pub.state == PT_SIM_CREATED || t->pub.state == PT_SIM_SCANNED) &&
-      t->pub.expire_ms > 0 && pt_sim_now_ms() >= t->pub.expire_ms) {
+      t->pub.expire_ms > 0 && pt_sim_channel_now_ms(sim) >= t->pub.expire_ms) {
     t->pub.state = PT_SIM_CLOSED;
     stop_pay_timer(t);
   }
@@ -267,7 +273,7 @@ static trade_t *find(sim_t *sim, const char *no) {
   trade_t *t;
   HASH_FIND_STR(sim->trades, no, t);
   if (t != NULL)
-    refresh(t);
+    refresh(sim, t);
   return t;
 }
 
@@ -305,7 +311,7 @@ pt_sim_trade_t *pt_sim_trade_find_by_trade_no(pt_sim_t *sim,
   trade_t *t, *tmp;
   HASH_ITER(hh, sim->trades, t, tmp) {
     if (t->pub.trade_no[0] != '\0' && strcmp(t->pub.trade_no, trade_no) == 0) {
-      refresh(t);
+      refresh(sim, t);
       return &t->pub;
     }
   }
@@ -491,7 +497,7 @@ static void notify_send(sim_t *sim, trade_t *t) {
  * out unless withheld. Returns 0, PT_ENOTFOUND or PT_ECONFLICT (closed or
  * paid already). */
 static int pay_now(sim_t *sim, trade_t *t) {
-  refresh(t);
+  refresh(sim, t);
   if (t->pub.state == PT_SIM_NONE)
     return PT_ENOTFOUND;
   if (t->pub.state != PT_SIM_CREATED && t->pub.state != PT_SIM_SCANNED)
@@ -593,23 +599,63 @@ static int int_field(const bson_iter_t *it, int lo, int hi, int *out) {
   return 1;
 }
 
+/* The request's body as one JSON object into *doc (0), or a 400 answered
+ * (-1). */
+static int body_object(sim_t *sim, pt_httpd_req_t *req, bson_t *doc) {
+  size_t blen;
+  const char *body = pt_httpd_body(req, &blen);
+  pt_input_error_t ie;
+  if (pt_json_parse_object(body, blen, doc, &ie) == 0)
+    return 0;
+  pt_sim_answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
+  return -1;
+}
+
+/* POST /v1/sim/clock {"behind_ms": N}: the channel's clock runs N ms
+ * (0..86400000) behind ours from now on, as a real channel's may. It
+ * decides when a trade's payment window has ended there: a trade paytask
+ * closed locally at the end of the window it sent may still be paid at
+ * the channel for N ms. */
+static void handle_clock(sim_t *sim, pt_httpd_req_t *req) {
+  bson_t doc;
+  bson_iter_t it;
+  if (body_object(sim, req, &doc) != 0)
+    return;
+  int64_t v = -1;
+  int n = 0;
+  bson_iter_init(&it, &doc);
+  while (bson_iter_next(&it)) {
+    n++;
+    if (strcmp(bson_iter_key(&it), "behind_ms") == 0 &&
+        (BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it)))
+      v = bson_iter_as_int64(&it);
+  }
+  bson_destroy(&doc);
+  if (n != 1 || v < 0 || v > 86400000) {
+    pt_sim_answer_error(sim, req, 400, "PARAM_ERROR",
+                        "expected {\"behind_ms\": 0..86400000}", 0);
+    return;
+  }
+  sim->clock_behind_ms = v;
+  PT_INFO("sim_clock", "behind_ms=%lld", (long long)v);
+  bson_t d = BSON_INITIALIZER;
+  BSON_APPEND_INT64(&d, "behind_ms", v);
+  pt_sim_answer_json(sim, req, 200, &d, 0);
+  bson_destroy(&d);
+}
+
 /* POST /v1/sim/rules {"out_trade_no": NO or "*", "pay_after_ms": N,
  * "callback": "send"|"withhold", "duplicate_callbacks": N,
  * "create_fail_times": N, "latency_ms": N}: every field but out_trade_no
  * is optional; a rule adds to what was set before. */
 static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
-  size_t blen;
-  const char *body = pt_httpd_body(req, &blen);
   bson_t doc;
   bson_iter_t it;
-  pt_input_error_t ie;
   rule_t r;
   const char *no = NULL, *bad = NULL;
   memset(&r, 0, sizeof r);
-  if (pt_json_parse_object(body, blen, &doc, &ie) != 0) {
-    pt_sim_answer_error(sim, req, 400, "PARAM_ERROR", ie.message, 0);
+  if (body_object(sim, req, &doc) != 0)
     return;
-  }
   bson_iter_init(&it, &doc);
   while (bad == NULL && bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
@@ -747,6 +793,8 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
     handle_trade(sim, req, path + 15, is_get, is_post);
   } else if (is_post && strcmp(path, "/v1/sim/rules") == 0) {
     handle_rules(sim, req);
+  } else if (is_post && strcmp(path, "/v1/sim/clock") == 0) {
+    handle_clock(sim, req);
   } else if (is_post && strcmp(path, "/v1/sim/outage") == 0) {
     /* {"on": true} makes every create fail until {"on": false}. */
     size_t blen;

@@ -37,6 +37,10 @@
  *   POST /v1/sim/outage {"on": true|false}   every new create fails with
  *        the dialect's system error (503, 20000, 500 SYSTEM_ERROR), and in
  *        the alipay and wechat dialects every query and close too
+ *   POST /v1/sim/clock {"behind_ms": N}   the channel's clock runs N ms
+ *        (0..86400000) behind ours: a trade's time_expire passes that much
+ *        later (an unscanned Alipay code stays payable until then, whatever
+ *        close paytask sent)
  *   GET  /healthz
  * Flags: --listen, --latency-ms, --error-rate, --pay-after-ms (default -1:
  * the buyer pays only when told), --notify-schedule-ms (default

@@ -6,10 +6,11 @@
  *
  * Where it plays the channel rather than copies it:
  * - Until the buyer scans (POST /v1/sim/trades/{no}/scan or pays), query
- *   and close answer 40004 ACQ.TRADE_NOT_EXIST, as Alipay does. A close
- *   then also voids the QR code: the buyer can no longer pay it (the
- *   "safe to close locally" CHANNELS.md relies on; real Alipay keeps an
- *   unscanned code payable until its timeout_express).
+ *   and close answer 40004 ACQ.TRADE_NOT_EXIST, as Alipay does, and the
+ *   close changes nothing: the QR code stays payable until its own
+ *   time_expire (or timeout_express) by the channel's clock, which POST
+ *   /v1/sim/clock may set behind ours. A payment then is a trade paytask
+ *   has closed locally and the channel calls paid.
  * - Closing a closed trade answers 10000 again; a paid one 40004
  *   ACQ.TRADE_STATUS_ERROR.
  * - A repeated precreate answers the same qr_code when the amount is the
@@ -321,7 +322,7 @@ static void precreate(pt_sim_t *sim, alipay_t *a, pt_httpd_req_t *req,
   const char *tx = biz_str(biz, "time_expire");
   const char *notify_url = form_get(f, "notify_url");
   int64_t fen = amount != NULL ? yuan_to_fen(amount) : -1;
-  int64_t now = pt_sim_now_ms(), expire = 0;
+  int64_t now = pt_sim_channel_now_ms(sim), expire = 0;
   const char *bad = NULL;
   if (no == NULL || no[0] == '\0' || strlen(no) > PT_OUT_TRADE_NO_MAX)
     bad = "out_trade_no is missing or longer than 64";
@@ -442,8 +443,6 @@ static void close_trade(pt_sim_t *sim, alipay_t *a, pt_httpd_req_t *req,
     return;
   }
   if (!visible(t)) {
-    if (t != NULL)
-      pt_sim_trade_close(sim, t); /* the QR code is void from now on */
     reply_error(sim, a, req, method, "40004", "ACQ.TRADE_NOT_EXIST",
                 "交易不存在", biz_str(biz, "out_trade_no"), delay);
     return;

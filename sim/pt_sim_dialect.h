@@ -157,6 +157,9 @@ void pt_sim_trade_fail_times(pt_sim_trade_t *t, int n);
 /* 1 while POST /v1/sim/outage has every call fail (a create, and in the
  * alipay and wechat dialects a query or close). */
 int pt_sim_outage(const pt_sim_t *sim);
+/* Now by the channel's clock (POST /v1/sim/clock), in Unix ms: what a
+ * trade's expiry is compared with. */
+int64_t pt_sim_channel_now_ms(const pt_sim_t *sim);
 
 /* Marks t created once the dialect has filled it: the buyer's rule for it
  * starts now (pay_after_ms). */

@@ -333,7 +333,7 @@ static void prepay(pt_sim_t *sim, const wechat_t *w, pt_httpd_req_t *req,
   const char *url = str_at(&doc, "notify_url");
   const char *cur = str_at(&doc, "amount.currency");
   const char *openid = jsapi ? str_at(&doc, "payer.openid") : "";
-  int64_t total = -1, expire_ms = 0, now = pt_sim_now_ms();
+  int64_t total = -1, expire_ms = 0, now = pt_sim_channel_now_ms(sim);
   if (bson_iter_init(&it, &doc) &&
       bson_iter_find_descendant(&it, "amount.total", &it) &&
       (BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it)))

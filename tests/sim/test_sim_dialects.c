@@ -472,18 +472,66 @@ Test(sim_alipay, query_and_close_follow_the_buyer, .timeout = 60) {
   str_eq(&r, "sub_code", "ACQ.TRADE_HAS_SUCCESS");
   bson_destroy(&r);
 
-  /* Closing an unscanned trade: "does not exist", and its code is void. */
+  /* Closing an unscanned trade: "does not exist", and, as at Alipay, its
+   * code stays payable until its own expiry. */
   alipay_ok(&sim, "alipay.trade.precreate", c, "1.00", NULL, &r);
   bson_destroy(&r);
   alipay_ok(&sim, "alipay.trade.close", c, NULL, NULL, &r);
   str_eq(&r, "sub_code", "ACQ.TRADE_NOT_EXIST");
   bson_destroy(&r);
-  cr_assert_eq(pay(&sim, c, "pay"), 409);
+  cr_assert_eq(pay(&sim, c, "pay"), 200);
+  alipay_ok(&sim, "alipay.trade.query", c, NULL, NULL, &r);
+  str_eq(&r, "trade_status", "TRADE_SUCCESS");
+  bson_destroy(&r);
 
   /* The first query came before the trade was known to the simulator. */
   cr_assert_eq(stat_of(&sim, a, "queries"), 3);
   cr_assert_eq(stat_of(&sim, a, "closes"), 1);
   cr_assert_eq(stat_of(&sim, b, "paid_count"), 1);
+  stop(&sim);
+}
+
+/* Precreates no with a time_expire `in_s` seconds from now (our clock). */
+static void precreate_expiring(pt_simproc_t *sim, const char *no, int in_s) {
+  char until[20], *out = NULL;
+  cst_now(until, in_s);
+  bson_t d = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&d, "out_trade_no", no);
+  BSON_APPEND_UTF8(&d, "total_amount", "2.00");
+  BSON_APPEND_UTF8(&d, "subject", "s");
+  BSON_APPEND_UTF8(&d, "time_expire", until);
+  char *biz = bson_as_relaxed_extended_json(&d, NULL);
+  bson_destroy(&d);
+  cr_assert_eq(alipay_call(sim, "alipay.trade.precreate", biz, NULL, &out),
+               200, "%s", out);
+  cr_assert_not_null(strstr(out, "\"10000\""), "%s", out);
+  bson_free(biz);
+  free(out);
+}
+
+/* A code is payable until its time_expire by the channel's clock: with
+ * that clock behind ours (POST /v1/sim/clock), past our time_expire. */
+Test(sim_alipay, a_code_expires_by_the_channels_clock, .timeout = 60) {
+  pt_simproc_t sim;
+  char ours[64], behind[64];
+  bson_t d;
+  start_alipay(&sim, NULL);
+  unique_no(ours, sizeof ours, "AE");
+  unique_no(behind, sizeof behind, "AE");
+  precreate_expiring(&sim, ours, 2);
+  precreate_expiring(&sim, behind, 2);
+  cr_assert_eq(control(&sim, "POST", "/v1/sim/clock", "{\"behind_ms\":-1}",
+                       NULL), 400);
+  cr_assert_eq(control(&sim, "POST", "/v1/sim/clock", "{\"behind\":5}", NULL),
+               400);
+  cr_assert_eq(pay(&sim, ours, "scan"), 200);
+  sleep(3); /* both past their time_expire by our clock */
+  cr_assert_eq(pay(&sim, ours, "pay"), 409, "paid after its expiry");
+  cr_assert_eq(control(&sim, "POST", "/v1/sim/clock",
+                       "{\"behind_ms\":60000}", &d), 200);
+  bson_destroy(&d);
+  cr_assert_eq(pay(&sim, behind, "pay"), 200,
+               "not payable before its expiry by the channel's clock");
   stop(&sim);
 }
 
