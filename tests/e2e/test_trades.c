@@ -457,6 +457,66 @@ Test(trades, wechat_closed_at_expiry, .timeout = 120) {
   closed_at_expiry("wechat");
 }
 
+/* The trade_status of the last notification r received. */
+static void last_trade_status(receiver_t *r, char *out, size_t len) {
+  bson_t doc;
+  pthread_mutex_lock(&r->mu);
+  pt_json(r->last_body, &doc);
+  pthread_mutex_unlock(&r->mu);
+  const char *st = pt_json_str(&doc, "trade_status");
+  snprintf(out, len, "%s", st ? st : "(none)");
+  bson_destroy(&doc);
+}
+
+static void wait_received(receiver_t *r, int n) {
+  for (int i = 0; i < 200 && receiver_count(r) < n; i++)
+    usleep(100000);
+  cr_assert_eq(receiver_count(r), n, "the merchant got %d notifications, "
+               "want %d", receiver_count(r), n);
+}
+
+/* Alipay keeps an unscanned QR code payable until its own time_expire, by
+ * its own clock, and answers a close before the scan "no such trade": so
+ * paytask closes such a trade locally at the end of the window it sent.
+ * With Alipay's clock behind ours the buyer can pay after that close. The
+ * channel's notification wins: the trade is SUCCEEDED, the merchant, told
+ * CLOSED, is told SUCCEEDED, and an error says to deliver or refund. */
+Test(trades, alipay_paid_after_its_local_close_reopens_the_trade,
+     .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  receiver_t r;
+  char body[512], id[24], path[160], st[32];
+  bson_t doc;
+  const char *otn = pt_unique("reopen");
+  receiver_start(&r, 0);
+  start(&s, "alipay", "60");
+  cr_assert_eq(sim_post(&s, "/v1/sim/clock", "{\"behind_ms\":60000}"), 200);
+  pay_body(body, sizeof body, "alipay", otn, 800, r.port, 5);
+  pt_submit_ok(&s, body, id);
+  pt_wait_final(&s, id, 20, &doc);
+  bson_destroy(&doc);
+  wait_closed_after_window(&s, id, 40);
+  wait_received(&r, 1);
+  last_trade_status(&r, st, sizeof st);
+  cr_assert_str_eq(st, "CLOSED");
+
+  snprintf(path, sizeof path, "/v1/sim/trades/%s/pay", otn);
+  cr_assert_eq(sim_post(&s, path, "{}"), 200,
+               "the code was void at Alipay before its time_expire there");
+  wait_trade(&s, id, "SUCCEEDED", 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "trade.settled_by"), "callback");
+  bson_destroy(&doc);
+  wait_received(&r, 2);
+  check_notification(&r, id);
+  const char *logged[] = {"trade_paid_after_final", otn, NULL};
+  cr_assert(pt_stack_log_wait(&s, "api.log", logged, 5),
+            "no error says the closed trade was paid");
+  cr_assert_eq(pt_sim_stat(&s, otn, "paid_count"), 1);
+  cr_assert_eq(pt_stack_stop(&s), 0);
+  receiver_stop(&r);
+}
+
 /* A channel outage at the end of a trade's window: the close is retried on
  * close.schedule until the channel answers. The retry policy of submitted
  * tasks gave it six tries within 15 s, then the dead queue, and the trade
