@@ -18,6 +18,34 @@ static void fini(void) { pt_stack_fini(&stack); }
 
 TestSuite(sync, .fini = fini, .timeout = 240);
 
+/* The api's /readyz says 503 while its MongoDB is down; what a submit
+ * needs is its broker and Redis connections, which come up a moment after
+ * /healthz answers. */
+static void wait_broker_and_redis(pt_stack_t *s) {
+  char url[128], *out = NULL;
+  snprintf(url, sizeof url, "%s/readyz", s->api_url);
+  for (int i = 0; i < 100; i++) {
+    free(out);
+    out = NULL;
+    if (pt_http("GET", url, NULL, NULL, NULL, &out) <= 0 || out == NULL ||
+        out[0] != '{') {
+      usleep(100000);
+      continue;
+    }
+    bson_t doc;
+    pt_json(out, &doc);
+    const char *b = pt_json_str(&doc, "broker"), *r = pt_json_str(&doc, "redis");
+    int up = b && r && strcmp(b, "ok") == 0 && strcmp(r, "ok") == 0;
+    bson_destroy(&doc);
+    if (up) {
+      free(out);
+      return;
+    }
+    usleep(100000);
+  }
+  cr_assert_fail("the api's broker or Redis never came up: %s", out);
+}
+
 Test(sync, mongodb_down_then_back_loses_nothing) {
   static char ids[N][24];
   bson_t doc;
@@ -28,6 +56,7 @@ Test(sync, mongodb_down_then_back_loses_nothing) {
   pt_stack_env(&stack, "PAYTASK_SYNC_CLAIM_IDLE_MS", "1000");
   setenv("PT_STACK_NO_READY_WAIT", "1", 1);
   pt_stack_start(&stack, 1, NULL);
+  wait_broker_and_redis(&stack);
   for (int i = 0; i < N; i++) {
     char *body = pt_task_body(pt_unique("SYNC"), 100 + i, NULL, NULL);
     pt_submit_ok(&stack, body, ids[i]);
