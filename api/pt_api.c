@@ -92,6 +92,7 @@ typedef struct op {
    * task.replay_count: an error answer takes the mark back first. */
   int replay_marked;
   char client[PT_CLIENT_MAX + 1]; /* the token's client */
+  int admin; /* the token has the admin scope: it sees every client's tasks */
   const pt_channel_ops_t *chan; /* a channel notification */
   pt_chan_notify_t note;
 } op_t;
@@ -268,10 +269,27 @@ static int has_trade(const bson_t *doc) {
   return chan != NULL && chan->follows_trades;
 }
 
-/* Answers a task read; a pay task's answer carries its trade, if any. */
+/* 1 if op's token may see the task doc: its own client's, or any with
+ * the admin scope. A task that names no client is the default client's. */
+static int visible_to(const op_t *op, const bson_t *doc) {
+  bson_iter_t it;
+  const char *c = "default";
+  if (op->admin)
+    return 1;
+  if (bson_iter_init_find(&it, doc, "client") && BSON_ITER_HOLDS_UTF8(&it))
+    c = bson_iter_utf8(&it, NULL);
+  return strcmp(c, op->client) == 0;
+}
+
+/* Answers a task read; a pay task's answer carries its trade, if any.
+ * Another client's task is not found: ids are easy to guess. */
 static void reply_task(op_t *op, const bson_t *doc) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   trade_read_t *tr;
+  if (!visible_to(op, doc)) {
+    op_error(op, 404, "task_not_found", "no task has this id");
+    return;
+  }
   if (ac != NULL && has_trade(doc) && (tr = malloc(sizeof *tr)) != NULL) {
     tr->op = op;
     tr->doc = bson_copy(doc);
@@ -582,6 +600,10 @@ static void not_cancellable(op_t *op, const char *status) {
 static void on_cancel_evicted(op_t *op, const bson_t *doc) {
   bson_iter_t it;
   op->on_doc = NULL;
+  if (!visible_to(op, doc)) {
+    op_error(op, 404, "task_not_found", "no task has this id");
+    return;
+  }
   not_cancellable(op, bson_iter_init_find(&it, doc, "status") &&
                               BSON_ITER_HOLDS_UTF8(&it)
                           ? bson_iter_utf8(&it, NULL)
@@ -614,8 +636,9 @@ static void on_cancelled(int status, pt_verdict_t v, const char *detail,
 static void handle_cancel(op_t *op) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   if (ac == NULL || pt_store_cancel(ac, op->id, pt_now_ms(),
-                                    op->api->internal_types, on_cancelled,
-                                    op) != 0)
+                                    op->api->internal_types,
+                                    op->admin ? NULL : op->client,
+                                    on_cancelled, op) != 0)
     op_error(op, 503, "store_unavailable", "the task cache is unavailable");
 }
 
@@ -1631,6 +1654,7 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
              "send Authorization: Bearer <token> with a valid token");
     return;
   }
+  op->admin = (scopes & PT_SCOPE_ADMIN) != 0;
   if (api->stopping) {
     op_error(op, 503, "shutting_down", "the api is shutting down; retry");
     return;
@@ -1676,7 +1700,7 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
       handle_replay(op);
     else if (cancel && is_post)
       handle_cancel(op);
-    else if (!cancel && is_get)
+    else if (!cancel && !replay && is_get)
       handle_get(op);
     else
       op_error(op, 405, "method_not_allowed",

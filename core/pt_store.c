@@ -61,11 +61,23 @@ static const char submit_lua[] =
  * Cancel refuses ('conflict', 'internal') a task whose type is in ARGV[6]
  * (",query,close,notify,"): paytask schedules those for a trade, and one
  * cancelled would leave the trade unqueried, unclosed or its merchant
- * never told. */
+ * never told. With ARGV[7] (a client) it answers 'notfound' for a task of
+ * another client (one whose spec names none is "default's"), before
+ * saying anything of its status. */
 static const char cancel_lua[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'attempts',\n"
     "  'interrupted', 'queued')\n"
     "local st = h[1]\n"
+    "local d = {}\n"
+    "if st and (ARGV[6] ~= '' or ARGV[7] ~= '') then\n"
+    "  local ok, x = pcall(cjson.decode,\n"
+    "    redis.call('HGET', KEYS[1], 'spec') or '')\n"
+    "  if ok and type(x) == 'table' then d = x end\n"
+    "end\n"
+    "if st and ARGV[7] ~= '' then\n"
+    "  local c = type(d.client) == 'string' and d.client or 'default'\n"
+    "  if c ~= ARGV[7] then return {'notfound', ''} end\n"
+    "end\n"
     "if ARGV[5] ~= '' then\n"
     "  if not st then\n"
     "    local fin = redis.call('GET', KEYS[3])\n"
@@ -77,13 +89,9 @@ static const char cancel_lua[] =
     "end\n"
     "if st and st ~= 'PENDING' and st ~= 'RETRY_WAIT' then\n"
     "  return {'conflict', st} end\n"
-    "if st and ARGV[6] ~= '' then\n"
-    "  local ok, d = pcall(cjson.decode,\n"
-    "    redis.call('HGET', KEYS[1], 'spec') or '')\n"
-    "  if ok and type(d) == 'table' and type(d.type) == 'string' and\n"
-    "     string.find(ARGV[6], ',' .. d.type .. ',', 1, true) then\n"
-    "    return {'conflict', 'internal'} end\n"
-    "end\n"
+    "if st and ARGV[6] ~= '' and type(d.type) == 'string' and\n"
+    "   string.find(ARGV[6], ',' .. d.type .. ',', 1, true) then\n"
+    "  return {'conflict', 'internal'} end\n"
     "if KEYS[4] ~= '' then redis.call('DEL', KEYS[4]) end\n"
     "if not st then return {'notfound', ''} end\n"
     "redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'updated_at', "
@@ -555,7 +563,7 @@ int pt_store_submit(redisAsyncContext *ac, const char *id, const char *spec,
 static int cancel_common(redisAsyncContext *ac, const char *id,
                          const char *idem_key, int64_t now_ms,
                          const char *error_json, const char *refused_types,
-                         pt_store_cb cb, void *arg) {
+                         const char *client, pt_store_cb cb, void *arg) {
   char k1[64], k3[64], k4[320] = "", now[24], ttl[24];
   key(k1, sizeof k1, PT_KEY_TASK, id);
   key(k3, sizeof k3, PT_KEY_FIN, id);
@@ -567,15 +575,16 @@ static int cancel_common(redisAsyncContext *ac, const char *id,
                         k4,  PT_STREAM_OUTBOX, now,
                         id,  PT_CHANNEL_FINAL, ttl,
                         error_json ? error_json : "",
-                        refused_types ? refused_types : ""};
-  return evalsha(ac, S_CANCEL, 5, 11, argv, NULL, cb, arg);
+                        refused_types ? refused_types : "",
+                        client ? client : ""};
+  return evalsha(ac, S_CANCEL, 5, 12, argv, NULL, cb, arg);
 }
 
 int pt_store_abandon(redisAsyncContext *ac, const char *id,
                      const char *idem_key, int64_t now_ms, const char *code,
                      const char *message, pt_store_cb cb, void *arg) {
   char *err = pt_store_error_json(code, message);
-  int rc = cancel_common(ac, id, idem_key, now_ms, err, NULL, cb, arg);
+  int rc = cancel_common(ac, id, idem_key, now_ms, err, NULL, NULL, cb, arg);
   bson_free(err);
   return rc;
 }
@@ -589,8 +598,10 @@ int pt_store_mark_queued(redisAsyncContext *ac, const char *id,
 }
 
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
-                    const char *refused_types, pt_store_cb cb, void *arg) {
-  return cancel_common(ac, id, NULL, now_ms, NULL, refused_types, cb, arg);
+                    const char *refused_types, const char *client,
+                    pt_store_cb cb, void *arg) {
+  return cancel_common(ac, id, NULL, now_ms, NULL, refused_types, client, cb,
+                       arg);
 }
 
 int pt_store_start(redisAsyncContext *ac, const char *id, int attempt,

@@ -174,9 +174,11 @@ int pt_store_finish(redisAsyncContext *ac, const char *id,
                     const pt_store_finish_t *f, pt_store_cb cb, void *arg);
 /* PENDING or RETRY_WAIT → CANCELLED. PT_V_CONFLICT with the status when
  * past them, or with "internal" when the task's type is one of
- * refused_types (",query,close,notify,"; NULL: none). */
+ * refused_types (",query,close,notify,"; NULL: none). With a client (NULL:
+ * any), PT_V_NOTFOUND for another client's task, whatever its status. */
 int pt_store_cancel(redisAsyncContext *ac, const char *id, int64_t now_ms,
-                    const char *refused_types, pt_store_cb cb, void *arg);
+                    const char *refused_types, const char *client,
+                    pt_store_cb cb, void *arg);
 /* The drain deadline cut attempt n off: RUNNING goes back to PENDING or
  * RETRY_WAIT with attempts n-1 and a flag that makes the next start say
  * PT_V_RESUME (query before create). PT_V_STALE if the task moved on. */

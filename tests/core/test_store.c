@@ -87,12 +87,18 @@ static pt_verdict_t waited(int rc, pt_test_verdict_t *r) {
   return r->v;
 }
 
-/* Cancels the task, refusing the types in refused (NULL: none). */
-static pt_verdict_t cancel(const char *refused, pt_test_verdict_t *r) {
+/* Cancels the task as client (NULL: any), refusing the types in refused
+ * (NULL: none). */
+static pt_verdict_t cancel_as(const char *client, const char *refused,
+                              pt_test_verdict_t *r) {
   memset(r, 0, sizeof *r);
   return waited(pt_store_cancel(pt_redis_ctx(redis), id, pt_now_ms(), refused,
-                                pt_test_on_verdict, r),
+                                client, pt_test_on_verdict, r),
                 r);
+}
+
+static pt_verdict_t cancel(const char *refused, pt_test_verdict_t *r) {
+  return cancel_as(NULL, refused, r);
 }
 
 /* Releases attempt 1 as the worker whose run token is run. */
@@ -313,6 +319,32 @@ Test(store, cancel_refuses_the_types_it_is_told_to) {
   cr_assert_eq(cancel(",query,close,notify,", &r), PT_V_CONFLICT);
   cr_assert_str_eq(r.detail, "CANCELLED", "a final task's cancel: %s",
                    r.detail);
+}
+
+/* Another client cannot cancel a task, nor learn its status from the
+ * refusal. */
+Test(store, cancel_finds_only_the_clients_own_tasks) {
+  pt_test_verdict_t r = {0};
+  const char *spec = "{\"task_id\":\"1\",\"client\":\"shop\"}";
+  cr_assert_eq(waited(pt_store_submit(pt_redis_ctx(redis), id, spec,
+                                      strlen(spec), pt_now_ms(), NULL, NULL,
+                                      60, pt_test_on_verdict, &r),
+                      &r),
+               PT_V_OK);
+  cr_assert_eq(cancel_as("default", NULL, &r), PT_V_NOTFOUND,
+               "another client cancelled the task");
+  cr_assert_eq(cancel_as("shop", NULL, &r), PT_V_OK);
+  cr_assert_eq(cancel_as("other", NULL, &r), PT_V_NOTFOUND,
+               "another client learnt the task's status");
+  cr_assert_eq(cancel_as("shop", NULL, &r), PT_V_CONFLICT);
+  cr_assert_str_eq(r.detail, "CANCELLED");
+}
+
+Test(store, a_task_that_names_no_client_is_the_default_clients) {
+  pt_test_verdict_t r = {0};
+  submit(); /* its spec names no client */
+  cr_assert_eq(cancel_as("shop", NULL, &r), PT_V_NOTFOUND);
+  cr_assert_eq(cancel_as("default", NULL, &r), PT_V_OK);
 }
 
 static pt_verdict_t abandon(const char *idem) {

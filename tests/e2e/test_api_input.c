@@ -713,6 +713,70 @@ Test(api_input, idempotency_keys_are_per_client) {
   free(body_b);
 }
 
+/* tok's request (method, /v1/tasks/{id} plus suffix); the status. */
+static long task_call(const char *tok, const char *method, const char *id,
+                      const char *suffix, char **out) {
+  char url[200];
+  snprintf(url, sizeof url, "%s/v1/tasks/%s%s", stack.api_url, id, suffix);
+  return pt_http(method, url, tok, strcmp(method, "POST") == 0 ? "" : NULL,
+                 NULL, out);
+}
+
+/* A client's tasks are its own: another client's token is told there is
+ * no such task when it reads or cancels one (task ids are easy to guess),
+ * and the task is unchanged; a token with the admin scope sees them all. */
+Test(api_input, a_client_sees_and_cancels_only_its_own_tasks) {
+  char a[24], *out = NULL;
+  bson_t doc;
+  pt_stack_env(&stack, "PAYTASK_API_TOKENS",
+               "tok-a:submit+read:shop-a,tok-b:submit+read:shop-b,"
+               "tok-ops:read+admin," PT_TEST_TOKEN);
+  pt_stack_start(&stack, 0, NULL); /* no worker: the task stays PENDING */
+  char *body = pt_task_body(pt_unique("OWN"), 100, NULL, NULL);
+  cr_assert_eq(submit_as("tok-a", body, pt_unique("own-key"), a), 202);
+  free(body);
+  static const struct {
+    const char *method, *suffix;
+  } calls[] = {{"GET", ""}, {"GET", "?wait=1"}, {"POST", "/cancel"}};
+  for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+    long st = task_call("tok-b", calls[i].method, a, calls[i].suffix, &out);
+    expect_error(st, out, 404, "task_not_found");
+    cr_assert_null(strstr(out, "PENDING"), "the answer tells: %s", out);
+    free(out);
+  }
+  cr_assert_eq(task_call("tok-ops", "GET", a, "", &out), 200, "%s", out);
+  free(out);
+  cr_assert_eq(task_call("tok-a", "GET", a, "", &out), 200, "%s", out);
+  pt_json(out, &doc);
+  free(out);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "PENDING",
+                   "another client's cancel changed the task");
+  cr_assert_str_eq(pt_json_str(&doc, "client"), "shop-a");
+  bson_destroy(&doc);
+  cr_assert_eq(task_call("tok-a", "POST", a, "/cancel", &out), 200, "%s",
+               out);
+  free(out);
+}
+
+/* GET is a read only at /v1/tasks/{id}: on …/replay it is refused, not
+ * answered with the task (replay needs the admin scope, a read does not). */
+Test(api_input, a_get_on_replay_is_not_a_read) {
+  char *out = NULL;
+  pt_stack_start(&stack, 0, NULL);
+  char *body = pt_task_body(pt_unique("GETREPLAY"), 100, NULL, NULL);
+  cr_assert_eq(pt_api_submit(&stack, body, NULL, &out), 202, "%s", out);
+  bson_t doc;
+  pt_json(out, &doc);
+  free(out);
+  char id[24];
+  snprintf(id, sizeof id, "%s", pt_json_str(&doc, "task_id"));
+  bson_destroy(&doc);
+  free(body);
+  long st = task_call(PT_TEST_TOKEN, "GET", id, "/replay", &out);
+  expect_error(st, out, 405, "method_not_allowed");
+  free(out);
+}
+
 /* Runs `paytask api` with the environment given and returns its exit
  * status, its output in out. */
 static int api_exit(const char *env, char *out, size_t len) {
