@@ -104,14 +104,28 @@ static int load_docs(pt_sync_t *s, item_t *items, size_t n) {
     pt_error_t err;
     bson_init(&items[i].doc);
     BSON_APPEND_UTF8(&items[i].doc, "_id", items[i].id);
-    if (r->type == REDIS_REPLY_ARRAY &&
-        pt_store_doc_from_hash(r, &items[i].doc, &final, &err) == 0 && final) {
+    int built = r->type == REDIS_REPLY_ARRAY
+                    ? pt_store_doc_from_hash(r, &items[i].doc, &final, &err)
+                    : PT_EPROTO;
+    if (built == 0 && final) {
       items[i].has_doc = 1;
     } else {
-      /* Gone already (synced and evicted by another consumer) or not
-       * final: nothing to write for this entry. */
       bson_destroy(&items[i].doc);
       items[i].has_doc = 0;
+      /* Gone already (synced and evicted by another consumer): nothing to
+       * write. A hash that is there but is no final task is kept pending
+       * and said, not acknowledged as gone: its hash would never be
+       * synced nor expire. */
+      if (r->type != REDIS_REPLY_ARRAY || r->elements > 0) {
+        items[i].refused = 1;
+        PT_ERROR("sync_bad_document",
+                 "task_id=%s entry=%s err=\"%s\" note=\"kept pending; "
+                 "the task's hash is damaged or not final\"",
+                 items[i].id, items[i].entry,
+                 r->type != REDIS_REPLY_ARRAY ? "not a hash"
+                 : built != 0                 ? err.message
+                                              : "not final");
+      }
     }
     freeReplyObject(r);
   }
@@ -223,14 +237,50 @@ static int write_docs(pt_sync_t *s, item_t *items, size_t n) {
   return ok ? 0 : -1;
 }
 
-/* Acknowledges and deletes the entries, and lets the hashes expire. */
+/* Reads the replies of `cmds` pipelined commands: 0, or -1 if the link
+ * failed or one answered an error (kept in s->reply_err). */
+static int read_replies(pt_sync_t *s, size_t cmds) {
+  int rc = 0;
+  for (size_t i = 0; i < cmds; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK || r == NULL)
+      return -1; /* the link is gone: the caller reconnects */
+    if (r->type == REDIS_REPLY_ERROR && rc == 0) {
+      snprintf(s->reply_err, sizeof s->reply_err, "%s", r->str);
+      rc = -1;
+    }
+    freeReplyObject(r);
+  }
+  return rc;
+}
+
+/* Lets the synced hashes expire, then acknowledges and deletes the
+ * entries: an entry is let go only once its hash will expire. */
 static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
   long long grace = (long long)s->cfg->sync_evict_grace_s;
   size_t cmds = 0;
   if (n == 0)
     return 0;
-  /* One XACK and one XDEL for the whole batch, then each synced hash is
-   * marked and left to expire. */
+  /* Set to expire only if still there: another sync consumer that
+   * claimed the same entry may have evicted it already. EXPIRE alone:
+   * Redis at maxmemory refuses a script's HSET (it once marked the hash
+   * "synced" first), and the hash then never expired. */
+  static const char mark_lua[] =
+      "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+      "  redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+      "end\n"
+      "return 0\n";
+  for (size_t i = 0; i < n; i++) {
+    if (items[i].has_doc && !items[i].refused) {
+      redisAppendCommand(s->redis, "EVAL %s 1 %s%s %lld", mark_lua,
+                         PT_KEY_TASK, items[i].id, grace);
+      cmds += 1;
+    }
+  }
+  if (read_replies(s, cmds) != 0)
+    return -1;
+  cmds = 0;
+  /* One XACK and one XDEL for the whole batch. */
   const char **av = malloc((n + 3) * sizeof *av);
   if (av == NULL)
     return -1;
@@ -249,34 +299,7 @@ static int ack_batch(pt_sync_t *s, item_t *items, size_t n) {
     cmds += 2;
   }
   free(av);
-  /* Marked synced and set to expire only if still there: another sync
-   * consumer that claimed the same entry may have evicted it already, and
-   * an HSET would make a hash with no spec (a GET's 500 until it
-   * expired). */
-  static const char mark_lua[] =
-      "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-      "  redis.call('HSET', KEYS[1], 'synced', 1)\n"
-      "  redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
-      "end\n"
-      "return 0\n";
-  for (size_t i = 0; i < n; i++) {
-    if (items[i].has_doc && !items[i].refused) {
-      redisAppendCommand(s->redis, "EVAL %s 1 %s%s %lld", mark_lua,
-                         PT_KEY_TASK, items[i].id, grace);
-      cmds += 1;
-    }
-  }
-  int rc = 0;
-  for (size_t i = 0; i < cmds; i++) {
-    redisReply *r = NULL;
-    if (redisGetReply(s->redis, (void **)&r) != REDIS_OK)
-      rc = -1;
-    if (r != NULL)
-      freeReplyObject(r);
-    if (rc != 0)
-      break;
-  }
-  return rc;
+  return read_replies(s, cmds);
 }
 
 /* Takes the entries of an XREADGROUP / XAUTOCLAIM entry list. */
@@ -383,6 +406,13 @@ static long claim_batch(pt_sync_t *s, item_t *items, size_t max) {
       s->claim_from, (int)max);
   if (r == NULL)
     return -1;
+  if (r->type == REDIS_REPLY_ERROR) {
+    /* Not "nothing to claim" (a Redis without XAUTOCLAIM, NOPERM, BUSY):
+     * what dead consumers left would never be synced, and unsaid. */
+    snprintf(s->reply_err, sizeof s->reply_err, "%s", r->str);
+    freeReplyObject(r);
+    return -1;
+  }
   size_t n = 0;
   if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2) {
     if (r->element[0]->type == REDIS_REPLY_STRING &&

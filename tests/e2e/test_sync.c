@@ -223,6 +223,46 @@ Test(sync, a_document_mongodb_refuses_stays_in_redis) {
   redisFree(r);
 }
 
+/* A sync entry whose task hash is there but is not a final task (damaged,
+ * or moved back) is kept pending and said, not acknowledged as if the
+ * hash were gone: that hash would never be synced nor expire. */
+Test(sync, an_entry_whose_task_is_not_final_is_kept_and_said) {
+  char a[24], e[24], c[24], entry[64];
+  bson_t doc;
+  pt_stack_start(&stack, 1, NULL);
+  pt_run_task(&stack, pt_unique("NOTFINAL"), 100, NULL, NULL, a, &doc);
+  bson_destroy(&doc);
+  snprintf(e, sizeof e, "%llu", strtoull(a, NULL, 10) + 1);
+  redisContext *r = pt_test_redis();
+  redisReply *x = redisCommand(r, "COPY pt:task:%s pt:task:%s", a, e);
+  cr_assert(x != NULL && x->type == REDIS_REPLY_INTEGER && x->integer == 1);
+  freeReplyObject(x);
+  freeReplyObject(redisCommand(r, "PERSIST pt:task:%s", e));
+  freeReplyObject(redisCommand(r, "HSET pt:task:%s status RUNNING", e));
+  x = redisCommand(r, "XADD pt:sync * id %s", e);
+  cr_assert(x != NULL && x->type == REDIS_REPLY_STRING);
+  snprintf(entry, sizeof entry, "%s", x->str);
+  freeReplyObject(x);
+  /* A task after it: synced, so the entry before it was read. */
+  char *body = pt_task_body(pt_unique("NOTFINAL"), 101, NULL, NULL);
+  pt_submit_ok(&stack, body, c);
+  free(body);
+  cr_assert(pt_mongo_task(c, 30, &doc), "task %s never reached MongoDB", c);
+  bson_destroy(&doc);
+  const char *said[] = {"sync_bad_document", e, NULL};
+  cr_assert(pt_stack_log_wait(&stack, "worker0.log", said, 10),
+            "the damaged entry was not logged");
+  x = redisCommand(r, "XRANGE pt:sync %s %s", entry, entry);
+  cr_assert(x != NULL && x->type == REDIS_REPLY_ARRAY);
+  cr_assert_eq(x->elements, 1, "the entry was acknowledged and deleted");
+  freeReplyObject(x);
+  cr_assert_eq(pt_stack_stop(&stack), 0, "a process did not stop cleanly");
+  /* Leave nothing for other suites' syncs to trip over. */
+  freeReplyObject(redisCommand(r, "DEL pt:task:%s", e));
+  freeReplyObject(redisCommand(r, "XDEL pt:sync %s", entry));
+  redisFree(r);
+}
+
 /* Claims go on through the pending list: a consumer that is gone left
  * two documents MongoDB refuses and a good one behind them. Each claim
  * (sync.batch 2) used to start at the list's head and took the two refused
