@@ -1,6 +1,7 @@
 #include "core/pt_task.h"
 
 #include <curl/curl.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -200,28 +201,66 @@ static int parse_retry(bson_iter_t *it, pt_task_t *t, pt_input_error_t *ie) {
   return 0;
 }
 
-/* Refuses, in params and every object or array within it, a key MongoDB
- * would refuse in the task's record later, when nothing can be said to the
- * client any more: an empty one, one that starts with '$' or holds a '.'.
- * A key with a NUL never gets here (the JSON reader refuses it). Nesting
- * is bounded too, which bounds this recursion. */
-static int check_params(bson_iter_t *it, int depth, pt_input_error_t *ie) {
+/* Refuses, in params and every object or array within it, what the
+ * MongoDB server (FerretDB among them) would refuse in the task's record
+ * later, when nothing can be said to the client any more, and the task
+ * would stay in Redis unsynced:
+ * - a key that is empty, starts with '$' or holds a '.' (a key with a
+ *   NUL never gets here: the JSON reader refuses it);
+ * - a value that is not JSON's (a string, a number, true, false, null,
+ *   an object, an array): extended JSON's $oid, $date, $binary, $regex,
+ *   $numberDecimal and the like; a string holding a NUL; NaN or an
+ *   infinity; an array directly inside an array.
+ * Nesting is bounded too, which bounds this recursion. */
+static int check_params(bson_iter_t *it, int depth, int in_array,
+                        pt_input_error_t *ie) {
   if (depth > PT_PARAMS_DEPTH)
     return fail(ie, "invalid_params", "params nests more than %d levels",
                 PT_PARAMS_DEPTH);
   while (bson_iter_next(it)) {
     const char *k = bson_iter_key(it);
     bson_iter_t child;
-    if (k[0] == '\0' || k[0] == '$' || strchr(k, '.') != NULL)
+    uint32_t n;
+    const char *str;
+    if (!in_array && (k[0] == '\0' || k[0] == '$' || strchr(k, '.') != NULL))
       return fail(ie, "invalid_params",
                   "a key in params must not be empty, start with \"$\" or "
                   "hold \".\": \"%s\"",
                   k);
-    if (!BSON_ITER_HOLDS_DOCUMENT(it) && !BSON_ITER_HOLDS_ARRAY(it))
+    switch (bson_iter_type(it)) {
+    case BSON_TYPE_UTF8:
+      str = bson_iter_utf8(it, &n);
+      if (memchr(str, '\0', n) != NULL)
+        return fail(ie, "invalid_params",
+                    "a string in params holds a NUL character (\\u0000)");
       continue;
+    case BSON_TYPE_DOUBLE:
+      if (!isfinite(bson_iter_double(it)))
+        return fail(ie, "invalid_params",
+                    "a number in params is NaN or infinite");
+      continue;
+    case BSON_TYPE_INT32:
+    case BSON_TYPE_INT64:
+    case BSON_TYPE_BOOL:
+    case BSON_TYPE_NULL:
+      continue;
+    case BSON_TYPE_ARRAY:
+      if (in_array)
+        return fail(ie, "invalid_params",
+                    "params holds an array directly inside an array, which "
+                    "the task store cannot keep");
+      break;
+    case BSON_TYPE_DOCUMENT:
+      break;
+    default:
+      return fail(ie, "invalid_params",
+                  "a value in params (at \"%s\") is not a JSON string, "
+                  "number, boolean, null, object or array",
+                  k);
+    }
     if (!bson_iter_recurse(it, &child))
       return fail(ie, "invalid_params", "params is not a valid object");
-    if (check_params(&child, depth + 1, ie) != 0)
+    if (check_params(&child, depth + 1, BSON_ITER_HOLDS_ARRAY(it), ie) != 0)
       return PT_EINVAL;
   }
   return 0;
@@ -424,7 +463,7 @@ static int parse_fields(const bson_t *doc, pt_parse_mode_t mode,
       bson_iter_t keys;
       if (!bson_init_static(&view, data, n) || !bson_iter_init(&keys, &view))
         return fail(ie, "invalid_params", "params is not a valid object");
-      if (check_params(&keys, 1, ie) != 0)
+      if (check_params(&keys, 1, 0, ie) != 0)
         return PT_EINVAL;
       /* Own a copy (doc is freed before t). A bson_t is never copied by
        * value: an allocated one points into itself. */

@@ -24,6 +24,19 @@ Test(task, parses_a_good_body_with_defaults) {
   pt_task_destroy(&t);
 }
 
+/* Every kind of JSON value is taken in params, at any depth. */
+Test(task, params_take_every_json_value) {
+  pt_task_t t;
+  pt_input_error_t ie;
+  const char *b = GOOD ",\"params\":{\"s\":\"中\",\"i\":1,\"big\":"
+                  "9007199254740993,\"d\":1.5,\"t\":true,\"n\":null,"
+                  "\"o\":{\"a\":[1,\"x\",{\"b\":[false]}]},\"e\":[]}}";
+  cr_assert_eq(pt_task_parse(b, strlen(b), PT_PARSE_SUBMIT, 0, &t, &ie), 0,
+               "%s", ie.message);
+  cr_assert_eq(t.has_params, 1);
+  pt_task_destroy(&t);
+}
+
 /* Gives t an id and a creation time, writes it as the broker message of
  * attempt n and parses that back into u. */
 static void as_message(pt_task_t *t, int attempt, pt_task_t *u) {
@@ -135,6 +148,20 @@ ParameterizedTestParameters(task, bad_bodies) {
       {GOOD ",\"params\":{\"a\":[1,{\"$x\":1}]}}", "invalid_params"},
       {GOOD ",\"params\":{\"a\":[[{\"x.y\":1}]]}}", "invalid_params"},
       {GOOD ",\"params\":{\"a\\u0000b\":1}}", "invalid_json"},
+      /* Values the task store cannot keep (FerretDB refuses each; the
+       * task would never leave Redis), or that JSON has not. */
+      {GOOD ",\"params\":{\"a\":\"x\\u0000y\"}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\":{\"$numberDouble\":\"NaN\"}}}",
+       "invalid_params"},
+      {GOOD ",\"params\":{\"a\":[{\"$numberDouble\":\"-Infinity\"}]}}",
+       "invalid_params"},
+      {GOOD ",\"params\":{\"a\":[1,[2]]}}", "invalid_params"},
+      {GOOD ",\"params\":{\"a\":{\"$oid\":\"5f1b2c3d4e5f6a7b8c9d0e1f\"}}}",
+       "invalid_params"},
+      {GOOD ",\"params\":{\"a\":{\"$date\":\"2026-01-01T00:00:00Z\"}}}",
+       "invalid_params"},
+      {GOOD ",\"params\":{\"a\":{\"$numberDecimal\":\"1.5\"}}}",
+       "invalid_params"},
       {GOOD ",\"subject\":\"\"}", "invalid_json"},
   };
   return cr_make_param_array(bad_case_t, cases,
