@@ -1079,6 +1079,13 @@ static void handle_submit(op_t *op) {
   if (wait_param(op) != 0)
     return;
   if (key != NULL) {
+    /* Two keys: whichever a proxy in front took, the api would take the
+     * first; a repeat could then be a new task. */
+    if (pt_httpd_header_repeated(op->req, "idempotency-key")) {
+      op_error(op, 400, "invalid_idempotency_key",
+               "send one Idempotency-Key header, not several");
+      return;
+    }
     if (!idem_key_ok(key, klen)) {
       op_error(op, 400, "invalid_idempotency_key",
                "Idempotency-Key must be 1 to 200 visible ASCII characters");
@@ -1311,8 +1318,16 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
 static void handle_replay(op_t *op) {
   const char *v;
   size_t n;
-  op->force = query_param(op->req, "force", &v, &n) == 1 && n == 4 &&
-              memcmp(v, "true", 4) == 0;
+  int rc = query_param(op->req, "force", &v, &n);
+  /* A force given twice or as anything else was taken as no force, and
+   * the answer said to add the ?force=true the caller had sent. */
+  if (rc < 0 || (rc == 1 && !(n == 4 && memcmp(v, "true", 4) == 0) &&
+                 !(n == 5 && memcmp(v, "false", 5) == 0))) {
+    op_error(op, 400, "invalid_force", "force must be given once, as "
+                                       "force=true or force=false");
+    return;
+  }
+  op->force = rc == 1 && n == 4;
   op->on_doc = on_replay_source;
   read_task(op);
 }
@@ -1339,8 +1354,11 @@ static void on_mongo_ping(int status, const pt_error_t *err, void *arg) {
                    !amqp ? "unreachable" : blocked ? "blocked" : "ok");
   amqp = amqp && !blocked;
   BSON_APPEND_UTF8(&doc, "redis", redis ? "ok" : "unreachable");
-  BSON_APPEND_UTF8(&doc, "mongodb",
-                   status == 0 ? "ok" : (err ? err->message : "unreachable"));
+  /* The driver's message may name hosts and credentials' mechanisms, and
+   * /readyz takes no token: it goes to the log. */
+  if (status != 0)
+    PT_WARN("readyz_mongodb", "err=\"%s\"", err ? err->message : "");
+  BSON_APPEND_UTF8(&doc, "mongodb", status == 0 ? "ok" : "unreachable");
   pt_reply_doc(op->req, amqp && redis && status == 0 ? 200 : 503, &doc);
   bson_destroy(&doc);
   op_free(op);
@@ -1645,13 +1663,15 @@ static void on_request(pt_httpd_req_t *req, void *arg) {
   }
   const char *auth = pt_httpd_header(req, "authorization", &alen);
   int scopes = 0;
-  if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0) {
+  if (auth != NULL && alen >= 8 && strncasecmp(auth, "Bearer ", 7) == 0 &&
+      !pt_httpd_header_repeated(req, "authorization")) {
     scopes = pt_config_token_lookup(api->cfg, auth + 7, alen - 7, op->client,
                                     sizeof op->client);
   }
   if (scopes == 0) {
     op_error(op, 401, "unauthorized",
-             "send Authorization: Bearer <token> with a valid token");
+             "send one Authorization: Bearer <token> header with a valid "
+             "token");
     return;
   }
   op->admin = (scopes & PT_SCOPE_ADMIN) != 0;

@@ -288,20 +288,32 @@ const char *pt_httpd_body(const pt_httpd_req_t *r, size_t *len) {
   return r->req->entity.base;
 }
 
-const char *pt_httpd_header(const pt_httpd_req_t *r, const char *name,
-                            size_t *len) {
+/* The index of the header `name` after index `after` (-1: the first), or
+ * -1. */
+static ssize_t find_header(const pt_httpd_req_t *r, const char *name,
+                           ssize_t after) {
   char lower[128];
   size_t n = strlen(name);
   if (r->req == NULL || n >= sizeof lower)
-    return NULL;
+    return -1;
   /* h2o keeps HTTP/1 header names in lower case. */
   for (size_t i = 0; i < n; i++)
     lower[i] = (char)tolower((unsigned char)name[i]);
-  ssize_t i = h2o_find_header_by_str(&r->req->headers, lower, n, -1);
+  return h2o_find_header_by_str(&r->req->headers, lower, n, after);
+}
+
+const char *pt_httpd_header(const pt_httpd_req_t *r, const char *name,
+                            size_t *len) {
+  ssize_t i = find_header(r, name, -1);
   if (i < 0)
     return NULL;
   *len = r->req->headers.entries[i].value.len;
   return r->req->headers.entries[i].value.base;
+}
+
+int pt_httpd_header_repeated(const pt_httpd_req_t *r, const char *name) {
+  ssize_t i = find_header(r, name, -1);
+  return i >= 0 && find_header(r, name, i) >= 0;
 }
 
 int pt_httpd_alive(const pt_httpd_req_t *r) { return r->req != NULL; }

@@ -39,9 +39,12 @@ const char *pt_httpd_method(const pt_httpd_req_t *r, size_t *len);
 const char *pt_httpd_path(const pt_httpd_req_t *r, size_t *len);   /* without ?query */
 const char *pt_httpd_query(const pt_httpd_req_t *r, size_t *len);  /* after '?', or NULL */
 const char *pt_httpd_body(const pt_httpd_req_t *r, size_t *len);
-/* Header value by case-insensitive name, or NULL. */
+/* Header value by case-insensitive name, or NULL; the first of a header
+ * sent more than once. */
 const char *pt_httpd_header(const pt_httpd_req_t *r, const char *name,
                             size_t *len);
+/* 1 if the header was sent more than once. */
+int pt_httpd_header_repeated(const pt_httpd_req_t *r, const char *name);
 /* A free loopback TCP port for a server started next (tests, the bench),
  * or -1. It lies below the kernel's ephemeral range: a port from bind(0)
  * comes from that range, where the source port of any outgoing connection

@@ -777,6 +777,61 @@ Test(api_input, a_get_on_replay_is_not_a_read) {
   free(out);
 }
 
+/* A header or a query parameter the api reads once, given twice or
+ * with a value it does not know, is refused and changes nothing: a proxy
+ * in front may read it otherwise than the api would. */
+Test(api_input, headers_and_parameters_given_twice_are_refused) {
+  char url[160], *out = NULL, key1[96], key2[96], idem[128];
+  pt_stack_start(&stack, 0, NULL);
+  long before = pt_queue_depth("paytask.tasks");
+  snprintf(url, sizeof url, "%s/v1/tasks", stack.api_url);
+  snprintf(key1, sizeof key1, "Idempotency-Key: %s", pt_unique("twice-a"));
+  snprintf(key2, sizeof key2, "Idempotency-Key: %s", pt_unique("twice-b"));
+  const char *keys[] = {key1, key2, NULL};
+  char *body = pt_task_body(pt_unique("TWICE"), 100, NULL, NULL);
+  long st = pt_http("POST", url, PT_TEST_TOKEN, body, keys, &out);
+  expect_error(st, out, 400, "invalid_idempotency_key");
+  free(out);
+  snprintf(idem, sizeof idem, PT_KEY_IDEM "%s", key1 + 17);
+  cr_assert(!pt_redis_has_key(idem), "a refused task was recorded");
+  const char *auth[] = {"Authorization: Bearer " PT_TEST_TOKEN, NULL};
+  st = pt_http("POST", url, PT_TEST_TOKEN, body, auth, &out);
+  expect_error(st, out, 401, "unauthorized");
+  free(out);
+  free(body);
+  cr_assert_eq(pt_queue_depth("paytask.tasks"), before,
+               "a refused task was published");
+
+  static const char *const forces[] = {"?force=true&force=true", "?force=1",
+                                       "?force=yes", "?force"};
+  for (size_t i = 0; i < sizeof forces / sizeof forces[0]; i++) {
+    snprintf(url, sizeof url, "%s/v1/tasks/1/replay%s", stack.api_url,
+             forces[i]);
+    st = pt_http("POST", url, PT_TEST_TOKEN, "", NULL, &out);
+    expect_error(st, out, 400, "invalid_force");
+    free(out);
+  }
+}
+
+/* /readyz takes no token: with MongoDB unreachable it says so, and not
+ * the driver's message (hosts, the authentication it tried). */
+Test(api_input, readyz_tells_no_server_details) {
+  char url[160], *out = NULL;
+  pt_stack_env(&stack, "PAYTASK_MONGODB_URI",
+               "mongodb://127.0.0.1:1/paytask?serverSelectionTimeoutMS=300");
+  setenv("PT_STACK_NO_READY_WAIT", "1", 1);
+  pt_stack_start(&stack, 0, NULL);
+  unsetenv("PT_STACK_NO_READY_WAIT");
+  snprintf(url, sizeof url, "%s/readyz", stack.api_url);
+  cr_assert_eq(pt_http("GET", url, NULL, NULL, NULL, &out), 503, "%s", out);
+  bson_t doc;
+  pt_json(out, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "mongodb"), "unreachable", "%s", out);
+  bson_destroy(&doc);
+  cr_assert_null(strstr(out, "127.0.0.1"), "%s", out);
+  free(out);
+}
+
 /* Runs `paytask api` with the environment given and returns its exit
  * status, its output in out. */
 static int api_exit(const char *env, char *out, size_t len) {
