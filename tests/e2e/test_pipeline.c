@@ -625,7 +625,8 @@ Test(pipeline, submit_with_wait_answers_final_or_accepted) {
  * listed first is not sent with a submit (it was, whole with its
  * ":read", and every submit and get was refused 401). */
 Test(pipeline, the_cli_takes_config_and_a_token_with_the_scope_it_needs) {
-  static const char tokens[] = "look:read,send:submit+read:shop";
+  /* Both the shop's: a token reads only its own client's tasks. */
+  static const char tokens[] = "look:read:shop,send:submit+read:shop";
   char conf[64], args[512], out[8192], id[24] = "";
   pt_stack_env(&stack, "PAYTASK_API_TOKENS", tokens);
   pt_stack_start(&stack, 1, NULL);

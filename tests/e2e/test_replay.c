@@ -154,7 +154,7 @@ static void wait_replay_ended(pt_stack_t *s, const char *out) {
 }
 
 /* Only a parameter named force, set to true, forces a second replay:
- * ?noforce=true does not. */
+ * ?noforce=true does not, and a force with another value is refused. */
 Test(replay, only_force_true_forces_a_second_replay) {
   char id[24], *out = NULL;
   bson_t doc;
@@ -163,13 +163,20 @@ Test(replay, only_force_true_forces_a_second_replay) {
   cr_assert_eq(replay(&stack, id, NULL, &out), 202, "%s", out);
   wait_replay_ended(&stack, out);
   free(out);
-  static const char *const not_force[] = {"noforce=true", "force=yes",
-                                          "force", "x=force=true"};
+  static const struct {
+    const char *query;
+    long status;
+    const char *code;
+  } not_force[] = {{"noforce=true", 409, "already_replayed"},
+                   {"x=force=true", 409, "already_replayed"},
+                   {"force=false", 409, "already_replayed"},
+                   {"force=yes", 400, "invalid_force"},
+                   {"force", 400, "invalid_force"}};
   for (size_t i = 0; i < sizeof not_force / sizeof not_force[0]; i++) {
-    cr_assert_eq(replay(&stack, id, not_force[i], &out), 409, "?%s: %s",
-                 not_force[i], out);
+    cr_assert_eq(replay(&stack, id, not_force[i].query, &out),
+                 not_force[i].status, "?%s: %s", not_force[i].query, out);
     pt_json(out, &doc);
-    cr_assert_str_eq(pt_json_str(&doc, "error.code"), "already_replayed");
+    cr_assert_str_eq(pt_json_str(&doc, "error.code"), not_force[i].code);
     bson_destroy(&doc);
     free(out);
   }
