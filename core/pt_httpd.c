@@ -98,23 +98,29 @@ static void register_too_large(h2o_pathconf_t *path) {
   f->dispose = errordoc_dispose;
 }
 
-static void send_too_large(h2o_req_t *req) {
+/* Answers req with the api's JSON error, from h2o's side of a request
+ * (before a pt_httpd_req_t exists). */
+static void send_error(h2o_req_t *req, int status, const char *reason,
+                       const char *code, const char *message) {
   bson_t doc = BSON_INITIALIZER, e;
   size_t len;
   BSON_APPEND_DOCUMENT_BEGIN(&doc, "error", &e);
-  BSON_APPEND_UTF8(&e, "code", "body_too_large");
-  BSON_APPEND_UTF8(&e, "message",
-                   "the request body is over the server's limit "
-                   "(api.max_body)");
+  BSON_APPEND_UTF8(&e, "code", code);
+  BSON_APPEND_UTF8(&e, "message", message);
   bson_append_document_end(&doc, &e);
   char *json = bson_as_relaxed_extended_json(&doc, &len);
   bson_destroy(&doc);
-  req->res.status = 413;
-  req->res.reason = "Request Entity Too Large";
+  req->res.status = status;
+  req->res.reason = reason;
   h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                  H2O_STRLIT("application/json"));
   h2o_send_inline(req, json, len); /* copies it */
   bson_free(json);
+}
+
+static void send_too_large(h2o_req_t *req) {
+  send_error(req, 413, "Request Entity Too Large", "body_too_large",
+             "the request body is over the server's limit (api.max_body)");
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
@@ -130,8 +136,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     return 0;
   }
   pt_httpd_req_t *r = calloc(1, sizeof *r);
-  if (r == NULL)
-    return -1; /* h2o answers 404; better than crashing */
+  if (r == NULL) {
+    /* Not h2o's plain-text 404 (what returning -1 gives): an error the
+     * client can read, and retry. */
+    send_error(req, 503, "Service Unavailable", "overloaded",
+               "the server is out of memory; nothing was done, retry");
+    return 0;
+  }
   r->req = req;
   r->link = h2o_mem_alloc_shared(&req->pool, sizeof *r->link, on_link_dispose);
   r->link->owner = r;
