@@ -440,7 +440,13 @@ static pt_trade_state_t map_state(const char *s) {
   } map[] = {{"SUCCESS", PT_TRADE_SUCCEEDED}, {"REFUND", PT_TRADE_SUCCEEDED},
              {"NOTPAY", PT_TRADE_NOTPAY},     {"USERPAYING", PT_TRADE_PAYING},
              {"CLOSED", PT_TRADE_CLOSED},     {"REVOKED", PT_TRADE_CLOSED},
-             {"PAYERROR", PT_TRADE_FAILED}};
+             /* A payment that failed (the bank refused it) leaves the
+              * order payable: final FAILED told the merchant to make a
+              * new order while the buyer could still pay this one, and
+              * skipped its close. It is still being paid for until the
+              * window ends and the close closes it at WeChat Pay (the
+              * case WeChat Pay's close API is documented for). */
+             {"PAYERROR", PT_TRADE_PAYING}};
   for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
     if (strcmp(s, map[i].word) == 0)
       return map[i].state;
@@ -583,7 +589,7 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
                     "the answer is not signed");
     return;
   }
-  if (op == PT_CHAN_CLOSE && res->body_len == 0) {
+  if (op == PT_CHAN_CLOSE && code == 204 && res->body_len == 0) {
     out->trade_state = PT_TRADE_CLOSED; /* 204: closed */
     BSON_APPEND_UTF8(&out->result, "trade_status",
                      pt_trade_state_name(PT_TRADE_CLOSED));
@@ -592,10 +598,11 @@ static void wechat_parse(pt_chan_op_t op, const pt_task_t *t,
   }
   bson_t doc = BSON_INITIALIZER;
   if (op == PT_CHAN_CLOSE) {
-    out->trade_state = PT_TRADE_CLOSED;
-    BSON_APPEND_UTF8(&out->result, "trade_status",
-                     pt_trade_state_name(PT_TRADE_CLOSED));
-    pt_chan_res_set(out, PT_OUTCOME_SUCCESS, NULL, NULL);
+    /* Only the 204 closes: another 2xx (202 USERPAYING, the buyer is
+     * entering a password) did not, and the trade may yet be paid. The
+     * close is tried again. */
+    pt_chan_res_set(out, PT_OUTCOME_UNKNOWN, "close_not_confirmed",
+                    "WeChat Pay answered the close with a body, not 204");
   } else if (code != 200 ||
              pt_chan_parse_object(res->body, res->body_len, 1, &doc) != 0) {
     pt_chan_res_bad_reply(out, "the answer is not a JSON object");

@@ -1366,7 +1366,8 @@ Test(wechat, queries_map_trade_states) {
       {TRANSACTION(MCHID, "USERPAYING"), PT_TRADE_PAYING},
       {TRANSACTION(MCHID, "CLOSED"), PT_TRADE_CLOSED},
       {TRANSACTION(MCHID, "REVOKED"), PT_TRADE_CLOSED},
-      {TRANSACTION(MCHID, "PAYERROR"), PT_TRADE_FAILED},
+      /* Not final: the order stays payable until it is closed. */
+      {TRANSACTION(MCHID, "PAYERROR"), PT_TRADE_PAYING},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     pt_chan_res_t out;
@@ -1448,6 +1449,17 @@ Test(wechat, close_and_refusals) {
                  PLATFORM_SERIAL, "wechat_merchant_private.pem", "");
   parse("wechat", PT_CHAN_CLOSE, &t, 0, 204, forged, NULL, &out);
   cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "a forged 204 closed it");
+  bson_destroy(&out.result);
+  /* Only the 204 closes: a signed 202 USERPAYING (the buyer is paying)
+   * or an empty 200 is tried again. */
+  wechat_parse_signed(PT_CHAN_CLOSE, NULL, 202,
+                      "{\"code\":\"USERPAYING\",\"message\":\"paying\"}",
+                      &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "a 202 closed the trade");
+  cr_assert_neq(out.trade_state, PT_TRADE_CLOSED);
+  bson_destroy(&out.result);
+  wechat_parse_signed(PT_CHAN_CLOSE, NULL, 200, "", &out);
+  cr_assert_eq(out.outcome, PT_OUTCOME_UNKNOWN, "an empty 200 closed it");
   bson_destroy(&out.result);
   wechat_parse_signed(PT_CHAN_CLOSE, NULL, 400,
                       "{\"code\":\"ORDER_PAID\",\"message\":\"paid\"}", &out);
