@@ -32,6 +32,7 @@ typedef struct trade {
   struct sim *sim;
   rule_t rule;
   int fail_left;
+  int lost_left; /* queries and closes still to answer "no such trade" */
   uv_timer_t pay_timer; /* the buyer pays when it fires */
   int pay_timer_on;
   uv_timer_t notify_timer; /* the next attempt of the notification */
@@ -295,6 +296,14 @@ static trade_t *trade_get(sim_t *sim, const char *no) {
 pt_sim_trade_t *pt_sim_trade_get(pt_sim_t *sim, const char *no) {
   trade_t *t = trade_get(sim, no);
   return t != NULL ? &t->pub : NULL;
+}
+
+int pt_sim_lost(pt_sim_trade_t *pub) {
+  trade_t *t = (trade_t *)pub;
+  if (t == NULL || t->lost_left <= 0)
+    return 0;
+  t->lost_left--;
+  return 1;
 }
 
 void pt_sim_trade_fail_times(pt_sim_trade_t *t, int n) {
@@ -646,13 +655,17 @@ static void handle_clock(sim_t *sim, pt_httpd_req_t *req) {
 
 /* POST /v1/sim/rules {"out_trade_no": NO or "*", "pay_after_ms": N,
  * "callback": "send"|"withhold", "duplicate_callbacks": N,
- * "create_fail_times": N, "latency_ms": N}: every field but out_trade_no
- * is optional; a rule adds to what was set before. */
+ * "create_fail_times": N, "latency_ms": N, "lost_times": N}: every field
+ * but out_trade_no is optional; a rule adds to what was set before.
+ * lost_times (a trade's own rule only): its next N queries and closes are
+ * answered as if the channel did not know it, as a lagging replica of a
+ * real one may. */
 static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
   bson_t doc;
   bson_iter_t it;
   rule_t r;
   const char *no = NULL, *bad = NULL;
+  int has_lost = 0, lost = 0;
   memset(&r, 0, sizeof r);
   if (body_object(sim, req, &doc) != 0)
     return;
@@ -682,10 +695,15 @@ static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
     } else if (strcmp(k, "latency_ms") == 0) {
       if ((r.has_latency = int_field(&it, 0, 600000, &r.latency_ms)) < 0)
         bad = k;
+    } else if (strcmp(k, "lost_times") == 0) {
+      if ((has_lost = int_field(&it, 0, 1000000, &lost)) < 0)
+        bad = k;
     } else {
       bad = k;
     }
   }
+  if (bad == NULL && no != NULL && has_lost && strcmp(no, "*") == 0)
+    bad = "lost_times (a trade's own rule only)";
   if (bad != NULL || no == NULL) {
     char msg[200];
     snprintf(msg, sizeof msg, "%s%s", bad ? "bad or unknown field: " : "",
@@ -710,6 +728,8 @@ static void handle_rules(sim_t *sim, pt_httpd_req_t *req) {
 #undef MERGE
   if (t != NULL && r.has_fail)
     t->fail_left = r.fail_times;
+  if (t != NULL && has_lost)
+    t->lost_left = lost;
   /* A trade waiting for its buyer follows its new rule from now. */
   if (t != NULL && r.has_pay_after &&
       (t->pub.state == PT_SIM_CREATED || t->pub.state == PT_SIM_SCANNED))

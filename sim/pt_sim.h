@@ -25,7 +25,9 @@
  *   POST /v1/sim/rules {"out_trade_no": NO | "*", "pay_after_ms": N (-1:
  *        never), "callback": "send" | "withhold", "duplicate_callbacks": N,
  *        "create_fail_times": N, "latency_ms": N}      a trade's rule (or
- *        the default, "*") for when it is created and after; fields add up
+ *        the default, "*") for when it is created and after; fields add up;
+ *        a trade's own may add "lost_times": N (wechat: its next N queries
+ *        and closes answer 404 ORDER_NOT_EXIST, as a lagging replica)
  *   POST /v1/sim/trades/{no}/pay    the buyer pays now (409 if closed or
  *        paid already); the notification goes out unless withheld
  *   POST /v1/sim/trades/{no}/scan   the buyer scans it (Alipay: the trade

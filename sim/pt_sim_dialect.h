@@ -154,6 +154,9 @@ int pt_sim_create_fails(pt_sim_t *sim, pt_sim_trade_t *t);
 /* The next n creates of t answer a system error, whatever its rule's
  * create_fail_times left. */
 void pt_sim_trade_fail_times(pt_sim_trade_t *t, int n);
+/* 1 if this query or close of t must answer as if the channel did not
+ * know it (the trade's rule lost_times), using one of them up. */
+int pt_sim_lost(pt_sim_trade_t *t);
 /* 1 while POST /v1/sim/outage has every call fail (a create, and in the
  * alipay and wechat dialects a query or close). */
 int pt_sim_outage(const pt_sim_t *sim);

@@ -17,8 +17,9 @@
  * - out_trade_no must be 6..32 characters; notify_url may be http:// (the
  *   real one must be https://).
  * - Close: 204 for an unpaid or closed trade, 400 ORDER_PAID for a paid
- *   one, 404 ORDER_NOT_EXIST for an unknown one; the 204 is signed too
- *   (over an empty body).
+ *   one, 404 ORDER_NOT_EXIST for an unknown one (or a known one, while
+ *   its rule's lost_times lasts: a lagging replica); the 204 is signed
+ *   too (over an empty body).
  * - The buyer "scanning" (POST /v1/sim/trades/{no}/scan) shows as
  *   USERPAYING.
  * - Errors: 400 PARAM_ERROR (field named in message), 400
@@ -435,7 +436,7 @@ static void query(pt_sim_t *sim, const wechat_t *w, pt_httpd_req_t *req,
                 "the query string must be mchid=<this merchant>", delay);
     return;
   }
-  if (t == NULL || t->state == PT_SIM_NONE) {
+  if (t == NULL || t->state == PT_SIM_NONE || pt_sim_lost(t)) {
     reply_error(sim, w, req, 404, "ORDER_NOT_EXIST", "订单不存在", delay);
     return;
   }
@@ -469,7 +470,7 @@ static void close_trade(pt_sim_t *sim, const wechat_t *w, pt_httpd_req_t *req,
   if (!ok)
     reply_error(sim, w, req, 400, "PARAM_ERROR",
                 "the body must be {\"mchid\": <this merchant>}", delay);
-  else if (t == NULL || t->state == PT_SIM_NONE)
+  else if (t == NULL || t->state == PT_SIM_NONE || pt_sim_lost(t))
     reply_error(sim, w, req, 404, "ORDER_NOT_EXIST", "订单不存在", delay);
   else if (t->state == PT_SIM_PAID)
     reply_error(sim, w, req, 400, "ORDER_PAID", "订单已支付", delay);
