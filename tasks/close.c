@@ -3,7 +3,8 @@
  * other reason), the trade is queried and what the channel says wins: a
  * trade paid just before its close is SUCCEEDED, not CLOSED. A trade the
  * channel never heard of (Alipay before the payer scans) is closed
- * locally. */
+ * locally; on a channel where every created trade exists (WeChat Pay),
+ * "no such trade" is tried again. */
 #include <string.h>
 
 #include "tasks/pt_chan_call.h"
@@ -18,6 +19,20 @@ static void done_state(pt_chan_call_t *c, pt_chan_res_t *out,
   pt_attempt_done(c->attempt, PT_OUTCOME_SUCCESS, &out->result, NULL, NULL);
 }
 
+/* The channel says it does not know the trade: closed locally where that
+ * means no payer saw it (Alipay before a scan); elsewhere tried again,
+ * since paytask created it. */
+static void not_found(pt_chan_call_t *c, pt_chan_res_t *out) {
+  if (c->chan->unseen_until_scanned) {
+    done_state(c, out, PT_TRADE_CLOSED,
+               "the channel never saw a payment: closed locally");
+    return;
+  }
+  pt_attempt_done(c->attempt, PT_OUTCOME_RETRY, NULL, "order_not_found",
+                  "the channel does not know a trade it created; not "
+                  "closed locally, the close is tried again");
+}
+
 static void on_answer(pt_chan_call_t *c, pt_chan_res_t *out) {
   if (c->op == PT_CHAN_CLOSE) {
     if (out->outcome == PT_OUTCOME_SUCCESS) {
@@ -25,8 +40,7 @@ static void on_answer(pt_chan_call_t *c, pt_chan_res_t *out) {
       return;
     }
     if (out->not_found) {
-      done_state(c, out, PT_TRADE_CLOSED,
-                 "the channel never saw a payment: closed locally");
+      not_found(c, out);
       return;
     }
     if (out->outcome == PT_OUTCOME_FAIL) {
@@ -42,8 +56,7 @@ static void on_answer(pt_chan_call_t *c, pt_chan_res_t *out) {
   }
   /* The query after a refused close. */
   if (out->not_found) {
-    done_state(c, out, PT_TRADE_CLOSED,
-               "the channel never saw a payment: closed locally");
+    not_found(c, out);
     return;
   }
   if (out->outcome == PT_OUTCOME_SUCCESS &&

@@ -132,6 +132,12 @@ typedef struct pt_channel_ops {
   /* 1 when a created trade must be followed (queried until final, closed at
    * its expiry); the plain simulator's trades are not. */
   int follows_trades;
+  /* 1 when a trade the channel says it does not know, at its close, was
+   * never seen by a payer and is closed locally (Alipay: a precreated
+   * trade exists there only once scanned). 0: such an answer about a
+   * trade paytask created is an anomaly (a lagging replica), not proof
+   * that nobody can pay it, and the close is tried again. */
+  int unseen_until_scanned;
 } pt_channel_ops_t;
 
 void pt_chan_req_init(pt_chan_req_t *req);

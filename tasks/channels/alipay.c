@@ -810,4 +810,5 @@ const pt_channel_ops_t pt_alipay_channel = {
     .notify_parse = alipay_notify_parse,
     .notify_ack = alipay_notify_ack,
     .follows_trades = 1,
+    .unseen_until_scanned = 1,
 };

@@ -552,6 +552,34 @@ Test(trades, a_close_during_an_outage_is_retried_until_it_goes_through,
   cr_assert_eq(pt_stack_stop(&s), 0);
 }
 
+/* WeChat Pay answering "no such order" for a trade paytask created (a
+ * lagging replica) is no proof that nobody can pay it: the close is tried
+ * again until WeChat Pay closes the order, which the buyer then cannot
+ * pay. It was closed locally at the first answer, the order left open. */
+Test(trades, wechat_not_found_at_close_is_tried_again, .timeout = 120) {
+  pt_stack_t s;
+  memset(&s, 0, sizeof s);
+  char body[512], id[24], path[160];
+  const char *otn = pt_unique("lostwx");
+  pt_stack_env(&s, "PAYTASK_CLOSE_SCHEDULE", "1,1,1,1,1,1");
+  start(&s, "wechat", "60");
+  pay_body(body, sizeof body, "wechat", otn, 650, 0, 5);
+  pt_submit_ok(&s, body, id);
+  bson_t doc;
+  pt_wait_final(&s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+  sim_rule(&s, otn, "\"lost_times\":2");
+  wait_closed_after_window(&s, id, 40);
+  cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 3,
+               "closed after %lld closes, want the two not found and one "
+               "that closed it", (long long)pt_sim_stat(&s, otn, "closes"));
+  snprintf(path, sizeof path, "/v1/sim/trades/%s/pay", otn);
+  cr_assert_neq(sim_post(&s, path, "{}"), 200,
+                "the order is still payable at WeChat Pay");
+  cr_assert_eq(pt_stack_stop(&s), 0);
+}
+
 static void paid_just_before_close(const char *dialect) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
