@@ -517,6 +517,23 @@ Test(trades, alipay_paid_after_its_local_close_reopens_the_trade,
   receiver_stop(&r);
 }
 
+/* Starts s in the wechat dialect with close.schedule `close_schedule`
+ * and creates a WeChat Pay trade for otn whose window ends in 5 s; id is
+ * its pay task. */
+static void wechat_trade_closing_in_5s(pt_stack_t *s,
+                                       const char *close_schedule,
+                                       const char *otn, char id[24]) {
+  char body[512];
+  bson_t doc;
+  pt_stack_env(s, "PAYTASK_CLOSE_SCHEDULE", close_schedule);
+  start(s, "wechat", "60");
+  pay_body(body, sizeof body, "wechat", otn, 650, 0, 5);
+  pt_submit_ok(s, body, id);
+  pt_wait_final(s, id, 20, &doc);
+  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
+  bson_destroy(&doc);
+}
+
 /* A channel outage at the end of a trade's window: the close is retried on
  * close.schedule until the channel answers. The retry policy of submitted
  * tasks gave it six tries within 15 s, then the dead queue, and the trade
@@ -525,17 +542,11 @@ Test(trades, a_close_during_an_outage_is_retried_until_it_goes_through,
      .timeout = 120) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
-  char body[512], id[24];
+  char id[24];
   const char *otn = pt_unique("outclose");
-  pt_stack_env(&s, "PAYTASK_CLOSE_SCHEDULE",
-               "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1");
-  start(&s, "wechat", "60");
-  pay_body(body, sizeof body, "wechat", otn, 650, 0, 5);
-  pt_submit_ok(&s, body, id);
-  bson_t doc;
-  pt_wait_final(&s, id, 20, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
-  bson_destroy(&doc);
+  wechat_trade_closing_in_5s(
+      &s, "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", otn,
+      id);
   cr_assert_eq(sim_post(&s, "/v1/sim/outage", "{\"on\":true}"), 200);
   cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 0,
                "the close ran before the outage began");
@@ -559,16 +570,9 @@ Test(trades, a_close_during_an_outage_is_retried_until_it_goes_through,
 Test(trades, wechat_not_found_at_close_is_tried_again, .timeout = 120) {
   pt_stack_t s;
   memset(&s, 0, sizeof s);
-  char body[512], id[24], path[160];
+  char id[24], path[160];
   const char *otn = pt_unique("lostwx");
-  pt_stack_env(&s, "PAYTASK_CLOSE_SCHEDULE", "1,1,1,1,1,1");
-  start(&s, "wechat", "60");
-  pay_body(body, sizeof body, "wechat", otn, 650, 0, 5);
-  pt_submit_ok(&s, body, id);
-  bson_t doc;
-  pt_wait_final(&s, id, 20, &doc);
-  cr_assert_str_eq(pt_json_str(&doc, "status"), "SUCCEEDED");
-  bson_destroy(&doc);
+  wechat_trade_closing_in_5s(&s, "1,1,1,1,1,1", otn, id);
   sim_rule(&s, otn, "\"lost_times\":2");
   wait_closed_after_window(&s, id, 40);
   cr_assert_eq(pt_sim_stat(&s, otn, "closes"), 3,
