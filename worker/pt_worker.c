@@ -900,6 +900,7 @@ static int kept_delivery(const worker_t *w, const kept_t *k,
 typedef struct {
   worker_t *w;
   kept_t *k;
+  int64_t due; /* Unix ms */
   uv_timer_t timer;
 } held_t;
 
@@ -917,6 +918,15 @@ static void on_held_due(uv_timer_t *t) {
   held_t *hd = t->data;
   worker_t *w = hd->w;
   pt_amqp_delivery_t d;
+  /* A timer counts from the loop's time, taken at the start of its turn,
+   * and the wall clock may differ from the loop's: it can fire a few ms
+   * before the due time, and a task ran before it was due. */
+  int64_t left = hd->due - pt_now_ms();
+  if (left > 0) {
+    uv_update_time(w->loop);
+    uv_timer_start(t, on_held_due, (uint64_t)left, 0);
+    return;
+  }
   w->inflight--;
   if (kept_delivery(w, hd->k, &d))
     admit(w, &d, &hd->k);
@@ -926,15 +936,17 @@ static void on_held_due(uv_timer_t *t) {
 
 /* Returns 0, or PT_ENOMEM (nothing is held then). */
 static int hold_until_due(worker_t *w, const pt_amqp_delivery_t *d,
-                          int64_t wait) {
+                          int64_t due, int64_t wait) {
   held_t *hd = calloc(1, sizeof *hd);
   if (hd == NULL || (hd->k = keep(w, d)) == NULL) {
     free(hd);
     return PT_ENOMEM;
   }
   hd->w = w;
+  hd->due = due;
   uv_timer_init(w->loop, &hd->timer);
   hd->timer.data = hd;
+  uv_update_time(w->loop);
   uv_timer_start(&hd->timer, on_held_due, (uint64_t)wait, 0);
   w->inflight++;
   return 0;
@@ -983,7 +995,8 @@ static int forward_early(worker_t *w, const pt_amqp_delivery_t *d) {
   int64_t wait = due - now;
   if (due <= 0 || wait <= 0)
     return 0;
-  int rc = wait < 1000 ? hold_until_due(w, d, wait) : send_on(w, d, due, now);
+  int rc = wait < 1000 ? hold_until_due(w, d, due, wait)
+                        : send_on(w, d, due, now);
   if (rc != 0) {
     int back = pt_amqp_nack(w->amqp, d->delivery_tag, 1) == 0;
     PT_WARN("early_not_forwarded", "tag=%llu due_in_ms=%lld err=\"%s\" "
