@@ -266,15 +266,22 @@ static int check_params(bson_iter_t *it, int depth, int in_array,
   return 0;
 }
 
-/* 1 if libcurl parses url into a scheme and a host. */
-static int url_usable(const char *url) {
+/* url's host as libcurl parses it (curl_free it), or NULL. */
+static char *url_host(const char *url) {
   CURLU *u = curl_url();
   char *host = NULL;
-  int ok = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-           curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-           host != NULL && host[0] != '\0';
-  curl_free(host);
+  if (u == NULL || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+    host = NULL;
   curl_url_cleanup(u);
+  return host;
+}
+
+/* 1 if libcurl parses url into a scheme and a host. */
+static int url_usable(const char *url) {
+  char *host = url_host(url);
+  int ok = host != NULL && host[0] != '\0';
+  curl_free(host);
   return ok;
 }
 
@@ -282,20 +289,14 @@ int pt_task_check_notify_url(const pt_task_t *t, const pt_net_list_t *allow,
                              pt_input_error_t *ie) {
   if (t->notify_url == NULL)
     return 0;
-  CURLU *u = curl_url();
-  char *host = NULL;
-  const char *kind = NULL;
-  if (u != NULL &&
-      curl_url_set(u, CURLUPART_URL, t->notify_url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
-    kind = pt_net_refused_host(host, allow);
+  char *host = url_host(t->notify_url);
+  const char *kind = host != NULL ? pt_net_refused_host(host, allow) : NULL;
   int rc = kind == NULL ? 0
                         : fail(ie, "invalid_notify_url",
                                "notify_url names a %s address (%s), which "
                                "notify.allow_networks does not list",
                                kind, host);
   curl_free(host);
-  curl_url_cleanup(u);
   return rc;
 }
 
