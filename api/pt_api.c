@@ -281,15 +281,22 @@ static int visible_to(const op_t *op, const bson_t *doc) {
   return strcmp(c, op->client) == 0;
 }
 
-/* Answers a task read; a pay task's answer carries its trade, if any.
- * Another client's task is not found: ids are easy to guess. */
+/* Answers 404 and returns 1 when op's token may not see doc: another
+ * client's task is not found, as an unknown id is (ids are easy to
+ * guess). */
+static int hidden_from(op_t *op, const bson_t *doc) {
+  if (visible_to(op, doc))
+    return 0;
+  op_error(op, 404, "task_not_found", "no task has this id");
+  return 1;
+}
+
+/* Answers a task read; a pay task's answer carries its trade, if any. */
 static void reply_task(op_t *op, const bson_t *doc) {
   redisAsyncContext *ac = pt_redis_ctx(op->api->redis);
   trade_read_t *tr;
-  if (!visible_to(op, doc)) {
-    op_error(op, 404, "task_not_found", "no task has this id");
+  if (hidden_from(op, doc))
     return;
-  }
   if (ac != NULL && has_trade(doc) && (tr = malloc(sizeof *tr)) != NULL) {
     tr->op = op;
     tr->doc = bson_copy(doc);
@@ -600,10 +607,8 @@ static void not_cancellable(op_t *op, const char *status) {
 static void on_cancel_evicted(op_t *op, const bson_t *doc) {
   bson_iter_t it;
   op->on_doc = NULL;
-  if (!visible_to(op, doc)) {
-    op_error(op, 404, "task_not_found", "no task has this id");
+  if (hidden_from(op, doc))
     return;
-  }
   not_cancellable(op, bson_iter_init_find(&it, doc, "status") &&
                               BSON_ITER_HOLDS_UTF8(&it)
                           ? bson_iter_utf8(&it, NULL)
@@ -1047,6 +1052,15 @@ static int idem_key_ok(const char *k, size_t n) {
 
 static void submit_task(op_t *op, const char *body, size_t blen);
 
+/* What the api checks of a parsed task, submitted or replayed, beyond its
+ * fields: its channel and type (pt_registry_check) and its notify_url's
+ * address (notify.allow_networks). */
+static int task_refused(const op_t *op, pt_input_error_t *ie) {
+  return pt_registry_check(&op->task, op->api->cfg, ie) != 0 ||
+         pt_task_check_notify_url(&op->task, &op->api->cfg->notify_allow,
+                                  ie) != 0;
+}
+
 /* Neither the broker nor Redis can answer: a repeat cannot be told from a
  * new submit. */
 static void idem_unchecked(op_t *op) {
@@ -1108,9 +1122,7 @@ static void handle_submit(op_t *op) {
     return;
   }
   op->has_task = 1;
-  if (pt_registry_check(&op->task, op->api->cfg, &ie) != 0 ||
-      pt_task_check_notify_url(&op->task, &op->api->cfg->notify_allow,
-                               &ie) != 0) {
+  if (task_refused(op, &ie)) {
     op_error(op, 400, ie.code, ie.message);
     return;
   }
@@ -1283,9 +1295,7 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
   bson_destroy(&req);
   int rc = pt_task_parse(json, len, PT_PARSE_SUBMIT, 0, &op->task, &ie);
   bson_free(json);
-  if (rc != 0 || pt_registry_check(&op->task, op->api->cfg, &ie) != 0 ||
-      pt_task_check_notify_url(&op->task, &op->api->cfg->notify_allow,
-                               &ie) != 0) {
+  if (rc != 0 || task_refused(op, &ie)) {
     if (rc == 0)
       pt_task_destroy(&op->task);
     op_error(op, 409, "task_not_replayable", ie.message);
@@ -1318,16 +1328,17 @@ static void on_replay_source(op_t *op, const bson_t *doc) {
 static void handle_replay(op_t *op) {
   const char *v;
   size_t n;
-  int rc = query_param(op->req, "force", &v, &n);
+  int given = query_param(op->req, "force", &v, &n);
+  int is_true = given == 1 && n == 4 && memcmp(v, "true", 4) == 0;
+  int is_false = given == 1 && n == 5 && memcmp(v, "false", 5) == 0;
   /* A force given twice or as anything else was taken as no force, and
    * the answer said to add the ?force=true the caller had sent. */
-  if (rc < 0 || (rc == 1 && !(n == 4 && memcmp(v, "true", 4) == 0) &&
-                 !(n == 5 && memcmp(v, "false", 5) == 0))) {
+  if (given < 0 || (given == 1 && !is_true && !is_false)) {
     op_error(op, 400, "invalid_force", "force must be given once, as "
                                        "force=true or force=false");
     return;
   }
-  op->force = rc == 1 && n == 4;
+  op->force = is_true;
   op->on_doc = on_replay_source;
   read_task(op);
 }
