@@ -109,16 +109,20 @@ static pt_verdict_t release(const char *run, pt_test_verdict_t *r) {
                 r);
 }
 
-/* Records the task PENDING, with Idempotency-Key idem (NULL: none). */
-static void submit_keyed(const char *idem) {
+/* Records the task PENDING with this spec, with Idempotency-Key idem
+ * (NULL: none). */
+static void submit_spec(const char *spec, const char *idem) {
   pt_test_verdict_t r = {0};
-  const char *spec = "{\"task_id\":\"1\"}";
   cr_assert_eq(pt_store_submit(pt_redis_ctx(redis), id, spec, strlen(spec),
                                pt_now_ms(), idem, "v", 60, pt_test_on_verdict,
                                &r),
                0);
   pt_test_wait_verdict(&loop, &r);
   cr_assert_eq(r.v, PT_V_OK);
+}
+
+static void submit_keyed(const char *idem) {
+  submit_spec("{\"task_id\":\"1\"}", idem);
 }
 
 static void submit(void) { submit_keyed(NULL); }
@@ -303,12 +307,7 @@ Test(store, cancel_only_before_running) {
  * never told. */
 Test(store, cancel_refuses_the_types_it_is_told_to) {
   pt_test_verdict_t r = {0};
-  const char *spec = "{\"task_id\":\"1\",\"type\":\"notify\"}";
-  cr_assert_eq(waited(pt_store_submit(pt_redis_ctx(redis), id, spec,
-                                      strlen(spec), pt_now_ms(), NULL, NULL,
-                                      60, pt_test_on_verdict, &r),
-                      &r),
-               PT_V_OK);
+  submit_spec("{\"task_id\":\"1\",\"type\":\"notify\"}", NULL);
   cr_assert_eq(cancel(",query,close,notify,", &r), PT_V_CONFLICT,
                "a notify task was cancelled");
   cr_assert_str_eq(r.detail, "internal");
@@ -325,12 +324,7 @@ Test(store, cancel_refuses_the_types_it_is_told_to) {
  * refusal. */
 Test(store, cancel_finds_only_the_clients_own_tasks) {
   pt_test_verdict_t r = {0};
-  const char *spec = "{\"task_id\":\"1\",\"client\":\"shop\"}";
-  cr_assert_eq(waited(pt_store_submit(pt_redis_ctx(redis), id, spec,
-                                      strlen(spec), pt_now_ms(), NULL, NULL,
-                                      60, pt_test_on_verdict, &r),
-                      &r),
-               PT_V_OK);
+  submit_spec("{\"task_id\":\"1\",\"client\":\"shop\"}", NULL);
   cr_assert_eq(cancel_as("default", NULL, &r), PT_V_NOTFOUND,
                "another client cancelled the task");
   cr_assert_eq(cancel_as("shop", NULL, &r), PT_V_OK);
